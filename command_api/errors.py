@@ -1,0 +1,83 @@
+"""Open-Assistant's error codes and the error every refused command raises.
+
+Codes are OA's (``oasst_shared.exceptions.OasstErrorCode``) so frontends keep working;
+``REQUEST_VALIDATION_FAILED`` and ``IDEMPOTENCY_KEY_REUSED`` are this project's additions.
+Every error leaves the service as ``{"error_code": int, "message": str}``.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    GENERIC_ERROR = 0
+    API_CLIENT_NOT_AUTHORIZED = 2
+    ROOT_TOKEN_NOT_AUTHORIZED = 3
+    REQUEST_VALIDATION_FAILED = 102
+    IDEMPOTENCY_KEY_REUSED = 103
+    STORE_UNAVAILABLE = 104
+    TOO_MANY_REQUESTS = 429
+    SERVER_ERROR0 = 500
+
+    TASK_INVALID_REQUEST_TYPE = 1000
+    TASK_ACK_FAILED = 1001
+    TASK_NACK_FAILED = 1002
+    TASK_INVALID_RESPONSE_TYPE = 1003
+    TASK_REQUESTED_TYPE_NOT_AVAILABLE = 1006
+    TASK_MESSAGE_TOO_LONG = 1008
+    TASK_MESSAGE_DUPLICATED = 1009
+    TASK_MESSAGE_TEXT_EMPTY = 1010
+    TASK_MESSAGE_DUPLICATE_REPLY = 1011
+    TASK_TOO_MANY_PENDING = 1012
+
+    INVALID_FRONTEND_MESSAGE_ID = 2000
+    MESSAGE_NOT_FOUND = 2001
+    INVALID_RANKING_VALUE = 2003
+    NO_MESSAGE_TREE_FOUND = 2006
+    INVALID_MESSAGE = 2008
+    TREE_IN_ABORTED_STATE = 2010
+
+    TEXT_LABELS_WRONG_MESSAGE_ID = 2050
+    TEXT_LABELS_INVALID_LABEL = 2051
+    TEXT_LABELS_MANDATORY_LABEL_MISSING = 2052
+    TEXT_LABELS_NO_SELF_LABELING = 2053
+
+    TASK_NOT_FOUND = 2100
+    TASK_EXPIRED = 2101
+    TASK_PAYLOAD_TYPE_MISMATCH = 2102
+    TASK_ALREADY_UPDATED = 2103
+    TASK_NOT_ACK = 2104
+    TASK_ALREADY_DONE = 2105
+    TASK_NOT_ASSIGNED_TO_USER = 2106
+
+    USER_NOT_SPECIFIED = 4000
+    USER_DISABLED = 4001
+    USER_NOT_FOUND = 4002
+
+    EMOJI_OP_UNSUPPORTED = 5000
+
+
+_STATUS = {
+    ErrorCode.API_CLIENT_NOT_AUTHORIZED: 403,
+    ErrorCode.ROOT_TOKEN_NOT_AUTHORIZED: 403,
+    ErrorCode.REQUEST_VALIDATION_FAILED: 422,
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: 422,
+    ErrorCode.STORE_UNAVAILABLE: 503,
+    ErrorCode.TOO_MANY_REQUESTS: 429,
+    ErrorCode.MESSAGE_NOT_FOUND: 404,
+    ErrorCode.NO_MESSAGE_TREE_FOUND: 404,
+    ErrorCode.TASK_NOT_FOUND: 404,
+    ErrorCode.USER_NOT_FOUND: 404,
+}
+
+
+class OasstError(Exception):
+    def __init__(self, message: str, code: ErrorCode, status: int | None = None):
+        super().__init__(message, code, status)
+        self.message = message
+        self.code = code
+        self.status = status or _STATUS.get(code, 400)
+
+    def body(self) -> dict:
+        return {"error_code": int(self.code), "message": self.message}

@@ -1,0 +1,349 @@
+"""The event contract: every fact the system records, as msgspec Structs.
+
+This module is public: Kafka consumers, projectors and training jobs outside this
+repository decode these events. Rules (see DESIGN.md, principle 2):
+
+* names are past tense; each type has an explicit, stable ``tag`` (the stored topic);
+* fields are only ever added, and only with defaults; a tag is never reused;
+* ``schema`` is the version of the event's shape; readers upcast older versions
+  (``upcast`` below) so the rest of the code sees the current shape only.
+
+Every event carries an envelope: its own ``id``, the time it happened (``at``, UTC),
+the actor (``user_id`` and ``api_client_id``, either may be absent for system
+decisions) and the schema version. Tree-manager decisions (reviews, state changes,
+lottery draws, ranks) are events too, so a replay never re-decides anything.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal, Union
+from uuid import UUID
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+TaskType = Literal[
+    "initial_prompt",
+    "prompter_reply",
+    "assistant_reply",
+    "rank_initial_prompts",
+    "rank_prompter_replies",
+    "rank_assistant_replies",
+    "label_initial_prompt",
+    "label_prompter_reply",
+    "label_assistant_reply",
+]
+Role = Literal["prompter", "assistant"]
+LabelKind = Literal["task", "free", "report"]
+LabelMode = Literal["simple", "full"]
+AuthMethod = Literal["discord", "google", "local", "system"]
+TreeState = Literal[
+    "initial_prompt_review",
+    "prompt_lottery_waiting",
+    "growing",
+    "ranking",
+    "ready_for_scoring",
+    "ready_for_export",
+    "scoring_failed",
+    "aborted_low_grade",
+    "halted_by_moderator",
+    "backlog_ranking",
+]
+
+
+class Event(msgspec.Struct, kw_only=True, frozen=True, tag_field="type"):
+    """Envelope shared by every event."""
+
+    id: UUID
+    at: datetime
+    user_id: UUID | None = None
+    api_client_id: UUID | None = None
+    schema: int = SCHEMA_VERSION
+
+
+# --- API clients -------------------------------------------------------------------
+
+
+class ApiClientCreated(Event, frozen=True, tag="api_client_created"):
+    client_id: UUID
+    key_sha256: str  # the key itself is never stored
+    description: str
+    frontend_type: str
+    trusted: bool = False
+    admin_email: str | None = None
+
+
+# --- users -------------------------------------------------------------------------
+
+
+class UserSeen(Event, frozen=True, tag="user_seen"):
+    """First time a frontend user appears (created implicitly or explicitly)."""
+
+    subject_id: UUID  # our user id
+    auth_method: AuthMethod
+    username: str  # the frontend's id for the user
+    display_name: str
+    enabled: bool = True
+    show_on_leaderboard: bool = True
+    notes: str = ""
+    tos_accepted: bool = False
+
+
+class UserRenamed(Event, frozen=True, tag="user_renamed"):
+    subject_id: UUID
+    display_name: str
+
+
+class UserEnabled(Event, frozen=True, tag="user_enabled"):
+    subject_id: UUID
+
+
+class UserDisabled(Event, frozen=True, tag="user_disabled"):
+    subject_id: UUID
+
+
+class UserSettingsChanged(Event, frozen=True, tag="user_settings_changed"):
+    """Notes, leaderboard visibility, terms-of-service acceptance (None = unchanged)."""
+
+    subject_id: UUID
+    notes: str | None = None
+    show_on_leaderboard: bool | None = None
+    tos_accepted: bool | None = None
+
+
+class UserDeleted(Event, frozen=True, tag="user_deleted"):
+    """The user is anonymised and hidden from boards; their messages stay."""
+
+    subject_id: UUID
+
+
+class UserMarkedSpammer(Event, frozen=True, tag="user_marked_spammer"):
+    subject_id: UUID
+    reason: str = ""
+    ban: bool = False
+
+
+class UserUnmarkedSpammer(Event, frozen=True, tag="user_unmarked_spammer"):
+    subject_id: UUID
+    reason: str = ""
+
+
+# --- tasks -------------------------------------------------------------------------
+
+
+class TaskAssigned(Event, frozen=True, tag="task_assigned"):
+    """A task handed to a user; ``payload`` is exactly what the frontend received."""
+
+    task_id: UUID
+    task_type: TaskType
+    collective: bool
+    lang: str | None
+    expires_at: datetime | None
+    payload: dict
+    target_message_id: UUID | None = None  # parent to reply to / message to label / parent to rank
+    tree_id: UUID | None = None
+    label_mode: LabelMode | None = None
+    ranked_message_ids: list[UUID] = []  # reply_messages order of a ranking task
+
+
+class TaskAcked(Event, frozen=True, tag="task_acked"):
+    task_id: UUID
+    frontend_message_id: str
+
+
+class TaskSkipped(Event, frozen=True, tag="task_skipped"):
+    task_id: UUID
+    reason: str | None = None
+
+
+class TaskExpired(Event, frozen=True, tag="task_expired"):
+    task_id: UUID
+
+
+class TaskCompleted(Event, frozen=True, tag="task_completed"):
+    task_id: UUID
+    request_sha256: str  # digest of the interaction, so a retry can be recognised
+    user_message_id: str | None = None
+
+
+# --- messages ----------------------------------------------------------------------
+
+
+class InitialPromptSubmitted(Event, frozen=True, tag="initial_prompt_submitted"):
+    """A new prompt; it opens a new tree whose id is the prompt's id."""
+
+    message_id: UUID
+    frontend_message_id: str
+    task_id: UUID | None
+    text: str
+    lang: str
+    synthetic: bool = False
+    model_name: str | None = None
+    origin: str | None = None
+
+
+class ReplySubmitted(Event, frozen=True, tag="reply_submitted"):
+    message_id: UUID
+    frontend_message_id: str
+    task_id: UUID | None
+    parent_id: UUID
+    tree_id: UUID
+    role: Role
+    depth: int
+    text: str
+    lang: str
+    synthetic: bool = False
+    model_name: str | None = None
+
+
+class MessageEdited(Event, frozen=True, tag="message_edited"):
+    message_id: UUID
+    text: str
+
+
+class MessageDeleted(Event, frozen=True, tag="message_deleted"):
+    """Hides the message and its descendants (views derive the subtree)."""
+
+    message_id: UUID
+    reason: str = "moderator"
+
+
+class MessageUndeleted(Event, frozen=True, tag="message_undeleted"):
+    """Restores the message and its ancestors."""
+
+    message_id: UUID
+
+
+class MessageReviewed(Event, frozen=True, tag="message_reviewed"):
+    """Tree-manager decision: acceptance after a review (OA's rule, see RULES.md)."""
+
+    message_id: UUID
+    review_count: int
+    score: float
+    accepted: bool
+
+
+# --- labels, rankings, reactions ---------------------------------------------------
+
+
+class LabelsSubmitted(Event, frozen=True, tag="labels_submitted"):
+    message_id: UUID
+    labels: dict[str, float]
+    kind: LabelKind
+    task_id: UUID | None = None
+    mode: LabelMode | None = None
+    text: str = ""
+
+
+class RankingSubmitted(Event, frozen=True, tag="ranking_submitted"):
+    """One user's ranking of a parent's replies, best first."""
+
+    parent_id: UUID
+    task_id: UUID
+    ranked_message_ids: list[UUID]
+    not_rankable: bool = False
+
+
+class EmojiAdded(Event, frozen=True, tag="emoji_added"):
+    message_id: UUID
+    emoji: str
+
+
+class EmojiRemoved(Event, frozen=True, tag="emoji_removed"):
+    message_id: UUID
+    emoji: str
+
+
+# --- trees -------------------------------------------------------------------------
+
+
+class TreeStateChanged(Event, frozen=True, tag="tree_state_changed"):
+    """Tree-manager decision; ``reason`` names the rule that fired (e.g. 'lottery')."""
+
+    tree_id: UUID
+    old_state: TreeState | None
+    new_state: TreeState
+    reason: str
+    goal_tree_size: int | None = None
+
+
+class TreeHalted(Event, frozen=True, tag="tree_halted"):
+    tree_id: UUID
+
+
+class TreeResumed(Event, frozen=True, tag="tree_resumed"):
+    tree_id: UUID
+
+
+class RanksComputed(Event, frozen=True, tag="ranks_computed"):
+    """Ranking consensus of one parent's replies, best first (rank 0 = first)."""
+
+    tree_id: UUID
+    parent_id: UUID
+    ranked_message_ids: list[UUID]
+    ranking_count: int
+
+
+AnyEvent = Union[
+    ApiClientCreated,
+    UserSeen,
+    UserRenamed,
+    UserEnabled,
+    UserDisabled,
+    UserSettingsChanged,
+    UserDeleted,
+    UserMarkedSpammer,
+    UserUnmarkedSpammer,
+    TaskAssigned,
+    TaskAcked,
+    TaskSkipped,
+    TaskExpired,
+    TaskCompleted,
+    InitialPromptSubmitted,
+    ReplySubmitted,
+    MessageEdited,
+    MessageDeleted,
+    MessageUndeleted,
+    MessageReviewed,
+    LabelsSubmitted,
+    RankingSubmitted,
+    EmojiAdded,
+    EmojiRemoved,
+    TreeStateChanged,
+    TreeHalted,
+    TreeResumed,
+    RanksComputed,
+]
+
+EVENT_TYPES: dict[str, type[Event]] = {t.__struct_config__.tag: t for t in AnyEvent.__args__}
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyEvent)
+_json_encoder = msgspec.json.Encoder()
+
+
+def topic(event: Event) -> str:
+    return event.__struct_config__.tag
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def upcast(data: bytes) -> bytes:
+    """Bring an older stored shape up to the current one (none needed at schema 1)."""
+    return data
+
+
+def decode(data: bytes) -> AnyEvent:
+    return _decoder.decode(upcast(data))
+
+
+def to_json(event: Event) -> bytes:
+    return _json_encoder.encode(event)
+
+
+def to_builtins(event: Event) -> dict:
+    return msgspec.to_builtins(event)

@@ -1,0 +1,384 @@
+"""The write model: what the command side needs to decide, folded from the log.
+
+It lives in memory in the one process that accepts commands, is rebuilt from the
+log at start, and is updated by ``apply`` as each event is decided. ``apply`` is a
+pure fold over events (event timestamps only, no clock, no randomness), so replay
+gives the same model.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from command_api import events as ev
+
+OASST_NAMESPACE = uuid5(NAMESPACE_URL, "https://github.com/LAION-AI/Open-Assistant")
+
+ACTIVE_STATES = ("initial_prompt_review", "growing", "ranking")
+TERMINAL_STATES = ("ready_for_export", "aborted_low_grade", "halted_by_moderator", "scoring_failed")
+
+
+def user_id_for(api_client_id: UUID, auth_method: str, username: str) -> UUID:
+    """Users are keyed per (api client, auth method, frontend id); the id is derived
+    so a command can be validated before the user's first event exists."""
+    return uuid5(OASST_NAMESPACE, f"user:{api_client_id}:{auth_method}:{username}")
+
+
+def tree_stream(tree_id: UUID) -> UUID:
+    return uuid5(tree_id, "tree")
+
+
+def stream_of(event: ev.Event) -> UUID:
+    """Which stream (eventsourcing originator) an event belongs to. Streams are small
+    so that busy trees do not serialise on one aggregate: each user's labels or
+    reactions on a message, each task, each message are streams of their own."""
+    match event:
+        case ev.ApiClientCreated():
+            return event.client_id
+        case ev.UserSeen() | ev.UserRenamed() | ev.UserEnabled() | ev.UserDisabled() | ev.UserSettingsChanged() | ev.UserDeleted() | ev.UserMarkedSpammer() | ev.UserUnmarkedSpammer():  # noqa: E501
+            return event.subject_id
+        case ev.TaskAssigned() | ev.TaskAcked() | ev.TaskSkipped() | ev.TaskExpired() | ev.TaskCompleted() | ev.RankingSubmitted():  # noqa: E501
+            return event.task_id
+        case ev.LabelsSubmitted():
+            return uuid5(event.message_id, f"labels:{event.user_id}")
+        case ev.EmojiAdded() | ev.EmojiRemoved():
+            return uuid5(event.message_id, f"emoji:{event.user_id}")
+        case ev.TreeStateChanged() | ev.TreeHalted() | ev.TreeResumed() | ev.RanksComputed():
+            return tree_stream(event.tree_id)
+        case _:
+            return event.message_id  # message events
+
+
+@dataclass
+class ApiClient:
+    id: UUID
+    key_sha256: str
+    trusted: bool
+    description: str
+    frontend_type: str
+
+
+@dataclass
+class User:
+    id: UUID
+    api_client_id: UUID
+    auth_method: str
+    username: str
+    display_name: str
+    created_at: datetime | None = None
+    enabled: bool = True
+    deleted: bool = False
+    spammer: bool = False
+    notes: str = ""
+    show_on_leaderboard: bool = True
+    tos_accepted: bool = False
+
+    @property
+    def exists(self) -> bool:
+        return self.created_at is not None
+
+
+@dataclass
+class Task:
+    id: UUID
+    type: str
+    user_id: UUID | None
+    api_client_id: UUID | None
+    collective: bool
+    lang: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    payload: dict
+    target_message_id: UUID | None
+    tree_id: UUID | None
+    label_mode: str | None
+    ranked_message_ids: list[UUID]
+    frontend_message_id: str | None = None
+    status: str = "open"  # open | acked | skipped | expired | done
+    request_sha256: str | None = None
+    user_message_id: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.status in ("open", "acked")
+
+
+@dataclass
+class Message:
+    id: UUID
+    tree_id: UUID
+    parent_id: UUID | None
+    user_id: UUID | None
+    api_client_id: UUID | None
+    frontend_message_id: str
+    role: str
+    depth: int
+    text: str
+    lang: str
+    created_at: datetime
+    synthetic: bool = False
+    model_name: str | None = None
+    deleted: bool = False
+    review_result: bool | None = None
+    late: bool = False  # arrived after its tree stopped growing: kept, never reviewed
+    children: list[UUID] = field(default_factory=list)
+    task_labels: dict[UUID, dict[str, float]] = field(default_factory=dict)  # user -> labels
+    emojis: dict[str, set[UUID]] = field(default_factory=lambda: defaultdict(set))
+    reports: int = 0
+    rank: int | None = None
+
+    @property
+    def review_count(self) -> int:
+        return len(self.task_labels)
+
+    @property
+    def red_flags(self) -> int:
+        return self.reports + len(self.emojis.get("red_flag", ()))
+
+
+@dataclass
+class Tree:
+    id: UUID
+    lang: str
+    state: str
+    created_at: datetime
+    goal_tree_size: int
+    origin: str | None = None
+    won_lottery: bool = False
+    halted_from: str | None = None
+    message_ids: list[UUID] = field(default_factory=list)
+    rankings: dict[UUID, list[list[UUID]]] = field(default_factory=lambda: defaultdict(list))
+    rankers: set[tuple[UUID, UUID]] = field(default_factory=set)  # (parent, user)
+    skip_replies: int = 0
+
+
+class WriteModel:
+    def __init__(self, default_goal_tree_size: int = 12):
+        self.default_goal_tree_size = default_goal_tree_size
+        self.position = 0
+        self.versions: dict[UUID, int] = {}
+        self.clients: dict[UUID, ApiClient] = {}
+        self.clients_by_key: dict[str, ApiClient] = {}
+        self.users: dict[UUID, User] = {}
+        self.tasks: dict[UUID, Task] = {}
+        self.tasks_by_frontend_id: dict[tuple[UUID | None, str], UUID] = {}
+        self.user_tasks: dict[UUID, list[UUID]] = defaultdict(list)  # in assignment order
+        self.pending_by_target: dict[UUID, set[UUID]] = defaultdict(set)  # message -> open tasks
+        self.messages: dict[UUID, Message] = {}
+        self.messages_by_frontend_id: dict[tuple[UUID | None, str], UUID] = {}
+        self.trees: dict[UUID, Tree] = {}
+        self.trees_by_state: dict[str, set[UUID]] = defaultdict(set)
+        self.user_texts: dict[UUID, list[tuple[datetime, int]]] = defaultdict(list)  # (at, hash)
+        self.replied: set[tuple[UUID, UUID]] = set()  # (parent, user)
+        self.rank1_dates: dict[UUID, list[datetime]] = defaultdict(list)  # author -> dates
+
+    # --- queries used by decisions -------------------------------------------------
+
+    def next_version(self, stream: UUID) -> int:
+        return self.versions.get(stream, 0) + 1
+
+    def user(self, api_client_id: UUID, auth_method: str, username: str) -> User:
+        """The user, or a not-yet-existing one with the id it will get."""
+        uid = user_id_for(api_client_id, auth_method, username)
+        return self.users.get(uid) or User(uid, api_client_id, auth_method, username, username)
+
+    def is_hidden(self, message: Message) -> bool:
+        """Deleted itself or below a deleted ancestor."""
+        m: Message | None = message
+        while m is not None:
+            if m.deleted:
+                return True
+            m = self.messages.get(m.parent_id) if m.parent_id else None
+        return False
+
+    def thread(self, message: Message) -> list[Message]:
+        """Root ... message."""
+        out = [message]
+        while out[-1].parent_id:
+            out.append(self.messages[out[-1].parent_id])
+        return out[::-1]
+
+    def trees_in(self, state: str, lang: str | None = None) -> list[Tree]:
+        trees = (self.trees[t] for t in self.trees_by_state.get(state, ()))
+        return [t for t in trees if lang is None or t.lang == lang]
+
+    # --- the fold -------------------------------------------------------------------
+
+    def apply(self, event: ev.Event, stream: UUID, version: int) -> None:
+        self.versions[stream] = version
+        handler = getattr(self, "_on_" + ev.topic(event), None)
+        if handler:
+            handler(event)
+
+    def _set_state(self, tree: Tree, state: str) -> None:
+        self.trees_by_state[tree.state].discard(tree.id)
+        tree.state = state
+        self.trees_by_state[state].add(tree.id)
+
+    def _on_api_client_created(self, e: ev.ApiClientCreated) -> None:
+        client = ApiClient(e.client_id, e.key_sha256, e.trusted, e.description, e.frontend_type)
+        self.clients[client.id] = client
+        self.clients_by_key[client.key_sha256] = client
+
+    def _on_user_seen(self, e: ev.UserSeen) -> None:
+        self.users[e.subject_id] = User(
+            e.subject_id, e.api_client_id, e.auth_method, e.username, e.display_name, e.at,
+            enabled=e.enabled, notes=e.notes, show_on_leaderboard=e.show_on_leaderboard,
+            tos_accepted=e.tos_accepted,
+        )
+
+    def _on_user_renamed(self, e: ev.UserRenamed) -> None:
+        self.users[e.subject_id].display_name = e.display_name
+
+    def _on_user_enabled(self, e: ev.UserEnabled) -> None:
+        self.users[e.subject_id].enabled = True
+
+    def _on_user_disabled(self, e: ev.UserDisabled) -> None:
+        self.users[e.subject_id].enabled = False
+
+    def _on_user_settings_changed(self, e: ev.UserSettingsChanged) -> None:
+        u = self.users[e.subject_id]
+        if e.notes is not None:
+            u.notes = e.notes
+        if e.show_on_leaderboard is not None:
+            u.show_on_leaderboard = e.show_on_leaderboard
+        if e.tos_accepted is not None:
+            u.tos_accepted = e.tos_accepted
+
+    def _on_user_deleted(self, e: ev.UserDeleted) -> None:
+        u = self.users[e.subject_id]
+        u.deleted, u.enabled, u.show_on_leaderboard = True, False, False
+        u.display_name = f"Deleted User {str(u.id)[:8]}"
+
+    def _on_user_marked_spammer(self, e: ev.UserMarkedSpammer) -> None:
+        u = self.users[e.subject_id]
+        u.spammer = True
+        if e.ban:
+            u.enabled = False
+
+    def _on_user_unmarked_spammer(self, e: ev.UserUnmarkedSpammer) -> None:
+        self.users[e.subject_id].spammer = False
+
+    def _on_task_assigned(self, e: ev.TaskAssigned) -> None:
+        task = Task(
+            e.task_id, e.task_type, e.user_id, e.api_client_id, e.collective, e.lang, e.at,
+            e.expires_at, e.payload, e.target_message_id, e.tree_id, e.label_mode,
+            list(e.ranked_message_ids),
+        )
+        self.tasks[task.id] = task
+        if e.user_id:
+            self.user_tasks[e.user_id].append(task.id)
+        if e.target_message_id:
+            self.pending_by_target[e.target_message_id].add(task.id)
+
+    def _close_task(self, task_id: UUID, status: str) -> Task:
+        task = self.tasks[task_id]
+        task.status = status
+        if task.target_message_id:
+            self.pending_by_target[task.target_message_id].discard(task_id)
+        return task
+
+    def _on_task_acked(self, e: ev.TaskAcked) -> None:
+        task = self.tasks[e.task_id]
+        task.status, task.frontend_message_id = "acked", e.frontend_message_id
+        self.tasks_by_frontend_id[(task.api_client_id, e.frontend_message_id)] = task.id
+
+    def _on_task_skipped(self, e: ev.TaskSkipped) -> None:
+        self._close_task(e.task_id, "skipped")
+
+    def _on_task_expired(self, e: ev.TaskExpired) -> None:
+        self._close_task(e.task_id, "expired")
+
+    def _on_task_completed(self, e: ev.TaskCompleted) -> None:
+        task = self._close_task(e.task_id, "done")
+        task.request_sha256, task.user_message_id = e.request_sha256, e.user_message_id
+
+    def _add_message(self, m: Message) -> None:
+        self.messages[m.id] = m
+        self.messages_by_frontend_id[(m.api_client_id, m.frontend_message_id)] = m.id
+        if m.user_id:
+            self.user_texts[m.user_id].append((m.created_at, hash(m.text)))
+
+    def _on_initial_prompt_submitted(self, e: ev.InitialPromptSubmitted) -> None:
+        self._add_message(Message(
+            e.message_id, e.message_id, None, e.user_id, e.api_client_id, e.frontend_message_id,
+            "prompter", 0, e.text, e.lang, e.at, e.synthetic, e.model_name,
+        ))
+        tree = Tree(e.message_id, e.lang, "initial_prompt_review", e.at, self.default_goal_tree_size, e.origin)
+        tree.message_ids.append(e.message_id)
+        self.trees[tree.id] = tree
+        self.trees_by_state[tree.state].add(tree.id)
+
+    def _on_reply_submitted(self, e: ev.ReplySubmitted) -> None:
+        tree = self.trees[e.tree_id]
+        m = Message(
+            e.message_id, e.tree_id, e.parent_id, e.user_id, e.api_client_id, e.frontend_message_id,
+            e.role, e.depth, e.text, e.lang, e.at, e.synthetic, e.model_name,
+            late=tree.state != "growing",
+        )
+        self._add_message(m)
+        self.messages[e.parent_id].children.append(m.id)
+        tree.message_ids.append(m.id)
+        if e.user_id:
+            self.replied.add((e.parent_id, e.user_id))
+
+    def _on_message_edited(self, e: ev.MessageEdited) -> None:
+        self.messages[e.message_id].text = e.text
+
+    def _on_message_deleted(self, e: ev.MessageDeleted) -> None:
+        self.messages[e.message_id].deleted = True
+
+    def _on_message_undeleted(self, e: ev.MessageUndeleted) -> None:
+        for m in self.thread(self.messages[e.message_id]):
+            m.deleted = False
+
+    def _on_message_reviewed(self, e: ev.MessageReviewed) -> None:
+        self.messages[e.message_id].review_result = e.accepted
+
+    def _on_labels_submitted(self, e: ev.LabelsSubmitted) -> None:
+        m = self.messages[e.message_id]
+        if e.kind == "task":
+            m.task_labels[e.user_id] = e.labels
+        elif e.kind == "report":
+            m.reports += 1
+
+    def _on_ranking_submitted(self, e: ev.RankingSubmitted) -> None:
+        tree = self.trees[self.messages[e.parent_id].tree_id]
+        tree.rankings[e.parent_id].append(list(e.ranked_message_ids))
+        tree.rankers.add((e.parent_id, e.user_id))
+
+    def _on_emoji_added(self, e: ev.EmojiAdded) -> None:
+        m = self.messages[e.message_id]
+        m.emojis[e.emoji].add(e.user_id)
+        if e.emoji == "_skip_reply":
+            self.trees[m.tree_id].skip_replies += 1
+
+    def _on_emoji_removed(self, e: ev.EmojiRemoved) -> None:
+        self.messages[e.message_id].emojis[e.emoji].discard(e.user_id)
+
+    def _on_tree_state_changed(self, e: ev.TreeStateChanged) -> None:
+        tree = self.trees[e.tree_id]
+        if e.new_state == "growing":
+            tree.won_lottery = True
+        if e.goal_tree_size is not None:
+            tree.goal_tree_size = e.goal_tree_size
+        self._set_state(tree, e.new_state)
+
+    def _on_tree_halted(self, e: ev.TreeHalted) -> None:
+        tree = self.trees[e.tree_id]
+        tree.halted_from = tree.state
+        self._set_state(tree, "halted_by_moderator")
+
+    def _on_tree_resumed(self, e: ev.TreeResumed) -> None:
+        tree = self.trees[e.tree_id]
+        self._set_state(tree, "growing" if tree.won_lottery else "initial_prompt_review")
+
+    def _on_ranks_computed(self, e: ev.RanksComputed) -> None:
+        for rank, mid in enumerate(e.ranked_message_ids):
+            m = self.messages[mid]
+            m.rank = rank
+            if rank == 0 and m.user_id:
+                self.rank1_dates[m.user_id].append(e.at)

@@ -1,0 +1,211 @@
+"""Litestar routes of the write side, at Open-Assistant's paths and payloads."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from litestar import Request, Response, Router, delete, get, post, put
+from litestar.params import Parameter
+
+from command_api import protocol as p
+from command_api.errors import ErrorCode, OasstError
+from command_api.model import ApiClient
+from command_api.service import CommandService, Result, frontend_user
+
+JSON = "application/json"
+
+
+def service_of(request: Request) -> CommandService:
+    return request.app.state.service
+
+
+def authorize(request: Request, trusted: bool = False) -> ApiClient:
+    """OA's auth: ``X-API-Key`` header or ``api_key`` query parameter."""
+    key = request.headers.get("x-api-key") or request.query_params.get("api_key")
+    client = service_of(request).client_for_key(key)
+    if client is None:
+        raise OasstError("the API key is missing or unknown", ErrorCode.API_CLIENT_NOT_AUTHORIZED)
+    if trusted and not client.trusted:
+        raise OasstError("this route needs a trusted API client", ErrorCode.API_CLIENT_NOT_AUTHORIZED)
+    return client
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 0 < len(key) <= 255:
+        raise OasstError("Idempotency-Key must be 1-255 characters", ErrorCode.REQUEST_VALIDATION_FAILED)
+    return key
+
+
+def respond(result: Result) -> Response:
+    return Response(
+        content=result.body if result.status != 204 else None,
+        status_code=result.status,
+        media_type=JSON,
+        headers={"X-Log-Position": str(result.position)},
+    )
+
+
+def _args(request: Request) -> tuple[CommandService, ApiClient, str | None]:
+    return service_of(request), authorize(request), idempotency_key(request)
+
+
+@post("/tasks/", status_code=200, summary="Request a task")
+async def request_task(request: Request, data: p.TaskRequest) -> Response:
+    service, client, ikey = _args(request)
+    return respond(await service.request_task(client, data, ikey))
+
+
+@post("/tasks/availability", status_code=200, summary="Count the tasks a user could get")
+async def task_availability(request: Request, data: p.User, lang: str | None = None) -> dict[str, int]:
+    return service_of(request).availability(authorize(request), data, lang)
+
+
+@post("/tasks/{task_id:str}/ack", status_code=204, summary="Acknowledge a task")
+async def ack_task(request: Request, task_id: str, data: p.TaskAck) -> Response[None]:
+    service, client, ikey = _args(request)
+    return respond(await service.ack(client, task_id, data, ikey))
+
+
+@post("/tasks/{task_id:str}/nack", status_code=204, summary="Skip a task")
+async def nack_task(request: Request, task_id: str, data: p.TaskNAck) -> Response[None]:
+    service, client, ikey = _args(request)
+    return respond(await service.nack(client, task_id, data, ikey))
+
+
+@post("/tasks/interaction", status_code=200, summary="Submit a task's result")
+async def interaction(request: Request, data: p.Interaction) -> Response:
+    service, client, ikey = _args(request)
+    return respond(await service.interaction(client, data, ikey))
+
+
+@post("/tasks/close", status_code=200, summary="Close a task")
+async def close_task(request: Request, data: p.TaskClose) -> Response:
+    service, client, ikey = _args(request)
+    return respond(await service.close(client, data, ikey))
+
+
+@post("/text_labels/", status_code=204, summary="Label or report a message without a task")
+async def text_labels(request: Request, data: p.TextLabels) -> Response[None]:
+    service, client, ikey = _args(request)
+    return respond(await service.free_labels(client, data, ikey))
+
+
+@post("/messages/{message_id:str}/emoji", status_code=202, summary="Add or remove a reaction")
+async def message_emoji(request: Request, message_id: str, data: p.MessageEmojiRequest) -> Response:
+    service, client, ikey = _args(request)
+    return respond(await service.emoji(client, message_id, data, ikey))
+
+
+def _trusted_args(request: Request) -> tuple[CommandService, ApiClient, str | None]:
+    return service_of(request), authorize(request, trusted=True), idempotency_key(request)
+
+
+@delete("/messages/{message_id:str}", status_code=204, summary="Delete a message (moderators)")
+async def delete_message(request: Request, message_id: str) -> Response[None]:
+    service, client, ikey = _trusted_args(request)
+    return respond(await service.delete_message(client, message_id, ikey))
+
+
+@put("/messages/{message_id:str}/undelete", status_code=202, summary="Undelete a message (moderators)")
+async def undelete_message(request: Request, message_id: str) -> Response:
+    service, client, ikey = _trusted_args(request)
+    return respond(await service.undelete_message(client, message_id, ikey))
+
+
+@put("/messages/{message_id:str}/tree/state", status_code=200, summary="Halt or resume a tree (moderators)")
+async def put_tree_state(request: Request, message_id: str, halt: bool) -> Response:
+    service, client, ikey = _trusted_args(request)
+    return respond(await service.set_tree_halted(client, message_id, halt, ikey))
+
+
+@put("/users/{user_id:str}", status_code=204, summary="Update a user (moderators)")
+async def update_user(
+    request: Request,
+    user_id: str,
+    enabled: bool | None = None,
+    notes: str | None = None,
+    show_on_leaderboard: bool | None = None,
+    tos_acceptance: bool | None = None,
+) -> Response[None]:
+    service, client, ikey = _trusted_args(request)
+    return respond(await service.update_user(client, user_id, enabled, notes, show_on_leaderboard, tos_acceptance, ikey))
+
+
+@delete("/users/{user_id:str}", status_code=204, summary="Delete (anonymise) a user (moderators)")
+async def delete_user(request: Request, user_id: str) -> Response[None]:
+    service, client, ikey = _trusted_args(request)
+    return respond(await service.delete_user(client, user_id, ikey))
+
+
+@post("/admin/purge_user/{user_id:str}", status_code=200, summary="Mark a user a spammer (preview: counts only)")
+async def purge_user(request: Request, user_id: str, preview: bool = True, ban: bool = True) -> Response:
+    service, client, ikey = _trusted_args(request)
+    return respond(await service.purge_user(client, user_id, preview, ban, ikey))
+
+
+@post("/admin/users/{user_id:str}/spammer", status_code=204, summary="Mark a user a spammer")
+async def mark_spammer(request: Request, user_id: str) -> Response[None]:
+    service, client, ikey = _trusted_args(request)
+    return respond(await service.set_spammer(client, user_id, True, ikey=ikey))
+
+
+@delete("/admin/users/{user_id:str}/spammer", status_code=204, summary="Unmark a spammer")
+async def unmark_spammer(request: Request, user_id: str) -> Response[None]:
+    service, client, ikey = _trusted_args(request)
+    return respond(await service.set_spammer(client, user_id, False, ikey=ikey))
+
+
+@post("/admin/api_client", status_code=200, summary="Create an API client (root token); returns its key")
+async def create_api_client(request: Request, data: p.CreateApiClientRequest) -> Response:
+    service = service_of(request)
+    token = service.settings.root_token
+    auth = request.headers.get("authorization", "")
+    given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+    if not token or not hmac.compare_digest(given.encode(), token.encode()):
+        raise OasstError("the root token is missing or wrong", ErrorCode.ROOT_TOKEN_NOT_AUTHORIZED)
+    return respond(await service.create_api_client(data))
+
+
+@get("/frontend_users/", summary="List a client's users")
+async def list_frontend_users(
+    request: Request,
+    api_client_id: str | None = None,
+    auth_method: str | None = None,
+    search_text: str | None = None,
+    gte_username: str | None = None,
+    max_count: Annotated[int, Parameter(ge=1, le=10000)] = 100,
+) -> list[dict]:
+    client = authorize(request)
+    service = service_of(request)
+    wanted = str(client.id) if not client.trusted or api_client_id is None else api_client_id
+    users = sorted(
+        (u for u in service.model.users.values() if str(u.api_client_id) == wanted),
+        key=lambda u: (u.username, str(u.id)),
+    )
+    users = [
+        u for u in users
+        if (auth_method is None or u.auth_method == auth_method)
+        and (search_text is None or search_text.lower() in u.display_name.lower())
+        and (gte_username is None or u.username >= gte_username)
+    ]
+    return [frontend_user(u) for u in users[:max_count]]
+
+
+@post("/frontend_users/", status_code=200, summary="Create or update a frontend user")
+async def create_frontend_user(request: Request, data: p.CreateFrontendUserRequest) -> Response:
+    service, client, ikey = _args(request)
+    return respond(await service.create_frontend_user(client, data, ikey))
+
+
+command_router = Router(
+    path="/api/v1",
+    tags=["commands"],
+    route_handlers=[
+        request_task, task_availability, ack_task, nack_task, interaction, close_task, text_labels,
+        message_emoji, delete_message, undelete_message, put_tree_state, update_user, delete_user,
+        purge_user, mark_spammer, unmark_spammer, create_api_client, list_frontend_users,
+        create_frontend_user,
+    ],
+)

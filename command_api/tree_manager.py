@@ -1,0 +1,371 @@
+"""Open-Assistant's tree manager: which tasks a user can get, and what the tree does
+next after each event (reviews, state changes, lottery, ranks, auto-moderation).
+
+Task selection reads the write model; every decision it takes is emitted as an event,
+so replaying the log never re-decides. Randomness is seeded from event data (the
+new task's id, or the id of the event that triggered a decision).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from command_api import events as ev
+from command_api import labels as lab
+from command_api.model import Message, Tree, User, WriteModel
+from infra.settings import TreeConfig
+from projections.consensus import acceptance_score, ranked_pairs
+
+# OA's weights for a "random" task request, by kind of task
+RANDOM_WEIGHTS = {"rank": 10.0, "label_reply": 5.0, "label_prompt": 5.0, "reply": 2.0, "initial_prompt": 0.01}
+KIND_OF = {
+    "rank_assistant_replies": "rank",
+    "rank_prompter_replies": "rank",
+    "label_assistant_reply": "label_reply",
+    "label_prompter_reply": "label_reply",
+    "label_initial_prompt": "label_prompt",
+    "assistant_reply": "reply",
+    "prompter_reply": "reply",
+    "initial_prompt": "initial_prompt",
+}
+
+Emit = Callable[..., ev.Event]
+
+
+@dataclass
+class TaskPlan:
+    """Everything a TaskAssigned event needs, except the envelope."""
+
+    task_type: str
+    payload: dict
+    target_message_id: UUID | None = None
+    tree_id: UUID | None = None
+    label_mode: str | None = None
+    ranked_message_ids: list[UUID] | None = None
+
+
+class TreeManager:
+    def __init__(self, model: WriteModel, config: TreeConfig):
+        self.model = model
+        self.cfg = config
+
+    # --- candidates -------------------------------------------------------------------
+
+    def _recent_pending(self, message_id: UUID, now: datetime, prefix: str) -> int:
+        span = timedelta(seconds=self.cfg.recent_tasks_span_sec)
+        tasks = self.model.tasks
+        return sum(
+            1
+            for t in self.model.pending_by_target.get(message_id, ())
+            if tasks[t].type.startswith(prefix) and now - tasks[t].created_at < span
+        )
+
+    def _langs_match(self, tree: Tree, lang: str | None) -> bool:
+        return lang is None or tree.lang == lang
+
+    def candidates(self, user: User, lang: str | None, now: datetime) -> dict[str, list[UUID | None]]:
+        """Task type -> possible targets for this user (empty types left out)."""
+        m, cfg, uid = self.model, self.cfg, user.id
+        out: dict[str, list[UUID | None]] = {}
+
+        def add(kind: str, target: UUID | None) -> None:
+            out.setdefault(kind, []).append(target)
+
+        waiting = len(m.trees_by_state.get("prompt_lottery_waiting", ()))
+        in_review = len(m.trees_by_state.get("initial_prompt_review", ()))
+        if in_review < cfg.max_initial_prompt_review and waiting < cfg.max_prompt_lottery_waiting:
+            add("initial_prompt", None)
+
+        for tree in m.trees_in("initial_prompt_review", lang):
+            root = m.messages[tree.id]
+            if self._can_label(root, uid, cfg.num_reviews_initial_prompt, now):
+                add("label_initial_prompt", root.id)
+
+        for tree in m.trees_in("growing", lang):
+            for mid in tree.message_ids:
+                msg = m.messages[mid]
+                if msg.parent_id and self._can_label(msg, uid, cfg.num_reviews_reply, now):
+                    add(f"label_{msg.role}_reply", mid)
+                if self._can_reply(msg, uid, now):
+                    add("assistant_reply" if msg.role == "prompter" else "prompter_reply", mid)
+
+        for tree in m.trees_in("ranking", lang):
+            for parent_id, replies in self.rank_parents(tree).items():
+                if self._can_rank(tree, parent_id, replies, uid, now):
+                    role = m.messages[replies[0]].role
+                    add(f"rank_{role}_replies", parent_id)
+        return out
+
+    def _can_label(self, msg: Message, uid: UUID, needed: int, now: datetime) -> bool:
+        return (
+            not msg.late
+            and msg.user_id != uid
+            and uid not in msg.task_labels
+            and uid not in msg.emojis.get("_skip_labeling", ())
+            and msg.review_count + self._recent_pending(msg.id, now, "label") < needed
+            and not self.model.is_hidden(msg)
+        )
+
+    def _can_reply(self, msg: Message, uid: UUID, now: datetime) -> bool:
+        cfg, m = self.cfg, self.model
+        if not msg.review_result or msg.depth >= cfg.max_tree_depth:
+            return False
+        if (msg.id, uid) in m.replied or uid in msg.emojis.get("_skip_reply", ()):
+            return False
+        live = [c for c in msg.children if not m.messages[c].deleted]
+        limit = cfg.num_prompter_replies if msg.role == "assistant" else cfg.max_children_count
+        if len(live) >= limit:
+            return False
+        return self._recent_pending(msg.id, now, "") == 0 and not m.is_hidden(msg)
+
+    def _can_rank(self, tree: Tree, parent_id: UUID, replies: list[UUID], uid: UUID, now: datetime) -> bool:
+        m = self.model
+        if (parent_id, uid) in tree.rankers or uid in m.messages[parent_id].emojis.get("_skip_ranking", ()):
+            return False
+        if any(m.messages[r].user_id == uid for r in replies):
+            return False  # nobody ranks their own reply
+        done = len(tree.rankings.get(parent_id, ()))
+        return done + self._recent_pending(parent_id, now, "rank") < self.cfg.num_required_rankings
+
+    def rank_parents(self, tree: Tree) -> dict[UUID, list[UUID]]:
+        """Parents whose accepted live replies (more than one) need ranking."""
+        m, out = self.model, {}
+        for mid in tree.message_ids:
+            parent = m.messages[mid]
+            if parent.role == "assistant" and not self.cfg.rank_prompter_replies:
+                continue
+            replies = [
+                c for c in parent.children
+                if m.messages[c].review_result and not m.messages[c].late and not m.is_hidden(m.messages[c])
+            ]
+            if len(replies) > 1:
+                out[mid] = replies
+        return out
+
+    # --- building a task ----------------------------------------------------------------
+
+    def plan(self, user: User, requested: str, lang: str | None, now: datetime, rng: random.Random) -> TaskPlan | None:
+        options = self.candidates(user, lang, now)
+        if requested == "random":
+            kinds = sorted({KIND_OF[t] for t in options})
+            if not kinds:
+                return None
+            kind = rng.choices(kinds, weights=[RANDOM_WEIGHTS[k] for k in kinds])[0]
+            types = sorted(t for t in options if KIND_OF[t] == kind)
+            requested = rng.choice(types)
+        targets = options.get(requested)
+        if not targets:
+            return None
+        target = self._pick_target(requested, targets, rng)
+        return self._build(requested, target, user, lang, rng)
+
+    def _pick_target(self, task_type: str, targets: list[UUID | None], rng: random.Random) -> UUID | None:
+        if task_type == "assistant_reply" and rng.random() < self.cfg.p_lonely_child_extension:
+            lonely = [
+                t for t in targets
+                if 0 < len(self.model.messages[t].children) < self.cfg.lonely_children_count
+            ]
+            targets = lonely or targets
+        return rng.choice(targets)
+
+    def conversation(self, msg: Message, user: User) -> dict:
+        return {"messages": [self.conversation_message(x, user) for x in self.model.thread(msg)]}
+
+    def conversation_message(self, msg: Message, user: User) -> dict:
+        emojis = {k: len(v) for k, v in msg.emojis.items() if v and not k.startswith("_")}
+        return {
+            "id": str(msg.id),
+            "user_id": str(msg.user_id) if msg.user_id else None,
+            "frontend_message_id": msg.frontend_message_id,
+            "text": msg.text,
+            "lang": msg.lang,
+            "is_assistant": msg.role == "assistant",
+            "emojis": emojis,
+            "user_emojis": sorted(k for k, v in msg.emojis.items() if user.id in v),
+            "user_is_author": msg.user_id == user.id,
+            "synthetic": msg.synthetic,
+        }
+
+    def _build(self, task_type: str, target: UUID | None, user: User, lang: str | None, rng: random.Random) -> TaskPlan:
+        m = self.model
+        if task_type == "initial_prompt":
+            return TaskPlan(task_type, {"type": task_type, "hint": None})
+        msg = m.messages[target]
+        if task_type in ("assistant_reply", "prompter_reply"):
+            payload = {"type": task_type, "conversation": self.conversation(msg, user)}
+            if task_type == "prompter_reply":
+                payload["hint"] = None
+            return TaskPlan(task_type, payload, msg.id, msg.tree_id)
+        if task_type.startswith("label_"):
+            p_full = {
+                "label_initial_prompt": self.cfg.p_full_labeling_review_prompt,
+                "label_assistant_reply": self.cfg.p_full_labeling_review_reply_assistant,
+                "label_prompter_reply": self.cfg.p_full_labeling_review_reply_prompter,
+            }[task_type]
+            mode = "full" if rng.random() < p_full else "simple"
+            names = lab.valid_labels(task_type, mode)
+            payload = {
+                "type": task_type,
+                "message_id": str(msg.id),
+                "valid_labels": names,
+                "mandatory_labels": lab.MANDATORY_LABELS,
+                "mode": mode,
+                "disposition": "quality",
+                "labels": lab.describe(names),
+                "conversation": self.conversation(msg, user),
+            }
+            payload["prompt" if task_type == "label_initial_prompt" else "reply"] = msg.text
+            return TaskPlan(task_type, payload, msg.id, msg.tree_id, label_mode=mode)
+        # ranking: replies in a shuffled order; the answer indexes into reply_messages
+        tree = m.trees[msg.tree_id]
+        replies = list(self.rank_parents(tree)[msg.id])
+        rng.shuffle(replies)
+        reply_msgs = [m.messages[r] for r in replies]
+        payload = {
+            "type": task_type,
+            "conversation": self.conversation(msg, user),
+            "replies": [r.text for r in reply_msgs],
+            "reply_messages": [self.conversation_message(r, user) for r in reply_msgs],
+            "message_tree_id": str(tree.id),
+            "ranking_parent_id": str(msg.id),
+            "reveal_synthetic": all(r.synthetic for r in reply_msgs),
+        }
+        return TaskPlan(task_type, payload, msg.id, tree.id, ranked_message_ids=replies)
+
+    # --- reacting to events ----------------------------------------------------------------
+
+    def react(self, event: ev.Event, emit: Emit) -> None:
+        """Emit the tree manager's decisions that follow from ``event`` (already applied)."""
+        m = self.model
+        match event:
+            case ev.LabelsSubmitted(kind="task"):
+                self._review(m.messages[event.message_id], emit)
+            case ev.LabelsSubmitted(kind="report") | ev.EmojiAdded(emoji="red_flag"):
+                self._auto_moderate_flags(m.messages[event.message_id], emit)
+            case ev.EmojiAdded(emoji="_skip_reply"):
+                tree = m.trees[m.messages[event.message_id].tree_id]
+                if (self.cfg.auto_mod_enabled and tree.skip_replies >= self.cfg.auto_mod_max_skip_reply
+                        and tree.state in ("initial_prompt_review", "growing")):
+                    emit(ev.TreeStateChanged, tree_id=tree.id, old_state=tree.state,
+                         new_state="halted_by_moderator", reason="auto_mod_skip_reply")
+            case ev.MessageReviewed() | ev.MessageDeleted():
+                msg = m.messages[event.message_id]
+                tree = m.trees[msg.tree_id]
+                if isinstance(event, ev.MessageDeleted) and msg.parent_id is None and tree.state not in (
+                    "halted_by_moderator", "aborted_low_grade", "ready_for_export"
+                ):
+                    emit(ev.TreeStateChanged, tree_id=tree.id, old_state=tree.state,
+                         new_state="halted_by_moderator", reason="all_messages_deleted")
+                elif tree.state == "initial_prompt_review" and isinstance(event, ev.MessageReviewed):
+                    new = "prompt_lottery_waiting" if event.accepted else "aborted_low_grade"
+                    emit(ev.TreeStateChanged, tree_id=tree.id, old_state=tree.state, new_state=new,
+                         reason="initial_prompt_review")
+                elif tree.state == "growing":
+                    self._check_growing(tree, emit)
+                elif tree.state == "ranking":
+                    self._check_ranking(tree, emit)
+            case ev.RankingSubmitted():
+                tree = m.trees[m.messages[event.parent_id].tree_id]
+                if tree.state == "ranking":
+                    self._check_ranking(tree, emit)
+            case ev.TreeStateChanged():
+                self._after_state_change(event, emit)
+            case ev.TreeHalted():
+                tree = m.trees[event.tree_id]
+                if tree.halted_from == "growing":
+                    self._lottery(tree.lang, event, emit)
+                self._activate_backlog(tree.lang, event, emit)
+
+    def _review(self, msg: Message, emit: Emit) -> None:
+        needed = self.cfg.num_reviews_initial_prompt if msg.parent_id is None else self.cfg.num_reviews_reply
+        if msg.review_count < needed or msg.late:
+            return
+        threshold = (
+            self.cfg.acceptance_threshold_initial_prompt if msg.parent_id is None
+            else self.cfg.acceptance_threshold_reply
+        )
+        score = acceptance_score([msg.task_labels[u] for u in sorted(msg.task_labels)])
+        emit(ev.MessageReviewed, message_id=msg.id, review_count=msg.review_count,
+             score=round(score, 6), accepted=score > threshold)
+
+    def _auto_moderate_flags(self, msg: Message, emit: Emit) -> None:
+        tree = self.model.trees[msg.tree_id]
+        if not self.cfg.auto_mod_enabled or msg.red_flags < self.cfg.auto_mod_red_flags:
+            return
+        if tree.state not in ("initial_prompt_review", "growing"):
+            return
+        if msg.parent_id is None:
+            emit(ev.TreeStateChanged, tree_id=tree.id, old_state=tree.state,
+                 new_state="aborted_low_grade", reason="auto_mod_red_flags")
+        elif not msg.deleted:
+            emit(ev.MessageDeleted, message_id=msg.id, reason="auto_mod_red_flags")
+
+    def _check_growing(self, tree: Tree, emit: Emit) -> None:
+        m = self.model
+        live = [m.messages[i] for i in tree.message_ids if not m.messages[i].late and not m.is_hidden(m.messages[i])]
+        if any(x.review_result is None for x in live):
+            return
+        if sum(1 for x in live if x.review_result) >= tree.goal_tree_size:
+            emit(ev.TreeStateChanged, tree_id=tree.id, old_state="growing", new_state="ranking",
+                 reason="goal_tree_size_reached")
+
+    def _check_ranking(self, tree: Tree, emit: Emit) -> None:
+        parents = self.rank_parents(tree)
+        needed = self.cfg.num_required_rankings
+        if any(len(tree.rankings.get(p, ())) < needed for p in parents):
+            return
+        emit(ev.TreeStateChanged, tree_id=tree.id, old_state="ranking", new_state="ready_for_scoring",
+             reason="rankings_complete")
+        try:
+            results = {p: ranked_pairs(tree.rankings[p]) for p in sorted(parents)}
+        except Exception:  # noqa: BLE001 - OA's scoring_failed state exists for this
+            emit(ev.TreeStateChanged, tree_id=tree.id, old_state="ready_for_scoring",
+                 new_state="scoring_failed", reason="ranking_consensus_failed")
+            return
+        for parent_id, order in results.items():
+            emit(ev.RanksComputed, tree_id=tree.id, parent_id=parent_id, ranked_message_ids=order,
+                 ranking_count=len(tree.rankings[parent_id]))
+        emit(ev.TreeStateChanged, tree_id=tree.id, old_state="ready_for_scoring",
+             new_state="ready_for_export", reason="scored")
+
+    def _after_state_change(self, event: ev.TreeStateChanged, emit: Emit) -> None:
+        tree = self.model.trees[event.tree_id]
+        if event.new_state == "ranking":
+            self._check_ranking(tree, emit)
+        if event.new_state == "prompt_lottery_waiting" or event.old_state == "growing":
+            self._lottery(tree.lang, event, emit)
+        if event.new_state in ("ready_for_export", "aborted_low_grade", "halted_by_moderator", "scoring_failed"):
+            self._activate_backlog(tree.lang, event, emit)
+
+    def _lottery(self, lang: str, trigger: ev.Event, emit: Emit) -> None:
+        """Start waiting trees while fewer than max_active_trees of ``lang`` grow."""
+        m, rng = self.model, random.Random(trigger.id.int)
+        while len(m.trees_in("growing", lang)) < self.cfg.max_active_trees:
+            waiting = sorted(m.trees_in("prompt_lottery_waiting", lang), key=lambda t: (t.created_at, t.id))
+            if not waiting:
+                return
+            month_ago = trigger.at - timedelta(days=30)
+            by_author: dict[UUID | None, list[Tree]] = {}
+            for t in waiting:
+                by_author.setdefault(m.messages[t.id].user_id, []).append(t)
+            authors = sorted(by_author, key=str)
+            weights = [1 + sum(1 for d in m.rank1_dates.get(a, ()) if d >= month_ago) for a in authors]
+            author = rng.choices(authors, weights=weights)[0]
+            winner = rng.choice(by_author[author])
+            goal = self.cfg.goal_tree_size
+            if self.cfg.random_goal_tree_size and self.cfg.min_goal_tree_size < goal:
+                goal = rng.randint(self.cfg.min_goal_tree_size, goal)
+            emit(ev.TreeStateChanged, tree_id=winner.id, old_state="prompt_lottery_waiting",
+                 new_state="growing", reason="lottery", goal_tree_size=goal)
+
+    def _activate_backlog(self, lang: str, trigger: ev.Event, emit: Emit) -> None:
+        backlog = sorted(self.model.trees_in("backlog_ranking", lang), key=lambda t: (t.created_at, t.id))
+        rng = random.Random(trigger.id.int ^ 0xB4C)
+        if backlog and rng.random() < self.cfg.p_activate_backlog_tree:
+            tree = rng.choice(backlog)
+            emit(ev.TreeStateChanged, tree_id=tree.id, old_state="backlog_ranking", new_state="ranking",
+                 reason="backlog_activated")

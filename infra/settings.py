@@ -1,0 +1,92 @@
+"""Configuration from environment variables (documented in README.md)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TreeConfig:
+    """Open-Assistant's TreeManagerConfiguration; env ``OASST_TREE_<NAME>`` overrides."""
+
+    max_active_trees: int = 10
+    max_initial_prompt_review: int = 100
+    max_tree_depth: int = 3
+    max_children_count: int = 3
+    num_prompter_replies: int = 1
+    goal_tree_size: int = 12
+    random_goal_tree_size: bool = False
+    min_goal_tree_size: int = 5
+    num_reviews_initial_prompt: int = 3
+    num_reviews_reply: int = 3
+    acceptance_threshold_initial_prompt: float = 0.6
+    acceptance_threshold_reply: float = 0.6
+    p_full_labeling_review_prompt: float = 1.0
+    p_full_labeling_review_reply_assistant: float = 1.0
+    p_full_labeling_review_reply_prompter: float = 0.1
+    num_required_rankings: int = 3
+    rank_prompter_replies: bool = False
+    p_activate_backlog_tree: float = 0.1
+    min_active_rankings_per_lang: int = 0
+    auto_mod_enabled: bool = True
+    auto_mod_red_flags: int = 4
+    auto_mod_max_skip_reply: int = 25
+    lonely_children_count: int = 2
+    p_lonely_child_extension: float = 0.75
+    recent_tasks_span_sec: int = 300
+    max_pending_tasks_per_user: int = 8
+    max_prompt_lottery_waiting: int = 250
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> TreeConfig:
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            raw = env.get(f"OASST_TREE_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _parse(raw, f.type, f"OASST_TREE_{f.name.upper()}")
+        return cls(**values)
+
+
+def _parse(raw: str, type_name: str, var: str):
+    try:
+        if type_name == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return {"int": int, "float": float}[type_name](raw)
+    except ValueError:
+        raise SystemExit(f"{var}={raw!r} is not a valid {type_name}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///var/oasst.sqlite3"
+    data_dir: Path = Path("var")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    bootstrap_api_key: str | None = None
+    root_token: str | None = None
+    task_expire_minutes: int = 2880
+    max_body_bytes: int = 1_000_000
+    tree: TreeConfig = field(default_factory=TreeConfig)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        data_dir = Path(env.get("OASST_DATA_DIR", "var"))
+        return cls(
+            database_url=env.get("OASST_DATABASE_URL", f"sqlite:///{data_dir / 'oasst.sqlite3'}"),
+            data_dir=data_dir,
+            host=env.get("OASST_HOST", "127.0.0.1"),
+            port=int(env.get("OASST_PORT", "8080")),
+            bootstrap_api_key=env.get("OASST_BOOTSTRAP_API_KEY") or None,
+            root_token=env.get("OASST_ROOT_TOKEN") or None,
+            task_expire_minutes=int(env.get("OASST_TASK_EXPIRE_MINUTES", "2880")),
+            max_body_bytes=int(env.get("OASST_MAX_BODY_BYTES", "1000000")),
+            tree=TreeConfig.from_env(env),
+        )

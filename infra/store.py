@@ -1,0 +1,257 @@
+"""The event store: eventsourcing's recorders on SQLite or PostgreSQL.
+
+One table of stored events (eventsourcing's ``stored_events``: stream id, stream
+version, topic, msgpack state, and a global notification id that is our *log
+position*). Optimistic concurrency comes from its primary key (stream id, version).
+
+We add one table, ``command_responses``, written in the same transaction as the
+events of the command it answers, so a retried request with the same
+``Idempotency-Key`` gets the first answer back even after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+from uuid import UUID
+
+import msgspec
+from eventsourcing.persistence import IntegrityError, StoredEvent, Transcoder
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+from psycopg.sql import SQL, Identifier
+
+from command_api import events as ev
+
+__all__ = ["EventStore", "IntegrityError", "MsgspecTranscoder", "Pending", "StoredResponse"]
+
+
+class MsgspecTranscoder(Transcoder):
+    """eventsourcing's transcoder interface over our msgpack event contract."""
+
+    def encode(self, obj: Any) -> bytes:
+        return ev.encode(obj)
+
+    def decode(self, data: bytes) -> Any:
+        return ev.decode(data)
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    body: bytes
+    position: int
+
+
+@dataclass
+class Pending:
+    """One command's events (with their stream ids and versions) and, if the request
+    carried an Idempotency-Key, the response to remember for it."""
+
+    events: list[tuple[UUID, int, ev.Event]]
+    idempotency: tuple[UUID, str, int, bytes] | None = None  # client, key, status, body
+
+
+def _response_rows(pending: Sequence[Pending], ids: Sequence[int]) -> list[tuple]:
+    rows, end = [], 0
+    for p in pending:
+        end += len(p.events)
+        if p.idempotency:
+            client, key, status, body = p.idempotency
+            position = ids[end - 1] if end else 0
+            rows.append((str(client), key, status, body, position))
+    return rows
+
+
+class _SQLiteRecorder(SQLiteApplicationRecorder):
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            *super().construct_create_table_statements(),
+            "CREATE TABLE IF NOT EXISTS command_responses (api_client_id TEXT, key TEXT, "
+            "status INTEGER, body BLOB, position INTEGER, PRIMARY KEY (api_client_id, key))",
+        ]
+
+    def _insert_events(self, c, stored_events, *, pending=(), **kwargs):
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        rows = _response_rows(pending, ids)
+        if rows:
+            c.executemany("INSERT INTO command_responses VALUES (?,?,?,?,?)", rows)
+        return ids
+
+
+class _PostgresRecorder(PostgresApplicationRecorder):
+    def __init__(self, datastore: PostgresDatastore):
+        super().__init__(datastore)
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.command_responses (api_client_id text, "
+                "key text, status int, body bytea, position bigint, "
+                "PRIMARY KEY (api_client_id, key))"
+            ).format(schema=Identifier(datastore.schema))
+        )
+
+    def _fetch_ids_after_insert_events(self, curs, stored_events, *, pending=(), **kwargs):
+        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        rows = _response_rows(pending, ids)
+        if rows:
+            curs.executemany(
+                SQL("INSERT INTO {schema}.command_responses VALUES (%s,%s,%s,%s,%s)").format(
+                    schema=Identifier(self.datastore.schema)
+                ),
+                rows,
+            )
+        return ids
+
+
+def _open_recorder(url: str):
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else parsed.path
+        if path not in ("", ":memory:"):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        else:
+            path = "file::memory:?cache=shared"
+        datastore = SQLiteDatastore(path, lock_timeout=30)
+        recorder = _SQLiteRecorder(datastore)
+        return "sqlite", recorder
+    if parsed.scheme in ("postgresql", "postgres"):
+        query = dict(p.split("=", 1) for p in parsed.query.split("&") if "=" in p)
+        datastore = PostgresDatastore(
+            dbname=unquote(parsed.path.lstrip("/")) or "postgres",
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or 5432,
+            user=unquote(parsed.username or "postgres"),
+            password=unquote(parsed.password or ""),
+            pool_size=4,
+            max_overflow=4,
+            schema=query.get("schema", ""),
+            lock_timeout=10,
+        )
+        return "postgresql", _PostgresRecorder(datastore)
+    raise SystemExit(f"unsupported OASST_DATABASE_URL {url!r}: use sqlite:///PATH or postgresql://…")
+
+
+class EventStore:
+    """Append and read the log. ``append`` is synchronous and does one transaction;
+    ``GroupCommitter`` below batches concurrent appends into such transactions."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.backend, self.recorder = _open_recorder(url)
+        self.transcoder = MsgspecTranscoder()
+        self.recorder.create_table()
+
+    def close(self) -> None:
+        self.recorder.datastore.close()
+
+    def append(self, pending: Sequence[Pending]) -> list[int]:
+        """Writes all events of ``pending`` in one transaction; returns their positions.
+        Raises IntegrityError if any stream version is taken (nothing is written)."""
+        stored = [
+            StoredEvent(stream, version, ev.topic(e), self.transcoder.encode(e))
+            for p in pending
+            for stream, version, e in p.events
+        ]
+        if not stored:
+            return []
+        return list(self.recorder.insert_events(stored, pending=pending))
+
+    def read(self, after: int = 0, limit: int = 1000) -> list[tuple[int, ev.Event]]:
+        """Events with position > after, in log order."""
+        notes = self.recorder.select_notifications(
+            start=after, limit=limit, inclusive_of_start=False
+        )
+        return [(n.id, self.transcoder.decode(n.state)) for n in notes]
+
+    def read_stored(self, after: int = 0, limit: int = 1000):
+        """Raw notifications (position, stream, version, topic, state) for replay."""
+        return self.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)
+
+    def max_position(self) -> int:
+        return self.recorder.max_notification_id() or 0
+
+    def stored_response(self, client_id: UUID, key: str) -> StoredResponse | None:
+        if self.backend == "sqlite":
+            sql = "SELECT status, body, position FROM command_responses WHERE api_client_id=? AND key=?"
+        else:
+            sql = SQL(
+                "SELECT status, body, position FROM {schema}.command_responses "
+                "WHERE api_client_id=%s AND key=%s"
+            ).format(schema=Identifier(self.recorder.datastore.schema))
+        with self.recorder.datastore.transaction(commit=False) as c:
+            c.execute(sql, (str(client_id), key))
+            row = c.fetchone()
+        if row is None:
+            return None
+        return StoredResponse(row["status"], bytes(row["body"]), row["position"])
+
+
+class GroupCommitter:
+    """Collects concurrent appends and writes each collection in one transaction.
+
+    While one transaction is in flight, new appends queue up; they all go into the
+    next one. Each caller gets the positions of its own events. If a transaction
+    fails, every caller in it gets the error (nothing of theirs was written)."""
+
+    def __init__(self, store: EventStore, on_failure=None, max_batch_events: int = 5000):
+        self.store = store
+        self.on_failure = on_failure  # called after a failed transaction, once its waiters know
+        self.max_batch_events = max_batch_events
+        self._queue: list[tuple[Pending, asyncio.Future]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            while self._queue:
+                await asyncio.sleep(0.001)
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def submit(self, pending: Pending) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((pending, future))
+        self._wakeup.set()
+        return future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch, size = [], 0
+                while self._queue and size < self.max_batch_events:
+                    item = self._queue.pop(0)
+                    batch.append(item)
+                    size += len(item[0].events)
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[tuple[Pending, asyncio.Future]]) -> None:
+        try:
+            ids = await asyncio.to_thread(self.store.append, [p for p, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
+            # Later queued commands may have been decided on top of this batch: fail them too.
+            failed, self._queue = batch + self._queue, []
+            for _, future in failed:
+                if not future.done():
+                    future.set_exception(exc)
+            if self.on_failure:
+                self.on_failure(exc)
+            return
+        start = 0
+        for pending, future in batch:
+            end = start + len(pending.events)
+            if not future.done():
+                future.set_result(ids[start:end])
+            start = end
+

@@ -1,0 +1,35 @@
+"""Reading the log: ``GET /api/v1/events`` (trusted clients)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from litestar import Request, Response, get
+from litestar.params import Parameter
+
+from command_api import events as ev
+from command_api.routes import authorize, service_of
+
+
+@get("/api/v1/events", tags=["log"], summary="Events after a position, in log order (trusted)")
+async def list_events(
+    request: Request,
+    after: Annotated[int, Parameter(ge=0)] = 0,
+    limit: Annotated[int, Parameter(ge=1, le=10_000)] = 1000,
+) -> Response:
+    authorize(request, trusted=True)
+    store = service_of(request).store
+    notes = await asyncio.to_thread(store.read_stored, after, limit)
+    items = [
+        {
+            "position": n.id,
+            "type": n.topic,
+            "stream_id": str(n.originator_id),
+            "stream_version": n.originator_version,
+            "event": ev.to_builtins(ev.decode(n.state)),
+        }
+        for n in notes
+    ]
+    last = items[-1]["position"] if items else after
+    return Response({"events": items, "last_position": last}, headers={"X-Log-Position": str(last)})
