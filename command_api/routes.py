@@ -6,7 +6,7 @@ import hmac
 from typing import Annotated
 
 from litestar import Request, Response, Router, delete, get, post, put
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from command_api import protocol as p
 from command_api.errors import ErrorCode, OasstError
@@ -52,48 +52,48 @@ def _args(request: Request) -> tuple[CommandService, ApiClient, str | None]:
 
 
 @post("/tasks/", status_code=200, summary="Request a task")
-async def request_task(request: Request, data: p.TaskRequest) -> Response:
+async def request_task(request: Request, data: JSONBody[p.TaskRequest]) -> Response:
     service, client, ikey = _args(request)
     return respond(await service.request_task(client, data, ikey))
 
 
 @post("/tasks/availability", status_code=200, summary="Count the tasks a user could get")
-async def task_availability(request: Request, data: p.User, lang: str | None = None) -> dict[str, int]:
+async def task_availability(request: Request, data: JSONBody[p.User], lang: FromQuery[str | None] = None) -> dict[str, int]:
     return service_of(request).availability(authorize(request), data, lang)
 
 
 @post("/tasks/{task_id:str}/ack", status_code=204, summary="Acknowledge a task")
-async def ack_task(request: Request, task_id: str, data: p.TaskAck) -> Response[None]:
+async def ack_task(request: Request, task_id: FromPath[str], data: JSONBody[p.TaskAck]) -> Response[None]:
     service, client, ikey = _args(request)
     return respond(await service.ack(client, task_id, data, ikey))
 
 
 @post("/tasks/{task_id:str}/nack", status_code=204, summary="Skip a task")
-async def nack_task(request: Request, task_id: str, data: p.TaskNAck) -> Response[None]:
+async def nack_task(request: Request, task_id: FromPath[str], data: JSONBody[p.TaskNAck]) -> Response[None]:
     service, client, ikey = _args(request)
     return respond(await service.nack(client, task_id, data, ikey))
 
 
 @post("/tasks/interaction", status_code=200, summary="Submit a task's result")
-async def interaction(request: Request, data: p.Interaction) -> Response:
+async def interaction(request: Request, data: JSONBody[p.Interaction]) -> Response:
     service, client, ikey = _args(request)
     return respond(await service.interaction(client, data, ikey))
 
 
 @post("/tasks/close", status_code=200, summary="Close a task")
-async def close_task(request: Request, data: p.TaskClose) -> Response:
+async def close_task(request: Request, data: JSONBody[p.TaskClose]) -> Response:
     service, client, ikey = _args(request)
     return respond(await service.close(client, data, ikey))
 
 
 @post("/text_labels/", status_code=204, summary="Label or report a message without a task")
-async def text_labels(request: Request, data: p.TextLabels) -> Response[None]:
+async def text_labels(request: Request, data: JSONBody[p.TextLabels]) -> Response[None]:
     service, client, ikey = _args(request)
     return respond(await service.free_labels(client, data, ikey))
 
 
 @post("/messages/{message_id:str}/emoji", status_code=202, summary="Add or remove a reaction")
-async def message_emoji(request: Request, message_id: str, data: p.MessageEmojiRequest) -> Response:
+async def message_emoji(request: Request, message_id: FromPath[str], data: JSONBody[p.MessageEmojiRequest]) -> Response:
     service, client, ikey = _args(request)
     return respond(await service.emoji(client, message_id, data, ikey))
 
@@ -103,19 +103,19 @@ def _trusted_args(request: Request) -> tuple[CommandService, ApiClient, str | No
 
 
 @delete("/messages/{message_id:str}", status_code=204, summary="Delete a message (moderators)")
-async def delete_message(request: Request, message_id: str) -> Response[None]:
+async def delete_message(request: Request, message_id: FromPath[str]) -> Response[None]:
     service, client, ikey = _trusted_args(request)
     return respond(await service.delete_message(client, message_id, ikey))
 
 
 @put("/messages/{message_id:str}/undelete", status_code=202, summary="Undelete a message (moderators)")
-async def undelete_message(request: Request, message_id: str) -> Response:
+async def undelete_message(request: Request, message_id: FromPath[str]) -> Response:
     service, client, ikey = _trusted_args(request)
     return respond(await service.undelete_message(client, message_id, ikey))
 
 
 @put("/messages/{message_id:str}/tree/state", status_code=200, summary="Halt or resume a tree (moderators)")
-async def put_tree_state(request: Request, message_id: str, halt: bool) -> Response:
+async def put_tree_state(request: Request, message_id: FromPath[str], halt: FromQuery[bool]) -> Response:
     service, client, ikey = _trusted_args(request)
     return respond(await service.set_tree_halted(client, message_id, halt, ikey))
 
@@ -123,42 +123,42 @@ async def put_tree_state(request: Request, message_id: str, halt: bool) -> Respo
 @put("/users/{user_id:str}", status_code=204, summary="Update a user (moderators)")
 async def update_user(
     request: Request,
-    user_id: str,
-    enabled: bool | None = None,
-    notes: str | None = None,
-    show_on_leaderboard: bool | None = None,
-    tos_acceptance: bool | None = None,
+    user_id: FromPath[str],
+    enabled: FromQuery[bool | None] = None,
+    notes: FromQuery[str | None] = None,
+    show_on_leaderboard: FromQuery[bool | None] = None,
+    tos_acceptance: FromQuery[bool | None] = None,
 ) -> Response[None]:
     service, client, ikey = _trusted_args(request)
     return respond(await service.update_user(client, user_id, enabled, notes, show_on_leaderboard, tos_acceptance, ikey))
 
 
 @delete("/users/{user_id:str}", status_code=204, summary="Delete (anonymise) a user (moderators)")
-async def delete_user(request: Request, user_id: str) -> Response[None]:
+async def delete_user(request: Request, user_id: FromPath[str]) -> Response[None]:
     service, client, ikey = _trusted_args(request)
     return respond(await service.delete_user(client, user_id, ikey))
 
 
 @post("/admin/purge_user/{user_id:str}", status_code=200, summary="Mark a user a spammer (preview: counts only)")
-async def purge_user(request: Request, user_id: str, preview: bool = True, ban: bool = True) -> Response:
+async def purge_user(request: Request, user_id: FromPath[str], preview: FromQuery[bool] = True, ban: FromQuery[bool] = True) -> Response:
     service, client, ikey = _trusted_args(request)
     return respond(await service.purge_user(client, user_id, preview, ban, ikey))
 
 
 @post("/admin/users/{user_id:str}/spammer", status_code=204, summary="Mark a user a spammer")
-async def mark_spammer(request: Request, user_id: str) -> Response[None]:
+async def mark_spammer(request: Request, user_id: FromPath[str]) -> Response[None]:
     service, client, ikey = _trusted_args(request)
     return respond(await service.set_spammer(client, user_id, True, ikey=ikey))
 
 
 @delete("/admin/users/{user_id:str}/spammer", status_code=204, summary="Unmark a spammer")
-async def unmark_spammer(request: Request, user_id: str) -> Response[None]:
+async def unmark_spammer(request: Request, user_id: FromPath[str]) -> Response[None]:
     service, client, ikey = _trusted_args(request)
     return respond(await service.set_spammer(client, user_id, False, ikey=ikey))
 
 
 @post("/admin/api_client", status_code=200, summary="Create an API client (root token); returns its key")
-async def create_api_client(request: Request, data: p.CreateApiClientRequest) -> Response:
+async def create_api_client(request: Request, data: JSONBody[p.CreateApiClientRequest]) -> Response:
     service = service_of(request)
     token = service.settings.root_token
     auth = request.headers.get("authorization", "")
@@ -171,11 +171,11 @@ async def create_api_client(request: Request, data: p.CreateApiClientRequest) ->
 @get("/frontend_users/", summary="List a client's users")
 async def list_frontend_users(
     request: Request,
-    api_client_id: str | None = None,
-    auth_method: str | None = None,
-    search_text: str | None = None,
-    gte_username: str | None = None,
-    max_count: Annotated[int, Parameter(ge=1, le=10000)] = 100,
+    api_client_id: FromQuery[str | None] = None,
+    auth_method: FromQuery[str | None] = None,
+    search_text: FromQuery[str | None] = None,
+    gte_username: FromQuery[str | None] = None,
+    max_count: Annotated[int, QueryParameter(ge=1, le=10000)] = 100,
 ) -> list[dict]:
     client = authorize(request)
     service = service_of(request)
@@ -194,7 +194,7 @@ async def list_frontend_users(
 
 
 @post("/frontend_users/", status_code=200, summary="Create or update a frontend user")
-async def create_frontend_user(request: Request, data: p.CreateFrontendUserRequest) -> Response:
+async def create_frontend_user(request: Request, data: JSONBody[p.CreateFrontendUserRequest]) -> Response:
     service, client, ikey = _args(request)
     return respond(await service.create_frontend_user(client, data, ikey))
 

@@ -6,7 +6,7 @@ import asyncio
 from typing import Annotated
 
 from litestar import Request, Response, get
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 
 from command_api import events as ev
 from command_api.routes import authorize, service_of
@@ -15,8 +15,8 @@ from command_api.routes import authorize, service_of
 @get("/api/v1/events", tags=["log"], summary="Events after a position, in log order (trusted)")
 async def list_events(
     request: Request,
-    after: Annotated[int, Parameter(ge=0)] = 0,
-    limit: Annotated[int, Parameter(ge=1, le=10_000)] = 1000,
+    after: Annotated[int, QueryParameter(ge=0)] = 0,
+    limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
 ) -> Response:
     authorize(request, trusted=True)
     store = service_of(request).store

