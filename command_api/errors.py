@@ -1,7 +1,7 @@
 """Open-Assistant's error codes and the error every refused command raises.
 
 Codes are OA's (``oasst_shared.exceptions.OasstErrorCode``) so frontends keep working;
-``REQUEST_VALIDATION_FAILED`` and ``IDEMPOTENCY_KEY_REUSED`` are this project's additions.
+codes 102, 104 and 105 are this project's additions (see README).
 Every error leaves the service as ``{"error_code": int, "message": str}``.
 """
 
@@ -15,8 +15,8 @@ class ErrorCode(IntEnum):
     API_CLIENT_NOT_AUTHORIZED = 2
     ROOT_TOKEN_NOT_AUTHORIZED = 3
     REQUEST_VALIDATION_FAILED = 102
-    IDEMPOTENCY_KEY_REUSED = 103
     STORE_UNAVAILABLE = 104
+    REQUEST_TOO_LARGE = 105
     TOO_MANY_REQUESTS = 429
     SERVER_ERROR0 = 500
 
@@ -62,7 +62,6 @@ _STATUS = {
     ErrorCode.API_CLIENT_NOT_AUTHORIZED: 403,
     ErrorCode.ROOT_TOKEN_NOT_AUTHORIZED: 403,
     ErrorCode.REQUEST_VALIDATION_FAILED: 422,
-    ErrorCode.IDEMPOTENCY_KEY_REUSED: 422,
     ErrorCode.STORE_UNAVAILABLE: 503,
     ErrorCode.TOO_MANY_REQUESTS: 429,
     ErrorCode.MESSAGE_NOT_FOUND: 404,

@@ -31,7 +31,11 @@ def _validation_error(_: Request, exc: ValidationException) -> Response:
 
 
 def _http_error(_: Request, exc: HTTPException) -> Response:
-    code = ErrorCode.TOO_MANY_REQUESTS if exc.status_code == 429 else ErrorCode.GENERIC_ERROR
+    code = {
+        400: ErrorCode.REQUEST_VALIDATION_FAILED,  # e.g. a body that is not JSON
+        413: ErrorCode.REQUEST_TOO_LARGE,
+        429: ErrorCode.TOO_MANY_REQUESTS,
+    }.get(exc.status_code, ErrorCode.GENERIC_ERROR)
     return Response({"error_code": int(code), "message": str(exc.detail)}, status_code=exc.status_code)
 
 
