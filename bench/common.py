@@ -16,9 +16,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from rich.console import Console
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "var" / "bench"
 VENV_BIN = ROOT / ".venv" / "bin"
+# Wide enough for the results table when output goes to a file or a pipe.
+console = Console(width=None if sys.stdout.isatty() else 150)
 MACHINE_PG = os.environ.get("OASST_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

@@ -23,14 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from the repo root: make `bench` and the app importable
 
-from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench.common import OUT  # noqa: E402
+from bench.common import OUT, console  # noqa: E402
 
 HELPERS = {"run", "common", "noop_server", "__init__"}
 COMPARE = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
-console = Console()
 
 
 def modules() -> list:

@@ -21,7 +21,7 @@ import random
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 import msgspec
@@ -43,7 +43,7 @@ _json = msgspec.json.Encoder()
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def key_digest(api_key: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -17,9 +16,9 @@ console = Console()
 
 @app.command()
 def serve(
-    host: Optional[str] = typer.Option(None, help="Bind address (default OASST_HOST or 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, help="Port (default OASST_PORT or 8080)."),
-    only: Optional[str] = typer.Option(None, help="Serve only 'commands' or 'queries'."),
+    host: str | None = typer.Option(None, help="Bind address (default OASST_HOST or 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Port (default OASST_PORT or 8080)."),
+    only: str | None = typer.Option(None, help="Serve only 'commands' or 'queries'."),
 ) -> None:
     """Serve the HTTP API (one process: it owns the write model)."""
     import uvicorn

@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 from uuid import UUID
 
-import msgspec
 from eventsourcing.persistence import IntegrityError, StoredEvent, Transcoder
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 from command_api import events as ev
@@ -11,7 +11,7 @@ from command_api.model import WriteModel, stream_of
 from command_api.tree_manager import TreeManager
 from infra.settings import TreeConfig
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class World:

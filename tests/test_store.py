@@ -4,7 +4,7 @@ concurrency, idempotency rows in the same transaction, group commit."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
@@ -14,7 +14,7 @@ from infra.store import EventStore, GroupCommitter, IntegrityError, Pending
 
 
 def user_seen(name: str) -> ev.UserSeen:
-    return ev.UserSeen(id=uuid4(), at=datetime.now(timezone.utc), subject_id=uuid4(),
+    return ev.UserSeen(id=uuid4(), at=datetime.now(UTC), subject_id=uuid4(),
                        auth_method="local", username=name, display_name=name)
 
 
