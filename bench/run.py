@@ -15,6 +15,7 @@ import importlib
 import json
 import math
 import operator
+import signal
 import sys
 import time
 import traceback
@@ -66,7 +67,14 @@ def clean(x):
     return None if isinstance(x, float) and math.isnan(x) else x
 
 
+def _terminate(signum, frame):
+    # Treat SIGTERM like Ctrl-C (which asyncio.run turns into a clean cancellation): everything
+    # unwinds, so benchmarks stop their servers and drop their databases.
+    signal.raise_signal(signal.SIGINT)
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (all benchmarks in under 3 minutes)")
     args = parser.parse_args()
