@@ -16,6 +16,8 @@ lottery draws, ranks) are events too, so a replay never re-decides anything.
 
 from __future__ import annotations
 
+import os
+import random
 from datetime import datetime
 from typing import Literal, Union
 from uuid import UUID
@@ -322,6 +324,18 @@ EVENT_TYPES: dict[str, type[Event]] = {t.__struct_config__.tag: t for t in AnyEv
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyEvent)
 _json_encoder = msgspec.json.Encoder()
+
+
+# Seeded from the OS (again in a forked child): ids need uniqueness, not secrecy.
+_id_source = random.Random(random.SystemRandom().getrandbits(128))
+os.register_at_fork(after_in_child=lambda: _id_source.seed(random.SystemRandom().getrandbits(128)))
+
+
+def new_id() -> UUID:
+    """A random (version 4) UUID, without a system call per id as uuid.uuid4() makes."""
+    bits = _id_source.getrandbits(128)
+    bits = (bits & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
+    return UUID(int=bits)
 
 
 def topic(event: Event) -> str:

@@ -9,11 +9,13 @@ gives the same model.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from command_api import events as ev
+from infra.settings import TreeConfig
 
 OASST_NAMESPACE = uuid5(NAMESPACE_URL, "https://github.com/LAION-AI/Open-Assistant")
 
@@ -143,21 +145,24 @@ class Message:
 class Tree:
     id: UUID
     lang: str
-    state: str
+    state: str | None
     created_at: datetime
     goal_tree_size: int
     origin: str | None = None
     won_lottery: bool = False
     halted_from: str | None = None
     message_ids: list[UUID] = field(default_factory=list)
+    awaiting_review: dict[UUID, Message] = field(default_factory=dict)  # not late, not yet reviewed
+    reply_parents: dict[UUID, Message] = field(default_factory=dict)  # accepted, room for a reply
     rankings: dict[UUID, list[list[UUID]]] = field(default_factory=lambda: defaultdict(list))
     rankers: set[tuple[UUID, UUID]] = field(default_factory=set)  # (parent, user)
     skip_replies: int = 0
+    revision: int = 0  # bumped when a message of the tree changes (for caches)
 
 
 class WriteModel:
-    def __init__(self, default_goal_tree_size: int = 12):
-        self.default_goal_tree_size = default_goal_tree_size
+    def __init__(self, config: TreeConfig | None = None):
+        self.cfg = config or TreeConfig()
         self.position = 0
         self.versions: dict[UUID, int] = {}
         self.clients: dict[UUID, ApiClient] = {}
@@ -165,12 +170,13 @@ class WriteModel:
         self.users: dict[UUID, User] = {}
         self.tasks: dict[UUID, Task] = {}
         self.tasks_by_frontend_id: dict[tuple[UUID | None, str], UUID] = {}
-        self.user_tasks: dict[UUID, list[UUID]] = defaultdict(list)  # in assignment order
+        self.user_pending: dict[UUID, dict[UUID, None]] = defaultdict(dict)  # user -> open tasks
         self.pending_by_target: dict[UUID, set[UUID]] = defaultdict(set)  # message -> open tasks
         self.messages: dict[UUID, Message] = {}
         self.messages_by_frontend_id: dict[tuple[UUID | None, str], UUID] = {}
         self.trees: dict[UUID, Tree] = {}
-        self.trees_by_state: dict[str, set[UUID]] = defaultdict(set)
+        self.trees_by_state: dict[str, dict[UUID, Tree]] = defaultdict(dict)
+        self.trees_by_state_lang: dict[tuple[str, str], dict[UUID, Tree]] = defaultdict(dict)
         self.user_texts: dict[UUID, list[tuple[datetime, int]]] = defaultdict(list)  # (at, hash)
         self.replied: set[tuple[UUID, UUID]] = set()  # (parent, user)
         self.rank1_dates: dict[UUID, list[datetime]] = defaultdict(list)  # author -> dates
@@ -201,9 +207,9 @@ class WriteModel:
             out.append(self.messages[out[-1].parent_id])
         return out[::-1]
 
-    def trees_in(self, state: str, lang: str | None = None) -> list[Tree]:
-        trees = (self.trees[t] for t in self.trees_by_state.get(state, ()))
-        return [t for t in trees if lang is None or t.lang == lang]
+    def trees_in(self, state: str, lang: str | None = None) -> Collection[Tree]:
+        index = self.trees_by_state.get(state) if lang is None else self.trees_by_state_lang.get((state, lang))
+        return index.values() if index else ()
 
     # --- the fold -------------------------------------------------------------------
 
@@ -213,10 +219,24 @@ class WriteModel:
         if handler:
             handler(event)
 
-    def _set_state(self, tree: Tree, state: str) -> None:
-        self.trees_by_state[tree.state].discard(tree.id)
+    def _set_state(self, tree: Tree, state: str | None) -> None:
+        if tree.state:
+            self.trees_by_state[tree.state].pop(tree.id, None)
+            self.trees_by_state_lang[(tree.state, tree.lang)].pop(tree.id, None)
         tree.state = state
-        self.trees_by_state[state].add(tree.id)
+        self.trees_by_state[state][tree.id] = tree
+        self.trees_by_state_lang[(state, tree.lang)][tree.id] = tree
+
+    def _refresh_reply_parent(self, msg: Message) -> None:
+        """Keep the index of messages that structurally can take another reply."""
+        tree, cfg = self.trees[msg.tree_id], self.cfg
+        tree.revision += 1
+        limit = cfg.num_prompter_replies if msg.role == "assistant" else cfg.max_children_count
+        live = sum(1 for c in msg.children if not self.messages[c].deleted)
+        if msg.review_result and not msg.late and msg.depth < cfg.max_tree_depth and live < limit:
+            tree.reply_parents[msg.id] = msg
+        else:
+            tree.reply_parents.pop(msg.id, None)
 
     def _on_api_client_created(self, e: ev.ApiClientCreated) -> None:
         client = ApiClient(e.client_id, e.key_sha256, e.trusted, e.description, e.frontend_type)
@@ -270,13 +290,15 @@ class WriteModel:
         )
         self.tasks[task.id] = task
         if e.user_id:
-            self.user_tasks[e.user_id].append(task.id)
+            self.user_pending[e.user_id][task.id] = None
         if e.target_message_id:
             self.pending_by_target[e.target_message_id].add(task.id)
 
     def _close_task(self, task_id: UUID, status: str) -> Task:
         task = self.tasks[task_id]
         task.status = status
+        if task.user_id:
+            self.user_pending[task.user_id].pop(task_id, None)
         if task.target_message_id:
             self.pending_by_target[task.target_message_id].discard(task_id)
         return task
@@ -307,10 +329,11 @@ class WriteModel:
             e.message_id, e.message_id, None, e.user_id, e.api_client_id, e.frontend_message_id,
             "prompter", 0, e.text, e.lang, e.at, e.synthetic, e.model_name,
         ))
-        tree = Tree(e.message_id, e.lang, "initial_prompt_review", e.at, self.default_goal_tree_size, e.origin)
+        tree = Tree(e.message_id, e.lang, None, e.at, self.cfg.goal_tree_size, e.origin)
         tree.message_ids.append(e.message_id)
+        tree.awaiting_review[e.message_id] = self.messages[e.message_id]
         self.trees[tree.id] = tree
-        self.trees_by_state[tree.state].add(tree.id)
+        self._set_state(tree, "initial_prompt_review")
 
     def _on_reply_submitted(self, e: ev.ReplySubmitted) -> None:
         tree = self.trees[e.tree_id]
@@ -322,6 +345,9 @@ class WriteModel:
         self._add_message(m)
         self.messages[e.parent_id].children.append(m.id)
         tree.message_ids.append(m.id)
+        if not m.late:
+            tree.awaiting_review[m.id] = m
+        self._refresh_reply_parent(self.messages[e.parent_id])
         if e.user_id:
             self.replied.add((e.parent_id, e.user_id))
 
@@ -329,14 +355,21 @@ class WriteModel:
         self.messages[e.message_id].text = e.text
 
     def _on_message_deleted(self, e: ev.MessageDeleted) -> None:
-        self.messages[e.message_id].deleted = True
+        m = self.messages[e.message_id]
+        m.deleted = True
+        if m.parent_id:
+            self._refresh_reply_parent(self.messages[m.parent_id])
 
     def _on_message_undeleted(self, e: ev.MessageUndeleted) -> None:
         for m in self.thread(self.messages[e.message_id]):
             m.deleted = False
+            self._refresh_reply_parent(m)
 
     def _on_message_reviewed(self, e: ev.MessageReviewed) -> None:
-        self.messages[e.message_id].review_result = e.accepted
+        m = self.messages[e.message_id]
+        m.review_result = e.accepted
+        self.trees[m.tree_id].awaiting_review.pop(m.id, None)
+        self._refresh_reply_parent(m)
 
     def _on_labels_submitted(self, e: ev.LabelsSubmitted) -> None:
         m = self.messages[e.message_id]

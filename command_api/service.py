@@ -22,7 +22,7 @@ import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import msgspec
 
@@ -81,7 +81,7 @@ class Batch:
         self.events: list[tuple[UUID, int, ev.Event]] = []
 
     def emit(self, cls: type[ev.Event], *, user_id: UUID | None = None, **fields) -> ev.Event:
-        event = cls(id=uuid4(), at=self.now, user_id=user_id, api_client_id=self.client_id, **fields)
+        event = cls(id=ev.new_id(), at=self.now, user_id=user_id, api_client_id=self.client_id, **fields)
         stream = stream_of(event)
         version = self.service.model.next_version(stream)
         self.service.model.apply(event, stream, version)
@@ -104,7 +104,7 @@ class CommandService:
     def __init__(self, settings: Settings, store: EventStore):
         self.settings = settings
         self.store = store
-        self.model = WriteModel(settings.tree.goal_tree_size)
+        self.model = WriteModel(settings.tree)
         self.manager = TreeManager(self.model, settings.tree)
         self.committer = GroupCommitter(store, on_failure=self._on_commit_failure)
         self.responses: OrderedDict[tuple[UUID, str], StoredResponse] = OrderedDict()
@@ -114,7 +114,7 @@ class CommandService:
 
     def load(self) -> None:
         """(Re)build the write model from the whole log."""
-        model = WriteModel(self.settings.tree.goal_tree_size)
+        model = WriteModel(self.settings.tree)
         after = 0
         while True:
             page = self.store.read_stored(after, 10_000)
@@ -261,14 +261,10 @@ class CommandService:
             raise OasstError(f"mandatory labels missing: {missing}", ErrorCode.TEXT_LABELS_MANDATORY_LABEL_MISSING)
 
     def _pending_count(self, user: User, now: datetime) -> int:
+        """OA counts a user's open tasks handed out within the recent-task span."""
         span = timedelta(seconds=self.settings.tree.recent_tasks_span_sec)
-        count = 0
-        for tid in reversed(self.model.user_tasks.get(user.id, ())):
-            task = self.model.tasks[tid]
-            if now - task.created_at > span:
-                break
-            count += task.pending
-        return count
+        tasks = self.model.tasks
+        return sum(1 for tid in self.model.user_pending.get(user.id, ()) if now - tasks[tid].created_at <= span)
 
     # --- tasks ----------------------------------------------------------------------
 
@@ -279,14 +275,14 @@ class CommandService:
                 raise OasstError(f"task type {req.type} is not supported", ErrorCode.TASK_INVALID_REQUEST_TYPE)
             if self._pending_count(user, b.now) >= self.settings.tree.max_pending_tasks_per_user:
                 raise OasstError("too many pending tasks", ErrorCode.TASK_TOO_MANY_PENDING, 429)
-            task_id = uuid4()
+            task_id = ev.new_id()
             plan = self.manager.plan(user, req.type, req.lang, b.now, random.Random(task_id.int))
             if plan is None:
                 raise OasstError(f"no task of type {req.type!r} is available", ErrorCode.TASK_REQUESTED_TYPE_NOT_AVAILABLE, 503)
             b.ensure_user(user, req.user.display_name)
-            for tid in self.model.user_tasks.get(user.id, ()):
+            for tid in list(self.model.user_pending.get(user.id, ())):
                 task = self.model.tasks[tid]
-                if task.pending and task.expires_at and task.expires_at < b.now:
+                if task.expires_at and task.expires_at < b.now:
                     b.emit(ev.TaskExpired, user_id=user.id, task_id=tid)
             payload = {"id": str(task_id), **plan.payload}
             expires = None if req.collective else b.now + timedelta(minutes=self.settings.task_expire_minutes)
@@ -413,7 +409,7 @@ class CommandService:
         self._check_text(user, body.text, now)
         if (task.api_client_id, body.user_message_id) in self.model.messages_by_frontend_id:
             raise OasstError("user_message_id already used", ErrorCode.INVALID_FRONTEND_MESSAGE_ID)
-        message_id = uuid4()
+        message_id = ev.new_id()
         if task.type == "initial_prompt":
             return lambda b: b.emit(
                 ev.InitialPromptSubmitted, user_id=user.id, message_id=message_id,
@@ -609,7 +605,7 @@ class CommandService:
         def decide(b: Batch):
             if key_digest(api_key) in self.model.clients_by_key:
                 return 200, api_key
-            b.emit(ev.ApiClientCreated, client_id=uuid4(), key_sha256=key_digest(api_key),
+            b.emit(ev.ApiClientCreated, client_id=ev.new_id(), key_sha256=key_digest(api_key),
                    description=req.description, frontend_type=req.frontend_type,
                    trusted=bool(req.trusted), admin_email=req.admin_email)
             return 200, api_key

@@ -9,7 +9,7 @@ new task's id, or the id of the event that triggered a decision).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -52,6 +52,7 @@ class TreeManager:
     def __init__(self, model: WriteModel, config: TreeConfig):
         self.model = model
         self.cfg = config
+        self._rank_parents_cache: dict[UUID, tuple[int, dict[UUID, list[UUID]]]] = {}
 
     # --- candidates -------------------------------------------------------------------
 
@@ -67,60 +68,59 @@ class TreeManager:
     def _langs_match(self, tree: Tree, lang: str | None) -> bool:
         return lang is None or tree.lang == lang
 
-    def candidates(self, user: User, lang: str | None, now: datetime) -> dict[str, list[UUID | None]]:
-        """Task type -> possible targets for this user (empty types left out)."""
+    def targets(self, task_type: str, user: User, lang: str | None, now: datetime) -> Iterator[UUID | None]:
+        """The possible targets of one task type for this user, lazily (the first one
+        is enough to know the type is available)."""
         m, cfg, uid = self.model, self.cfg, user.id
-        out: dict[str, list[UUID | None]] = {}
+        if task_type == "initial_prompt":
+            waiting = len(m.trees_by_state.get("prompt_lottery_waiting", ()))
+            in_review = len(m.trees_by_state.get("initial_prompt_review", ()))
+            if in_review < cfg.max_initial_prompt_review and waiting < cfg.max_prompt_lottery_waiting:
+                yield None
+        elif task_type == "label_initial_prompt":
+            for tree in m.trees_in("initial_prompt_review", lang):
+                root = tree.awaiting_review.get(tree.id)
+                if root and self._can_label(root, uid, cfg.num_reviews_initial_prompt, now):
+                    yield tree.id
+        elif task_type in ("label_assistant_reply", "label_prompter_reply"):
+            role = task_type.split("_")[1]
+            for tree in m.trees_in("growing", lang):
+                for msg in tree.awaiting_review.values():
+                    if msg.role == role and msg.parent_id and self._can_label(msg, uid, cfg.num_reviews_reply, now):
+                        yield msg.id
+        elif task_type in ("assistant_reply", "prompter_reply"):
+            parent_role = "prompter" if task_type == "assistant_reply" else "assistant"
+            for tree in m.trees_in("growing", lang):
+                for msg in tree.reply_parents.values():
+                    if msg.role == parent_role and self._can_reply(msg, uid, now):
+                        yield msg.id
+        elif task_type in ("rank_assistant_replies", "rank_prompter_replies"):
+            role = task_type.split("_")[1]
+            for tree in m.trees_in("ranking", lang):
+                for parent_id, replies in self.rank_parents(tree).items():
+                    if m.messages[replies[0]].role == role and self._can_rank(tree, parent_id, replies, uid, now):
+                        yield parent_id
 
-        def add(kind: str, target: UUID | None) -> None:
-            out.setdefault(kind, []).append(target)
-
-        waiting = len(m.trees_by_state.get("prompt_lottery_waiting", ()))
-        in_review = len(m.trees_by_state.get("initial_prompt_review", ()))
-        if in_review < cfg.max_initial_prompt_review and waiting < cfg.max_prompt_lottery_waiting:
-            add("initial_prompt", None)
-
-        for tree in m.trees_in("initial_prompt_review", lang):
-            root = m.messages[tree.id]
-            if self._can_label(root, uid, cfg.num_reviews_initial_prompt, now):
-                add("label_initial_prompt", root.id)
-
-        for tree in m.trees_in("growing", lang):
-            for mid in tree.message_ids:
-                msg = m.messages[mid]
-                if msg.parent_id and self._can_label(msg, uid, cfg.num_reviews_reply, now):
-                    add(f"label_{msg.role}_reply", mid)
-                if self._can_reply(msg, uid, now):
-                    add("assistant_reply" if msg.role == "prompter" else "prompter_reply", mid)
-
-        for tree in m.trees_in("ranking", lang):
-            for parent_id, replies in self.rank_parents(tree).items():
-                if self._can_rank(tree, parent_id, replies, uid, now):
-                    role = m.messages[replies[0]].role
-                    add(f"rank_{role}_replies", parent_id)
-        return out
+    def candidates(self, user: User, lang: str | None, now: datetime) -> dict[str, list[UUID | None]]:
+        """Task type -> all possible targets for this user (empty types left out)."""
+        found = {t: list(self.targets(t, user, lang, now)) for t in KIND_OF}
+        return {t: targets for t, targets in found.items() if targets}
 
     def _can_label(self, msg: Message, uid: UUID, needed: int, now: datetime) -> bool:
         return (
-            not msg.late
-            and msg.user_id != uid
+            msg.user_id != uid
             and uid not in msg.task_labels
+            and not msg.late
             and uid not in msg.emojis.get("_skip_labeling", ())
             and msg.review_count + self._recent_pending(msg.id, now, "label") < needed
             and not self.model.is_hidden(msg)
         )
 
     def _can_reply(self, msg: Message, uid: UUID, now: datetime) -> bool:
-        cfg, m = self.cfg, self.model
-        if not msg.review_result or msg.depth >= cfg.max_tree_depth:
+        """``msg`` is in its tree's reply_parents (accepted, room left); may this user reply?"""
+        if (msg.id, uid) in self.model.replied or uid in msg.emojis.get("_skip_reply", ()):
             return False
-        if (msg.id, uid) in m.replied or uid in msg.emojis.get("_skip_reply", ()):
-            return False
-        live = [c for c in msg.children if not m.messages[c].deleted]
-        limit = cfg.num_prompter_replies if msg.role == "assistant" else cfg.max_children_count
-        if len(live) >= limit:
-            return False
-        return self._recent_pending(msg.id, now, "") == 0 and not m.is_hidden(msg)
+        return self._recent_pending(msg.id, now, "") == 0 and not self.model.is_hidden(msg)
 
     def _can_rank(self, tree: Tree, parent_id: UUID, replies: list[UUID], uid: UUID, now: datetime) -> bool:
         m = self.model
@@ -133,6 +133,14 @@ class TreeManager:
 
     def rank_parents(self, tree: Tree) -> dict[UUID, list[UUID]]:
         """Parents whose accepted live replies (more than one) need ranking."""
+        cached = self._rank_parents_cache.get(tree.id)
+        if cached and cached[0] == tree.revision:
+            return cached[1]
+        result = self._find_rank_parents(tree)
+        self._rank_parents_cache[tree.id] = (tree.revision, result)
+        return result
+
+    def _find_rank_parents(self, tree: Tree) -> dict[UUID, list[UUID]]:
         m, out = self.model, {}
         for mid in tree.message_ids:
             parent = m.messages[mid]
@@ -149,19 +157,31 @@ class TreeManager:
     # --- building a task ----------------------------------------------------------------
 
     def plan(self, user: User, requested: str, lang: str | None, now: datetime, rng: random.Random) -> TaskPlan | None:
-        options = self.candidates(user, lang, now)
         if requested == "random":
-            kinds = sorted({KIND_OF[t] for t in options})
-            if not kinds:
+            requested = self._random_type(user, lang, now, rng)
+            if requested is None:
                 return None
-            kind = rng.choices(kinds, weights=[RANDOM_WEIGHTS[k] for k in kinds])[0]
-            types = sorted(t for t in options if KIND_OF[t] == kind)
-            requested = rng.choice(types)
-        targets = options.get(requested)
+        targets = list(self.targets(requested, user, lang, now)) if requested in KIND_OF else []
         if not targets:
             return None
         target = self._pick_target(requested, targets, rng)
         return self._build(requested, target, user, lang, rng)
+
+    def _random_type(self, user: User, lang: str | None, now: datetime, rng: random.Random) -> str | None:
+        """OA's weighted pick among the kinds of task available to the user, by drawing
+        kinds without replacement until one is available (the same distribution as a
+        weighted draw among the available kinds, but usually checks one or two kinds);
+        within a kind, a uniform pick among its available types."""
+        kinds = sorted(RANDOM_WEIGHTS)
+        while kinds:
+            kind = rng.choices(kinds, weights=[RANDOM_WEIGHTS[k] for k in kinds])[0]
+            kinds.remove(kind)
+            types = sorted(t for t, k in KIND_OF.items() if k == kind)
+            rng.shuffle(types)
+            for task_type in types:
+                if next(self.targets(task_type, user, lang, now), False) is not False:
+                    return task_type
+        return None
 
     def _pick_target(self, task_type: str, targets: list[UUID | None], rng: random.Random) -> UUID | None:
         if task_type == "assistant_reply" and rng.random() < self.cfg.p_lonely_child_extension:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -52,6 +53,10 @@ def create_app(settings: Settings | None = None, only: str | None = None) -> Lit
     @asynccontextmanager
     async def lifespan(app: Litestar):
         await service.start()
+        # The write model is millions of long-lived objects: keep them out of the cyclic
+        # collector's full passes, which would otherwise stall requests for a long time.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

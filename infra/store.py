@@ -93,6 +93,20 @@ class _PostgresRecorder(PostgresApplicationRecorder):
             ).format(schema=Identifier(datastore.schema))
         )
 
+        # Four arrays of plain types dump in psycopg's C code; the stock array of composite
+        # values is dumped in Python, which held the GIL for most of each append.
+        self.insert_events_statement = SQL(
+            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) "
+            "RETURNING notification_id"
+        ).format(schema=Identifier(datastore.schema), table=Identifier(self.events_table_name))
+
+    def _insert_stored_events(self, curs, stored_events, **kwargs):
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        columns = [list(c) for c in zip(*((e.originator_id, e.originator_version, e.topic, e.state) for e in stored_events))]
+        curs.execute(self.insert_events_statement, columns, prepare=True)
+
     def _fetch_ids_after_insert_events(self, curs, stored_events, *, pending=(), **kwargs):
         ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
         rows = _response_rows(pending, ids)
@@ -192,53 +206,47 @@ class EventStore:
 class GroupCommitter:
     """Collects concurrent appends and writes each collection in one transaction.
 
-    While one transaction is in flight, new appends queue up; they all go into the
-    next one. Each caller gets the positions of its own events. If a transaction
-    fails, every caller in it gets the error (nothing of theirs was written)."""
+    A commit starts in a worker thread as soon as an append arrives and none is in
+    flight, so deciding the next commands overlaps with writing the previous ones;
+    whatever arrives meanwhile goes into the next transaction. Each caller gets the
+    positions of its own events. If a transaction fails, every caller in it and
+    behind it gets the error (nothing of theirs was written)."""
 
     def __init__(self, store: EventStore, on_failure=None, max_batch_events: int = 5000):
         self.store = store
         self.on_failure = on_failure  # called after a failed transaction, once its waiters know
         self.max_batch_events = max_batch_events
         self._queue: list[tuple[Pending, asyncio.Future]] = []
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._in_flight: asyncio.Future | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop = asyncio.get_running_loop()
 
     async def stop(self) -> None:
-        if self._task:
-            while self._queue:
-                await asyncio.sleep(0.001)
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        while self._in_flight is not None or self._queue:
+            await asyncio.sleep(0.001)
 
     def submit(self, pending: Pending) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
+        future = self._loop.create_future()
         self._queue.append((pending, future))
-        self._wakeup.set()
+        if self._in_flight is None:
+            self._commit_next()
         return future
 
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue:
-                batch, size = [], 0
-                while self._queue and size < self.max_batch_events:
-                    item = self._queue.pop(0)
-                    batch.append(item)
-                    size += len(item[0].events)
-                await self._commit(batch)
+    def _commit_next(self) -> None:
+        batch, size = [], 0
+        while self._queue and size < self.max_batch_events:
+            item = self._queue.pop(0)
+            batch.append(item)
+            size += len(item[0].events)
+        self._in_flight = self._loop.run_in_executor(None, self.store.append, [p for p, _ in batch])
+        self._in_flight.add_done_callback(lambda done: self._finish(batch, done))
 
-    async def _commit(self, batch: list[tuple[Pending, asyncio.Future]]) -> None:
-        try:
-            ids = await asyncio.to_thread(self.store.append, [p for p, _ in batch])
-        except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
+    def _finish(self, batch: list[tuple[Pending, asyncio.Future]], done: asyncio.Future) -> None:
+        self._in_flight = None
+        exc = done.exception()
+        if exc is not None:
             # Later queued commands may have been decided on top of this batch: fail them too.
             failed, self._queue = batch + self._queue, []
             for _, future in failed:
@@ -247,10 +255,11 @@ class GroupCommitter:
             if self.on_failure:
                 self.on_failure(exc)
             return
-        start = 0
+        ids, start = done.result(), 0
         for pending, future in batch:
             end = start + len(pending.events)
             if not future.done():
                 future.set_result(ids[start:end])
             start = end
-
+        if self._queue:
+            self._commit_next()

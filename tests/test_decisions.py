@@ -18,8 +18,8 @@ class World:
     """A write model fed by hand, recording the tree manager's decisions."""
 
     def __init__(self, **config):
-        self.model = WriteModel()
-        self.manager = TreeManager(self.model, TreeConfig(**config))
+        self.model = WriteModel(TreeConfig(**config))
+        self.manager = TreeManager(self.model, self.model.cfg)
         self.decisions: list[ev.Event] = []
         self.log: list[tuple[ev.Event, UUID, int]] = []
         self.clock = T0
@@ -86,7 +86,7 @@ def test_lottery_respects_max_active_trees_and_replays_the_same():
     growing = {t.id for t in w.model.trees_in("growing")}
     assert len(growing) == 2 and len(w.model.trees_in("prompt_lottery_waiting")) == 3
     # the decisions are events: folding the log again gives the same model, deciding nothing
-    replay = WriteModel()
+    replay = WriteModel(w.model.cfg)
     for event, stream, version in w.log:
         replay.apply(ev.decode(ev.encode(event)), stream, version)
     assert {t.id for t in replay.trees_in("growing")} == growing
