@@ -67,6 +67,11 @@ def _responses(pending: Sequence[Pending]) -> list[tuple[str, str, int, bytes, i
     return rows
 
 
+def _columns(rows: list[tuple], width: int) -> list[list]:
+    """Rows to column lists (PostgreSQL arrays)."""
+    return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
 class _SQLiteRecorder(SQLiteApplicationRecorder):
     def construct_create_table_statements(self) -> list[str]:
         return [
@@ -125,9 +130,8 @@ class _PostgresRecorder(PostgresApplicationRecorder):
         ).format(**names)
 
     def insert_events(self, stored_events, *, pending=(), **kwargs) -> list[int]:
-        events = [list(c) for c in zip(*((e.originator_id, e.originator_version, e.topic, e.state) for e in stored_events))]
-        responses = [list(c) for c in zip(*_responses(pending))] or [[], [], [], [], []]
-        responses[4] = [i + 1 for i in responses[4]]  # SQL arrays count from 1
+        events = _columns([(e.originator_id, e.originator_version, e.topic, e.state) for e in stored_events], 4)
+        responses = _columns([(*r[:4], r[4] + 1) for r in _responses(pending)], 5)  # SQL arrays count from 1
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self.append_call, [*events, *responses], prepare=True)
             return [row["position"] for row in curs.fetchall()]
