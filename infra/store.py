@@ -152,7 +152,7 @@ def _open_recorder(url: str):
         query = dict(p.split("=", 1) for p in parsed.query.split("&") if "=" in p)
         datastore = PostgresDatastore(
             dbname=unquote(parsed.path.lstrip("/")) or "postgres",
-            host=parsed.hostname or "127.0.0.1",
+            host=unquote(query.get("host", "")) or parsed.hostname or "127.0.0.1",  # ?host= a socket dir
             port=parsed.port or 5432,
             user=unquote(parsed.username or "postgres"),
             password=unquote(parsed.password or ""),
