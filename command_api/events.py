@@ -331,6 +331,11 @@ _id_source = random.Random(random.SystemRandom().getrandbits(128))
 os.register_at_fork(after_in_child=lambda: _id_source.seed(random.SystemRandom().getrandbits(128)))
 
 
+def seed_ids(seed: int) -> None:
+    """Make new_id() deterministic (the synthetic history generator; never in serving)."""
+    _id_source.seed(seed)
+
+
 def new_id() -> UUID:
     """A random (version 4) UUID, without a system call per id as uuid.uuid4() makes."""
     bits = _id_source.getrandbits(128)

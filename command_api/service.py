@@ -101,7 +101,8 @@ class Batch:
 
 
 class CommandService:
-    def __init__(self, settings: Settings, store: EventStore):
+    def __init__(self, settings: Settings, store: EventStore, clock=utcnow):
+        self.clock = clock  # the seed generator passes a simulated clock
         self.settings = settings
         self.store = store
         self.model = WriteModel(settings.tree)
@@ -156,7 +157,7 @@ class CommandService:
             earlier = await self._earlier_response(ikey)
             if earlier:
                 return Result(earlier.status, earlier.body, earlier.position)
-        batch = Batch(self, client_id, utcnow())
+        batch = Batch(self, client_id, self.clock())
         try:
             status, body = decide(batch)
         except OasstError:
@@ -296,7 +297,7 @@ class CommandService:
 
     def availability(self, client: ApiClient, ref: p.User, lang: str | None) -> dict[str, int]:
         user = self.model.user(client.id, ref.auth_method, ref.id)
-        options = self.manager.candidates(user, lang, utcnow())
+        options = self.manager.candidates(user, lang, self.clock())
         types = ["random", *sorted(ev.TaskType.__args__)]
         counts = {t: len(options.get(t, ())) for t in types}
         counts["random"] = sum(counts.values())
