@@ -1,7 +1,7 @@
 """Open-Assistant's error codes and the error every refused command raises.
 
 Codes are OA's (``oasst_shared.exceptions.OasstErrorCode``) so frontends keep working;
-codes 102, 104 and 105 are this project's additions (see README).
+codes 102 and 104-106 are this project's additions (see README).
 Every error leaves the service as ``{"error_code": int, "message": str}``.
 """
 
@@ -14,9 +14,11 @@ class ErrorCode(IntEnum):
     GENERIC_ERROR = 0
     API_CLIENT_NOT_AUTHORIZED = 2
     ROOT_TOKEN_NOT_AUTHORIZED = 3
+    SORT_KEY_UNSUPPORTED = 100
     REQUEST_VALIDATION_FAILED = 102
     STORE_UNAVAILABLE = 104
     REQUEST_TOO_LARGE = 105
+    VIEWS_BEHIND = 106
     TOO_MANY_REQUESTS = 429
     SERVER_ERROR0 = 500
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
 
-from litestar import Request, Response, Router, delete, get, post, put
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar import Request, Response, delete, post, put
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from command_api import protocol as p
 from command_api.errors import ErrorCode, OasstError
 from command_api.model import ApiClient
-from command_api.service import CommandService, Result, frontend_user
+from command_api.service import CommandService, Result
 
 JSON = "application/json"
 
@@ -168,44 +167,12 @@ async def create_api_client(request: Request, data: JSONBody[p.CreateApiClientRe
     return respond(await service.create_api_client(data))
 
 
-@get("/frontend_users/", summary="List a client's users")
-async def list_frontend_users(
-    request: Request,
-    api_client_id: FromQuery[str | None] = None,
-    auth_method: FromQuery[str | None] = None,
-    search_text: FromQuery[str | None] = None,
-    gte_username: FromQuery[str | None] = None,
-    max_count: Annotated[int, QueryParameter(ge=1, le=10000)] = 100,
-) -> list[dict]:
-    client = authorize(request)
-    service = service_of(request)
-    wanted = str(client.id) if not client.trusted or api_client_id is None else api_client_id
-    users = sorted(
-        (u for u in service.model.users.values() if str(u.api_client_id) == wanted),
-        key=lambda u: (u.username, str(u.id)),
-    )
-    users = [
-        u for u in users
-        if (auth_method is None or u.auth_method == auth_method)
-        and (search_text is None or search_text.lower() in u.display_name.lower())
-        and (gte_username is None or u.username >= gte_username)
-    ]
-    return [frontend_user(u) for u in users[:max_count]]
-
-
 @post("/frontend_users/", status_code=200, summary="Create or update a frontend user")
 async def create_frontend_user(request: Request, data: JSONBody[p.CreateFrontendUserRequest]) -> Response:
     service, client, ikey = _args(request)
     return respond(await service.create_frontend_user(client, data, ikey))
 
 
-command_router = Router(
-    path="/api/v1",
-    tags=["commands"],
-    route_handlers=[
-        request_task, task_availability, ack_task, nack_task, interaction, close_task, text_labels,
+command_handlers = [request_task, task_availability, ack_task, nack_task, interaction, close_task, text_labels,
         message_emoji, delete_message, undelete_message, put_tree_state, update_user, delete_user,
-        purge_user, mark_spammer, unmark_spammer, create_api_client, list_frontend_users,
-        create_frontend_user,
-    ],
-)
+        purge_user, mark_spammer, unmark_spammer, create_api_client, create_frontend_user]

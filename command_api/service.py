@@ -108,6 +108,7 @@ class CommandService:
         self.model = WriteModel(settings.tree)
         self.manager = TreeManager(self.model, settings.tree)
         self.committer = GroupCommitter(store, on_failure=self._on_commit_failure)
+        self.on_commit: list = []  # callables(position), e.g. the projection runner's wake-up
         self.responses: OrderedDict[tuple[UUID, str], StoredResponse] = OrderedDict()
         self.inflight: dict[tuple[UUID, str], asyncio.Future] = {}
 
@@ -186,6 +187,8 @@ class CommandService:
             if idempotency_key:
                 self.inflight.pop(ikey, None)
         self.model.position = max(self.model.position, positions[-1])
+        for listener in self.on_commit:
+            listener(positions[-1])
         if idempotency_key:
             self._remember(ikey, StoredResponse(status, encoded or b"", positions[-1]))
         return Result(status, encoded, positions[-1])

@@ -6,23 +6,29 @@ import gc
 import logging
 from contextlib import asynccontextmanager
 
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request, Response, Router
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from command_api.errors import ErrorCode, OasstError
-from command_api.routes import command_router
+from command_api.routes import command_handlers
 from command_api.service import CommandService
 from infra.settings import Settings
 from infra.store import EventStore
+from projections.runner import ProjectionRunner
+from query_api.boards import board_handlers
+from query_api.history import history
 from query_api.log import list_events
+from query_api.messages import message_handlers
+from query_api.users import user_handlers
 
 log = logging.getLogger("oasst")
 
 
 def _oasst_error(_: Request, exc: OasstError) -> Response:
-    return Response(exc.body(), status_code=exc.status)
+    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+    return Response(exc.body(), status_code=exc.status, headers=headers)
 
 
 def _validation_error(_: Request, exc: ValidationException) -> Response:
@@ -46,13 +52,19 @@ def _server_error(_: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: Settings | None = None, only: str | None = None) -> Litestar:
+    """Command and query routes on one app; ``only`` = "commands" or "queries" serves one side."""
     settings = settings or Settings.from_env()
     store = EventStore(settings.database_url)
     service = CommandService(settings, store)
+    runner = ProjectionRunner(store) if only != "commands" else None
+    if runner:
+        service.on_commit.append(lambda position: runner.notify())
 
     @asynccontextmanager
     async def lifespan(app: Litestar):
-        await service.start()
+        await service.start()  # a query-only server needs it too: API keys live in the write model
+        if runner:
+            await runner.start()
         # The write model is millions of long-lived objects: keep them out of the cyclic
         # collector's passes, which otherwise stall requests (p99 halved in bench/ingest.py).
         gc.collect()
@@ -61,10 +73,17 @@ def create_app(settings: Settings | None = None, only: str | None = None) -> Lit
         try:
             yield
         finally:
+            if runner:
+                await runner.stop()
             await service.stop()
             store.close()
 
-    handlers = [command_router, list_events]
+    # One router for /api/v1: Litestar cannot merge two routers that share a path.
+    commands = command_handlers if only != "queries" else []
+    queries = [*message_handlers, *user_handlers, *board_handlers] if runner else []
+    handlers = [Router(path="/api/v1", route_handlers=[*commands, *queries]), list_events]
+    if runner:
+        handlers.append(history)
     app = Litestar(
         route_handlers=handlers,
         lifespan=[lifespan],
@@ -82,5 +101,7 @@ def create_app(settings: Settings | None = None, only: str | None = None) -> Lit
         debug=False,
     )
     app.state.service = service
+    app.state.runner = runner
     app.state.settings = settings
+    app.state.board_cache = {}
     return app

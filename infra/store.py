@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError, StoredEvent, Transcoder
+from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Transcoder
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 from psycopg.sql import SQL, Identifier
@@ -200,6 +200,29 @@ class EventStore:
     def read_stored(self, after: int = 0, limit: int = 1000):
         """Raw notifications (position, stream, version, topic, state) for replay."""
         return self.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)
+
+    def read_positions(self, positions: Sequence[int]):
+        """Raw notifications at exactly these positions, in log order."""
+        if not positions:
+            return []
+        table = self.recorder.events_table_name
+        if self.backend == "sqlite":
+            marks = ",".join("?" * len(positions))
+            sql = f"SELECT rowid AS id, * FROM {table} WHERE rowid IN ({marks}) ORDER BY rowid"
+            params = list(positions)
+        else:
+            sql = SQL(
+                "SELECT notification_id AS id, originator_id, originator_version, topic, state FROM {}.{} "
+                "WHERE notification_id = ANY(%s) ORDER BY notification_id"
+            ).format(Identifier(self.recorder.datastore.schema), Identifier(table))
+            params = [list(positions)]
+        with self.recorder.datastore.transaction(commit=False) as c:
+            c.execute(sql, params)
+            return [
+                Notification(id=r["id"], originator_id=r["originator_id"], originator_version=r["originator_version"],
+                             topic=r["topic"], state=bytes(r["state"]))
+                for r in c.fetchall()
+            ]
 
     def max_position(self) -> int:
         return self.recorder.max_notification_id() or 0

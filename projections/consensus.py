@@ -1,8 +1,14 @@
-"""Consensus functions shared by the tree manager and the views."""
+"""Consensus: the pure functions the tree manager shares, and the consensus view."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from uuid import UUID
+
+import msgspec
+
+from command_api import events as ev
+from projections.base import View
 
 
 def ranked_pairs(rankings: Sequence[Sequence[Hashable]]) -> list:
@@ -69,3 +75,98 @@ def acceptance_score(labels: Sequence[dict[str, float]]) -> float:
         return sum(values) / len(values) if values else 0.0
 
     return 1.0 - (mean("spam") + mean("lang_mismatch"))
+
+
+# --- the consensus view ----------------------------------------------------------------
+
+
+
+class LabelFacts(msgspec.Struct, kw_only=True):
+    """Who labelled a message how (each user's latest labels), and reports."""
+
+    by_user: dict[UUID, dict[str, float]] = {}
+    task_users: list[UUID] = []  # users whose labels came from a review task
+    reports: int = 0
+
+
+class RankingFacts(msgspec.Struct, kw_only=True):
+    rankings: list[tuple[UUID, list[UUID]]] = []  # (ranker, replies best first)
+
+
+class ConsensusView(View):
+    """Per-annotator facts; aggregates are computed from them when asked, so excluding
+    a user or weighting by trust is a recompute, not an undo of counters.
+    Policy ``oa-v1``: Open-Assistant's unweighted rules."""
+
+    name = "consensus"
+    version = "oa-v1"
+    key_types = {"labels": UUID, "rankings": UUID}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.labels = self.table("labels", LabelFacts)
+        self.rankings = self.table("rankings", RankingFacts)
+
+    def on_labels_submitted(self, e: ev.LabelsSubmitted) -> None:
+        facts = self.labels.get(e.message_id) or self.labels.put(e.message_id, LabelFacts())
+        if e.kind == "report":
+            facts.reports += 1
+        else:
+            facts.by_user = {**facts.by_user, e.user_id: e.labels}
+            if e.kind == "task" and e.user_id not in facts.task_users:
+                facts.task_users = [*facts.task_users, e.user_id]
+        self.labels.touch(e.message_id)
+
+    def on_ranking_submitted(self, e: ev.RankingSubmitted) -> None:
+        facts = self.rankings.get(e.parent_id) or self.rankings.put(e.parent_id, RankingFacts())
+        facts.rankings = [*facts.rankings, (e.user_id, list(e.ranked_message_ids))]
+        self.rankings.touch(e.parent_id)
+
+    # --- aggregates ----------------------------------------------------------------
+
+    def label_aggregates(self, message_id: UUID, exclude: frozenset = frozenset()) -> dict[str, dict]:
+        """{label: {value: mean, count}} over every user's labels (not reports)."""
+        facts = self.labels.get(message_id)
+        if facts is None:
+            return {}
+        sums: dict[str, list[float]] = {}
+        for user, labels in facts.by_user.items():
+            if user in exclude:
+                continue
+            for name, value in labels.items():
+                sums.setdefault(name, []).append(value)
+        return {name: {"value": sum(v) / len(v), "count": len(v)} for name, v in sorted(sums.items())}
+
+    def acceptance(self, message_id: UUID, exclude: frozenset = frozenset()) -> float | None:
+        """OA's score over the review-task labels, None without any."""
+        facts = self.labels.get(message_id)
+        if facts is None:
+            return None
+        labels = [facts.by_user[u] for u in facts.task_users if u not in exclude]
+        return acceptance_score(labels) if labels else None
+
+    def ranking_consensus(self, parent_id: UUID, exclude: frozenset = frozenset()) -> list[UUID]:
+        facts = self.rankings.get(parent_id)
+        if facts is None:
+            return []
+        return ranked_pairs([order for user, order in facts.rankings if user not in exclude])
+
+    def agreement(self, label: str, max_units: int = 20_000) -> dict:
+        """Krippendorff's alpha of one label over messages with at least two annotators
+        (interval metric; ``None`` when there is too little data)."""
+        import krippendorff
+        import numpy as np
+
+        units = [f for f in self.labels.values() if sum(label in lab for lab in f.by_user.values()) >= 2]
+        units = units[:max_units]
+        annotators = sorted({u for f in units for u, lab in f.by_user.items() if label in lab}, key=str)
+        if len(units) < 2 or len(annotators) < 2:
+            return {"label": label, "alpha": None, "units": len(units), "annotators": len(annotators)}
+        column = {u: i for i, u in enumerate(annotators)}
+        data = np.full((len(annotators), len(units)), np.nan)
+        for j, f in enumerate(units):
+            for u, lab in f.by_user.items():
+                if label in lab:
+                    data[column[u], j] = lab[label]
+        alpha = krippendorff.alpha(reliability_data=data, level_of_measurement="interval")
+        return {"label": label, "alpha": float(alpha), "units": len(units), "annotators": len(annotators)}

@@ -1,0 +1,93 @@
+"""What every view is made of: tables of msgspec rows kept in memory, with the rows
+changed since the last flush remembered, so the runner can write exactly those (and
+the view's position) in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Generic, TypeVar
+
+import msgspec
+
+from command_api import events as ev
+
+Row = TypeVar("Row", bound=msgspec.Struct)
+
+
+class Table(Generic[Row]):
+    def __init__(self, name: str, row_type: type[Row]):
+        self.name = name
+        self.rows: dict = {}
+        self.dirty: set = set()
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(row_type)
+        self.key_type = None
+
+    def get(self, key):
+        return self.rows.get(key)
+
+    def __getitem__(self, key) -> Row:
+        return self.rows[key]
+
+    def __contains__(self, key) -> bool:
+        return key in self.rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def values(self) -> Iterable[Row]:
+        return self.rows.values()
+
+    def put(self, key, row: Row) -> Row:
+        self.rows[key] = row
+        self.dirty.add(key)
+        return row
+
+    def touch(self, key) -> None:
+        """The row was changed in place."""
+        self.dirty.add(key)
+
+    def delete(self, key) -> None:
+        if self.rows.pop(key, None) is not None:
+            self.dirty.add(key)
+
+    def take_changes(self) -> Iterator[tuple[str, bytes | None]]:
+        """(key, encoded row or None for deleted) for every row changed since last call."""
+        dirty, self.dirty = self.dirty, set()
+        for key in dirty:
+            row = self.rows.get(key)
+            yield str(key), None if row is None else self._encoder.encode(row)
+
+    def restore(self, key: str, value: bytes, key_type) -> None:
+        self.rows[key_type(key)] = self._decoder.decode(value)
+
+
+class View:
+    """A deterministic fold of the log. ``name@version`` names the stored view, so a new
+    policy version is built beside the old one."""
+
+    name: str = ""
+    version: str = "v1"
+    key_types: dict[str, type] = {}  # table name -> type of its keys in memory
+
+    def __init__(self) -> None:
+        self.position = 0
+        self.tables: dict[str, Table] = {}
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def table(self, name: str, row_type: type[Row]) -> Table[Row]:
+        t = Table(name, row_type)
+        self.tables[name] = t
+        return t
+
+    def apply(self, position: int, event: ev.Event) -> None:
+        handler = getattr(self, "on_" + ev.topic(event), None)
+        if handler is not None:
+            handler(event)
+        self.position = position
+
+    def restored(self) -> None:
+        """Called after rows were loaded from storage: rebuild derived in-memory indexes."""

@@ -1,0 +1,275 @@
+"""Leaderboards, trollboard and user stats, with OA's formula, kept live.
+
+Facts per message (author, hour, role, accepted, deleted) and per ranking are kept; the
+per-user hourly counters are derived from them and re-derived when a fact flips (a
+review changes its mind, a message is deleted or undeleted, a consensus is computed).
+A board for a time frame sums the hour buckets inside the frame at query time.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import msgspec
+
+from command_api import events as ev
+from projections.base import View
+
+STATS = (
+    "prompts", "replies_assistant", "replies_prompter", "labels_simple", "labels_full", "rankings_total",
+    "rankings_good", "accepted_prompts", "accepted_replies_assistant", "accepted_replies_prompter",
+    "reply_ranked_1", "reply_ranked_2", "reply_ranked_3",
+)
+INDEX = {name: i for i, name in enumerate(STATS)}
+TROLL = (
+    "red_flags", "upvotes", "downvotes", "spam_prompts", "spam", "lang_mismatch", "not_appropriate", "pii",
+    "hate_speech", "sexual_content", "political_content", "quality", "humor", "toxicity", "violence", "helpfulness",
+)
+TROLL_INDEX = {name: i for i, name in enumerate(TROLL)}
+TIME_FRAMES = ("day", "week", "month", "total")
+# OA's level thresholds: 0, then round(sum_{k=1..n}(k*1.1521 + 3)) for n = 1..99
+LEVELS = [0] + [round(sum(k * 1.1521 + 3 for k in range(1, n + 1))) for n in range(1, 100)]
+
+
+def leader_score(s: dict[str, int]) -> int:
+    """OA's formula (RULES.md)."""
+    return (
+        int(0.1 * s["prompts"]) + 4 * s["replies_assistant"] + s["replies_prompter"] + s["labels_simple"]
+        + 2 * s["labels_full"] + s["rankings_total"] + s["rankings_good"] + int(0.1 * s["accepted_prompts"])
+        + 4 * s["accepted_replies_assistant"] + s["accepted_replies_prompter"] + 9 * s["reply_ranked_1"]
+        + 3 * s["reply_ranked_2"] + s["reply_ranked_3"]
+    )
+
+
+def level(score: int) -> int:
+    return sum(1 for threshold in LEVELS if threshold <= score)
+
+
+def troll_score(t: dict[str, float]) -> int:
+    return int(
+        3 * t["red_flags"] - t["upvotes"] + t["downvotes"] + t["spam_prompts"] + t["lang_mismatch"]
+        + t["not_appropriate"] + t["pii"] + t["hate_speech"] + t["sexual_content"] + t["political_content"]
+    )
+
+
+def hour_of(at: datetime) -> int:
+    return int(at.timestamp()) // 3600
+
+
+def frame_start_hour(frame: str, now: datetime) -> int | None:
+    """First hour bucket inside a time frame: day = last 24 h, week/month = from midnight
+    7/30 days back, total = everything (None)."""
+    if frame == "day":
+        return hour_of(now) - 23
+    if frame in ("week", "month"):
+        days = 7 if frame == "week" else 30
+        midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return hour_of(midnight - timedelta(days=days))
+    return None
+
+
+class MessageFact(msgspec.Struct, array_like=True):
+    author: UUID | None
+    hour: int
+    kind: str  # prompts | replies_assistant | replies_prompter
+    accepted: bool = False
+    deleted: bool = False
+
+
+class RankingFact(msgspec.Struct, array_like=True):
+    ranker: UUID
+    hour: int
+    parent_id: UUID
+    order: list[UUID]
+    good: bool = False
+
+
+class UserCounts(msgspec.Struct, array_like=True):
+    hours: dict[int, list[int]] = {}  # hour -> counts in STATS order
+    troll: dict[int, list[float]] = {}  # hour -> troll facts in TROLL order
+    active_days: list[int] = []  # days since epoch with any activity, ascending
+    last_activity: datetime | None = None
+
+
+class LeaderboardView(View):
+    name = "leaderboard"
+    version = "oa-v1"
+    key_types = {"messages": UUID, "rankings": UUID, "users": UUID, "parents": UUID}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages = self.table("messages", MessageFact)
+        self.rankings = self.table("rankings", RankingFact)  # key: the ranking task id
+        self.parents = self.table("parents", _ParentRankings)
+        self.users = self.table("users", UserCounts)
+
+    # --- counters ------------------------------------------------------------------
+
+    def _counts(self, user: UUID) -> UserCounts:
+        counts = self.users.get(user) or self.users.put(user, UserCounts())
+        self.users.touch(user)
+        return counts
+
+    def _add(self, user: UUID | None, hour: int, stat: str, delta: int = 1) -> None:
+        if user is None:
+            return
+        counts = self._counts(user)
+        row = counts.hours.get(hour)
+        if row is None:
+            row = counts.hours[hour] = [0] * len(STATS)
+        row[INDEX[stat]] += delta
+
+    def _troll(self, user: UUID | None, hour: int, stat: str, delta: float) -> None:
+        if user is None:
+            return
+        counts = self._counts(user)
+        row = counts.troll.get(hour)
+        if row is None:
+            row = counts.troll[hour] = [0.0] * len(TROLL)
+        row[TROLL_INDEX[stat]] += delta
+
+    def _active(self, e: ev.Event) -> None:
+        if e.user_id is None:
+            return
+        counts = self._counts(e.user_id)
+        day = hour_of(e.at) // 24
+        if not counts.active_days or counts.active_days[-1] != day:
+            counts.active_days.append(day)
+        counts.last_activity = e.at
+
+    # --- events --------------------------------------------------------------------
+
+    def on_initial_prompt_submitted(self, e: ev.InitialPromptSubmitted) -> None:
+        self.messages.put(e.message_id, MessageFact(e.user_id, hour_of(e.at), "prompts"))
+        self._add(e.user_id, hour_of(e.at), "prompts")
+        self._active(e)
+
+    def on_reply_submitted(self, e: ev.ReplySubmitted) -> None:
+        kind = f"replies_{e.role}"
+        self.messages.put(e.message_id, MessageFact(e.user_id, hour_of(e.at), kind))
+        self._add(e.user_id, hour_of(e.at), kind)
+        self._active(e)
+
+    def on_message_reviewed(self, e: ev.MessageReviewed) -> None:
+        m = self.messages[e.message_id]
+        if m.accepted != e.accepted and not m.deleted:
+            self._add(m.author, m.hour, "accepted_" + m.kind, 1 if e.accepted else -1)
+        m.accepted = e.accepted
+        self.messages.touch(e.message_id)
+
+    def _set_deleted(self, message_id: UUID, deleted: bool) -> None:
+        m = self.messages[message_id]
+        if m.deleted == deleted:
+            return
+        delta = -1 if deleted else 1
+        if m.kind == "prompts":  # OA counts live prompts only
+            self._add(m.author, m.hour, "prompts", delta)
+        if m.accepted:
+            self._add(m.author, m.hour, "accepted_" + m.kind, delta)
+        m.deleted = deleted
+        self.messages.touch(message_id)
+
+    def on_message_deleted(self, e: ev.MessageDeleted) -> None:
+        self._set_deleted(e.message_id, True)
+
+    def on_message_undeleted(self, e: ev.MessageUndeleted) -> None:
+        self._set_deleted(e.message_id, False)
+
+    def on_labels_submitted(self, e: ev.LabelsSubmitted) -> None:
+        if e.kind == "task":
+            self._add(e.user_id, hour_of(e.at), "labels_full" if e.mode == "full" else "labels_simple")
+        m = self.messages.get(e.message_id)
+        if m is not None:
+            for name, value in e.labels.items():
+                if name in TROLL_INDEX:
+                    self._troll(m.author, m.hour, name, value)
+            if e.kind == "report":
+                self._troll(m.author, m.hour, "red_flags", 1)
+        self._active(e)
+
+    def on_ranking_submitted(self, e: ev.RankingSubmitted) -> None:
+        hour = hour_of(e.at)
+        self.rankings.put(e.task_id, RankingFact(e.user_id, hour, e.parent_id, list(e.ranked_message_ids)))
+        parent = self.parents.get(e.parent_id) or self.parents.put(e.parent_id, _ParentRankings())
+        parent.task_ids = [*parent.task_ids, e.task_id]
+        self.parents.touch(e.parent_id)
+        self._add(e.user_id, hour, "rankings_total")
+        for place, mid in enumerate(e.ranked_message_ids[:3], start=1):
+            m = self.messages.get(mid)
+            if m is not None:
+                self._add(m.author, hour, f"reply_ranked_{place}")
+        self._active(e)
+
+    def on_ranks_computed(self, e: ev.RanksComputed) -> None:
+        """rankings_good (OA never computed it): a ranking whose first reply is the
+        consensus' first reply."""
+        best = e.ranked_message_ids[0] if e.ranked_message_ids else None
+        parent = self.parents.get(e.parent_id)
+        for task_id in parent.task_ids if parent else ():
+            r = self.rankings[task_id]
+            good = bool(r.order) and r.order[0] == best
+            if good != r.good:
+                self._add(r.ranker, r.hour, "rankings_good", 1 if good else -1)
+                r.good = good
+                self.rankings.touch(task_id)
+
+    def on_emoji_added(self, e: ev.EmojiAdded) -> None:
+        self._emoji(e.message_id, e.emoji, 1)
+
+    def on_emoji_removed(self, e: ev.EmojiRemoved) -> None:
+        self._emoji(e.message_id, e.emoji, -1)
+
+    def _emoji(self, message_id: UUID, emoji: str, delta: int) -> None:
+        stat = {"+1": "upvotes", "-1": "downvotes", "red_flag": "red_flags"}.get(emoji)
+        m = self.messages.get(message_id)
+        if stat and m is not None:
+            self._troll(m.author, m.hour, stat, delta)
+
+    def on_tree_state_changed(self, e: ev.TreeStateChanged) -> None:
+        m = self.messages.get(e.tree_id)
+        if m is None:
+            return
+        if e.new_state == "aborted_low_grade":
+            self._troll(m.author, m.hour, "spam_prompts", 1)
+        elif e.old_state == "aborted_low_grade":
+            self._troll(m.author, m.hour, "spam_prompts", -1)
+
+    # --- reading -------------------------------------------------------------------
+
+    def stats(self, user: UUID, frame: str, now: datetime) -> dict[str, int]:
+        start = frame_start_hour(frame, now)
+        totals = [0] * len(STATS)
+        counts = self.users.get(user)
+        for hour, row in (counts.hours.items() if counts else ()):
+            if start is None or hour >= start:
+                for i, v in enumerate(row):
+                    totals[i] += v
+        return dict(zip(STATS, totals, strict=True))
+
+    def troll_stats(self, user: UUID, frame: str, now: datetime) -> dict[str, float]:
+        start = frame_start_hour(frame, now)
+        totals = [0.0] * len(TROLL)
+        counts = self.users.get(user)
+        for hour, row in (counts.troll.items() if counts else ()):
+            if start is None or hour >= start:
+                for i, v in enumerate(row):
+                    totals[i] += v
+        return dict(zip(TROLL, totals, strict=True))
+
+    def streak(self, user: UUID, now: datetime) -> tuple[int, datetime | None]:
+        """Days of consecutive activity, reset after 36 hours without any."""
+        counts = self.users.get(user)
+        if not counts or not counts.last_activity or now - counts.last_activity > timedelta(hours=36):
+            return 0, None
+        days = counts.active_days
+        streak = 1
+        for a, b in zip(reversed(days[:-1]), reversed(days[1:]), strict=True):
+            if b - a != 1:
+                break
+            streak += 1
+        return streak, counts.last_activity
+
+
+class _ParentRankings(msgspec.Struct, array_like=True):
+    task_ids: list[UUID] = []

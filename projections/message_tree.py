@@ -1,0 +1,239 @@
+"""The message-tree view: messages, trees and users as frontends and analysts see them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+import msgspec
+
+from command_api import events as ev
+from projections.base import View
+
+
+class MessageRow(msgspec.Struct, kw_only=True):
+    id: UUID
+    tree_id: UUID
+    parent_id: UUID | None
+    user_id: UUID | None
+    api_client_id: UUID | None
+    frontend_message_id: str
+    role: str
+    depth: int
+    lang: str
+    text: str
+    created_date: datetime
+    synthetic: bool = False
+    model_name: str | None = None
+    deleted: bool = False
+    review_count: int = 0
+    review_result: bool | None = None
+    emojis: dict[str, list[UUID]] = {}  # emoji -> users who reacted
+    rank: int | None = None
+    ranking_count: int = 0
+    children: list[UUID] = []
+    edited: bool = False
+
+
+class TreeRow(msgspec.Struct, kw_only=True):
+    id: UUID
+    state: str
+    lang: str
+    created_date: datetime
+    goal_tree_size: int | None = None
+    origin: str | None = None
+    message_ids: list[UUID] = []
+
+
+class UserRow(msgspec.Struct, kw_only=True):
+    id: UUID
+    api_client_id: UUID
+    auth_method: str
+    username: str
+    display_name: str
+    created_date: datetime
+    enabled: bool = True
+    deleted: bool = False
+    spammer: bool = False
+    notes: str = ""
+    show_on_leaderboard: bool = True
+    tos_acceptance_date: datetime | None = None
+    last_activity_date: datetime | None = None
+
+
+class MessageTreeView(View):
+    name = "message_tree"
+    version = "v1"
+    key_types = {"messages": UUID, "trees": UUID, "users": UUID}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages = self.table("messages", MessageRow)
+        self.trees = self.table("trees", TreeRow)
+        self.users = self.table("users", UserRow)
+        self.by_frontend_id: dict[tuple[UUID | None, str], UUID] = {}
+        self.users_by_name: dict[tuple[UUID, str, str], UUID] = {}
+
+    def restored(self) -> None:
+        self.by_frontend_id = {(m.api_client_id, m.frontend_message_id): m.id for m in self.messages.values()}
+        self.users_by_name = {(u.api_client_id, u.auth_method, u.username): u.id for u in self.users.values()}
+
+    # --- users ---------------------------------------------------------------------
+
+    def _user(self, e: ev.Event, subject: UUID) -> UserRow:
+        self.users.touch(subject)
+        return self.users[subject]
+
+    def on_user_seen(self, e: ev.UserSeen) -> None:
+        self.users.put(e.subject_id, UserRow(
+            id=e.subject_id, api_client_id=e.api_client_id, auth_method=e.auth_method, username=e.username,
+            display_name=e.display_name, created_date=e.at, enabled=e.enabled, notes=e.notes,
+            show_on_leaderboard=e.show_on_leaderboard, tos_acceptance_date=e.at if e.tos_accepted else None,
+        ))
+        self.users_by_name[(e.api_client_id, e.auth_method, e.username)] = e.subject_id
+
+    def on_user_renamed(self, e: ev.UserRenamed) -> None:
+        self._user(e, e.subject_id).display_name = e.display_name
+
+    def on_user_enabled(self, e: ev.UserEnabled) -> None:
+        self._user(e, e.subject_id).enabled = True
+
+    def on_user_disabled(self, e: ev.UserDisabled) -> None:
+        self._user(e, e.subject_id).enabled = False
+
+    def on_user_settings_changed(self, e: ev.UserSettingsChanged) -> None:
+        u = self._user(e, e.subject_id)
+        if e.notes is not None:
+            u.notes = e.notes
+        if e.show_on_leaderboard is not None:
+            u.show_on_leaderboard = e.show_on_leaderboard
+        if e.tos_accepted is not None:
+            u.tos_acceptance_date = e.at if e.tos_accepted else None
+
+    def on_user_deleted(self, e: ev.UserDeleted) -> None:
+        u = self._user(e, e.subject_id)
+        u.deleted, u.enabled, u.show_on_leaderboard = True, False, False
+        u.display_name = f"Deleted User {str(u.id)[:8]}"
+
+    def on_user_marked_spammer(self, e: ev.UserMarkedSpammer) -> None:
+        u = self._user(e, e.subject_id)
+        u.spammer = True
+        if e.ban:
+            u.enabled = False
+
+    def on_user_unmarked_spammer(self, e: ev.UserUnmarkedSpammer) -> None:
+        self._user(e, e.subject_id).spammer = False
+
+    def _active(self, e: ev.Event) -> None:
+        if e.user_id is not None:
+            u = self.users.get(e.user_id)
+            if u is not None:
+                u.last_activity_date = e.at
+                self.users.touch(e.user_id)
+
+    # --- messages ------------------------------------------------------------------
+
+    def _add(self, m: MessageRow) -> None:
+        self.messages.put(m.id, m)
+        self.by_frontend_id[(m.api_client_id, m.frontend_message_id)] = m.id
+
+    def on_initial_prompt_submitted(self, e: ev.InitialPromptSubmitted) -> None:
+        self._add(MessageRow(
+            id=e.message_id, tree_id=e.message_id, parent_id=None, user_id=e.user_id, api_client_id=e.api_client_id,
+            frontend_message_id=e.frontend_message_id, role="prompter", depth=0, lang=e.lang, text=e.text,
+            created_date=e.at, synthetic=e.synthetic, model_name=e.model_name,
+        ))
+        self.trees.put(e.message_id, TreeRow(
+            id=e.message_id, state="initial_prompt_review", lang=e.lang, created_date=e.at, origin=e.origin,
+            message_ids=[e.message_id],
+        ))
+        self._active(e)
+
+    def on_reply_submitted(self, e: ev.ReplySubmitted) -> None:
+        self._add(MessageRow(
+            id=e.message_id, tree_id=e.tree_id, parent_id=e.parent_id, user_id=e.user_id,
+            api_client_id=e.api_client_id, frontend_message_id=e.frontend_message_id, role=e.role, depth=e.depth,
+            lang=e.lang, text=e.text, created_date=e.at, synthetic=e.synthetic, model_name=e.model_name,
+        ))
+        self.messages[e.parent_id].children.append(e.message_id)
+        self.messages.touch(e.parent_id)
+        self.trees[e.tree_id].message_ids.append(e.message_id)
+        self.trees.touch(e.tree_id)
+        self._active(e)
+
+    def _message(self, message_id: UUID) -> MessageRow:
+        self.messages.touch(message_id)
+        return self.messages[message_id]
+
+    def on_message_edited(self, e: ev.MessageEdited) -> None:
+        m = self._message(e.message_id)
+        m.text, m.edited = e.text, True
+
+    def on_message_deleted(self, e: ev.MessageDeleted) -> None:
+        self._message(e.message_id).deleted = True
+
+    def on_message_undeleted(self, e: ev.MessageUndeleted) -> None:
+        m: MessageRow | None = self._message(e.message_id)
+        while m is not None:  # the message and its ancestors
+            m.deleted = False
+            self.messages.touch(m.id)
+            m = self.messages.get(m.parent_id) if m.parent_id else None
+
+    def on_message_reviewed(self, e: ev.MessageReviewed) -> None:
+        self._message(e.message_id).review_result = e.accepted
+
+    def on_labels_submitted(self, e: ev.LabelsSubmitted) -> None:
+        if e.kind == "task":
+            self._message(e.message_id).review_count += 1
+        self._active(e)
+
+    def on_ranking_submitted(self, e: ev.RankingSubmitted) -> None:
+        for mid in e.ranked_message_ids:
+            self._message(mid).ranking_count += 1
+        self._active(e)
+
+    def on_emoji_added(self, e: ev.EmojiAdded) -> None:
+        m = self._message(e.message_id)
+        m.emojis = {**m.emojis, e.emoji: [*m.emojis.get(e.emoji, ()), e.user_id]}
+
+    def on_emoji_removed(self, e: ev.EmojiRemoved) -> None:
+        m = self._message(e.message_id)
+        users = [u for u in m.emojis.get(e.emoji, ()) if u != e.user_id]
+        m.emojis = {k: v for k, v in {**m.emojis, e.emoji: users}.items() if v}
+
+    def on_ranks_computed(self, e: ev.RanksComputed) -> None:
+        for rank, mid in enumerate(e.ranked_message_ids):
+            self._message(mid).rank = rank
+
+    # --- trees ---------------------------------------------------------------------
+
+    def on_tree_state_changed(self, e: ev.TreeStateChanged) -> None:
+        t = self.trees[e.tree_id]
+        t.state = e.new_state
+        if e.goal_tree_size is not None:
+            t.goal_tree_size = e.goal_tree_size
+        self.trees.touch(e.tree_id)
+
+    def on_tree_halted(self, e: ev.TreeHalted) -> None:
+        self.trees[e.tree_id].state = "halted_by_moderator"
+        self.trees.touch(e.tree_id)
+
+    def on_tree_resumed(self, e: ev.TreeResumed) -> None:
+        t = self.trees[e.tree_id]
+        t.state = "growing" if t.goal_tree_size is not None else "initial_prompt_review"
+        self.trees.touch(e.tree_id)
+
+    # --- reading -------------------------------------------------------------------
+
+    def is_hidden(self, m: MessageRow) -> bool:
+        while m is not None:
+            if m.deleted:
+                return True
+            m = self.messages.get(m.parent_id) if m.parent_id else None
+        return False
+
+    def thread(self, m: MessageRow) -> list[MessageRow]:
+        out = [m]
+        while out[-1].parent_id:
+            out.append(self.messages[out[-1].parent_id])
+        return out[::-1]

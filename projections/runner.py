@@ -1,0 +1,153 @@
+"""The batched projection runner: reads the log in pages, folds each page into every
+view in memory, and writes the views' changed rows with their new positions in one
+transaction. After a crash, views resume from their stored rows and positions, so every
+event is applied exactly once to what is stored.
+
+Inside ``oasst serve`` the runner shares the event loop with the query routes: pages
+are read and rows written in a worker thread, folds run on the loop in slices, so a
+query never sees a half-applied event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from command_api import events as ev
+from infra.store import EventStore
+from projections.base import View
+from projections.consensus import ConsensusView
+from projections.history import HistoryView
+from projections.leaderboard import LeaderboardView
+from projections.message_tree import MessageTreeView
+from projections.storage import ViewStorage
+
+
+def all_views() -> list[View]:
+    return [MessageTreeView(), ConsensusView(), LeaderboardView(), HistoryView()]
+
+
+class ProjectionRunner:
+    def __init__(self, store: EventStore, views: list[View] | None = None, page_size: int = 10_000,
+                 flush_every: int = 50_000):
+        self.store = store
+        self.storage = ViewStorage(store)
+        self.views = views if views is not None else all_views()
+        self.by_name = {v.name: v for v in self.views}
+        self.page_size = page_size
+        self.flush_every = flush_every  # events folded between two flushes during catch-up
+        self.position = 0  # every view has folded the log up to here
+        self._wakeup = asyncio.Event()
+        self._reached = asyncio.Condition()
+        self._task: asyncio.Task | None = None
+
+    # --- storage -------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Load every view's rows and position (what the last flush wrote)."""
+        for view in self.views:
+            view.position = self.storage.position(view.key)
+            for table, key, value in self.storage.rows(view.key):
+                view.tables[table].restore(key, value, view.key_types[table])
+            view.restored()
+        self.position = min((v.position for v in self.views), default=0)
+
+    def flush(self) -> None:
+        self._write(self._collect())
+
+    def _collect(self):
+        changes = []
+        history = None
+        for view in self.views:
+            rows = [(t.name, k, v) for t in view.tables.values() for k, v in t.take_changes()]
+            changes.append((view.key, view.position, rows))
+            if isinstance(view, HistoryView):
+                history = (view.key, view.take_entries())
+        return changes, history
+
+    def _write(self, collected) -> None:
+        changes, history = collected
+        self.storage.write(changes, history)
+
+    # --- folding -------------------------------------------------------------------
+
+    def fold(self, notifications) -> None:
+        for n in notifications:
+            event = ev.decode(n.state)
+            for view in self.views:
+                if n.id > view.position:
+                    view.apply(n.id, event)
+        if notifications:
+            self.position = max(self.position, notifications[-1].id)
+
+    def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
+        """Fold everything in the log now (blocking); returns the number of events."""
+        done = since_flush = 0
+        while True:
+            page = self.store.read_stored(self.position, self.page_size)
+            if not page:
+                break
+            self.fold(page)
+            done += len(page)
+            since_flush += len(page)
+            if progress:
+                progress(len(page))
+            if since_flush >= self.flush_every:
+                self.flush()
+                since_flush = 0
+        if since_flush:
+            self.flush()
+        return done
+
+    # --- running inside a server ---------------------------------------------------
+
+    def notify(self) -> None:
+        """New events were appended (called by the command service after a commit)."""
+        self._wakeup.set()
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.restore)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await asyncio.to_thread(self.flush)
+
+    async def _run(self, poll_seconds: float = 0.5, slice_events: int = 2000) -> None:
+        last_flush = time.monotonic()
+        while True:
+            page = await asyncio.to_thread(self.store.read_stored, self.position, self.page_size)
+            for start in range(0, len(page), slice_events):
+                self.fold(page[start:start + slice_events])
+                await asyncio.sleep(0)  # let queries in between slices
+            if page:
+                async with self._reached:
+                    self._reached.notify_all()
+            if page and time.monotonic() - last_flush > 1.0:  # a crash replays at most ~1 s
+                await asyncio.to_thread(self._write, self._collect())
+                last_flush = time.monotonic()
+            if len(page) < self.page_size:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), poll_seconds)
+                except TimeoutError:
+                    pass
+
+    async def wait_for(self, position: int, timeout: float) -> bool:
+        """Read-your-writes: wait until every view has folded ``position``."""
+        if self.position >= position:
+            return True
+        self.notify()
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._reached:
+                    await self._reached.wait_for(lambda: self.position >= position)
+            return True
+        except TimeoutError:
+            return False

@@ -1,0 +1,113 @@
+"""Where views live between runs: ``view_rows`` (one encoded row per view, table and
+key) and ``view_positions`` (how far each view has folded the log), in the event
+store's own database. A flush writes a view's changed rows and its new position in
+one transaction, so after a crash a view resumes exactly where its rows are."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from psycopg.sql import SQL, Identifier
+
+from infra.store import EventStore
+
+
+class ViewStorage:
+    def __init__(self, store: EventStore):
+        self.store = store
+        self.datastore = store.recorder.datastore
+        self.pg = store.backend == "postgresql"
+        if self.pg:
+            schema = Identifier(self.datastore.schema)
+            self.rows_table = SQL("{}.view_rows").format(schema)
+            self.positions_table = SQL("{}.view_positions").format(schema)
+            self.history_table = SQL("{}.history_index").format(schema)
+        self._create()
+
+    def _sql(self, text: str):
+        """One statement for both backends: ``{rows}``/``{positions}`` tables, ``?`` params."""
+        if not self.pg:
+            return text.format(rows="view_rows", positions="view_positions", history="history_index")
+        text = text.replace("?", "%s").replace("{rows}", "{0}").replace("{positions}", "{1}").replace("{history}", "{2}")
+        return SQL(text).format(self.rows_table, self.positions_table, self.history_table)
+
+    def _create(self) -> None:
+        blob = "bytea" if self.pg else "BLOB"
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(self._sql(
+                "CREATE TABLE IF NOT EXISTS {rows} (view TEXT, tbl TEXT, key TEXT, value " + blob + ", "
+                "PRIMARY KEY (view, tbl, key))"
+            ))
+            c.execute(self._sql("CREATE TABLE IF NOT EXISTS {positions} (view TEXT PRIMARY KEY, position BIGINT)"))
+            c.execute(self._sql("CREATE TABLE IF NOT EXISTS {history} (view TEXT, entity TEXT, position BIGINT)"))
+            c.execute(self._sql(
+                "CREATE INDEX IF NOT EXISTS history_index_entity ON {history} (view, entity, position)"
+            ))
+
+    def position(self, view: str) -> int:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(self._sql("SELECT position FROM {positions} WHERE view = ?"), (view,))
+            row = c.fetchone()
+        return row["position"] if row else 0
+
+    def rows(self, view: str) -> Iterator[tuple[str, str, bytes]]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(self._sql("SELECT tbl, key, value FROM {rows} WHERE view = ?"), (view,))
+            for row in c.fetchall():
+                yield row["tbl"], row["key"], bytes(row["value"])
+
+    def write(self, changes: list[tuple[str, int, list[tuple[str, str, bytes | None]]]],
+              history: tuple[str, list[tuple[str, int]]] | None = None) -> None:
+        """For each (view, position, [(table, key, value or None)]): write the rows and the
+        position; and the new history entries (view, [(entity, position)]); all in one
+        transaction."""
+        with self.datastore.transaction(commit=True) as c:
+            if history and history[1]:
+                view, entries = history
+                if self.pg:
+                    cols = [[view] * len(entries), [e for e, _ in entries], [p for _, p in entries]]
+                    c.execute(self._sql("INSERT INTO {history} SELECT * FROM unnest(?::text[], ?::text[], ?::bigint[])"), cols)
+                else:
+                    c.executemany(self._sql("INSERT INTO {history} VALUES (?, ?, ?)"), [(view, e, p) for e, p in entries])
+            for view, position, rows in changes:
+                upserts = [(view, t, k, v) for t, k, v in rows if v is not None]
+                deletes = [(view, t, k) for t, k, v in rows if v is None]
+                if self.pg:
+                    if upserts:
+                        cols = [list(x) for x in zip(*upserts, strict=True)]
+                        c.execute(self._sql(
+                            "INSERT INTO {rows} SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::bytea[]) "
+                            "ON CONFLICT (view, tbl, key) DO UPDATE SET value = excluded.value"
+                        ), cols)
+                    if deletes:
+                        c.executemany(self._sql("DELETE FROM {rows} WHERE view = ? AND tbl = ? AND key = ?"), deletes)
+                    c.execute(self._sql(
+                        "INSERT INTO {positions} VALUES (?, ?) ON CONFLICT (view) DO UPDATE SET position = excluded.position"
+                    ), (view, position))
+                else:
+                    c.executemany(self._sql("INSERT OR REPLACE INTO {rows} VALUES (?, ?, ?, ?)"), upserts)
+                    c.executemany(self._sql("DELETE FROM {rows} WHERE view = ? AND tbl = ? AND key = ?"), deletes)
+                    c.execute(self._sql("INSERT OR REPLACE INTO {positions} VALUES (?, ?)"), (view, position))
+
+    def history(self, view: str, entity: str, until: int | None = None, limit: int = 10_000) -> list[int]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(self._sql(
+                "SELECT position FROM {history} WHERE view = ? AND entity = ? AND position <= ? ORDER BY position LIMIT ?"
+            ), (view, entity, until if until is not None else 2**62, limit))
+            return [row["position"] for row in c.fetchall()]
+
+    def drop(self, view: str) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(self._sql("DELETE FROM {rows} WHERE view = ?"), (view,))
+            c.execute(self._sql("DELETE FROM {positions} WHERE view = ?"), (view,))
+            c.execute(self._sql("DELETE FROM {history} WHERE view = ?"), (view,))
+
+    def rename(self, old: str, new: str) -> None:
+        """Atomically replace view ``new`` by the rows and position built under ``old``."""
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(self._sql("DELETE FROM {rows} WHERE view = ?"), (new,))
+            c.execute(self._sql("DELETE FROM {positions} WHERE view = ?"), (new,))
+            c.execute(self._sql("DELETE FROM {history} WHERE view = ?"), (new,))
+            c.execute(self._sql("UPDATE {rows} SET view = ? WHERE view = ?"), (new, old))
+            c.execute(self._sql("UPDATE {positions} SET view = ? WHERE view = ?"), (new, old))
+            c.execute(self._sql("UPDATE {history} SET view = ? WHERE view = ?"), (new, old))

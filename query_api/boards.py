@@ -1,0 +1,162 @@
+"""Leaderboards, trollboard, statistics and label descriptions."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Annotated
+
+from litestar import Request, get
+from litestar.params import FromPath, FromQuery, QueryParameter
+
+from command_api import labels as lab
+from command_api.model import ACTIVE_STATES
+from projections.leaderboard import LeaderboardView, troll_score
+from query_api.common import iso, message_or_404, tree_view, views
+from query_api.users import _frame, user_score
+
+MaxCount = Annotated[int, QueryParameter(ge=1, le=10_000)]
+BOARD_TTL_SECONDS = 1.0  # boards are recomputed at most once a second (OA: every 5-240 minutes)
+
+
+def _board(request: Request) -> LeaderboardView:
+    return request.app.state.runner.by_name["leaderboard"]
+
+
+def leaderboard_rows(request: Request, frame: str) -> tuple[list[dict], str]:
+    """All ranked rows of a board (enabled users on the leaderboard, score > 0), cached."""
+    runner = request.app.state.runner
+    cache = request.app.state.board_cache
+    hit = cache.get(("leader", frame))
+    if hit and hit[0] == runner.position and time.monotonic() - hit[1] < BOARD_TTL_SECONDS:
+        return [dict(r) for r in hit[2]], hit[3]
+    now = datetime.now(UTC)
+    view, board = tree_view(runner), _board(request)
+    rows = []
+    for user in view.users.values():
+        if not user.enabled or user.deleted or not user.show_on_leaderboard or user.spammer:
+            continue
+        row = user_score(board, user, frame, now)
+        if row["leader_score"] > 0:
+            rows.append(row)
+    rows.sort(key=lambda r: (-r["leader_score"], r["user_id"]))
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+    cache[("leader", frame)] = (runner.position, time.monotonic(), rows, iso(now))
+    return [dict(r) for r in rows], iso(now)
+
+
+@get("/leaderboards/{time_frame:str}", summary="Leaderboard (day, week, month, total), kept live")
+async def leaderboard(request: Request, time_frame: FromPath[str], max_count: MaxCount = 100) -> dict:
+    await views(request)
+    rows, updated = leaderboard_rows(request, _frame(time_frame))
+    return {"time_frame": time_frame, "last_updated": updated, "leaderboard": rows[:max_count]}
+
+
+@get("/trollboards/{time_frame:str}", summary="Trollboard (trusted clients)")
+async def trollboard(request: Request, time_frame: FromPath[str], max_count: MaxCount = 100,
+                     enabled: FromQuery[bool | None] = None) -> dict:
+    _, runner = await views(request, trusted=True)
+    frame = _frame(time_frame)
+    now = datetime.now(UTC)
+    view, board = tree_view(runner), _board(request)
+    rows = []
+    for user in view.users.values():
+        if enabled is not None and user.enabled != enabled:
+            continue
+        t = board.troll_stats(user.id, frame, now)
+        score = troll_score(t)
+        if score <= 0:
+            continue
+        rows.append({
+            "user_id": str(user.id), "highlighted": False, "username": user.username,
+            "auth_method": user.auth_method, "display_name": user.display_name,
+            "last_activity_date": iso(user.last_activity_date), "enabled": user.enabled, "deleted": user.deleted,
+            "show_on_leaderboard": user.show_on_leaderboard, "troll_score": score, "base_date": None,
+            "modified_date": iso(now), "red_flags": int(t["red_flags"]), "upvotes": int(t["upvotes"]),
+            "downvotes": int(t["downvotes"]), "spam_prompts": int(t["spam_prompts"]),
+            "quality": t["quality"], "humor": t["humor"], "toxicity": t["toxicity"], "violence": t["violence"],
+            "helpfulness": t["helpfulness"], "spam": int(t["spam"]), "lang_mismach": int(t["lang_mismatch"]),
+            "not_appropriate": int(t["not_appropriate"]), "pii": int(t["pii"]), "hate_speech": int(t["hate_speech"]),
+            "sexual_content": int(t["sexual_content"]), "political_content": int(t["political_content"]),
+        })
+    rows.sort(key=lambda r: (-r["troll_score"], r["user_id"]))
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+    return {"time_frame": time_frame, "last_updated": iso(now), "trollboard": rows[:max_count]}
+
+
+def system_stats(view) -> dict:
+    active_by_lang: Counter = Counter()
+    total = active = roots = 0
+    for m in view.messages.values():
+        total += 1
+        roots += m.parent_id is None
+        if not view.is_hidden(m):
+            active += 1
+            active_by_lang[m.lang] += 1
+    return {"all": total, "active": active, "active_by_lang": dict(sorted(active_by_lang.items())),
+            "deleted": total - active, "message_trees": roots}
+
+
+@get("/stats/", summary="Message counts")
+async def stats(request: Request) -> dict:
+    _, runner = await views(request)
+    return system_stats(tree_view(runner))
+
+
+def _state_counts(view) -> dict[str, int]:
+    return dict(sorted(Counter(t.state for t in view.trees.values()).items()))
+
+
+def _message_counts(view, only_active: bool) -> list[dict]:
+    out = []
+    for t in view.trees.values():
+        if only_active and t.state not in ACTIVE_STATES:
+            continue
+        live = [view.messages[i] for i in t.message_ids if not view.is_hidden(view.messages[i])]
+        out.append({"message_tree_id": str(t.id), "state": t.state, "depth": max((m.depth for m in live), default=0),
+                    "oldest": iso(t.created_date), "youngest": iso(max((m.created_date for m in live), default=None)),
+                    "count": len(live), "goal_tree_size": t.goal_tree_size})
+    return sorted(out, key=lambda r: r["message_tree_id"])
+
+
+@get("/stats/tree_manager/state_counts", summary="Trees per state")
+async def state_counts(request: Request) -> dict:
+    _, runner = await views(request)
+    return _state_counts(tree_view(runner))
+
+
+@get("/stats/tree_manager/message_counts", summary="Messages per tree")
+async def message_counts(request: Request, only_active: FromQuery[bool] = True) -> list[dict]:
+    _, runner = await views(request)
+    return _message_counts(tree_view(runner), only_active)
+
+
+@get("/stats/tree_manager", summary="Tree manager statistics")
+async def tree_manager_stats(request: Request) -> dict:
+    _, runner = await views(request)
+    view = tree_view(runner)
+    return {"state_counts": _state_counts(view), "message_counts": _message_counts(view, True)}
+
+
+@get("/text_labels/valid_labels", summary="Label descriptions (for a message: what its task asks)")
+async def valid_labels(request: Request, message_id: FromQuery[str | None] = None) -> dict:
+    _, runner = await views(request)
+    names = list(lab.LABELS)
+    if message_id:
+        m = message_or_404(tree_view(runner), message_id)
+        task = "label_initial_prompt" if m.parent_id is None else f"label_{m.role}_reply"
+        names = lab.valid_labels(task, "full")
+    return {"valid_labels": lab.describe(names)}
+
+
+@get("/text_labels/report_labels", summary="Labels a report may carry")
+async def report_labels(request: Request) -> dict:
+    await views(request)
+    return {"valid_labels": lab.describe(lab.REPORT_LABELS)}
+
+
+
+board_handlers = [leaderboard, trollboard, stats, state_counts, message_counts, tree_manager_stats, valid_labels, report_labels]

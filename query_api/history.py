@@ -1,0 +1,52 @@
+"""History for moderators: the events that concern a user, a tree or a message."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+from uuid import UUID
+
+from litestar import Request, get
+from litestar.params import FromQuery, QueryParameter
+
+from command_api import events as ev
+from command_api.errors import ErrorCode, OasstError
+from query_api.common import views
+
+
+@get("/api/v1/history", tags=["history"], summary="Events concerning a user, tree or message (trusted)")
+async def history(
+    request: Request, user: FromQuery[str | None] = None, tree: FromQuery[str | None] = None,
+    message: FromQuery[str | None] = None, until: FromQuery[int | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
+) -> dict:
+    _, runner = await views(request, trusted=True)
+    given = [v for v in (user, tree, message) if v]
+    if len(given) != 1:
+        raise OasstError("give exactly one of user, tree, message", ErrorCode.REQUEST_VALIDATION_FAILED, 422)
+    try:
+        entity = str(UUID(given[0]))
+    except ValueError:
+        raise OasstError(f"{given[0]!r} is not an id", ErrorCode.REQUEST_VALIDATION_FAILED, 422) from None
+    events = await events_concerning(runner, entity, until, limit)
+    for item in events:
+        del item["raw"]
+    return {"entity": entity, "events": events}
+
+
+async def events_concerning(runner, entity: str, until: int | None = None, limit: int = 10_000) -> list[dict]:
+    view = runner.by_name["history"]
+    pending = view.unflushed(entity, until)  # taken before the read, so nothing falls in between
+    stored = await asyncio.to_thread(runner.storage.history, view.key, entity, until, limit)
+    positions = sorted(set(stored) | set(pending))[:limit]
+    notes = await asyncio.to_thread(runner.store.read_positions, positions)
+    out = []
+    for n in notes:
+        e = ev.decode(n.state)
+        out.append({
+            "position": n.id, "type": n.topic, "at": e.at.isoformat(),
+            "actor": {"user_id": str(e.user_id) if e.user_id else None,
+                      "api_client_id": str(e.api_client_id) if e.api_client_id else None},
+            "event": ev.to_builtins(e), "raw": n.state,
+        })
+    return out

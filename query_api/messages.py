@@ -1,0 +1,224 @@
+"""OA's message read routes, and their ``frontend_messages`` twins (frontend ids)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+from litestar import Request, get
+from litestar.params import FromPath, FromQuery, QueryParameter
+
+from command_api import events as ev
+from command_api.errors import ErrorCode, OasstError
+from projections.message_tree import MessageRow, MessageTreeView
+from query_api.common import (
+    acting_user,
+    conversation_message,
+    frontend_message_or_404,
+    message_dict,
+    message_or_404,
+    tree_state_dict,
+    tree_view,
+    views,
+)
+from query_api.history import events_concerning
+
+MaxCount = Annotated[int, QueryParameter(ge=1, le=10_000)]
+
+
+def _visible(view: MessageTreeView, m: MessageRow, include_deleted: bool, include_spam: bool = True) -> bool:
+    if not include_deleted and view.is_hidden(m):
+        return False
+    return include_spam or m.review_result is not False
+
+
+def _tree_messages(view: MessageTreeView, root: MessageRow, include_deleted: bool, include_spam: bool) -> list[MessageRow]:
+    tree = view.trees[root.tree_id]
+    return [view.messages[i] for i in tree.message_ids if _visible(view, view.messages[i], include_deleted, include_spam)]
+
+
+def _descendants(view: MessageTreeView, m: MessageRow) -> list[MessageRow]:
+    out, stack = [], [m]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(view.messages[c] for c in reversed(node.children))
+    return out
+
+
+async def _resolve(request: Request, message_id: str, frontend: bool):
+    client, runner = await views(request)
+    view = tree_view(runner)
+    m = frontend_message_or_404(view, client, message_id) if frontend else message_or_404(view, message_id)
+    return view, m, acting_user(request, view, client)
+
+
+def _routes(frontend: bool):
+    prefix = "/frontend_messages" if frontend else "/messages"
+    """The same reads, by our id (messages/) or by the frontend's id (frontend_messages/)."""
+
+    @get(prefix + "/{message_id:str}", summary="A message")
+    async def get_message(request: Request, message_id: FromPath[str]) -> dict:
+        view, m, me = await _resolve(request, message_id, frontend)
+        return message_dict(view, m, me)
+
+    @get(prefix + "/{message_id:str}/conversation", summary="The thread from the prompt to this message")
+    async def conversation(request: Request, message_id: FromPath[str]) -> dict:
+        view, m, me = await _resolve(request, message_id, frontend)
+        return {"messages": [conversation_message(x, me) for x in view.thread(m)]}
+
+    @get(prefix + "/{message_id:str}/tree", summary="The whole tree of a message (trusted: ?at=POSITION replays it)")
+    async def tree(request: Request, message_id: FromPath[str], include_spam: FromQuery[bool] = True,
+                   include_deleted: FromQuery[bool] = False, at: FromQuery[int | None] = None) -> dict:
+        if at is not None:
+            return await _tree_at(request, message_id, frontend, at, include_spam, include_deleted)
+        view, m, me = await _resolve(request, message_id, frontend)
+        messages = _tree_messages(view, view.messages[m.tree_id], include_deleted, include_spam)
+        return {"id": str(m.tree_id), "messages": [message_dict(view, x, me) for x in messages]}
+
+    @get(prefix + "/{message_id:str}/children", summary="Direct replies")
+    async def children(request: Request, message_id: FromPath[str]) -> list[dict]:
+        view, m, me = await _resolve(request, message_id, frontend)
+        return [message_dict(view, view.messages[c], me) for c in m.children if not view.messages[c].deleted]
+
+    @get(prefix + "/{message_id:str}/descendants", summary="The subtree under a message")
+    async def descendants(request: Request, message_id: FromPath[str]) -> dict:
+        view, m, me = await _resolve(request, message_id, frontend)
+        return {"id": str(m.id), "messages": [message_dict(view, x, me) for x in _descendants(view, m)
+                                              if not view.is_hidden(x)]}
+
+    @get(prefix + "/{message_id:str}/longest_conversation_in_tree", summary="The deepest thread of the tree")
+    async def longest(request: Request, message_id: FromPath[str]) -> dict:
+        view, m, me = await _resolve(request, message_id, frontend)
+        live = _tree_messages(view, view.messages[m.tree_id], False, True)
+        deepest = max(live, key=lambda x: (x.depth, x.created_date), default=m)
+        return {"messages": [conversation_message(x, me) for x in view.thread(deepest)]}
+
+    @get(prefix + "/{message_id:str}/max_children_in_tree", summary="The message with most replies, with them")
+    async def max_children(request: Request, message_id: FromPath[str]) -> dict:
+        view, m, me = await _resolve(request, message_id, frontend)
+        live = _tree_messages(view, view.messages[m.tree_id], False, True)
+        best = max(live, key=lambda x: (sum(not view.messages[c].deleted for c in x.children), -x.depth))
+        kids = [view.messages[c] for c in best.children if not view.messages[c].deleted]
+        return {"id": str(best.id), "messages": [message_dict(view, x, me) for x in [best, *kids]]}
+
+    handlers = [get_message, conversation, tree, children, descendants, longest, max_children]
+    if not frontend:
+
+        @get(prefix + "/{message_id:str}/tree/state", summary="The tree's state and settings")
+        async def tree_state(request: Request, message_id: FromPath[str]) -> dict:
+            view, m, _ = await _resolve(request, message_id, frontend)
+            return tree_state_dict(view, m.tree_id, request.app.state.settings)
+
+        handlers.append(tree_state)
+    return handlers
+
+
+async def _tree_at(request: Request, message_id: str, frontend: bool, at: int, include_spam: bool,
+                   include_deleted: bool) -> dict:
+    """Time travel: fold only this tree's events up to position ``at``."""
+    client, runner = await views(request, trusted=True)
+    view = tree_view(runner)
+    m = frontend_message_or_404(view, client, message_id) if frontend else message_or_404(view, message_id)
+    past = MessageTreeView()
+    for item in await events_concerning(runner, str(m.tree_id), at, limit=1_000_000):
+        past.apply(item["position"], ev.decode(item["raw"]))
+    if m.tree_id not in past.trees:
+        raise OasstError(f"the tree did not exist at position {at}", ErrorCode.NO_MESSAGE_TREE_FOUND)
+    messages = _tree_messages(past, past.messages[m.tree_id], include_deleted, include_spam)
+    return {"id": str(m.tree_id), "position": at, "state": past.trees[m.tree_id].state,
+            "messages": [message_dict(past, x) for x in messages]}
+
+
+def _matches(m: MessageRow, *, user: UUID | None, only_roots: bool, include_deleted: bool, lang: str | None,
+             start: datetime | None, end: datetime | None, view: MessageTreeView) -> bool:
+    return (
+        (user is None or m.user_id == user)
+        and (not only_roots or m.parent_id is None)
+        and (lang is None or m.lang == lang)
+        and (start is None or m.created_date >= start)
+        and (end is None or m.created_date <= end)
+        and (include_deleted or not view.is_hidden(m))
+    )
+
+
+def list_messages(view: MessageTreeView, *, user: UUID | None = None, only_roots: bool = False,
+                  include_deleted: bool = False, lang: str | None = None, start: datetime | None = None,
+                  end: datetime | None = None, desc: bool = True, max_count: int = 10) -> list[MessageRow]:
+    rows = [m for m in view.messages.values() if _matches(m, user=user, only_roots=only_roots,
+            include_deleted=include_deleted, lang=lang, start=start, end=end, view=view)]
+    rows.sort(key=lambda m: (m.created_date, str(m.id)), reverse=desc)
+    return rows[:max_count]
+
+
+def cursor_page(view: MessageTreeView, me: UUID | None, *, before: str | None, after: str | None, desc: bool,
+                max_count: int, include_user: bool, **filters) -> dict:
+    """OA's MessagePage: keyset paging on (created_date, id); cursors are message ids."""
+    rows = [m for m in view.messages.values() if _matches(m, view=view, **filters)]
+    rows.sort(key=lambda m: (m.created_date, str(m.id)))
+    keys = [(m.created_date, str(m.id)) for m in rows]
+
+    def key_of(cursor: str):
+        m = message_or_404(view, cursor)
+        return (m.created_date, str(m.id))
+
+    if after:
+        rows = [m for m, k in zip(rows, keys, strict=True) if k > key_of(after)]
+        page = rows[:max_count]
+    elif before:
+        rows = [m for m, k in zip(rows, keys, strict=True) if k < key_of(before)]
+        page = rows[-max_count:]
+    else:
+        page = rows[-max_count:] if desc else rows[:max_count]
+    items = [message_dict(view, m, me, include_user) for m in (reversed(page) if desc else page)]
+    first, last = (page[0], page[-1]) if page else (None, None)
+    return {
+        "prev": str(first.id) if first else None, "next": str(last.id) if last else None,
+        "sort_key": "created_date", "order": "desc" if desc else "asc", "items": items,
+    }
+
+
+@get("/messages/", summary="List messages")
+async def messages_list(
+    request: Request, auth_method: FromQuery[str | None] = None, username: FromQuery[str | None] = None,
+    api_client_id: FromQuery[str | None] = None, max_count: MaxCount = 10,
+    start_date: FromQuery[datetime | None] = None, end_date: FromQuery[datetime | None] = None,
+    only_roots: FromQuery[bool] = False, desc: FromQuery[bool] = True, allow_deleted: FromQuery[bool] = False,
+    lang: FromQuery[str | None] = None,
+) -> list[dict]:
+    client, runner = await views(request)
+    view = tree_view(runner)
+    user = None
+    if username:
+        owner = UUID(api_client_id) if api_client_id and client.trusted else client.id
+        user = view.users_by_name.get((owner, auth_method or "local", username))
+        if user is None:
+            return []
+    rows = list_messages(view, user=user, only_roots=only_roots, include_deleted=allow_deleted, lang=lang,
+                         start=start_date, end=end_date, desc=desc, max_count=max_count)
+    me = acting_user(request, view, client)
+    return [message_dict(view, m, me) for m in rows]
+
+
+@get("/messages/cursor", summary="Page through messages")
+async def messages_cursor(
+    request: Request, before: FromQuery[str | None] = None, after: FromQuery[str | None] = None,
+    user_id: FromQuery[str | None] = None, auth_method: FromQuery[str | None] = None,
+    username: FromQuery[str | None] = None, only_roots: FromQuery[bool] = False,
+    include_deleted: FromQuery[bool] = False, max_count: MaxCount = 10, desc: FromQuery[bool] = False,
+    lang: FromQuery[str | None] = None, include_user: FromQuery[bool] = False,
+) -> dict:
+    client, runner = await views(request)
+    view = tree_view(runner)
+    user = UUID(user_id) if user_id else None
+    if username and user is None:
+        user = view.users_by_name.get((client.id, auth_method or "local", username))
+        if user is None:
+            return {"prev": None, "next": None, "sort_key": "created_date", "order": "desc" if desc else "asc", "items": []}
+    return cursor_page(view, acting_user(request, view, client), before=before, after=after, desc=desc,
+                       max_count=max_count, include_user=include_user, user=user, only_roots=only_roots,
+                       include_deleted=include_deleted, lang=lang, start=None, end=None)
+
+
+message_handlers = [messages_list, messages_cursor, *_routes(frontend=False), *_routes(frontend=True)]
