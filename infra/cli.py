@@ -78,6 +78,104 @@ def api_client(description: str = "frontend", frontend_type: str = "web", truste
     typer.echo(asyncio.run(run()))
 
 
+project = typer.Typer(help="Projections: run the runner alone, rebuild views.", no_args_is_help=True)
+app.add_typer(project, name="project")
+
+
+def _store():
+    from infra.settings import Settings
+    from infra.store import EventStore
+
+    return EventStore(Settings.from_env().database_url)
+
+
+@project.command("run")
+def project_run(poll: float = typer.Option(0.2, help="Seconds between polls of the log when idle.")) -> None:
+    """Keep the views up to date, alone (without serving HTTP). Ctrl-C stops after a flush."""
+    import time
+
+    from projections.runner import ProjectionRunner
+
+    runner = ProjectionRunner(_store())
+    runner.restore()
+    console.print(f"views at position {runner.position}; following the log (Ctrl-C to stop)")
+    try:
+        while True:
+            if not runner.catch_up():
+                time.sleep(poll)
+    except KeyboardInterrupt:
+        runner.flush()
+        console.print(f"stopped at position {runner.position}")
+
+
+@project.command("rebuild")
+def project_rebuild(
+    name: str | None = typer.Argument(None, help="message_tree, consensus, leaderboard or history"),
+    all_views: bool = typer.Option(False, "--all", help="Rebuild every view."),
+) -> None:
+    """Build a view anew from the whole log beside the live one, then switch atomically."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from projections.runner import ProjectionRunner
+    from projections.runner import all_views as make_views
+
+    views = make_views()
+    chosen = views if all_views else [v for v in views if v.name == name]
+    if not chosen:
+        raise typer.BadParameter(f"name one of {[v.name for v in views]} or pass --all")
+    store = _store()
+    for view in chosen:
+        view.suffix = "~rebuild"
+    runner = ProjectionRunner(store, chosen)
+    for view in chosen:
+        runner.storage.drop(view.key)  # an earlier, interrupted rebuild
+    total = store.max_position()
+    columns = [TextColumn("rebuilding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("events", total=total)
+        done = runner.catch_up(progress=lambda n: bar.advance(task, n))
+    for view in chosen:
+        live = view.key.removesuffix("~rebuild")
+        runner.storage.rename(view.key, live)
+        console.print(f"[green]{live}[/] rebuilt from {done} events, switched")
+
+
+@app.command()
+def replay(
+    user: str | None = typer.Option(None, help="A user id."),
+    tree: str | None = typer.Option(None, help="A tree id (its prompt's id)."),
+    message: str | None = typer.Option(None, help="A message id."),
+    until: int | None = typer.Option(None, help="Stop at this log position."),
+) -> None:
+    """Print a readable timeline of everything that concerns a user, tree or message."""
+    from uuid import UUID
+
+    from command_api import events as ev
+    from projections.history import HistoryView
+
+    given = [v for v in (user, tree, message) if v]
+    if len(given) != 1:
+        raise typer.BadParameter("give exactly one of --user, --tree, --message")
+    entity = str(UUID(given[0]))
+    store, index, after = _store(), HistoryView(), 0
+    table = Table("position", "at", "event", "actor", "details")
+    while True:
+        page = store.read_stored(after, 10_000)
+        page = [n for n in page if until is None or n.id <= until]
+        if not page:
+            break
+        for n in page:
+            event = ev.decode(n.state)
+            index.apply(n.id, event)
+            if any(e == entity for e, _ in index.take_entries()):
+                details = {k: v for k, v in ev.to_builtins(event).items()
+                           if k not in ("type", "id", "at", "user_id", "api_client_id", "schema", "payload")}
+                table.add_row(str(n.id), event.at.strftime("%Y-%m-%d %H:%M:%S"), n.topic,
+                              str(event.user_id or "system")[:8], json.dumps(details, default=str)[:120])
+        after = page[-1].id
+    console.print(table)
+
+
 def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     app()

@@ -73,10 +73,11 @@ class View:
     def __init__(self) -> None:
         self.position = 0
         self.tables: dict[str, Table] = {}
+        self.suffix = ""  # "~rebuild" while a new copy is built beside the live one
 
     @property
     def key(self) -> str:
-        return f"{self.name}@{self.version}"
+        return f"{self.name}@{self.version}{self.suffix}"
 
     def table(self, name: str, row_type: type[Row]) -> Table[Row]:
         t = Table(name, row_type)
