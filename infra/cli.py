@@ -167,7 +167,7 @@ def replay(
         for n in page:
             event = ev.decode(n.state)
             index.apply(n.id, event)
-            if any(e == entity for e, _ in index.take_entries()):
+            if any(str(e) == entity for e, _ in index.take_entries()):
                 details = {k: v for k, v in ev.to_builtins(event).items()
                            if k not in ("type", "id", "at", "user_id", "api_client_id", "schema", "payload")}
                 table.add_row(str(n.id), event.at.strftime("%Y-%m-%d %H:%M:%S"), n.topic,

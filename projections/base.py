@@ -85,10 +85,16 @@ class View:
         return t
 
     def apply(self, position: int, event: ev.Event) -> None:
-        handler = getattr(self, "on_" + ev.topic(event), None)
+        handler = self._handlers.get(type(event))
         if handler is not None:
-            handler(event)
+            handler(self, event)
         self.position = position
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """Map event types to ``on_<tag>`` methods once, not per event."""
+        super().__init_subclass__(**kwargs)
+        types = [*ev.EVENT_TYPES.items(), ("task_assigned", ev.TaskAssignedSummary)]
+        cls._handlers = {t: getattr(cls, f"on_{tag}") for tag, t in types if hasattr(cls, f"on_{tag}")}
 
     def restored(self) -> None:
         """Called after rows were loaded from storage: rebuild derived in-memory indexes."""

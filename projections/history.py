@@ -23,29 +23,21 @@ class HistoryView(View):
     def __init__(self) -> None:
         super().__init__()
         self.tree_of = self.table("tree_of", TreeOf)  # message -> tree
-        self.entries: list[tuple[str, int]] = []  # (entity, position) not yet stored
+        self.entries: list[tuple[UUID, int]] = []  # (entity, position) not yet stored
 
     def unflushed(self, entity: str, until: int | None = None) -> list[int]:
         """Positions for ``entity`` folded but not yet written (the last second or so)."""
-        return [p for e, p in self.entries if e == entity and (until is None or p <= until)]
+        return [p for e, p in self.entries if str(e) == entity and (until is None or p <= until)]
 
-    def take_entries(self) -> list[tuple[str, int]]:
+    def take_entries(self) -> list[tuple[UUID, int]]:
         entries, self.entries = self.entries, []
         return entries
 
     def apply(self, position: int, event: ev.Event) -> None:
-        entities: set[UUID] = set()
-        if event.user_id is not None:
-            entities.add(event.user_id)
-        subject = getattr(event, "subject_id", None)
-        if subject is not None:
-            entities.add(subject)
-        messages = []
-        for attr in ("message_id", "parent_id"):
-            mid = getattr(event, attr, None)
-            if mid is not None:
-                messages.append(mid)
-        if isinstance(event, ev.TaskAssigned) and event.target_message_id:
+        entities = {getattr(event, f) for f in _ENTITY_FIELDS[type(event)]}
+        entities.discard(None)
+        messages = [getattr(event, f) for f in _MESSAGE_FIELDS[type(event)]]
+        if isinstance(event, (ev.TaskAssigned, ev.TaskAssignedSummary)) and event.target_message_id:
             messages.append(event.target_message_id)
         if isinstance(event, (ev.RankingSubmitted, ev.RanksComputed)):
             messages.extend(event.ranked_message_ids)
@@ -53,16 +45,21 @@ class HistoryView(View):
             self.tree_of.put(event.message_id, TreeOf(event.message_id))
         elif isinstance(event, ev.ReplySubmitted):
             self.tree_of.put(event.message_id, TreeOf(event.tree_id))
-        tree = getattr(event, "tree_id", None)
-        if tree is not None:
-            entities.add(tree)
+        rows = self.tree_of.rows
         for mid in messages:
             entities.add(mid)
-            owner = self.tree_of.get(mid)
+            owner = rows.get(mid)
             if owner is not None:
                 entities.add(owner.tree_id)
-        task = getattr(event, "task_id", None)
-        if task is not None:
-            entities.add(task)
-        self.entries.extend((str(e), position) for e in entities)
+        self.entries.extend((e, position) for e in entities)
         self.position = position
+
+
+def _fields(names: tuple[str, ...]) -> dict[type, tuple[str, ...]]:
+    types = [*ev.EVENT_TYPES.values(), ev.TaskAssignedSummary]
+    return {t: tuple(f for f in names if f in t.__struct_fields__) for t in types}
+
+
+# which fields of each event type name an entity whose history includes the event
+_ENTITY_FIELDS = _fields(("user_id", "subject_id", "tree_id", "task_id"))
+_MESSAGE_FIELDS = _fields(("message_id", "parent_id"))

@@ -6,6 +6,7 @@ one transaction, so after a crash a view resumes exactly where its rows are."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from uuid import UUID
 
 from psycopg.sql import SQL, Identifier
 
@@ -39,10 +40,9 @@ class ViewStorage:
                 "PRIMARY KEY (view, tbl, key))"
             ))
             c.execute(self._sql("CREATE TABLE IF NOT EXISTS {positions} (view TEXT PRIMARY KEY, position BIGINT)"))
-            c.execute(self._sql("CREATE TABLE IF NOT EXISTS {history} (view TEXT, entity TEXT, position BIGINT)"))
-            c.execute(self._sql(
-                "CREATE INDEX IF NOT EXISTS history_index_entity ON {history} (view, entity, position)"
-            ))
+            entity = "uuid" if self.pg else "TEXT"
+            c.execute(self._sql(f"CREATE TABLE IF NOT EXISTS {{history}} (view TEXT, entity {entity}, position BIGINT)"))
+            c.execute(self._sql("CREATE INDEX IF NOT EXISTS history_index_entity ON {history} (entity, position)"))
 
     def position(self, view: str) -> int:
         with self.datastore.transaction(commit=False) as c:
@@ -64,11 +64,13 @@ class ViewStorage:
         with self.datastore.transaction(commit=True) as c:
             if history and history[1]:
                 view, entries = history
-                if self.pg:
-                    cols = [[view] * len(entries), [e for e, _ in entries], [p for _, p in entries]]
-                    c.execute(self._sql("INSERT INTO {history} SELECT * FROM unnest(?::text[], ?::text[], ?::bigint[])"), cols)
+                if self.pg:  # COPY: the history index gets several rows per event
+                    with c.copy(self._sql("COPY {history} (view, entity, position) FROM STDIN")) as copy:
+                        for entity, position in entries:
+                            copy.write_row((view, entity, position))
                 else:
-                    c.executemany(self._sql("INSERT INTO {history} VALUES (?, ?, ?)"), [(view, e, p) for e, p in entries])
+                    c.executemany(self._sql("INSERT INTO {history} VALUES (?, ?, ?)"),
+                                  [(view, str(e), p) for e, p in entries])
             for view, position, rows in changes:
                 upserts = [(view, t, k, v) for t, k, v in rows if v is not None]
                 deletes = [(view, t, k) for t, k, v in rows if v is None]
@@ -92,8 +94,8 @@ class ViewStorage:
     def history(self, view: str, entity: str, until: int | None = None, limit: int = 10_000) -> list[int]:
         with self.datastore.transaction(commit=False) as c:
             c.execute(self._sql(
-                "SELECT position FROM {history} WHERE view = ? AND entity = ? AND position <= ? ORDER BY position LIMIT ?"
-            ), (view, entity, until if until is not None else 2**62, limit))
+                "SELECT position FROM {history} WHERE entity = ? AND view = ? AND position <= ? ORDER BY position LIMIT ?"
+            ), (entity if not self.pg else UUID(entity), view, until if until is not None else 2**62, limit))
             return [row["position"] for row in c.fetchall()]
 
     def drop(self, view: str) -> None:
