@@ -88,6 +88,13 @@ class Connection(asyncio.Protocol):
             b"Content-Length: %d\r\n\r\n%s" % (path.encode(), API_KEY.encode(), len(body), body))
         return await self.waiter
 
+    async def get(self, path: str, headers: bytes = b"") -> tuple[int, bytes, str | None]:
+        self.body, self.position = [], None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: %s\r\n%s\r\n"
+                             % (path.encode(), API_KEY.encode(), headers))
+        return await self.waiter
+
     def close(self) -> None:
         if self.transport:
             self.transport.close()
