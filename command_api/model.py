@@ -154,9 +154,10 @@ class Tree:
     message_ids: list[UUID] = field(default_factory=list)
     awaiting_review: dict[UUID, Message] = field(default_factory=dict)  # not late, not yet reviewed
     reply_parents: dict[UUID, Message] = field(default_factory=dict)  # accepted, room for a reply
-    rankings: dict[UUID, list[list[UUID]]] = field(default_factory=lambda: defaultdict(list))
+    rankings: dict[UUID, list[tuple[UUID, list[UUID]]]] = field(default_factory=lambda: defaultdict(list))
     rankers: set[tuple[UUID, UUID]] = field(default_factory=set)  # (parent, user)
     skip_replies: int = 0
+    spam_halted_from: str | None = None  # state before its author was marked a spammer
     revision: int = 0  # bumped when a message of the tree changes (for caches)
 
 
@@ -180,6 +181,11 @@ class WriteModel:
         self.user_texts: dict[UUID, list[tuple[datetime, int]]] = defaultdict(list)  # (at, hash)
         self.replied: set[tuple[UUID, UUID]] = set()  # (parent, user)
         self.rank1_dates: dict[UUID, list[datetime]] = defaultdict(list)  # author -> dates
+        # who contributed what, so that a spam mark can be applied after the fact
+        self.spammers: set[UUID] = set()
+        self.authored: dict[UUID, list[UUID]] = defaultdict(list)  # user -> messages
+        self.labelled_by: dict[UUID, set[UUID]] = defaultdict(set)  # user -> messages (task labels)
+        self.ranked_by: dict[UUID, set[UUID]] = defaultdict(set)  # user -> ranked parents
 
     # --- queries used by decisions -------------------------------------------------
 
@@ -192,10 +198,10 @@ class WriteModel:
         return self.users.get(uid) or User(uid, api_client_id, auth_method, username, username)
 
     def is_hidden(self, message: Message) -> bool:
-        """Deleted itself or below a deleted ancestor."""
+        """Deleted itself or below a deleted ancestor (a spammer's message counts as deleted)."""
         m: Message | None = message
         while m is not None:
-            if m.deleted:
+            if m.deleted or m.user_id in self.spammers:
                 return True
             m = self.messages.get(m.parent_id) if m.parent_id else None
         return False
@@ -232,7 +238,7 @@ class WriteModel:
         tree, cfg = self.trees[msg.tree_id], self.cfg
         tree.revision += 1
         limit = cfg.num_prompter_replies if msg.role == "assistant" else cfg.max_children_count
-        live = sum(1 for c in msg.children if not self.messages[c].deleted)
+        live = sum(1 for c in msg.children if not self.messages[c].deleted and self.messages[c].user_id not in self.spammers)
         if msg.review_result and not msg.late and msg.depth < cfg.max_tree_depth and live < limit:
             tree.reply_parents[msg.id] = msg
         else:
@@ -276,11 +282,22 @@ class WriteModel:
     def _on_user_marked_spammer(self, e: ev.UserMarkedSpammer) -> None:
         u = self.users[e.subject_id]
         u.spammer = True
+        self.spammers.add(u.id)
         if e.ban:
             u.enabled = False
+        self._refresh_user_messages(u.id)
 
     def _on_user_unmarked_spammer(self, e: ev.UserUnmarkedSpammer) -> None:
         self.users[e.subject_id].spammer = False
+        self.spammers.discard(e.subject_id)
+        self._refresh_user_messages(e.subject_id)
+
+    def _refresh_user_messages(self, user_id: UUID) -> None:
+        for mid in self.authored.get(user_id, ()):
+            m = self.messages[mid]
+            if m.parent_id:
+                self._refresh_reply_parent(self.messages[m.parent_id])
+            self._refresh_reply_parent(m)
 
     def _on_task_assigned(self, e: ev.TaskAssigned) -> None:
         task = Task(
@@ -323,6 +340,7 @@ class WriteModel:
         self.messages_by_frontend_id[(m.api_client_id, m.frontend_message_id)] = m.id
         if m.user_id:
             self.user_texts[m.user_id].append((m.created_at, hash(m.text)))
+            self.authored[m.user_id].append(m.id)
 
     def _on_initial_prompt_submitted(self, e: ev.InitialPromptSubmitted) -> None:
         self._add_message(Message(
@@ -375,13 +393,15 @@ class WriteModel:
         m = self.messages[e.message_id]
         if e.kind == "task":
             m.task_labels[e.user_id] = e.labels
+            self.labelled_by[e.user_id].add(m.id)
         elif e.kind == "report":
             m.reports += 1
 
     def _on_ranking_submitted(self, e: ev.RankingSubmitted) -> None:
         tree = self.trees[self.messages[e.parent_id].tree_id]
-        tree.rankings[e.parent_id].append(list(e.ranked_message_ids))
+        tree.rankings[e.parent_id].append((e.user_id, list(e.ranked_message_ids)))
         tree.rankers.add((e.parent_id, e.user_id))
+        self.ranked_by[e.user_id].add(e.parent_id)
 
     def _on_emoji_added(self, e: ev.EmojiAdded) -> None:
         m = self.messages[e.message_id]
@@ -398,6 +418,10 @@ class WriteModel:
             tree.won_lottery = True
         if e.goal_tree_size is not None:
             tree.goal_tree_size = e.goal_tree_size
+        if e.reason == "author_marked_spammer":
+            tree.spam_halted_from = e.old_state
+        elif e.reason == "author_unmarked_spammer":
+            tree.spam_halted_from = None
         self._set_state(tree, e.new_state)
 
     def _on_tree_halted(self, e: ev.TreeHalted) -> None:

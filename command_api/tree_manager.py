@@ -128,7 +128,7 @@ class TreeManager:
             return False
         if any(m.messages[r].user_id == uid for r in replies):
             return False  # nobody ranks their own reply
-        done = len(tree.rankings.get(parent_id, ()))
+        done = len(self.honest_rankings(tree, parent_id))
         return done + self._recent_pending(parent_id, now, "rank") < self.cfg.num_required_rankings
 
     def rank_parents(self, tree: Tree) -> dict[UUID, list[UUID]]:
@@ -294,23 +294,64 @@ class TreeManager:
                     self._check_ranking(tree, emit)
             case ev.TreeStateChanged():
                 self._after_state_change(event, emit)
+            case ev.UserMarkedSpammer() | ev.UserUnmarkedSpammer():
+                self._apply_spam_mark(event.subject_id, isinstance(event, ev.UserMarkedSpammer), emit)
             case ev.TreeHalted():
                 tree = m.trees[event.tree_id]
                 if tree.halted_from == "growing":
                     self._lottery(tree.lang, event, emit)
                 self._activate_backlog(tree.lang, event, emit)
 
-    def _review(self, msg: Message, emit: Emit) -> None:
+    def honest_rankings(self, tree: Tree, parent_id: UUID) -> list[list[UUID]]:
+        """A parent's rankings, without those of users marked spammers."""
+        return [order for user, order in tree.rankings.get(parent_id, ()) if user not in self.model.spammers]
+
+    def _review(self, msg: Message, emit: Emit, again: bool = False) -> None:
+        """OA's acceptance over the review labels of users not marked spammers. ``again``:
+        re-decide a message reviewed before (a spam mark changed whose labels count)."""
         needed = self.cfg.num_reviews_initial_prompt if msg.parent_id is None else self.cfg.num_reviews_reply
-        if msg.review_count < needed or msg.late:
+        labels = [msg.task_labels[u] for u in sorted(msg.task_labels) if u not in self.model.spammers]
+        if msg.late or (len(labels) < needed and not (again and labels)):
             return
         threshold = (
             self.cfg.acceptance_threshold_initial_prompt if msg.parent_id is None
             else self.cfg.acceptance_threshold_reply
         )
-        score = acceptance_score([msg.task_labels[u] for u in sorted(msg.task_labels)])
-        emit(ev.MessageReviewed, message_id=msg.id, review_count=msg.review_count,
-             score=round(score, 6), accepted=score > threshold)
+        score = round(acceptance_score(labels), 6)
+        if again and msg.review_result == (score > threshold):
+            return
+        emit(ev.MessageReviewed, message_id=msg.id, review_count=len(labels), score=score, accepted=score > threshold)
+
+    def _apply_spam_mark(self, user_id: UUID, marked: bool, emit: Emit) -> None:
+        """Re-decide what the user's contributions decided: acceptance of the messages they
+        reviewed, ranks of the replies they ranked, and the state of trees they started."""
+        m = self.model
+        for mid in sorted(m.labelled_by.get(user_id, ()), key=str):
+            msg = m.messages[mid]
+            if msg.review_result is not None:
+                self._review(msg, emit, again=True)
+        for parent_id in sorted(m.ranked_by.get(user_id, ()), key=str):
+            parent = m.messages[parent_id]
+            tree = m.trees[parent.tree_id]
+            if tree.state != "ready_for_export":
+                continue
+            current = sorted((c for c in parent.children if m.messages[c].rank is not None),
+                             key=lambda c: m.messages[c].rank)
+            rankings = self.honest_rankings(tree, parent_id)
+            order = ranked_pairs(rankings)
+            if order != current:
+                emit(ev.RanksComputed, tree_id=tree.id, parent_id=parent_id, ranked_message_ids=order,
+                     ranking_count=len(rankings))
+        for mid in m.authored.get(user_id, ()):
+            tree = m.trees.get(mid)  # a tree's id is its prompt's id
+            if tree is None:
+                continue
+            if marked and tree.state in ("initial_prompt_review", "prompt_lottery_waiting", "growing", "ranking"):
+                emit(ev.TreeStateChanged, tree_id=tree.id, old_state=tree.state, new_state="halted_by_moderator",
+                     reason="author_marked_spammer")
+            elif not marked and tree.state == "halted_by_moderator" and tree.spam_halted_from:
+                emit(ev.TreeStateChanged, tree_id=tree.id, old_state=tree.state, new_state=tree.spam_halted_from,
+                     reason="author_unmarked_spammer")
 
     def _auto_moderate_flags(self, msg: Message, emit: Emit) -> None:
         tree = self.model.trees[msg.tree_id]
@@ -336,19 +377,19 @@ class TreeManager:
     def _check_ranking(self, tree: Tree, emit: Emit) -> None:
         parents = self.rank_parents(tree)
         needed = self.cfg.num_required_rankings
-        if any(len(tree.rankings.get(p, ())) < needed for p in parents):
+        if any(len(self.honest_rankings(tree, p)) < needed for p in parents):
             return
         emit(ev.TreeStateChanged, tree_id=tree.id, old_state="ranking", new_state="ready_for_scoring",
              reason="rankings_complete")
         try:
-            results = {p: ranked_pairs(tree.rankings[p]) for p in sorted(parents)}
+            results = {p: ranked_pairs(self.honest_rankings(tree, p)) for p in sorted(parents)}
         except Exception:  # noqa: BLE001 - OA's scoring_failed state exists for this
             emit(ev.TreeStateChanged, tree_id=tree.id, old_state="ready_for_scoring",
                  new_state="scoring_failed", reason="ranking_consensus_failed")
             return
         for parent_id, order in results.items():
             emit(ev.RanksComputed, tree_id=tree.id, parent_id=parent_id, ranked_message_ids=order,
-                 ranking_count=len(tree.rankings[parent_id]))
+                 ranking_count=len(self.honest_rankings(tree, parent_id)))
         emit(ev.TreeStateChanged, tree_id=tree.id, old_state="ready_for_scoring",
              new_state="ready_for_export", reason="scored")
 

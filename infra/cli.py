@@ -92,20 +92,22 @@ def _store():
 @project.command("run")
 def project_run(poll: float = typer.Option(0.2, help="Seconds between polls of the log when idle.")) -> None:
     """Keep the views up to date, alone (without serving HTTP). Ctrl-C stops after a flush."""
+    import signal
     import time
 
     from projections.runner import ProjectionRunner
 
     runner = ProjectionRunner(_store())
     runner.restore()
-    console.print(f"views at position {runner.position}; following the log (Ctrl-C to stop)")
-    try:
-        while True:
-            if not runner.catch_up():
-                time.sleep(poll)
-    except KeyboardInterrupt:
-        runner.flush()
-        console.print(f"stopped at position {runner.position}")
+    stopping = []  # Ctrl-C only raises a flag: a fold is never cut in half
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    print(f"views at position {runner.position}; following the log (Ctrl-C to stop)", flush=True)
+    while not stopping:
+        if not runner.catch_up(stop=lambda: bool(stopping)):
+            time.sleep(poll)
+    runner.flush()
+    console.print(f"stopped at position {runner.position}")
 
 
 @project.command("rebuild")

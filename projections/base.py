@@ -4,7 +4,7 @@ the view's position) in one transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 import msgspec
@@ -51,12 +51,18 @@ class Table(Generic[Row]):
         if self.rows.pop(key, None) is not None:
             self.dirty.add(key)
 
-    def take_changes(self) -> Iterator[tuple[str, bytes | None]]:
-        """(key, encoded row or None for deleted) for every row changed since last call."""
+    def take_changes(self) -> tuple[set, list[tuple[str, bytes | None]]]:
+        """The keys changed since the last call and (key, encoded row or None if deleted)
+        for each; give the keys back with ``untake`` if writing them failed."""
         dirty, self.dirty = self.dirty, set()
+        rows = []
         for key in dirty:
             row = self.rows.get(key)
-            yield str(key), None if row is None else self._encoder.encode(row)
+            rows.append((str(key), None if row is None else self._encoder.encode(row)))
+        return dirty, rows
+
+    def untake(self, keys: set) -> None:
+        self.dirty |= keys
 
     def restore(self, key: str, value: bytes, key_type) -> None:
         self.rows[key_type(key)] = self._decoder.decode(value)

@@ -87,6 +87,9 @@ class LabelFacts(msgspec.Struct, kw_only=True):
     by_user: dict[UUID, dict[str, float]] = {}
     task_users: list[UUID] = []  # users whose labels came from a review task
     reports: int = 0
+    # each reviewer's latest *review-task* labels: what the acceptance decision used
+    # (a later free label by the same user changes by_user, not the review)
+    task_labels: dict[UUID, dict[str, float]] = {}
 
 
 class RankingFacts(msgspec.Struct, kw_only=True):
@@ -96,10 +99,11 @@ class RankingFacts(msgspec.Struct, kw_only=True):
 class ConsensusView(View):
     """Per-annotator facts; aggregates are computed from them when asked, so excluding
     a user or weighting by trust is a recompute, not an undo of counters.
-    Policy ``oa-v1``: Open-Assistant's unweighted rules."""
+    Policy ``oa``: Open-Assistant's unweighted rules (v2: review labels kept apart from
+    later free labels, so the acceptance is the one the tree manager decided on)."""
 
     name = "consensus"
-    version = "oa-v1"
+    version = "oa-v2"
     key_types = {"labels": UUID, "rankings": UUID}
 
     def __init__(self) -> None:
@@ -113,8 +117,10 @@ class ConsensusView(View):
             facts.reports += 1
         else:
             facts.by_user = {**facts.by_user, e.user_id: e.labels}
-            if e.kind == "task" and e.user_id not in facts.task_users:
-                facts.task_users = [*facts.task_users, e.user_id]
+            if e.kind == "task":
+                facts.task_labels = {**facts.task_labels, e.user_id: e.labels}
+                if e.user_id not in facts.task_users:
+                    facts.task_users = [*facts.task_users, e.user_id]
         self.labels.touch(e.message_id)
 
     def on_ranking_submitted(self, e: ev.RankingSubmitted) -> None:
@@ -142,7 +148,7 @@ class ConsensusView(View):
         facts = self.labels.get(message_id)
         if facts is None:
             return None
-        labels = [facts.by_user[u] for u in facts.task_users if u not in exclude]
+        labels = [facts.task_labels[u] for u in facts.task_users if u not in exclude]
         return acceptance_score(labels) if labels else None
 
     def ranking_consensus(self, parent_id: UUID, exclude: frozenset = frozenset()) -> list[UUID]:
@@ -168,5 +174,7 @@ class ConsensusView(View):
             for u, lab in f.by_user.items():
                 if label in lab:
                     data[column[u], j] = lab[label]
+        if len(np.unique(data[~np.isnan(data)])) < 2:  # one value only: alpha is 0/0 (the package raises)
+            return {"label": label, "alpha": None, "units": len(units), "annotators": len(annotators)}
         alpha = krippendorff.alpha(reliability_data=data, level_of_measurement="interval")
         return {"label": label, "alpha": float(alpha), "units": len(units), "annotators": len(annotators)}

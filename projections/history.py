@@ -24,14 +24,20 @@ class HistoryView(View):
         super().__init__()
         self.tree_of = self.table("tree_of", TreeOf)  # message -> tree
         self.entries: list[tuple[UUID, int]] = []  # (entity, position) not yet stored
+        self.in_flight: list[tuple[UUID, int]] = []  # taken by a flush that has not committed yet
 
     def unflushed(self, entity: str, until: int | None = None) -> list[int]:
         """Positions for ``entity`` folded but not yet written (the last second or so)."""
-        return [p for e, p in self.entries if str(e) == entity and (until is None or p <= until)]
+        return [p for e, p in (*self.in_flight, *self.entries) if str(e) == entity and (until is None or p <= until)]
 
     def take_entries(self) -> list[tuple[UUID, int]]:
-        entries, self.entries = self.entries, []
-        return entries
+        self.in_flight, self.entries = self.in_flight + self.entries, []
+        return self.in_flight
+
+    def entries_written(self, ok: bool) -> None:
+        if not ok:
+            self.entries = self.in_flight + self.entries
+        self.in_flight = []
 
     def apply(self, position: int, event: ev.Event) -> None:
         entities = {getattr(event, f) for f in _ENTITY_FIELDS[type(event)]}

@@ -75,6 +75,7 @@ class MessageFact(msgspec.Struct, array_like=True):
     kind: str  # prompts | replies_assistant | replies_prompter
     accepted: bool = False
     deleted: bool = False
+    parent_id: UUID | None = None  # an undelete restores the ancestors too
 
 
 class RankingFact(msgspec.Struct, array_like=True):
@@ -94,7 +95,7 @@ class UserCounts(msgspec.Struct, array_like=True):
 
 class LeaderboardView(View):
     name = "leaderboard"
-    version = "oa-v1"
+    version = "oa-v2"  # v2: message facts know their parent (undelete restores ancestors)
     key_types = {"messages": UUID, "rankings": UUID, "users": UUID, "parents": UUID}
 
     def __init__(self) -> None:
@@ -147,7 +148,7 @@ class LeaderboardView(View):
 
     def on_reply_submitted(self, e: ev.ReplySubmitted) -> None:
         kind = f"replies_{e.role}"
-        self.messages.put(e.message_id, MessageFact(e.user_id, hour_of(e.at), kind))
+        self.messages.put(e.message_id, MessageFact(e.user_id, hour_of(e.at), kind, parent_id=e.parent_id))
         self._add(e.user_id, hour_of(e.at), kind)
         self._active(e)
 
@@ -174,7 +175,11 @@ class LeaderboardView(View):
         self._set_deleted(e.message_id, True)
 
     def on_message_undeleted(self, e: ev.MessageUndeleted) -> None:
-        self._set_deleted(e.message_id, False)
+        """Restores the message and its ancestors (as the event says and the write model does)."""
+        message_id: UUID | None = e.message_id
+        while message_id is not None:
+            self._set_deleted(message_id, False)
+            message_id = self.messages[message_id].parent_id
 
     def on_labels_submitted(self, e: ev.LabelsSubmitted) -> None:
         if e.kind == "task":

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from command_api import events as ev
 from infra.store import EventStore
@@ -24,6 +26,18 @@ from projections.history import HistoryView
 from projections.leaderboard import LeaderboardView
 from projections.message_tree import MessageTreeView
 from projections.storage import ViewStorage
+
+log = logging.getLogger("oasst.projections")
+
+
+@dataclass
+class _Flush:
+    """What one flush takes from the views, to write, or to give back if writing fails."""
+
+    changes: list = field(default_factory=list)
+    history: tuple | None = None
+    history_view: HistoryView | None = None
+    taken: list = field(default_factory=list)  # (table, keys)
 
 
 def all_views() -> list[View]:
@@ -74,21 +88,39 @@ class ProjectionRunner:
         self.position = min((v.position for v in self.views), default=0)
 
     def flush(self) -> None:
-        self._write(self._collect())
+        flush = self._collect()
+        self._done(flush, self._write(flush))
 
-    def _collect(self):
-        changes = []
-        history = None
+    def _collect(self) -> _Flush:
+        """Take every view's changed rows (encoded now, on the thread that folds)."""
+        flush = _Flush()
         for view in self.views:
-            rows = [(t.name, k, v) for t in view.tables.values() for k, v in t.take_changes()]
-            changes.append((view.key, view.position, rows))
+            rows = []
+            for t in view.tables.values():
+                keys, changed = t.take_changes()
+                flush.taken.append((t, keys))
+                rows.extend((t.name, k, v) for k, v in changed)
+            flush.changes.append((view.key, view.position, rows))
             if isinstance(view, HistoryView):
-                history = (view.key, view.take_entries())
-        return changes, history
+                flush.history = (view.key, view.take_entries())
+                flush.history_view = view
+        return flush
 
-    def _write(self, collected) -> None:
-        changes, history = collected
-        self.storage.write(changes, history)
+    def _write(self, flush: _Flush) -> BaseException | None:
+        try:
+            self.storage.write(flush.changes, flush.history)
+        except Exception as exc:  # noqa: BLE001 - handed to _done, which keeps the changes for the next try
+            return exc
+        return None
+
+    def _done(self, flush: _Flush, error: BaseException | None) -> None:
+        """After a write: on failure give the rows back, so the next flush retries them."""
+        if flush.history_view:
+            flush.history_view.entries_written(error is None)
+        if error is not None:
+            for table, keys in flush.taken:
+                table.untake(keys)
+            raise error
 
     # --- folding -------------------------------------------------------------------
 
@@ -101,14 +133,15 @@ class ProjectionRunner:
         if notifications:
             self.position = max(self.position, notifications[-1].id)
 
-    def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
-        """Fold everything in the log now (blocking); returns the number of events."""
+    def catch_up(self, progress: Callable[[int], None] | None = None, stop: Callable[[], bool] | None = None) -> int:
+        """Fold everything in the log now (blocking); returns the number of events.
+        ``stop`` is asked between pages (never inside a fold): true ends early."""
         with gc_paused():
-            return self._catch_up(progress)
+            return self._catch_up(progress, stop)
 
-    def _catch_up(self, progress: Callable[[int], None] | None) -> int:
+    def _catch_up(self, progress: Callable[[int], None] | None, stop: Callable[[], bool] | None = None) -> int:
         done = since_flush = 0
-        while True:
+        while not (stop and stop()):
             page = self.store.read_stored(self.position, self.page_size)
             if not page:
                 break
@@ -154,7 +187,11 @@ class ProjectionRunner:
                 async with self._reached:
                     self._reached.notify_all()
             if page and time.monotonic() - last_flush > 1.0:  # a crash replays at most ~1 s
-                await asyncio.to_thread(self._write, self._collect())
+                flush = self._collect()
+                try:
+                    self._done(flush, await asyncio.to_thread(self._write, flush))
+                except Exception:  # noqa: BLE001 - the views go on; the next flush retries
+                    log.exception("writing the views failed; retrying at the next flush")
                 last_flush = time.monotonic()
             if len(page) < self.page_size:
                 self._wakeup.clear()

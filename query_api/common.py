@@ -71,11 +71,40 @@ def frontend_message_or_404(view: MessageTreeView, client: ApiClient, frontend_i
     return view.messages[mid]
 
 
-def user_or_404(view: MessageTreeView, user_id: str) -> UserRow:
+def parse_id(value: str | None, name: str) -> UUID | None:
+    """An id from a query parameter (None if absent); 422 if it is not one."""
+    if not value:
+        return None
+    try:
+        return UUID(value)
+    except ValueError:
+        raise OasstError(f"{name} must be an id, not {value!r}", ErrorCode.REQUEST_VALIDATION_FAILED, 422) from None
+
+
+def owner_filter(client: ApiClient, api_client_id: str | None) -> UUID | None:
+    """Whose users and messages a client may list (OA's rule): an untrusted client only its
+    own (asking for another client's is 403); a trusted one the client it names, or all (None)."""
+    wanted = parse_id(api_client_id, "api_client_id")
+    if not client.trusted:
+        if wanted is not None and wanted != client.id:
+            raise OasstError("an untrusted API client sees its own users and messages only",
+                             ErrorCode.API_CLIENT_NOT_AUTHORIZED, 403)
+        return client.id
+    return wanted
+
+
+def user_or_404(view: MessageTreeView, user_id: str, client: ApiClient | None = None,
+                api_client_id: str | None = None) -> UserRow:
+    """A user by our id; with ``client``, only one that client may see (OA: untrusted
+    clients resolve their own users only)."""
     try:
         user = view.users.get(UUID(user_id))
     except ValueError:
         user = None
+    if user is not None and client is not None:
+        owner = owner_filter(client, api_client_id)
+        if owner is not None and user.api_client_id != owner:
+            user = None
     if user is None:
         raise OasstError(f"user {user_id} not found", ErrorCode.USER_NOT_FOUND)
     return user
@@ -114,7 +143,8 @@ def message_dict(view: MessageTreeView, m: MessageRow, me: UUID | None = None, i
         "user_emojis": sorted(k for k, v in m.emojis.items() if me is not None and me in v),
         "user_is_author": me is not None and m.user_id == me, "synthetic": m.synthetic,
         "parent_id": str(m.parent_id) if m.parent_id else None, "created_date": iso(m.created_date),
-        "review_result": m.review_result, "review_count": m.review_count, "deleted": m.deleted,
+        # deleted: itself or below a deleted ancestor (OA marks the whole subtree deleted)
+        "review_result": m.review_result, "review_count": m.review_count, "deleted": view.is_hidden(m),
         "model_name": m.model_name, "message_tree_id": str(m.tree_id), "ranking_count": m.ranking_count,
         "rank": m.rank,
     }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 from uuid import UUID
 
@@ -18,6 +18,8 @@ from query_api.common import (
     frontend_message_or_404,
     message_dict,
     message_or_404,
+    owner_filter,
+    parse_id,
     tree_state_dict,
     tree_view,
     views,
@@ -36,6 +38,11 @@ def _visible(view: MessageTreeView, m: MessageRow, include_deleted: bool, includ
 def _tree_messages(view: MessageTreeView, root: MessageRow, include_deleted: bool, include_spam: bool) -> list[MessageRow]:
     tree = view.trees[root.tree_id]
     return [view.messages[i] for i in tree.message_ids if _visible(view, view.messages[i], include_deleted, include_spam)]
+
+
+def _live_children(view: MessageTreeView, m: MessageRow) -> list[MessageRow]:
+    """Replies that are not hidden (a reply below a deleted message is hidden too)."""
+    return [c for c in (view.messages[i] for i in m.children) if not view.is_hidden(c)]
 
 
 def _descendants(view: MessageTreeView, m: MessageRow) -> list[MessageRow]:
@@ -80,7 +87,7 @@ def _routes(frontend: bool):
     @get(prefix + "/{message_id:str}/children", summary="Direct replies")
     async def children(request: Request, message_id: FromPath[str]) -> list[dict]:
         view, m, me = await _resolve(request, message_id, frontend)
-        return [message_dict(view, view.messages[c], me) for c in m.children if not view.messages[c].deleted]
+        return [message_dict(view, c, me) for c in _live_children(view, m)]
 
     @get(prefix + "/{message_id:str}/descendants", summary="The subtree under a message")
     async def descendants(request: Request, message_id: FromPath[str]) -> dict:
@@ -92,16 +99,17 @@ def _routes(frontend: bool):
     async def longest(request: Request, message_id: FromPath[str]) -> dict:
         view, m, me = await _resolve(request, message_id, frontend)
         live = _tree_messages(view, view.messages[m.tree_id], False, True)
-        deepest = max(live, key=lambda x: (x.depth, x.created_date), default=m)
-        return {"messages": [conversation_message(x, me) for x in view.thread(deepest)]}
+        deepest = max(live, key=lambda x: (x.depth, x.created_date), default=None)
+        return {"messages": [conversation_message(x, me) for x in view.thread(deepest)] if deepest else []}
 
     @get(prefix + "/{message_id:str}/max_children_in_tree", summary="The message with most replies, with them")
     async def max_children(request: Request, message_id: FromPath[str]) -> dict:
         view, m, me = await _resolve(request, message_id, frontend)
         live = _tree_messages(view, view.messages[m.tree_id], False, True)
-        best = max(live, key=lambda x: (sum(not view.messages[c].deleted for c in x.children), -x.depth))
-        kids = [view.messages[c] for c in best.children if not view.messages[c].deleted]
-        return {"id": str(best.id), "messages": [message_dict(view, x, me) for x in [best, *kids]]}
+        if not live:  # the whole tree is deleted
+            return {"id": str(m.tree_id), "messages": []}
+        best = max(live, key=lambda x: (len(_live_children(view, x)), -x.depth))
+        return {"id": str(best.id), "messages": [message_dict(view, x, me) for x in [best, *_live_children(view, best)]]}
 
     handlers = [get_message, conversation, tree, children, descendants, longest, max_children]
     if not frontend:
@@ -131,10 +139,17 @@ async def _tree_at(request: Request, message_id: str, frontend: bool, at: int, i
             "messages": [message_dict(past, x) for x in messages]}
 
 
+def _utc(at: datetime | None) -> datetime | None:
+    """Query dates without a zone are UTC (as OA reads them)."""
+    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
+
+
 def _matches(m: MessageRow, *, user: UUID | None, only_roots: bool, include_deleted: bool, lang: str | None,
-             start: datetime | None, end: datetime | None, view: MessageTreeView) -> bool:
+             start: datetime | None, end: datetime | None, view: MessageTreeView,
+             api_client: UUID | None = None) -> bool:
     return (
         (user is None or m.user_id == user)
+        and (api_client is None or m.api_client_id == api_client)
         and (not only_roots or m.parent_id is None)
         and (lang is None or m.lang == lang)
         and (start is None or m.created_date >= start)
@@ -145,37 +160,56 @@ def _matches(m: MessageRow, *, user: UUID | None, only_roots: bool, include_dele
 
 def list_messages(view: MessageTreeView, *, user: UUID | None = None, only_roots: bool = False,
                   include_deleted: bool = False, lang: str | None = None, start: datetime | None = None,
-                  end: datetime | None = None, desc: bool = True, max_count: int = 10) -> list[MessageRow]:
+                  end: datetime | None = None, desc: bool = True, max_count: int = 10,
+                  api_client: UUID | None = None) -> list[MessageRow]:
+    start, end = _utc(start), _utc(end)
     rows = [m for m in view.messages.values() if _matches(m, user=user, only_roots=only_roots,
-            include_deleted=include_deleted, lang=lang, start=start, end=end, view=view)]
+            include_deleted=include_deleted, lang=lang, start=start, end=end, view=view, api_client=api_client)]
     rows.sort(key=lambda m: (m.created_date, str(m.id)), reverse=desc)
     return rows[:max_count]
 
 
-def cursor_page(view: MessageTreeView, me: UUID | None, *, before: str | None, after: str | None, desc: bool,
-                max_count: int, include_user: bool, **filters) -> dict:
-    """OA's MessagePage: keyset paging on (created_date, id); cursors are message ids."""
-    rows = [m for m in view.messages.values() if _matches(m, view=view, **filters)]
-    rows.sort(key=lambda m: (m.created_date, str(m.id)))
-    keys = [(m.created_date, str(m.id)) for m in rows]
+def keyset_page(rows: list, key, cursor_key, cursor_of, *, before: str | None, after: str | None, desc: bool,
+                max_count: int) -> tuple[list, str | None, str | None]:
+    """OA's cursor paging over ``rows`` in list order (ascending ``key``, or descending with
+    ``desc``): ``after`` gives the items that follow the cursor in that order, ``before``
+    those that precede it. ``prev``/``next`` are set, as OA sets them, only where paging on
+    can find more (an empty page points back at the cursor it came from)."""
+    rows = sorted(rows, key=key, reverse=desc)
 
-    def key_of(cursor: str):
-        m = message_or_404(view, cursor)
-        return (m.created_date, str(m.id))
+    def follows(a, b) -> bool:  # does key a come after key b in list order?
+        return a < b if desc else a > b
 
     if after:
-        rows = [m for m, k in zip(rows, keys, strict=True) if k > key_of(after)]
-        page = rows[:max_count]
-    elif before:
-        rows = [m for m, k in zip(rows, keys, strict=True) if k < key_of(before)]
-        page = rows[-max_count:]
-    else:
-        page = rows[-max_count:] if desc else rows[:max_count]
-    items = [message_dict(view, m, me, include_user) for m in (reversed(page) if desc else page)]
-    first, last = (page[0], page[-1]) if page else (None, None)
+        k = cursor_key(after)
+        rows = [r for r in rows if follows(key(r), k)]
+    if before:
+        k = cursor_key(before)
+        rows = [r for r in rows if follows(k, key(r))]
+    more = len(rows) > max_count
+    page = rows[-max_count:] if before and not after else rows[:max_count]
+    if not page:
+        return page, after or None, before or None
+    prev = cursor_of(page[0]) if (more and before) or after else None
+    nxt = cursor_of(page[-1]) if more or before else None
+    return page, prev, nxt
+
+
+def cursor_page(view: MessageTreeView, me: UUID | None, *, before: str | None, after: str | None, desc: bool,
+                max_count: int, include_user: bool, **filters) -> dict:
+    """OA's MessagePage: keyset paging on (created_date, id); cursors are message ids
+    (OA's ``id$date`` form is read too)."""
+    rows = [m for m in view.messages.values() if _matches(m, view=view, **filters)]
+
+    def cursor_key(cursor: str):
+        m = message_or_404(view, cursor.split("$", 1)[0])
+        return (m.created_date, str(m.id))
+
+    page, prev, nxt = keyset_page(rows, lambda m: (m.created_date, str(m.id)), cursor_key, lambda m: str(m.id),
+                                  before=before, after=after, desc=desc, max_count=max_count)
     return {
-        "prev": str(first.id) if first else None, "next": str(last.id) if last else None,
-        "sort_key": "created_date", "order": "desc" if desc else "asc", "items": items,
+        "prev": prev, "next": nxt, "sort_key": "created_date", "order": "desc" if desc else "asc",
+        "items": [message_dict(view, m, me, include_user) for m in page],
     }
 
 
@@ -189,14 +223,14 @@ async def messages_list(
 ) -> list[dict]:
     client, runner = await views(request)
     view = tree_view(runner)
+    owner = owner_filter(client, api_client_id)
     user = None
     if username:
-        owner = UUID(api_client_id) if api_client_id and client.trusted else client.id
-        user = view.users_by_name.get((owner, auth_method or "local", username))
+        user = view.users_by_name.get((owner or client.id, auth_method or "local", username))
         if user is None:
             return []
     rows = list_messages(view, user=user, only_roots=only_roots, include_deleted=allow_deleted, lang=lang,
-                         start=start_date, end=end_date, desc=desc, max_count=max_count)
+                         start=start_date, end=end_date, desc=desc, max_count=max_count, api_client=owner)
     me = acting_user(request, view, client)
     return [message_dict(view, m, me) for m in rows]
 
@@ -208,17 +242,19 @@ async def messages_cursor(
     username: FromQuery[str | None] = None, only_roots: FromQuery[bool] = False,
     include_deleted: FromQuery[bool] = False, max_count: MaxCount = 10, desc: FromQuery[bool] = False,
     lang: FromQuery[str | None] = None, include_user: FromQuery[bool] = False,
+    api_client_id: FromQuery[str | None] = None,
 ) -> dict:
     client, runner = await views(request)
     view = tree_view(runner)
-    user = UUID(user_id) if user_id else None
+    owner = owner_filter(client, api_client_id)
+    user = parse_id(user_id, "user_id")
     if username and user is None:
-        user = view.users_by_name.get((client.id, auth_method or "local", username))
+        user = view.users_by_name.get((owner or client.id, auth_method or "local", username))
         if user is None:
             return {"prev": None, "next": None, "sort_key": "created_date", "order": "desc" if desc else "asc", "items": []}
     return cursor_page(view, acting_user(request, view, client), before=before, after=after, desc=desc,
                        max_count=max_count, include_user=include_user, user=user, only_roots=only_roots,
-                       include_deleted=include_deleted, lang=lang, start=None, end=None)
+                       include_deleted=include_deleted, lang=lang, start=None, end=None, api_client=owner)
 
 
 message_handlers = [messages_list, messages_cursor, *_routes(frontend=False), *_routes(frontend=True)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated
-from uuid import UUID
 
 from litestar import Request, get
 from litestar.params import FromPath, FromQuery, QueryParameter
@@ -12,8 +11,17 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from command_api.errors import ErrorCode, OasstError
 from projections.leaderboard import TIME_FRAMES, LeaderboardView, leader_score, level
 from projections.message_tree import MessageTreeView, UserRow
-from query_api.common import acting_user, frontend_user, iso, message_dict, tree_view, user_or_404, views
-from query_api.messages import cursor_page, list_messages
+from query_api.common import (
+    acting_user,
+    frontend_user,
+    iso,
+    message_dict,
+    owner_filter,
+    tree_view,
+    user_or_404,
+    views,
+)
+from query_api.messages import cursor_page, keyset_page, list_messages
 
 MaxCount = Annotated[int, QueryParameter(ge=1, le=10_000)]
 
@@ -23,12 +31,15 @@ def _board(request) -> LeaderboardView:
 
 
 def _visible_users(view: MessageTreeView, client, api_client_id: str | None, auth_method: str | None,
-                   search_text: str | None) -> list[UserRow]:
-    owner = api_client_id if client.trusted and api_client_id else str(client.id)
+                   search_text: str | None, search_field: str) -> list[UserRow]:
+    """The users a client may list (its own; a trusted client may name another client), filtered;
+    ``search_text`` is looked for in ``search_field`` (OA: the sort key)."""
+    owner = owner_filter(client, api_client_id) or client.id
+    needle = search_text.lower() if search_text else None
     return [
         u for u in view.users.values()
-        if str(u.api_client_id) == owner and (auth_method is None or u.auth_method == auth_method)
-        and (search_text is None or search_text.lower() in u.display_name.lower())
+        if u.api_client_id == owner and (auth_method is None or u.auth_method == auth_method)
+        and (needle is None or needle in getattr(u, search_field).lower())
     ]
 
 
@@ -53,7 +64,7 @@ def _user_listing(key: str):
                       max_count: int, desc: bool) -> list[dict]:
         client, runner = await views(request)
         view = tree_view(runner)
-        users = _visible_users(view, client, api_client_id, auth_method, search_text)
+        users = _visible_users(view, client, api_client_id, auth_method, search_text, key)
         board = _board(request)
         now = datetime.now(UTC)
         return [frontend_user(u, board.streak(u.id, now))
@@ -98,28 +109,25 @@ async def users_cursor(
         raise OasstError(f"unsupported sort key {sort_key!r}", ErrorCode.SORT_KEY_UNSUPPORTED)
     client, runner = await views(request)
     view = tree_view(runner)
-    users = sorted(_visible_users(view, client, api_client_id, auth_method, search_text),
-                   key=lambda u: (getattr(u, sort_key), str(u.id)))
-    keys = [(getattr(u, sort_key), str(u.id)) for u in users]
+    users = _visible_users(view, client, api_client_id, auth_method, search_text, sort_key)
 
-    def key_of(user_id: str):
-        u = user_or_404(view, user_id)
+    def key(u: UserRow):
         return (getattr(u, sort_key), str(u.id))
 
-    if after:
-        page = [u for u, k in zip(users, keys, strict=True) if k > key_of(after)][:max_count]
-    elif before:
-        page = [u for u, k in zip(users, keys, strict=True) if k < key_of(before)][-max_count:]
-    else:
-        page = users[:max_count]
-    return {"prev": str(page[0].id) if page else None, "next": str(page[-1].id) if page else None,
-            "sort_key": sort_key, "order": "asc", "items": [frontend_user(u) for u in page]}
+    def cursor_key(cursor: str):  # a user id (OA's "id$name" form is read too)
+        return key(user_or_404(view, cursor.split("$", 1)[0]))
+
+    page, prev, nxt = keyset_page(users, key, cursor_key, lambda u: str(u.id), before=before, after=after,
+                                  desc=False, max_count=max_count)
+    board, now = _board(request), datetime.now(UTC)
+    return {"prev": prev, "next": nxt, "sort_key": sort_key, "order": "asc",
+            "items": [frontend_user(u, board.streak(u.id, now)) for u in page]}
 
 
 @get("/users/{user_id:str}", summary="A user")
 async def get_user(request: Request, user_id: FromPath[str], api_client_id: FromQuery[str | None] = None) -> dict:
-    _, runner = await views(request)
-    user = user_or_404(tree_view(runner), user_id)
+    client, runner = await views(request)
+    user = user_or_404(tree_view(runner), user_id, client, api_client_id)
     return frontend_user(user, _board(request).streak(user.id, datetime.now(UTC)))
 
 
@@ -132,7 +140,7 @@ async def user_messages(
 ) -> list[dict]:
     client, runner = await views(request)
     view = tree_view(runner)
-    user = user_or_404(view, user_id)
+    user = user_or_404(view, user_id, client, api_client_id)
     rows = list_messages(view, user=user.id, only_roots=only_roots, include_deleted=include_deleted, lang=lang,
                          start=start_date, end=end_date, desc=desc, max_count=max_count)
     me = acting_user(request, view, client)
@@ -148,7 +156,7 @@ async def user_messages_cursor(
 ) -> dict:
     client, runner = await views(request)
     view = tree_view(runner)
-    user = user_or_404(view, user_id)
+    user = user_or_404(view, user_id, client)
     return cursor_page(view, acting_user(request, view, client), before=before, after=after, desc=desc,
                        max_count=max_count, include_user=False, user=user.id, only_roots=only_roots,
                        include_deleted=include_deleted, lang=lang, start=None, end=None)
@@ -194,8 +202,8 @@ async def user_stats_window(request: Request, user_id: FromPath[str], time_frame
                             window_size: Annotated[int, QueryParameter(ge=1, le=100)] = 5) -> dict:
     from query_api.boards import leaderboard_rows
 
-    _, runner = await views(request)
-    user = user_or_404(tree_view(runner), user_id)
+    client, runner = await views(request)
+    user = user_or_404(tree_view(runner), user_id, client)
     rows, updated = leaderboard_rows(request, _frame(time_frame))
     index = next((i for i, r in enumerate(rows) if r["user_id"] == str(user.id)), None)
     window = [] if index is None else rows[max(0, index - window_size):index + window_size + 1]
@@ -205,7 +213,7 @@ async def user_stats_window(request: Request, user_id: FromPath[str], time_frame
 
 
 def _frontend_user_or_404(view: MessageTreeView, client, auth_method: str, username: str, api_client_id):
-    owner = UUID(api_client_id) if api_client_id and client.trusted else client.id
+    owner = owner_filter(client, api_client_id) or client.id
     uid = view.users_by_name.get((owner, auth_method, username))
     if uid is None:
         raise OasstError(f"user {auth_method}:{username} not found", ErrorCode.USER_NOT_FOUND)

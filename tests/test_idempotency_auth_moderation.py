@@ -172,7 +172,16 @@ async def test_purge_user_preview_changes_nothing_and_confirm_marks_spammer(clie
     assert await log_position(client) == before
     r = await client.post(f"/api/v1/admin/purge_user/{uid}", params={"preview": "false"})
     assert r.status_code == 200
-    marks = [e for e in await events(client) if e["type"] == "user_marked_spammer"]
+    log = await events(client)
+    marks = [e for e in log if e["type"] == "user_marked_spammer"]
     assert len(marks) == 1 and marks[0]["event"]["subject_id"] == uid
+    # the spammer's prompt stops being worked on ...
+    halted = log[-1]["event"]
+    assert (halted["new_state"], halted["reason"]) == ("halted_by_moderator", "author_marked_spammer")
+    assert (await request(client, BOB, "label_initial_prompt")).status_code == 503
+    # ... and unmarking restores it
     assert (await client.delete(f"/api/v1/admin/users/{uid}/spammer")).status_code == 204
-    assert [e["type"] for e in await events(client)][-1] == "user_unmarked_spammer"
+    log = await events(client)
+    assert [e["type"] for e in log][-2:] == ["user_unmarked_spammer", "tree_state_changed"]
+    assert log[-1]["event"]["new_state"] == "initial_prompt_review"
+    assert (await request(client, BOB, "label_initial_prompt")).status_code == 200
