@@ -11,11 +11,12 @@ from command_api import events as ev
 from projections.base import View
 
 
-def ranked_pairs(rankings: Sequence[Sequence[Hashable]]) -> list:
+def ranked_pairs(rankings: Sequence[Sequence[Hashable]], weights: Sequence[float] | None = None) -> list:
     """Tideman's ranked pairs, as Open-Assistant computed ranking consensus.
 
     ``rankings`` are best first; the result is best first. Only ids present in every
     ranking take part (fewer than two: empty result). Ties go to the lower sorted id.
+    ``weights`` (one per ranking, default 1) turn voter counts into weighted votes.
     """
     if not rankings:
         return []
@@ -25,12 +26,12 @@ def ranked_pairs(rankings: Sequence[Sequence[Hashable]]) -> list:
     ids = sorted(common)
     index = {c: i for i, c in enumerate(ids)}
     n = len(ids)
-    wins = [[0] * n for _ in range(n)]  # wins[a][b]: voters putting a above b
-    for ranking in rankings:
+    wins = [[0.0] * n for _ in range(n)]  # wins[a][b]: (weighted) voters putting a above b
+    for ranking, weight in zip(rankings, weights or [1.0] * len(rankings), strict=True):
         order = [index[c] for c in ranking if c in common]
         for i, a in enumerate(order):
             for b in order[i + 1 :]:
-                wins[a][b] += 1
+                wins[a][b] += weight
     pairs = [
         (wins[a][b] - wins[b][a], a, b)
         for a in range(n)
@@ -67,18 +68,24 @@ def _reaches(edges: set[tuple[int, int]], start: int, goal: int) -> bool:
     return False
 
 
-def acceptance_score(labels: Sequence[dict[str, float]]) -> float:
-    """OA's rule: 1 - (mean spam + mean lang_mismatch) over a message's task labels."""
+def acceptance_score(labels: Sequence[dict[str, float]], weights: Sequence[float] | None = None) -> float:
+    """OA's rule: 1 - (mean spam + mean lang_mismatch) over a message's task labels
+    (weighted means when ``weights`` are given: the trust policy)."""
+    weights = weights or [1.0] * len(labels)
 
     def mean(name: str) -> float:
-        values = [lab[name] for lab in labels if name in lab]
-        return sum(values) / len(values) if values else 0.0
+        pairs = [(lab[name], w) for lab, w in zip(labels, weights, strict=True) if name in lab]
+        total = sum(w for _, w in pairs)
+        return sum(v * w for v, w in pairs) / total if total > 0 else 0.0
 
     return 1.0 - (mean("spam") + mean("lang_mismatch"))
 
 
 # --- the consensus view ----------------------------------------------------------------
 
+
+
+DEFAULT_TRUST = 0.5  # the weight of a user the trust policy knows nothing about
 
 
 class LabelFacts(msgspec.Struct, kw_only=True):
@@ -92,6 +99,29 @@ class LabelFacts(msgspec.Struct, kw_only=True):
     task_labels: dict[UUID, dict[str, float]] = {}
 
 
+class SpammerRow(msgspec.Struct, array_like=True):
+    marked: bool = True
+
+
+class _SpammerSet:
+    """Users marked spammers, stored as rows of the view (so a restore knows them)."""
+
+    def __init__(self, table) -> None:
+        self.table = table
+
+    def add(self, user: UUID) -> None:
+        self.table.put(user, SpammerRow())
+
+    def discard(self, user: UUID) -> None:
+        self.table.delete(user)
+
+    def __contains__(self, user: UUID) -> bool:
+        return user in self.table
+
+    def frozen(self) -> frozenset:
+        return frozenset(self.table.rows)
+
+
 class RankingFacts(msgspec.Struct, kw_only=True):
     rankings: list[tuple[UUID, list[UUID]]] = []  # (ranker, replies best first)
 
@@ -103,13 +133,15 @@ class ConsensusView(View):
     later free labels, so the acceptance is the one the tree manager decided on)."""
 
     name = "consensus"
-    version = "oa-v2"
-    key_types = {"labels": UUID, "rankings": UUID}
+    version = "v3"  # v3: users marked spammers are left out
+    key_types = {"labels": UUID, "rankings": UUID, "spammers": UUID}
 
     def __init__(self) -> None:
         super().__init__()
         self.labels = self.table("labels", LabelFacts)
         self.rankings = self.table("rankings", RankingFacts)
+        self.spammer_rows = self.table("spammers", SpammerRow)
+        self.spammers = _SpammerSet(self.spammer_rows)
 
     def on_labels_submitted(self, e: ev.LabelsSubmitted) -> None:
         facts = self.labels.get(e.message_id) or self.labels.put(e.message_id, LabelFacts())
@@ -123,6 +155,12 @@ class ConsensusView(View):
                     facts.task_users = [*facts.task_users, e.user_id]
         self.labels.touch(e.message_id)
 
+    def on_user_marked_spammer(self, e: ev.UserMarkedSpammer) -> None:
+        self.spammers.add(e.subject_id)
+
+    def on_user_unmarked_spammer(self, e: ev.UserUnmarkedSpammer) -> None:
+        self.spammers.discard(e.subject_id)
+
     def on_ranking_submitted(self, e: ev.RankingSubmitted) -> None:
         facts = self.rankings.get(e.parent_id) or self.rankings.put(e.parent_id, RankingFacts())
         facts.rankings = [*facts.rankings, (e.user_id, list(e.ranked_message_ids))]
@@ -130,32 +168,57 @@ class ConsensusView(View):
 
     # --- aggregates ----------------------------------------------------------------
 
-    def label_aggregates(self, message_id: UUID, exclude: frozenset = frozenset()) -> dict[str, dict]:
-        """{label: {value: mean, count}} over every user's labels (not reports)."""
+    # Every aggregate leaves out users marked spammers, and the ones in ``exclude``;
+    # ``trust`` (user -> weight in [0, 1]) switches from OA's equal votes to the trust policy.
+
+    def _out(self, exclude: frozenset) -> frozenset:
+        return exclude | self.spammers.frozen()
+
+    def label_aggregates(self, message_id: UUID, exclude: frozenset = frozenset(),
+                         trust: dict[UUID, float] | None = None) -> dict[str, dict]:
+        """{label: {value: (weighted) mean, count}} over every user's labels (not reports)."""
         facts = self.labels.get(message_id)
         if facts is None:
             return {}
-        sums: dict[str, list[float]] = {}
+        out = self._out(exclude)
+        sums: dict[str, list[tuple[float, float]]] = {}
         for user, labels in facts.by_user.items():
-            if user in exclude:
+            if user in out:
                 continue
+            w = 1.0 if trust is None else trust.get(user, DEFAULT_TRUST)
             for name, value in labels.items():
-                sums.setdefault(name, []).append(value)
-        return {name: {"value": sum(v) / len(v), "count": len(v)} for name, v in sorted(sums.items())}
+                sums.setdefault(name, []).append((value, w))
+        return {
+            name: {"value": sum(v * w for v, w in vw) / (sum(w for _, w in vw) or 1.0), "count": len(vw)}
+            for name, vw in sorted(sums.items())
+        }
 
-    def acceptance(self, message_id: UUID, exclude: frozenset = frozenset()) -> float | None:
-        """OA's score over the review-task labels, None without any."""
+    def acceptance(self, message_id: UUID, exclude: frozenset = frozenset(),
+                   trust: dict[UUID, float] | None = None) -> float | None:
+        """OA's score over the review-task labels (trust-weighted with ``trust``), None without any."""
         facts = self.labels.get(message_id)
         if facts is None:
             return None
-        labels = [facts.task_labels[u] for u in facts.task_users if u not in exclude]
-        return acceptance_score(labels) if labels else None
+        out = self._out(exclude)
+        users = [u for u in facts.task_users if u not in out]
+        if not users:
+            return None
+        weights = None if trust is None else [trust.get(u, DEFAULT_TRUST) for u in users]
+        if weights is not None and sum(weights) <= 0:
+            weights = None  # nobody trusted at all: fall back to equal votes
+        return acceptance_score([facts.task_labels[u] for u in users], weights)
 
-    def ranking_consensus(self, parent_id: UUID, exclude: frozenset = frozenset()) -> list[UUID]:
+    def ranking_consensus(self, parent_id: UUID, exclude: frozenset = frozenset(),
+                          trust: dict[UUID, float] | None = None) -> list[UUID]:
         facts = self.rankings.get(parent_id)
         if facts is None:
             return []
-        return ranked_pairs([order for user, order in facts.rankings if user not in exclude])
+        out = self._out(exclude)
+        kept = [(u, order) for u, order in facts.rankings if u not in out]
+        weights = None if trust is None else [trust.get(u, DEFAULT_TRUST) for u, _ in kept]
+        if weights is not None and sum(weights) <= 0:
+            weights = None
+        return ranked_pairs([order for _, order in kept], weights)
 
     def agreement(self, label: str, max_units: int = 20_000) -> dict:
         """Krippendorff's alpha of one label over messages with at least two annotators

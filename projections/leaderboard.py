@@ -86,6 +86,10 @@ class RankingFact(msgspec.Struct, array_like=True):
     good: bool = False
 
 
+class Given(msgspec.Struct, array_like=True):
+    items: list[tuple[UUID, int, str, float]] = []  # (author, hour, stat, delta)
+
+
 class UserCounts(msgspec.Struct, array_like=True):
     hours: dict[int, list[int]] = {}  # hour -> counts in STATS order
     troll: dict[int, list[float]] = {}  # hour -> troll facts in TROLL order
@@ -95,14 +99,17 @@ class UserCounts(msgspec.Struct, array_like=True):
 
 class LeaderboardView(View):
     name = "leaderboard"
-    version = "oa-v2"  # v2: message facts know their parent (undelete restores ancestors)
-    key_types = {"messages": UUID, "rankings": UUID, "users": UUID, "parents": UUID}
+    version = "oa-v3"  # v2: undelete restores ancestors; v3: spammers' contributions taken back
+    key_types = {"messages": UUID, "rankings": UUID, "users": UUID, "parents": UUID, "given": UUID,
+                 "spammers": UUID}
 
     def __init__(self) -> None:
         super().__init__()
         self.messages = self.table("messages", MessageFact)
         self.rankings = self.table("rankings", RankingFact)  # key: the ranking task id
         self.parents = self.table("parents", _ParentRankings)
+        self.given = self.table("given", Given)  # contributor -> what they gave others
+        self.spammer_rows = self.table("spammers", Given)
         self.users = self.table("users", UserCounts)
 
     # --- counters ------------------------------------------------------------------
@@ -129,6 +136,45 @@ class LeaderboardView(View):
         if row is None:
             row = counts.troll[hour] = [0.0] * len(TROLL)
         row[TROLL_INDEX[stat]] += delta
+
+    def _give(self, giver: UUID | None, author: UUID | None, hour: int, stat: str, delta: float) -> None:
+        """A contribution by ``giver`` to ``author``'s counters (a ranking placing their
+        reply, a label or reaction on their message): recorded per giver, so that marking
+        the giver a spammer takes it back and unmarking gives it again."""
+        if giver is None or author is None:
+            return
+        given = self.given.get(giver) or self.given.put(giver, Given())
+        given.items.append((author, hour, stat, float(delta)))
+        self.given.touch(giver)
+        if giver not in self.spammers:
+            self._apply(author, hour, stat, delta)
+
+    def _apply(self, author: UUID, hour: int, stat: str, delta: float) -> None:
+        if stat in INDEX:
+            self._add(author, hour, stat, int(delta))
+        else:
+            self._troll(author, hour, stat, delta)
+
+    def on_user_marked_spammer(self, e: ev.UserMarkedSpammer) -> None:
+        if e.subject_id not in self.spammers:
+            self._set_spammer(e.subject_id, True)
+
+    def on_user_unmarked_spammer(self, e: ev.UserUnmarkedSpammer) -> None:
+        if e.subject_id in self.spammers:
+            self._set_spammer(e.subject_id, False)
+
+    def _set_spammer(self, user: UUID, spammer: bool) -> None:
+        if spammer:
+            self.spammer_rows.put(user, Given())
+        else:
+            self.spammer_rows.delete(user)
+        given = self.given.get(user)
+        for author, hour, stat, delta in given.items if given else ():
+            self._apply(author, hour, stat, -delta if spammer else delta)
+
+    @property
+    def spammers(self):
+        return self.spammer_rows.rows
 
     def _active(self, e: ev.Event) -> None:
         if e.user_id is None:
@@ -188,9 +234,9 @@ class LeaderboardView(View):
         if m is not None:
             for name, value in e.labels.items():
                 if name in TROLL_INDEX:
-                    self._troll(m.author, m.hour, name, value)
+                    self._give(e.user_id, m.author, m.hour, name, value)
             if e.kind == "report":
-                self._troll(m.author, m.hour, "red_flags", 1)
+                self._give(e.user_id, m.author, m.hour, "red_flags", 1)
         self._active(e)
 
     def on_ranking_submitted(self, e: ev.RankingSubmitted) -> None:
@@ -203,7 +249,7 @@ class LeaderboardView(View):
         for place, mid in enumerate(e.ranked_message_ids[:3], start=1):
             m = self.messages.get(mid)
             if m is not None:
-                self._add(m.author, hour, f"reply_ranked_{place}")
+                self._give(e.user_id, m.author, hour, f"reply_ranked_{place}", 1)
         self._active(e)
 
     def on_ranks_computed(self, e: ev.RanksComputed) -> None:
@@ -220,16 +266,16 @@ class LeaderboardView(View):
                 self.rankings.touch(task_id)
 
     def on_emoji_added(self, e: ev.EmojiAdded) -> None:
-        self._emoji(e.message_id, e.emoji, 1)
+        self._emoji(e, 1)
 
     def on_emoji_removed(self, e: ev.EmojiRemoved) -> None:
-        self._emoji(e.message_id, e.emoji, -1)
+        self._emoji(e, -1)
 
-    def _emoji(self, message_id: UUID, emoji: str, delta: int) -> None:
-        stat = {"+1": "upvotes", "-1": "downvotes", "red_flag": "red_flags"}.get(emoji)
-        m = self.messages.get(message_id)
+    def _emoji(self, e: ev.EmojiAdded | ev.EmojiRemoved, delta: int) -> None:
+        stat = {"+1": "upvotes", "-1": "downvotes", "red_flag": "red_flags"}.get(e.emoji)
+        m = self.messages.get(e.message_id)
         if stat and m is not None:
-            self._troll(m.author, m.hour, stat, delta)
+            self._give(e.user_id, m.author, m.hour, stat, delta)
 
     def on_tree_state_changed(self, e: ev.TreeStateChanged) -> None:
         m = self.messages.get(e.tree_id)

@@ -73,8 +73,10 @@ class MessageTreeView(View):
         self.users = self.table("users", UserRow)
         self.by_frontend_id: dict[tuple[UUID | None, str], UUID] = {}
         self.users_by_name: dict[tuple[UUID, str, str], UUID] = {}
+        self.spammers: set[UUID] = set()
 
     def restored(self) -> None:
+        self.spammers = {u.id for u in self.users.values() if u.spammer}
         self.by_frontend_id = {(m.api_client_id, m.frontend_message_id): m.id for m in self.messages.values()}
         self.users_by_name = {(u.api_client_id, u.auth_method, u.username): u.id for u in self.users.values()}
 
@@ -118,11 +120,13 @@ class MessageTreeView(View):
     def on_user_marked_spammer(self, e: ev.UserMarkedSpammer) -> None:
         u = self._user(e, e.subject_id)
         u.spammer = True
+        self.spammers.add(u.id)
         if e.ban:
             u.enabled = False
 
     def on_user_unmarked_spammer(self, e: ev.UserUnmarkedSpammer) -> None:
         self._user(e, e.subject_id).spammer = False
+        self.spammers.discard(e.subject_id)
 
     def _active(self, e: ev.Event) -> None:
         if e.user_id is not None:
@@ -226,8 +230,9 @@ class MessageTreeView(View):
     # --- reading -------------------------------------------------------------------
 
     def is_hidden(self, m: MessageRow) -> bool:
+        """Deleted, written by a user marked spammer, or below such a message."""
         while m is not None:
-            if m.deleted:
+            if m.deleted or m.user_id in self.spammers:
                 return True
             m = self.messages.get(m.parent_id) if m.parent_id else None
         return False
