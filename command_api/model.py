@@ -158,6 +158,7 @@ class Tree:
     rankers: set[tuple[UUID, UUID]] = field(default_factory=set)  # (parent, user)
     skip_replies: int = 0
     spam_halted_from: str | None = None  # state before its author was marked a spammer
+    aborted_by_review: bool = False  # aborted because its prompt's review rejected it
     revision: int = 0  # bumped when a message of the tree changes (for caches)
 
 
@@ -418,6 +419,8 @@ class WriteModel:
             tree.won_lottery = True
         if e.goal_tree_size is not None:
             tree.goal_tree_size = e.goal_tree_size
+        if e.new_state == "aborted_low_grade":
+            tree.aborted_by_review = e.reason in ("initial_prompt_review", "review_changed")
         if e.reason == "author_marked_spammer":
             tree.spam_halted_from = e.old_state
         elif e.reason == "author_unmarked_spammer":

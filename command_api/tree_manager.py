@@ -284,6 +284,8 @@ class TreeManager:
                     new = "prompt_lottery_waiting" if event.accepted else "aborted_low_grade"
                     emit(ev.TreeStateChanged, tree_id=tree.id, old_state=tree.state, new_state=new,
                          reason="initial_prompt_review")
+                elif isinstance(event, ev.MessageReviewed) and msg.parent_id is None:
+                    self._prompt_review_changed(tree, event, emit)
                 elif tree.state == "growing":
                     self._check_growing(tree, emit)
                 elif tree.state == "ranking":
@@ -321,6 +323,16 @@ class TreeManager:
         if again and msg.review_result == (score > threshold):
             return
         emit(ev.MessageReviewed, message_id=msg.id, review_count=len(labels), score=score, accepted=score > threshold)
+
+    def _prompt_review_changed(self, tree: Tree, event: ev.MessageReviewed, emit: Emit) -> None:
+        """A prompt's acceptance changed after its review (a spam mark changed whose labels
+        count): a prompt rejected by its review comes back, one accepted goes out again."""
+        if event.accepted and tree.state == "aborted_low_grade" and tree.aborted_by_review:
+            emit(ev.TreeStateChanged, tree_id=tree.id, old_state=tree.state, new_state="prompt_lottery_waiting",
+                 reason="review_changed")
+        elif not event.accepted and tree.state in ("prompt_lottery_waiting", "growing"):
+            emit(ev.TreeStateChanged, tree_id=tree.id, old_state=tree.state, new_state="aborted_low_grade",
+                 reason="review_changed")
 
     def _apply_spam_mark(self, user_id: UUID, marked: bool, emit: Emit) -> None:
         """Re-decide what the user's contributions decided: acceptance of the messages they

@@ -1,0 +1,156 @@
+"""Annotator trust: a deterministic estimate per user from the consensus facts.
+
+Policy ``trust-v1``:
+- labels: a one-coin Dawid–Skene model (each annotator has one accuracy; each message
+  a hidden true class) over the binarised ``spam`` review labels, fitted by EM, as
+  crowd-kit's OneCoinDawidSkene does. Accuracy 0.5 is a coin flip.
+- rankings: Kendall's tau between each ranking and the consensus of the *other*
+  rankings of the same replies (leave-one-out ranked pairs). Random rankers sit near 0.
+- trust = the lower of the available parts, label part ``2·accuracy − 1`` and ranking
+  part ``tau``, each clipped to [0, 1] and shrunk toward the prior 0.5 by how little
+  evidence there is (a spammer in one kind of work is not redeemed by the other). A user
+  with no evidence gets 0.5.
+- suspected spammer: at least ``MIN_EVIDENCE`` items and trust below ``SUSPECT_BELOW``.
+
+The same log gives the same scores (sorted iteration, fixed iterations, no randomness).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+from projections.consensus import ConsensusView, ranked_pairs
+
+POLICY = "trust-v1"
+PRIOR = 0.5
+PRIOR_WEIGHT = 3.0  # evidence items worth as much as the prior
+MIN_EVIDENCE = 5
+SUSPECT_BELOW = 0.35
+EM_ITERATIONS = 20
+
+
+@dataclass
+class Trust:
+    user_id: UUID
+    score: float
+    label_accuracy: float | None
+    labels: int
+    ranking_tau: float | None
+    rankings: int
+    suspected: bool
+
+    def as_dict(self) -> dict:
+        return {
+            "user_id": str(self.user_id), "score": round(self.score, 4), "policy": POLICY,
+            "label_accuracy": None if self.label_accuracy is None else round(self.label_accuracy, 4),
+            "labels": self.labels,
+            "ranking_tau": None if self.ranking_tau is None else round(self.ranking_tau, 4),
+            "rankings": self.rankings, "suspected_spammer": self.suspected,
+        }
+
+
+def kendall_tau(a: list, b: list) -> float | None:
+    """Kendall's tau-a of two orders over their common items (None with fewer than two)."""
+    common = [x for x in a if x in set(b)]
+    if len(common) < 2:
+        return None
+    pos = {x: i for i, x in enumerate(b)}
+    concordant = discordant = 0
+    for i, x in enumerate(common):
+        for y in common[i + 1:]:
+            if pos[x] < pos[y]:
+                concordant += 1
+            else:
+                discordant += 1
+    return (concordant - discordant) / (concordant + discordant)
+
+
+def label_accuracies(view: ConsensusView) -> tuple[dict[UUID, float], dict[UUID, int]]:
+    """One-coin Dawid–Skene over binarised spam review labels."""
+    items: list[list[tuple[UUID, int]]] = []
+    for facts in view.labels.values():
+        votes = [(u, int(facts.task_labels[u]["spam"] >= 0.5)) for u in facts.task_users
+                 if "spam" in facts.task_labels.get(u, {})]
+        if len(votes) >= 2:
+            items.append(sorted(votes, key=lambda v: str(v[0])))
+    counts: dict[UUID, int] = {}
+    for votes in items:
+        for u, _ in votes:
+            counts[u] = counts.get(u, 0) + 1
+    accuracy = {u: 0.8 for u in counts}
+    prior_spam = 0.2
+    for _ in range(EM_ITERATIONS):
+        # E: probability each item is spam, given annotator accuracies
+        posteriors = []
+        for votes in items:
+            p_spam, p_ok = prior_spam, 1 - prior_spam
+            for u, v in votes:
+                a = min(max(accuracy[u], 0.01), 0.99)
+                p_spam *= a if v == 1 else 1 - a
+                p_ok *= a if v == 0 else 1 - a
+            posteriors.append(p_spam / (p_spam + p_ok))
+        # M: accuracy = expected agreement with the hidden class (smoothed)
+        agree = {u: 0.0 for u in counts}
+        for votes, p in zip(items, posteriors, strict=True):
+            for u, v in votes:
+                agree[u] += p if v == 1 else 1 - p
+        accuracy = {u: (agree[u] + 1) / (counts[u] + 2) for u in counts}
+        prior_spam = min(max(sum(posteriors) / len(posteriors), 0.01), 0.99) if posteriors else 0.2
+    return accuracy, counts
+
+
+def ranking_taus(view: ConsensusView) -> tuple[dict[UUID, float], dict[UUID, int]]:
+    sums: dict[UUID, float] = {}
+    counts: dict[UUID, int] = {}
+    for facts in view.rankings.values():
+        if len(facts.rankings) < 2:
+            continue
+        for i, (user, order) in enumerate(facts.rankings):
+            others = [o for j, (_, o) in enumerate(facts.rankings) if j != i]
+            tau = kendall_tau(order, ranked_pairs(others))
+            if tau is not None:
+                sums[user] = sums.get(user, 0.0) + tau
+                counts[user] = counts.get(user, 0) + 1
+    return {u: sums[u] / counts[u] for u in counts}, counts
+
+
+def _shrunk(value: float, n: int) -> float:
+    return (value * n + PRIOR * PRIOR_WEIGHT) / (n + PRIOR_WEIGHT)
+
+
+def compute_trust(view: ConsensusView) -> dict[UUID, Trust]:
+    accuracy, n_labels = label_accuracies(view)
+    taus, n_rankings = ranking_taus(view)
+    out = {}
+    for user in sorted(set(accuracy) | set(taus), key=str):
+        parts = []
+        if user in accuracy:
+            parts.append(_shrunk(min(max(2 * accuracy[user] - 1, 0.0), 1.0), n_labels[user]))
+        if user in taus:
+            parts.append(_shrunk(min(max(taus[user], 0.0), 1.0), n_rankings[user]))
+        score = min(parts)
+        evidence = n_labels.get(user, 0) + n_rankings.get(user, 0)
+        out[user] = Trust(user, score, accuracy.get(user), n_labels.get(user, 0), taus.get(user),
+                          n_rankings.get(user, 0), evidence >= MIN_EVIDENCE and score < SUSPECT_BELOW)
+    return out
+
+
+class TrustCache:
+    """Trust scores of the consensus view, recomputed when the view moved on (at most
+    once every ``min_interval`` seconds while it keeps moving)."""
+
+    def __init__(self, min_interval: float = 5.0):
+        self.min_interval = min_interval
+        self.position = -1
+        self.at = 0.0
+        self.scores: dict[UUID, Trust] = {}
+
+    def get(self, view: ConsensusView, now: float) -> dict[UUID, Trust]:
+        if view.position != self.position and (now - self.at >= self.min_interval or self.position < 0):
+            self.scores = compute_trust(view)
+            self.position, self.at = view.position, now
+        return self.scores
+
+    def weights(self, view: ConsensusView, now: float) -> dict[UUID, float]:
+        return {u: t.score for u, t in self.get(view, now).items()}
