@@ -10,7 +10,10 @@ Policy ``trust-v1``:
   part ``tau``, each clipped to [0, 1] and shrunk toward the prior 0.5 by how little
   evidence there is (a spammer in one kind of work is not redeemed by the other). A user
   with no evidence gets 0.5.
-- suspected spammer: at least ``MIN_EVIDENCE`` items and trust below ``SUSPECT_BELOW``.
+- suspected spammer: label accuracy below ``SUSPECT_ACCURACY`` over at least ``MIN_EVIDENCE``
+  review labels, or a mean tau below ``SUSPECT_TAU`` over at least ``MIN_RANKINGS`` rankings.
+  (Rankings are few per user and replies few per parent, so tau alone is weak evidence:
+  it weighs into trust, and flags only a clear contrarian.)
 
 The same log gives the same scores (sorted iteration, fixed iterations, no randomness).
 """
@@ -26,7 +29,9 @@ POLICY = "trust-v1"
 PRIOR = 0.5
 PRIOR_WEIGHT = 3.0  # evidence items worth as much as the prior
 MIN_EVIDENCE = 5
-SUSPECT_BELOW = 0.35
+SUSPECT_ACCURACY = 0.65
+MIN_RANKINGS = 8
+SUSPECT_TAU = -0.1
 EM_ITERATIONS = 20
 
 
@@ -100,15 +105,30 @@ def label_accuracies(view: ConsensusView) -> tuple[dict[UUID, float], dict[UUID,
     return accuracy, counts
 
 
+def _quality_order(view: ConsensusView, replies: list[UUID], ranker: UUID) -> list[UUID] | None:
+    """The replies ordered by their mean ``quality`` label from everybody but the ranker."""
+    means = {}
+    for r in replies:
+        facts = view.labels.get(r)
+        values = [lab["quality"] for u, lab in facts.by_user.items() if u != ranker and "quality" in lab] if facts else []
+        if values:
+            means[r] = sum(values) / len(values)
+    if len(means) < 2:
+        return None
+    return sorted(means, key=lambda r: (-means[r], str(r)))
+
+
 def ranking_taus(view: ConsensusView) -> tuple[dict[UUID, float], dict[UUID, int]]:
+    """Each ranking against a reference the ranker did not make: the consensus of the
+    other rankings of the same replies, or where there are none, the replies' quality
+    labels by others."""
     sums: dict[UUID, float] = {}
     counts: dict[UUID, int] = {}
     for facts in view.rankings.values():
-        if len(facts.rankings) < 2:
-            continue
         for i, (user, order) in enumerate(facts.rankings):
             others = [o for j, (_, o) in enumerate(facts.rankings) if j != i]
-            tau = kendall_tau(order, ranked_pairs(others))
+            reference = ranked_pairs(others) if others else _quality_order(view, order, user)
+            tau = kendall_tau(order, reference) if reference else None
             if tau is not None:
                 sums[user] = sums.get(user, 0.0) + tau
                 counts[user] = counts.get(user, 0) + 1
@@ -130,9 +150,12 @@ def compute_trust(view: ConsensusView) -> dict[UUID, Trust]:
         if user in taus:
             parts.append(_shrunk(min(max(taus[user], 0.0), 1.0), n_rankings[user]))
         score = min(parts)
-        evidence = n_labels.get(user, 0) + n_rankings.get(user, 0)
+        suspected = (
+            (n_labels.get(user, 0) >= MIN_EVIDENCE and accuracy[user] < SUSPECT_ACCURACY)
+            or (n_rankings.get(user, 0) >= MIN_RANKINGS and taus[user] < SUSPECT_TAU)
+        )
         out[user] = Trust(user, score, accuracy.get(user), n_labels.get(user, 0), taus.get(user),
-                          n_rankings.get(user, 0), evidence >= MIN_EVIDENCE and score < SUSPECT_BELOW)
+                          n_rankings.get(user, 0), suspected)
     return out
 
 
