@@ -178,6 +178,19 @@ def replay(
     console.print(table)
 
 
+@app.command()
+def seed(
+    trees: int = typer.Option(100, help="Initial prompts to write."),
+    users: int = typer.Option(50, help="Simulated users (diligent, lazy, spammer, random ranker, troll)."),
+    seed: int = typer.Option(0, help="Same seed, same history (ids, times, order)."),
+    scale: str | None = typer.Option(None, help="'oa' for an Open-Assistant-sized history (~5M events), 'oa/N' for 1/N."),
+) -> None:
+    """Generate a realistic synthetic history through the domain rules into an empty store."""
+    from infra.seed import seed_command
+
+    seed_command(trees=trees, users=users, seed=seed, scale=scale)
+
+
 def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     app()
