@@ -234,12 +234,17 @@ class WriteModel:
         self.trees_by_state[state][tree.id] = tree
         self.trees_by_state_lang[(state, tree.lang)][tree.id] = tree
 
+    def _counts_as_child(self, m: Message) -> bool:
+        """A reply taking a place under its parent: not deleted, not rejected by review,
+        not by a user marked spammer."""
+        return not m.deleted and m.review_result is not False and m.user_id not in self.spammers
+
     def _refresh_reply_parent(self, msg: Message) -> None:
         """Keep the index of messages that structurally can take another reply."""
         tree, cfg = self.trees[msg.tree_id], self.cfg
         tree.revision += 1
         limit = cfg.num_prompter_replies if msg.role == "assistant" else cfg.max_children_count
-        live = sum(1 for c in msg.children if not self.messages[c].deleted and self.messages[c].user_id not in self.spammers)
+        live = sum(1 for c in msg.children if self._counts_as_child(self.messages[c]))
         if msg.review_result and not msg.late and msg.depth < cfg.max_tree_depth and live < limit:
             tree.reply_parents[msg.id] = msg
         else:
@@ -389,6 +394,8 @@ class WriteModel:
         m.review_result = e.accepted
         self.trees[m.tree_id].awaiting_review.pop(m.id, None)
         self._refresh_reply_parent(m)
+        if m.parent_id:  # a rejected reply gives its place back
+            self._refresh_reply_parent(self.messages[m.parent_id])
 
     def _on_labels_submitted(self, e: ev.LabelsSubmitted) -> None:
         m = self.messages[e.message_id]

@@ -112,7 +112,7 @@ class TreeManager:
             and uid not in msg.task_labels
             and not msg.late
             and uid not in msg.emojis.get("_skip_labeling", ())
-            and msg.review_count + self._recent_pending(msg.id, now, "label") < needed
+            and self.honest_review_count(msg) + self._recent_pending(msg.id, now, "label") < needed
             and not self.model.is_hidden(msg)
         )
 
@@ -296,6 +296,10 @@ class TreeManager:
                     self._check_ranking(tree, emit)
             case ev.TreeStateChanged():
                 self._after_state_change(event, emit)
+            case ev.InitialPromptSubmitted() if event.user_id in m.spammers:
+                # nobody will review it (it is hidden): do not let it hold a review slot
+                emit(ev.TreeStateChanged, tree_id=event.message_id, old_state="initial_prompt_review",
+                     new_state="halted_by_moderator", reason="author_marked_spammer")
             case ev.UserMarkedSpammer() | ev.UserUnmarkedSpammer():
                 self._apply_spam_mark(event.subject_id, isinstance(event, ev.UserMarkedSpammer), emit)
             case ev.TreeHalted():
@@ -303,6 +307,10 @@ class TreeManager:
                 if tree.halted_from == "growing":
                     self._lottery(tree.lang, event, emit)
                 self._activate_backlog(tree.lang, event, emit)
+
+    def honest_review_count(self, msg: Message) -> int:
+        """Review labels that count: those of users not marked spammers."""
+        return sum(1 for u in msg.task_labels if u not in self.model.spammers)
 
     def honest_rankings(self, tree: Tree, parent_id: UUID) -> list[list[UUID]]:
         """A parent's rankings, without those of users marked spammers."""

@@ -148,3 +148,32 @@ def test_growing_tree_moves_to_ranking_then_ready_for_export():
     assert w.model.trees[root].state == "ready_for_export"
     assert [w.model.messages[r].rank for r in replies] == [1, 0]
     assert [type(d).__name__ for d in w.decisions][-3:] == ["TreeStateChanged", "RanksComputed", "TreeStateChanged"]
+
+
+def test_a_spammers_review_does_not_take_a_review_slot_and_their_new_prompts_are_halted():
+    w = World(num_reviews_initial_prompt=2)
+    alice, bob, carol, mallory = (w.user(n) for n in ("alice", "bob", "carol", "mallory"))
+    mid = w.prompt(alice.id)
+    w.label(mallory.id, mid, 1.0)
+    w.command(ev.UserMarkedSpammer, None, subject_id=mallory.id)
+    w.label(bob.id, mid, 0.0)
+    # two labels given, one of them a spammer's: the prompt still waits for a second honest review
+    assert w.model.messages[mid].review_result is None
+    assert "label_initial_prompt" in w.manager.candidates(carol, None, w.clock)
+    w.label(carol.id, mid, 0.0)
+    assert w.model.messages[mid].review_result is True
+    spam = w.prompt(mallory.id)
+    assert w.model.trees[spam].state == "halted_by_moderator"
+
+
+def test_a_rejected_reply_gives_its_place_back():
+    w = World(num_reviews_initial_prompt=1, num_reviews_reply=1, max_children_count=1)
+    root = w.prompt(uuid4())
+    w.label(uuid4(), root, 0.0)
+    bob = w.user("bob")
+    rid = uuid4()
+    w.command(ev.ReplySubmitted, uuid4(), message_id=rid, frontend_message_id=str(rid), task_id=None,
+              parent_id=root, tree_id=root, role="assistant", depth=1, text="junk", lang="en")
+    assert "assistant_reply" not in w.manager.candidates(bob, None, w.clock)
+    w.label(uuid4(), rid, 1.0)  # rejected as spam
+    assert w.manager.candidates(bob, None, w.clock)["assistant_reply"] == [root]
