@@ -73,6 +73,8 @@ def evaluate(runner: ProjectionRunner, truth: dict) -> dict:
     out["recall"] = hits / len(spammers) if spammers else float("nan")
     out["flagged"], out["bad"] = len(flagged), len(spammers)
     rankers = set(truth["random_rankers"])
+    bad = spammers | rankers  # every planted bad actor: a flagged random ranker is no false alarm
+    out["precision_bad_actors"] = len(flagged & bad) / len(flagged) if flagged else float("nan")
     out["random_rankers_flagged"] = len(flagged & rankers)
     out["random_rankers"] = len(rankers)
     # random rankers are not flagged (their labels are honest), but the trust policy should weigh them less
@@ -128,7 +130,7 @@ def run(quick: bool) -> list[dict]:
         f"{r['users_with_evidence']}; acceptance accuracy OA {r['oa_accuracy']:.3f} vs trust {r['trust_accuracy']:.3f}; "
         f"spam-label error OA {r['oa_spam_error']:.3f} vs trust {r['trust_spam_error']:.3f}; tau OA {r['oa_tau']:.3f} "
         f"vs trust {r['trust_tau']:.3f}; flagged {r['flagged']}, planted spammers {r['bad']} (precision "
-        f"{r['precision']:.2f}, recall {r['recall']:.2f}); random rankers flagged {r['random_rankers_flagged']} of "
+        f"{r['precision']:.2f}, {r['precision_bad_actors']:.2f} counting random rankers; recall {r['recall']:.2f}); random rankers flagged {r['random_rankers_flagged']} of "
         f"{r['random_rankers']}; mean trust diligent {r['trust_diligent']:.2f} vs random rankers "
         f"{r['trust_random_rankers']:.2f}; trust recompute {r['trust_seconds']:.2f} s; marking a spammer with "
         f"{contributions} contributions visible in {mark_seconds:.2f} s")
@@ -145,7 +147,8 @@ def run(quick: bool) -> list[dict]:
         row("quality.spam_label_error_trust", r["trust_spam_error"], "mean abs error", baseline=r["oa_spam_error"]),
         row("quality.kendall_tau_gain", r["trust_tau"] - r["oa_tau"], "tau", ">= 0.1"),
         row("quality.kendall_tau_trust", r["trust_tau"], "tau", baseline=r["oa_tau"]),
-        row("quality.flag_precision", r["precision"], "fraction", ">= 0.9"),
+        row("quality.flag_precision_planted_bad_actors", r["precision_bad_actors"], "fraction", ">= 0.9"),
+        row("quality.flag_precision_spammers_only", r["precision"], "fraction"),
         row("quality.flag_recall", r["recall"], "fraction", ">= 0.8"),
         row("quality.mean_trust_random_rankers", r["trust_random_rankers"], "trust", baseline=r["trust_diligent"]),
         row("quality.trust_recompute_seconds", r["trust_seconds"], "s", "<= 30"),
