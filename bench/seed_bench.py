@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     table = Table("store", "events", "trees", "messages", "labels", "rankings", "tasks", "commands", "s",
-                  "events/s", "--scale oa (~5M events) would take",
+                  "events/s", "5M events at this rate",
                   title=f"oasst seed --trees {args.trees} --users {args.users} --seed {args.seed}"
                         + (f" --scale {args.scale}" if args.scale else ""))
     for backend in backends:

@@ -22,10 +22,13 @@ tick per transaction. With ``lanes`` > 1 the users are split into groups whose t
 alternate, so one group's commit overlaps the next group's decisions (still in a fixed
 order). Time is a simulated clock that advances a little with every command.
 
-The moderator halts growing trees that can no longer grow (nothing awaits review and no
-message can take a reply): the write model counts rejected replies against
-``max_children_count`` (Open-Assistant does not), so such trees would otherwise hold a
-``max_active_trees`` slot for ever and, over a long run, stop the lottery altogether.
+The moderator halts trees in review or growing that nobody can take further (no message
+can take a reply, and every message awaiting review is hidden or has all the reviews it
+can get), as a moderator cleaning up would: such a tree would hold a ``max_active_trees``
+or ``max_initial_prompt_review`` slot for ever and, over a long run, could stop the lottery
+or the supply of prompt tasks. (``stuck_trees_halted`` in the summary counts them; the
+command side used to make many, by counting rejected replies against
+``max_children_count`` and spammers' labels as reviews.)
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "diligent": Profile((0.75, 0.12), 14, 1.0, 1.0, 0.03, 0.01, 0.02, 0.10, 0.03, 0.02, 0.10),
+    "diligent": Profile((0.75, 0.12), 14, 1.0, 1.0, 0.03, 0.01, 0.02, 0.10, 0.04, 0.03, 0.10),
     "lazy": Profile((0.50, 0.15), 4, 0.5, 0.5, 0.30, 0.06, 0.15, 0.04, 0.0, 0.0, 0.05),
     "spammer": Profile((0.06, 0.05), 10, 1.0, 4.0, 0.05, 0.01, 0.02, 0.15, 0.0, 0.0, 0.10),
     "random_ranker": Profile((0.70, 0.12), 10, 1.0, 1.0, 0.05, 0.005, 0.03, 0.06, 0.0, 0.0, 0.40),
@@ -108,11 +111,12 @@ class SeedParams:
     finish_fraction: float = 0.8  # after the last prompt, run until this share of trees is terminal...
     drain_factor: float = 20.0  # ...or for at most this many times the ticks spent so far
     stall_ticks: int = 100  # stop when nothing completes for this many ticks
+    max_ticks: int | None = None  # stop here whatever happens (default: 100 per tree asked for + 10,000)
     mod_every: int = 4  # the moderator acts every this many ticks
     halt_share: float = 0.03  # share of trees a moderator halts (at least 2 when trees >= 10)
     resume_share: float = 0.25  # share of those halts later undone
     mod_mistake: float = 0.2  # chance a moderator deletes a flagged good message (undeleted later)
-    spammer_rejections: int = 3  # rejected messages before a moderator marks the author a spammer
+    spammer_rejections: int = 4  # rejected messages before a moderator marks the author a spammer
     halt_stuck: bool = True  # a moderator halts growing trees that cannot grow any more (module doc)
     start: datetime = START
 
@@ -255,7 +259,8 @@ class Actor:
     marked: bool = False  # the moderator dealt with this user (marked as a spammer)
     task: dict | None = None
     acked_as: str | None = None
-    must_skip: bool = False
+    must_skip: bool = False  # skip the current task at the next step
+    prompt_admitted: bool = False  # the current task is an initial prompt counted towards the trees asked for
     session_left: int = 0
     misses: int = 0
     requests: int = 0
@@ -308,6 +313,7 @@ class Simulation:
         self.slots: list[Actor | None] = [None] * max(1, min(params.concurrency, users))
         self.lanes = max(1, min(params.lanes, len(self.slots)))
         self.prompt_backlog = params.prompt_backlog or max(2, self.cfg.max_active_trees // 2)
+        self.max_ticks = params.max_ticks or 100 * trees + 10_000
         # what the simulation knows (the truth) and tracks
         self.quality: dict[UUID, float] = {}
         self.author: dict[UUID, int] = {}
@@ -431,7 +437,7 @@ class Simulation:
             handler(result)
 
     def _finished(self) -> bool:
-        if self.tick - self.last_progress_tick > self.params.stall_ticks:
+        if self.tick - self.last_progress_tick > self.params.stall_ticks or self.tick >= self.max_ticks:
             return True
         if self.prompts_submitted < self.trees:
             return False
@@ -464,9 +470,11 @@ class Simulation:
     def _step(self, a: Actor) -> Command | None:
         if a.task is None:
             return self._idle(a)
+        if a.must_skip:
+            return self._nack(a, "cannot do it")
         if a.acked_as is None:
             return self._assigned(a)
-        if a.must_skip or self.rng.random() < a.profile.skip_acked:
+        if self.rng.random() < a.profile.skip_acked:
             return self._nack(a, "changed my mind")
         return self._answer(a)
 
@@ -530,18 +538,19 @@ class Simulation:
                     a.session_left = 0  # nothing to do here: come back later
                 return
             task = msgspec.json.decode(res.body)
-            a.task, a.acked_as, a.must_skip, a.misses = task, None, False, 0
-            if task["type"] == "initial_prompt":
-                self.prompt_tasks_open += 1
-            self.last_progress_tick = self.tick
+            a.task, a.acked_as, a.must_skip, a.misses, a.prompt_admitted = task, None, False, 0, False
+            if task["type"] == "initial_prompt":  # (also what "random" hands out when nothing else is left)
+                if self.prompts_submitted + self.prompt_tasks_open < self.trees:
+                    self.prompt_tasks_open += 1
+                    a.prompt_admitted = True
+                else:
+                    a.must_skip = True  # enough prompts: skip it
             self._see(a, task)
 
         return self.service.request_task(self.client, req), done
 
     def _assigned(self, a: Actor) -> Command | None:
         task = a.task
-        if task["type"] == "initial_prompt" and self.prompts_submitted + self.prompt_tasks_open > self.trees:
-            return self._nack(a, "no idea for a prompt")
         r = self.rng.random()
         if r < a.profile.abandon:
             self._drop_task(a)  # walks away; the task expires
@@ -561,9 +570,9 @@ class Simulation:
         return self.service.ack(self.client, task["id"], p.TaskAck(message_id=fid)), done
 
     def _drop_task(self, a: Actor) -> None:
-        if a.task is not None and a.task["type"] == "initial_prompt":
+        if a.prompt_admitted:
             self.prompt_tasks_open -= 1
-        a.task, a.acked_as, a.must_skip = None, None, False
+        a.task, a.acked_as, a.must_skip, a.prompt_admitted = None, None, False, False
 
     def _nack(self, a: Actor, reason: str | None) -> Command:
         task_id = a.task["id"]
@@ -739,17 +748,18 @@ class Simulation:
         return self.service.emoji(self.client, str(mid), req), done
 
     def _report(self, a: Actor) -> Command | None:
-        mid = self.rng.choice(a.seen)
+        if a.behaviour == "troll":  # reports whatever it sees
+            mid = self.rng.choice(a.seen)
+            labels, text = {"not_appropriate": 1.0, "toxicity": 0.75}, "this is offensive"
+        else:  # reports the junk or the rudeness it saw lately, if any
+            bad = [x for x in a.seen if self.quality.get(x, 0.5) < 0.4 and x not in self.flag_seen]
+            if not bad:
+                return None
+            mid = self.rng.choice(bad)
+            junk = self.quality.get(mid, 0.5) < JUNK_BELOW
+            labels, text = ({"spam": 1.0}, "spam") if junk else ({"toxicity": 0.75, "not_appropriate": 1.0}, "rude")
         if self.author.get(mid) == a.index:
             return None
-        if a.behaviour == "troll":  # reports whatever it sees
-            labels, text = {"not_appropriate": 1.0, "toxicity": 0.75}, "this is offensive"
-        elif self.quality.get(mid, 0.5) < JUNK_BELOW:
-            labels, text = {"spam": 1.0}, "spam"
-        elif mid in self.author and self.actors[self.author[mid]].behaviour == "troll":
-            labels, text = {"toxicity": 0.75, "not_appropriate": 1.0}, "rude"
-        else:
-            return None  # nothing worth reporting
         body = p.TextLabels(user=a.ref(), text=text, labels=labels, message_id=str(mid), is_report=True)
 
         def done(res) -> None:
@@ -800,7 +810,7 @@ class Simulation:
                 self.mistakes += good
                 out.append((svc.delete_message(client, str(mid)), self._ignore))
                 if good:
-                    self._later(rng.randint(20, 60), lambda mid=mid: (svc.undelete_message(client, str(mid)),
+                    self._later(rng.randint(8, 30), lambda mid=mid: (svc.undelete_message(client, str(mid)),
                                                                        self._ignore))
         # authors of many rejected messages get marked (and the worst banned)
         for _ in range(3):
@@ -816,10 +826,10 @@ class Simulation:
                 out.append((svc.set_spammer(client, str(a.user_id), True, ban=ban), self._ignore))
                 if a.behaviour != "spammer":  # a false positive: the user appeals, and wins
                     self._later(rng.randint(30, 90), lambda a=a, ban=ban: self._appeal(a, ban))
-        # growing trees that can no longer grow (nothing to review, no parent to reply to) get halted
+        # trees in review or growing that nobody can take any further get halted
         if self.params.halt_stuck:
-            for tree in list(m.trees_in("growing")):
-                if not tree.awaiting_review and not tree.reply_parents:
+            for tree in [*m.trees_in("initial_prompt_review"), *m.trees_in("growing")]:
+                if not self._can_progress(tree):
                     self.stuck_halted += 1
                     out.append((svc.set_tree_halted(client, str(tree.id), True), self._ignore))
         # halts, spread over the run; a few are undone
@@ -835,6 +845,19 @@ class Simulation:
                     self._later(rng.randint(10, 40), lambda tid=tree.id: (svc.set_tree_halted(client, str(tid), False),
                                                                            self._ignore))
         return out
+
+    def _can_progress(self, tree) -> bool:
+        """Could anyone still review or extend this tree? (Not when no message can take a
+        reply and every message awaiting review is hidden or has all the reviews it can get:
+        labels of users marked spammers fill review slots without counting.)"""
+        m, cfg = self.model, self.cfg
+        if any(not m.is_hidden(x) for x in tree.reply_parents.values()):
+            return True
+        for x in tree.awaiting_review.values():
+            needed = cfg.num_reviews_initial_prompt if x.parent_id is None else cfg.num_reviews_reply
+            if self.service.manager.honest_review_count(x) < needed and not m.is_hidden(x):
+                return True
+        return False
 
     def _appeal(self, a: Actor, banned: bool) -> Command:
         svc, client = self.service, self.client
