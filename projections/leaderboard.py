@@ -69,6 +69,17 @@ def frame_start_hour(frame: str, now: datetime) -> int | None:
     return None
 
 
+def _sum_frame(hours: dict[int, list], names: tuple[str, ...], frame: str, now: datetime, zero):
+    """Add up the hourly rows inside a time frame, by stat name."""
+    start = frame_start_hour(frame, now)
+    totals = [zero] * len(names)
+    for hour, row in hours.items():
+        if start is None or hour >= start:
+            for i, v in enumerate(row):
+                totals[i] += v
+    return dict(zip(names, totals, strict=True))
+
+
 class MessageFact(msgspec.Struct, array_like=True):
     author: UUID | None
     hour: int
@@ -289,24 +300,12 @@ class LeaderboardView(View):
     # --- reading -------------------------------------------------------------------
 
     def stats(self, user: UUID, frame: str, now: datetime) -> dict[str, int]:
-        start = frame_start_hour(frame, now)
-        totals = [0] * len(STATS)
         counts = self.users.get(user)
-        for hour, row in (counts.hours.items() if counts else ()):
-            if start is None or hour >= start:
-                for i, v in enumerate(row):
-                    totals[i] += v
-        return dict(zip(STATS, totals, strict=True))
+        return _sum_frame(counts.hours if counts else {}, STATS, frame, now, 0)
 
     def troll_stats(self, user: UUID, frame: str, now: datetime) -> dict[str, float]:
-        start = frame_start_hour(frame, now)
-        totals = [0.0] * len(TROLL)
         counts = self.users.get(user)
-        for hour, row in (counts.troll.items() if counts else ()):
-            if start is None or hour >= start:
-                for i, v in enumerate(row):
-                    totals[i] += v
-        return dict(zip(TROLL, totals, strict=True))
+        return _sum_frame(counts.troll if counts else {}, TROLL, frame, now, 0.0)
 
     def streak(self, user: UUID, now: datetime) -> tuple[int, datetime | None]:
         """Days of consecutive activity, reset after 36 hours without any."""

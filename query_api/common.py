@@ -134,14 +134,9 @@ def frontend_user(u: UserRow, streak: tuple[int, datetime | None] = (0, None)) -
 
 
 def message_dict(view: MessageTreeView, m: MessageRow, me: UUID | None = None, include_user: bool = False) -> dict:
-    """OA's Message."""
+    """OA's Message: a ConversationMessage with its place in the tree and its review."""
     out = {
-        "id": str(m.id), "user_id": str(m.user_id) if m.user_id else None,
-        "frontend_message_id": m.frontend_message_id, "text": m.text, "lang": m.lang,
-        "is_assistant": m.role == "assistant",
-        "emojis": {k: len(v) for k, v in sorted(m.emojis.items()) if v and not k.startswith("_")},
-        "user_emojis": sorted(k for k, v in m.emojis.items() if me is not None and me in v),
-        "user_is_author": me is not None and m.user_id == me, "synthetic": m.synthetic,
+        **conversation_message(m, me),
         "parent_id": str(m.parent_id) if m.parent_id else None, "created_date": iso(m.created_date),
         # deleted: itself or below a deleted ancestor (OA marks the whole subtree deleted)
         "review_result": m.review_result, "review_count": m.review_count, "deleted": view.is_hidden(m),
