@@ -91,6 +91,8 @@ class TreeManager:
         elif task_type in ("assistant_reply", "prompter_reply"):
             parent_role = "prompter" if task_type == "assistant_reply" else "assistant"
             for tree in m.trees_in("growing", lang):
+                if self._tree_size(tree) >= tree.goal_tree_size:
+                    continue  # OA: no new replies once accepted + in-review messages reach the goal
                 for msg in tree.reply_parents.values():
                     if msg.role == parent_role and self._can_reply(msg, uid, now):
                         yield msg.id
@@ -105,6 +107,13 @@ class TreeManager:
         """Task type -> all possible targets for this user (empty types left out)."""
         found = {t: list(self.targets(t, user, lang, now)) for t in KIND_OF}
         return {t: targets for t, targets in found.items() if targets}
+
+    def _tree_size(self, tree: Tree) -> int:
+        """Messages that count toward the goal size: accepted or still in review, live."""
+        m = self.model
+        return sum(1 for i in tree.message_ids
+                   if m.messages[i].review_result is not False and not m.messages[i].late
+                   and not m.is_hidden(m.messages[i]))
 
     def _can_label(self, msg: Message, uid: UUID, needed: int, now: datetime) -> bool:
         return (

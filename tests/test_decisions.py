@@ -177,3 +177,14 @@ def test_a_rejected_reply_gives_its_place_back():
     assert "assistant_reply" not in w.manager.candidates(bob, None, w.clock)
     w.label(uuid4(), rid, 1.0)  # rejected as spam
     assert w.manager.candidates(bob, None, w.clock)["assistant_reply"] == [root]
+
+
+def test_no_reply_tasks_once_the_tree_reaches_its_goal_size_with_replies_in_review():
+    w = World(num_reviews_initial_prompt=1, num_reviews_reply=1, goal_tree_size=3, max_children_count=5)
+    root = w.prompt(uuid4())
+    w.label(uuid4(), root, 0.0)
+    for i in range(2):  # two replies, neither reviewed yet: 3 messages count toward the goal
+        rid = uuid4()
+        w.command(ev.ReplySubmitted, uuid4(), message_id=rid, frontend_message_id=str(rid), task_id=None,
+                  parent_id=root, tree_id=root, role="assistant", depth=1, text=f"reply {i}", lang="en")
+    assert "assistant_reply" not in w.manager.candidates(w.user("bob"), None, w.clock)
