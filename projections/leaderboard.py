@@ -130,23 +130,19 @@ class LeaderboardView(View):
         self.users.touch(user)
         return counts
 
-    def _add(self, user: UUID | None, hour: int, stat: str, delta: int = 1) -> None:
+    def _add(self, user: UUID | None, hour: int, stat: str, delta: float = 1) -> None:
+        """Bump one hourly counter: a leaderboard stat (int) or a trollboard fact (float)."""
         if user is None:
             return
         counts = self._counts(user)
-        row = counts.hours.get(hour)
+        if stat in INDEX:
+            rows, names, i, value = counts.hours, STATS, INDEX[stat], int(delta)
+        else:
+            rows, names, i, value = counts.troll, TROLL, TROLL_INDEX[stat], float(delta)
+        row = rows.get(hour)
         if row is None:
-            row = counts.hours[hour] = [0] * len(STATS)
-        row[INDEX[stat]] += delta
-
-    def _troll(self, user: UUID | None, hour: int, stat: str, delta: float) -> None:
-        if user is None:
-            return
-        counts = self._counts(user)
-        row = counts.troll.get(hour)
-        if row is None:
-            row = counts.troll[hour] = [0.0] * len(TROLL)
-        row[TROLL_INDEX[stat]] += delta
+            row = rows[hour] = [type(value)()] * len(names)
+        row[i] += value
 
     def _give(self, giver: UUID | None, author: UUID | None, hour: int, stat: str, delta: float) -> None:
         """A contribution by ``giver`` to ``author``'s counters (a ranking placing their
@@ -158,13 +154,7 @@ class LeaderboardView(View):
         given.items.append((author, hour, stat, float(delta)))
         self.given.touch(giver)
         if giver not in self.spammers:
-            self._apply(author, hour, stat, delta)
-
-    def _apply(self, author: UUID, hour: int, stat: str, delta: float) -> None:
-        if stat in INDEX:
-            self._add(author, hour, stat, int(delta))
-        else:
-            self._troll(author, hour, stat, delta)
+            self._add(author, hour, stat, delta)
 
     def on_user_marked_spammer(self, e: ev.UserMarkedSpammer) -> None:
         if e.subject_id not in self.spammers:
@@ -181,7 +171,7 @@ class LeaderboardView(View):
             self.spammer_rows.delete(user)
         given = self.given.get(user)
         for author, hour, stat, delta in given.items if given else ():
-            self._apply(author, hour, stat, -delta if spammer else delta)
+            self._add(author, hour, stat, -delta if spammer else delta)
 
     @property
     def spammers(self):
@@ -293,9 +283,9 @@ class LeaderboardView(View):
         if m is None:
             return
         if e.new_state == "aborted_low_grade":
-            self._troll(m.author, m.hour, "spam_prompts", 1)
+            self._add(m.author, m.hour, "spam_prompts", 1)
         elif e.old_state == "aborted_low_grade":
-            self._troll(m.author, m.hour, "spam_prompts", -1)
+            self._add(m.author, m.hour, "spam_prompts", -1)
 
     # --- reading -------------------------------------------------------------------
 
