@@ -3,9 +3,9 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev
+EXTRAS ?= dev,kafka,ray,train
 
-.PHONY: install run test bench bench-quick lint clean
+.PHONY: install run test bench bench-quick lint clean gpu-check pipeline
 
 install: $(STAMP)
 
@@ -29,6 +29,15 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python bench/run.py --quick
+
+# vLLM end to end on a CUDA machine (installs the gpu extra first).
+gpu-check: install
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[gpu]"
+	$(BIN)/python -m samplers.gpu_check
+
+# The whole loop on tiny local models on CPU: seed, snapshot, sample, rank, snapshot, train.
+pipeline: install
+	$(BIN)/python -m trainers.pipeline
 
 lint: install
 	$(BIN)/ruff check .

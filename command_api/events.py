@@ -288,6 +288,52 @@ class RanksComputed(Event, frozen=True, tag="ranks_computed"):
     ranking_count: int
 
 
+# --- imports and snapshots -------------------------------------------------------------
+
+
+class ImportedMessage(msgspec.Struct, kw_only=True, frozen=True):
+    """One message of an imported oasst file, with the facts the file carries (kept as
+    imported: no labels or votes behind them exist in our log)."""
+
+    message_id: UUID
+    parent_id: UUID | None
+    text: str
+    role: Role
+    lang: str
+    created_date: datetime | None = None
+    user_ref: str | None = None  # the file's user_id (ours is the hidden system user)
+    review_count: int = 0
+    review_result: bool | None = None
+    deleted: bool = False
+    rank: int | None = None
+    synthetic: bool = False
+    model_name: str | None = None
+    emojis: dict[str, int] = {}
+    labels: dict[str, tuple[float, int]] = {}  # name -> (mean value, count)
+
+
+class TreeImported(Event, frozen=True, tag="tree_imported"):
+    """A whole tree from an oasst file (as Open-Assistant's importer: owned by the hidden
+    system user, ``origin`` = the file's name). Messages are listed parents first."""
+
+    tree_id: UUID
+    state: TreeState
+    origin: str
+    lang: str
+    messages: list[ImportedMessage]
+
+
+class SnapshotCreated(Event, frozen=True, tag="snapshot_created"):
+    """A dataset snapshot was written: the log up to ``position`` under ``policy``.
+    ``manifest`` is manifest.json as written (id, files and their sha256, counts...)."""
+
+    snapshot_id: str
+    position: int
+    policy: str
+    manifest: dict
+    parent_id: str | None = None
+
+
 AnyEvent = Union[
     ApiClientCreated,
     UserSeen,
@@ -317,6 +363,8 @@ AnyEvent = Union[
     TreeHalted,
     TreeResumed,
     RanksComputed,
+    TreeImported,
+    SnapshotCreated,
 ]
 
 EVENT_TYPES: dict[str, type[Event]] = {t.__struct_config__.tag: t for t in AnyEvent.__args__}

@@ -33,6 +33,10 @@ def tree_stream(tree_id: UUID) -> UUID:
     return uuid5(tree_id, "tree")
 
 
+def snapshot_stream(snapshot_id: str) -> UUID:
+    return uuid5(OASST_NAMESPACE, f"snapshot:{snapshot_id}")
+
+
 def stream_of(event: ev.Event) -> UUID:
     """Which stream (eventsourcing originator) an event belongs to. Streams are small
     so that busy trees do not serialise on one aggregate: each user's labels or
@@ -48,8 +52,10 @@ def stream_of(event: ev.Event) -> UUID:
             return uuid5(event.message_id, f"labels:{event.user_id}")
         case ev.EmojiAdded() | ev.EmojiRemoved():
             return uuid5(event.message_id, f"emoji:{event.user_id}")
-        case ev.TreeStateChanged() | ev.TreeHalted() | ev.TreeResumed() | ev.RanksComputed():
+        case ev.TreeStateChanged() | ev.TreeHalted() | ev.TreeResumed() | ev.RanksComputed() | ev.TreeImported():
             return tree_stream(event.tree_id)
+        case ev.SnapshotCreated():
+            return snapshot_stream(event.snapshot_id)
         case _:
             return event.message_id  # message events
 

@@ -191,6 +191,17 @@ def seed(
     seed_command(trees=trees, users=users, seed=seed, scale=scale)
 
 
+def _register_plugins() -> None:
+    """Commands that live beside their code (snapshots, Kafka, sampling, training)."""
+    import importlib
+
+    for module in ("infra.cli_data", "infra.cli_kafka", "samplers.cli", "trainers.cli"):
+        importlib.import_module(module).register(app)
+
+
+_register_plugins()
+
+
 def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     app()

@@ -1,0 +1,9 @@
+"""CLI commands (registered by infra.cli)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass
