@@ -381,6 +381,24 @@ class WriteModel:
         if e.user_id:
             self.replied.add((e.parent_id, e.user_id))
 
+    def _on_tree_imported(self, e: ev.TreeImported) -> None:
+        """Imported facts: reviews and ranks as the file says; nothing waits for review."""
+        tree = Tree(e.tree_id, e.lang, None, e.at, self.cfg.goal_tree_size, e.origin, won_lottery=True)
+        self.trees[tree.id] = tree
+        depth: dict[UUID, int] = {}
+        for im in e.messages:
+            depth[im.message_id] = 0 if im.parent_id is None else depth[im.parent_id] + 1
+            m = Message(im.message_id, e.tree_id, im.parent_id, e.user_id, e.api_client_id, str(im.message_id),
+                        im.role, depth[im.message_id], im.text, im.lang, im.created_date or e.at, im.synthetic,
+                        im.model_name, deleted=im.deleted, review_result=im.review_result, rank=im.rank)
+            self._add_message(m)
+            tree.message_ids.append(m.id)
+            if m.parent_id:
+                self.messages[m.parent_id].children.append(m.id)
+        self._set_state(tree, e.state)
+        for mid in tree.message_ids:
+            self._refresh_reply_parent(self.messages[mid])
+
     def _on_message_edited(self, e: ev.MessageEdited) -> None:
         self.messages[e.message_id].text = e.text
 

@@ -98,3 +98,10 @@ class CreateApiClientRequest(msgspec.Struct):
     frontend_type: str
     trusted: bool | None = False
     admin_email: str | None = None
+
+
+class ImportRequest(msgspec.Struct):
+    """oasst lines (trees or flat messages) to import; ``origin`` names their source."""
+
+    origin: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    items: list[dict]

@@ -97,6 +97,19 @@ async def message_emoji(request: Request, message_id: FromPath[str], data: JSONB
     return respond(await service.emoji(client, message_id, data, ikey))
 
 
+@post("/admin/import", status_code=200, summary="Import oasst trees or messages (trusted clients)",
+      request_max_body_size=64_000_000)
+async def import_oasst(request: Request, data: JSONBody[p.ImportRequest]) -> Response:
+    from infra.oasst_format import FormatError, parse_items
+
+    service, client, ikey = _trusted_args(request)
+    try:
+        trees = parse_items(enumerate(data.items, 1))
+    except FormatError as e:
+        raise OasstError(f"not an oasst file: {e}", ErrorCode.REQUEST_VALIDATION_FAILED) from None
+    return respond(await service.import_trees(client, data.origin, trees, ikey))
+
+
 def _trusted_args(request: Request) -> tuple[CommandService, ApiClient, str | None]:
     return service_of(request), authorize(request, trusted=True), idempotency_key(request)
 
@@ -175,4 +188,4 @@ async def create_frontend_user(request: Request, data: JSONBody[p.CreateFrontend
 
 command_handlers = [request_task, task_availability, ack_task, nack_task, interaction, close_task, text_labels,
         message_emoji, delete_message, undelete_message, put_tree_state, update_user, delete_user,
-        purge_user, mark_spammer, unmark_spammer, create_api_client, create_frontend_user]
+        purge_user, mark_spammer, unmark_spammer, create_api_client, create_frontend_user, import_oasst]

@@ -570,6 +570,34 @@ class CommandService:
 
         return await self.execute(client.id, decide, ikey)
 
+    # --- imports ------------------------------------------------------------------------
+
+    def import_user(self, client: ApiClient) -> User:
+        """The hidden system user that owns imported messages (as Open-Assistant's importer)."""
+        return self.model.user(client.id, "system", "oasst-import")
+
+    async def import_trees(self, client: ApiClient, origin: str, trees: list, ikey: str | None = None) -> Result:
+        """Import parsed oasst trees (infra.oasst_format.ParsedTree) as facts, one
+        TreeImported event each. Trees (or messages) already present are skipped, so
+        importing a file twice adds nothing the second time."""
+        def decide(b: Batch):
+            user = self.import_user(client)
+            imported = skipped = messages = 0
+            for tree in trees:
+                if tree.tree_id in self.model.trees or any(m.message_id in self.model.messages for m in tree.messages):
+                    skipped += 1
+                    continue
+                if not user.exists:
+                    b.ensure_user(user, "Imported data")
+                    user = self.model.users[user.id]
+                b.emit(ev.TreeImported, user_id=user.id, tree_id=tree.tree_id, state=tree.state,
+                       origin=tree.origin or origin, lang=tree.lang, messages=tree.messages)
+                imported += 1
+                messages += len(tree.messages)
+            return 200, {"trees_imported": imported, "trees_skipped": skipped, "messages_imported": messages}
+
+        return await self.execute(client.id, decide, ikey)
+
     def system_stats(self, exclude_user: UUID | None = None) -> dict:
         """OA's SystemStats, optionally as if one user's messages (and subtrees) were gone."""
         m = self.model

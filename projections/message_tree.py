@@ -33,6 +33,10 @@ class MessageRow(msgspec.Struct, kw_only=True):
     ranking_count: int = 0
     children: list[UUID] = []
     edited: bool = False
+    # facts an imported oasst file carried (no events of ours stand behind them)
+    user_ref: str | None = None
+    emoji_counts: dict[str, int] = {}
+    imported_labels: dict[str, tuple[float, int]] = {}
 
 
 class TreeRow(msgspec.Struct, kw_only=True):
@@ -208,6 +212,25 @@ class MessageTreeView(View):
     def on_ranks_computed(self, e: ev.RanksComputed) -> None:
         for rank, mid in enumerate(e.ranked_message_ids):
             self._message(mid).rank = rank
+
+    def on_tree_imported(self, e: ev.TreeImported) -> None:
+        depth: dict[UUID, int] = {}
+        for im in e.messages:
+            depth[im.message_id] = 0 if im.parent_id is None else depth[im.parent_id] + 1
+            self._add(MessageRow(
+                id=im.message_id, tree_id=e.tree_id, parent_id=im.parent_id, user_id=e.user_id,
+                api_client_id=e.api_client_id, frontend_message_id=str(im.message_id), role=im.role,
+                depth=depth[im.message_id], lang=im.lang, text=im.text, created_date=im.created_date or e.at,
+                synthetic=im.synthetic, model_name=im.model_name, deleted=im.deleted, review_count=im.review_count,
+                review_result=im.review_result, rank=im.rank, user_ref=im.user_ref, emoji_counts=im.emojis,
+                imported_labels=im.labels,
+            ))
+            if im.parent_id is not None:
+                self.messages[im.parent_id].children.append(im.message_id)
+        self.trees.put(e.tree_id, TreeRow(
+            id=e.tree_id, state=e.state, lang=e.lang, created_date=e.at, origin=e.origin,
+            message_ids=[im.message_id for im in e.messages],
+        ))
 
     # --- trees ---------------------------------------------------------------------
 

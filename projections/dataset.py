@@ -1,0 +1,278 @@
+"""The dataset as of a log position: trees in Open-Assistant's export format, with every
+fact resolved under a policy and an exclusion set. Snapshots and ``oasst export`` both
+read it; it is a pure function of (log prefix, policy, exclusions, selection).
+
+Policies:
+- ``oa`` (oa-v1): the tree manager's recorded decisions (review results, ranks) and
+  unweighted label means — what Open-Assistant exported. Where an excluded user (a
+  spammer marked after the position, with ``--exclusions latest``) voted, acceptance and
+  ranks are re-decided without them, as the write side does when a spammer is marked.
+- ``trust`` (trust-v1): acceptance, label means and ranks weighted by annotator trust.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+from uuid import UUID
+
+from command_api import events as ev
+from infra.oasst_format import anonymise, node
+from infra.settings import TreeConfig
+from infra.store import EventStore
+from projections.consensus import ConsensusView, SpammerRow
+from projections.message_tree import MessageRow, MessageTreeView
+from projections.runner import gc_paused
+from projections.trust import POLICY as TRUST_POLICY
+from projections.trust import compute_trust
+
+POLICIES = {"oa": "oa-v1", "trust": TRUST_POLICY}
+Mode = Literal["exclude", "include", "only"]
+SPAM_TOPICS = ("user_marked_spammer", "user_unmarked_spammer")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which trees and messages, with Open-Assistant's exporter defaults: trees ready for
+    export, no deleted messages, only accepted ones, no trees with synthetic messages."""
+
+    states: tuple[str, ...] = ("ready_for_export",)  # () = any state
+    langs: tuple[str, ...] = ()  # () = any language
+    deleted: Mode = "exclude"
+    spam: Mode = "exclude"  # "spam": messages not accepted by review (under the policy)
+    synthetic: Mode = "exclude"  # trees containing synthetic messages
+    user: str | None = None  # only this user's messages (flat)
+    prompts_only: bool = False
+    min_review_count: int = 0
+    limit: int | None = None  # trees (or messages, when flat)
+
+    @property
+    def flat(self) -> bool:
+        """One user's messages, or "only deleted/spam" messages, do not form trees."""
+        return self.user is not None or "only" in (self.deleted, self.spam)
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class LogState:
+    """The views folded from the log up to ``position``, and who was a spammer then."""
+
+    position: int
+    tree: MessageTreeView
+    consensus: ConsensusView
+    spammers: frozenset
+
+
+def fold_at(store: EventStore, position: int | None = None, page_size: int = 20_000) -> LogState:
+    """Fold the message-tree and consensus views from the events at positions <= position
+    (the whole log when None): the same code as the live views, so a dataset at P shows
+    what the views showed at P."""
+    end = store.max_position() if position is None else position
+    tree, consensus = MessageTreeView(), ConsensusView()
+    after = 0
+    with gc_paused():
+        while after < end:
+            page = store.read_stored(after, min(page_size, end - after))
+            if not page:
+                break
+            for n in page:
+                if n.id > end:
+                    break
+                event = ev.decode_summary(n.state)
+                tree.apply(n.id, event)
+                consensus.apply(n.id, event)
+            after = page[-1].id
+    return LogState(end, tree, consensus, frozenset(tree.spammers))
+
+
+def latest_spammers(store: EventStore, page_size: int = 50_000) -> frozenset:
+    """Users marked spammers now (only the spam-mark events are decoded)."""
+    marked: set[UUID] = set()
+    after = 0
+    while page := store.read_stored(after, page_size):
+        for n in page:
+            if n.topic in SPAM_TOPICS:
+                e = ev.decode(n.state)
+                (marked.add if isinstance(e, ev.UserMarkedSpammer) else marked.discard)(e.subject_id)
+        after = page[-1].id
+    return frozenset(marked)
+
+
+@dataclass
+class Dataset:
+    """Resolves each message's facts under the policy and exclusions, and walks trees."""
+
+    state: LogState
+    policy: str = "oa"
+    exclusions: frozenset = frozenset()
+    config: TreeConfig = field(default_factory=TreeConfig)
+    anonymiser_seed: str | None = None
+    with_labels: bool = True
+    with_events: bool = False
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r} (one of {sorted(POLICIES)})")
+        view, consensus = self.state.tree, self.state.consensus
+        # the exclusion set replaces the spammers as of the position, in both views
+        view.spammers = set(self.exclusions)
+        consensus.spammer_rows.rows = {u: SpammerRow() for u in self.exclusions}
+        self.extra = self.exclusions - self.state.spammers  # excluded only since the position
+        self.weights = ({u: t.score for u, t in compute_trust(consensus).items()}
+                        if self.policy == "trust" else None)
+        self._ranks: dict[UUID, dict[UUID, int]] = {}
+
+    # --- facts under the policy ---------------------------------------------------
+
+    def _needs_redecision(self, voters) -> bool:
+        return self.policy == "trust" or any(u in self.extra for u in voters)
+
+    def accepted(self, m: MessageRow) -> bool | None:
+        facts = self.state.consensus.labels.get(m.id)
+        if facts and facts.task_users and self._needs_redecision(facts.task_users):
+            score = self.state.consensus.acceptance(m.id, trust=self.weights)
+            if score is not None:
+                threshold = (self.config.acceptance_threshold_initial_prompt if m.parent_id is None
+                             else self.config.acceptance_threshold_reply)
+                return round(score, 6) > threshold
+        return m.review_result
+
+    def rank(self, m: MessageRow) -> int | None:
+        if m.parent_id is None:
+            return None
+        if m.parent_id not in self._ranks:
+            self._ranks[m.parent_id] = self._decide_ranks(m.parent_id)
+        ranks = self._ranks[m.parent_id]
+        return ranks.get(m.id) if ranks else m.rank
+
+    def _decide_ranks(self, parent_id: UUID) -> dict[UUID, int]:
+        """{} keeps the recorded ranks; otherwise ranks re-decided among the kept replies."""
+        facts = self.state.consensus.rankings.get(parent_id)
+        if not facts or not self._needs_redecision(u for u, _ in facts.rankings):
+            return {}
+        order = self.state.consensus.ranking_consensus(parent_id, trust=self.weights)
+        live = [x for x in order if not self.state.tree.is_hidden(self.state.tree.messages[x])]
+        return {x: i for i, x in enumerate(live)}
+
+    def labels(self, m: MessageRow) -> dict[str, dict]:
+        if m.imported_labels:
+            return {k: {"value": v, "count": n} for k, (v, n) in sorted(m.imported_labels.items())}
+        return self.state.consensus.label_aggregates(m.id, trust=self.weights)
+
+    @staticmethod
+    def emojis(m: MessageRow) -> dict[str, int]:
+        counts = dict(m.emoji_counts)
+        for code, users in m.emojis.items():
+            if not code.startswith("_"):  # skip markers are internal
+                counts[code] = counts.get(code, 0) + len(users)
+        return {k: v for k, v in sorted(counts.items()) if v}
+
+    def user_ref(self, m: MessageRow) -> str | None:
+        return m.user_ref if m.user_ref is not None else (str(m.user_id) if m.user_id else None)
+
+    def events(self, m: MessageRow) -> dict:
+        out = {}
+        emoji = [{"user_id": anonymise("user", str(u), self.anonymiser_seed), "emoji": code}
+                 for code, users in sorted(m.emojis.items()) if not code.startswith("_") for u in users]
+        facts = self.state.consensus.labels.get(m.id)
+        rating = [{"user_id": anonymise("user", str(u), self.anonymiser_seed), "labels": labels}
+                  for u, labels in (facts.by_user.items() if facts else ()) if u not in self.exclusions]
+        ranks = self.state.consensus.rankings.get(m.id)
+        ranking = [{"user_id": anonymise("user", str(u), self.anonymiser_seed),
+                    "ranking": [anonymise("message", str(x), self.anonymiser_seed) for x in order]}
+                   for u, order in (ranks.rankings if ranks else ()) if u not in self.exclusions]
+        for name, items in (("emoji", emoji), ("rating", rating), ("ranking", ranking)):
+            if items:
+                out[name] = items
+        return out
+
+    # --- selection ------------------------------------------------------------------
+
+    def keeps(self, m: MessageRow, sel: Selection) -> bool:
+        """May this message (and so its subtree) be in the dataset?"""
+        if m.user_id in self.exclusions:
+            return False
+        if m.deleted and sel.deleted == "exclude":
+            return False
+        if sel.spam == "exclude" and self.accepted(m) is not True:
+            return False
+        return m.review_count >= sel.min_review_count
+
+    def trees(self, sel: Selection) -> Iterator[tuple[object, list[MessageRow]]]:
+        """(tree row, its kept messages parents first) for each selected tree, oldest first."""
+        view = self.state.tree
+        for t in sorted(view.trees.values(), key=lambda t: (t.created_date, str(t.id))):
+            if (sel.states and t.state not in sel.states) or (sel.langs and t.lang not in sel.langs):
+                continue
+            root = view.messages[t.id]
+            if not self.keeps(root, sel):
+                continue
+            kept, stack = [], [root]
+            while stack:
+                m = stack.pop()
+                kept.append(m)
+                if not sel.prompts_only:
+                    stack.extend(c for c in (view.messages[x] for x in reversed(m.children)) if self.keeps(c, sel))
+            synthetic = any(m.synthetic for m in kept)
+            if (sel.synthetic == "exclude" and synthetic) or (sel.synthetic == "only" and not synthetic):
+                continue
+            yield t, kept
+
+    def message_fields(self, m: MessageRow, tree_state: str | None = None) -> dict:
+        seed = self.anonymiser_seed
+        fields = {
+            "message_id": anonymise("message", str(m.id), seed),
+            "parent_id": anonymise("message", str(m.parent_id), seed) if m.parent_id else None,
+            "user_id": anonymise("user", self.user_ref(m), seed),
+            "created_date": m.created_date.isoformat(),
+            "text": m.text, "role": m.role, "lang": m.lang,
+            "review_count": m.review_count, "review_result": self.accepted(m),
+            "deleted": m.deleted, "rank": self.rank(m), "synthetic": m.synthetic, "model_name": m.model_name,
+            "emojis": self.emojis(m),
+            "labels": self.labels(m) if self.with_labels else None,
+            "events": self.events(m) if self.with_events else None,
+        }
+        if tree_state is not None:
+            fields["message_tree_id"] = anonymise("message", str(m.tree_id), seed)
+            fields["tree_state"] = tree_state
+        return fields
+
+    def tree_item(self, t, kept: list[MessageRow]) -> dict:
+        """One tree line: nested nodes, replies by rank (unranked last), then age."""
+        ids = {m.id for m in kept}
+        nodes = {m.id: node(self.message_fields(m)) for m in kept}
+        for m in kept:
+            children = [self.state.tree.messages[c] for c in m.children if c in ids]
+            children.sort(key=lambda c: (self.rank(c) is None, self.rank(c) or 0, c.created_date, str(c.id)))
+            if children:
+                nodes[m.id]["replies"] = [nodes[c.id] for c in children]
+        item = {"message_tree_id": anonymise("message", str(t.id), self.anonymiser_seed), "tree_state": t.state,
+                "prompt": nodes[kept[0].id]}
+        if t.origin:
+            item["origin"] = t.origin
+        return item
+
+    def flat_messages(self, sel: Selection) -> Iterator[dict]:
+        """Messages one by one (for a user's messages or "only" modes), oldest first."""
+        view = self.state.tree
+        wide = Selection(**{**asdict(sel), "deleted": "include" if sel.deleted != "exclude" else "exclude",
+                            "spam": "include" if sel.spam != "exclude" else "exclude", "user": None, "limit": None})
+        for t, kept in self.trees(wide):
+            for m in sorted(kept, key=lambda m: (m.created_date, str(m.id))):
+                if sel.user is not None and sel.user not in (self.user_ref(m), str(m.user_id)):
+                    continue
+                if sel.deleted == "only" and not m.deleted:
+                    continue
+                if sel.spam == "only" and self.accepted(m) is True:
+                    continue
+                yield node(self.message_fields(m, tree_state=view.trees[t.id].state))
+
+    def items(self, sel: Selection) -> Iterator[dict]:
+        source = self.flat_messages(sel) if sel.flat else (self.tree_item(t, kept) for t, kept in self.trees(sel))
+        for i, item in enumerate(source):
+            if sel.limit is not None and i >= sel.limit:
+                return
+            yield item

@@ -1,0 +1,292 @@
+"""Reproducible dataset snapshots: a pure function of (log up to P, policy, selection,
+exclusions) into files under ``$OASST_DATA_DIR/snapshots/<id>/``.
+
+The id is a content hash of the manifest (which holds the sha256 of every file), so the
+same inputs give the same id and byte-identical files, however many events or spam
+marks came after P. Nothing time- or machine-dependent is written: gzip without a
+timestamp, rows in a fixed order, parquet with a fixed schema. A ``SnapshotCreated``
+event records each new snapshot (Kafka consumers and training jobs follow those).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import polars as pl
+from eventsourcing.persistence import IntegrityError
+
+from command_api import events as ev
+from command_api.model import snapshot_stream
+from infra.oasst_format import dumps, open_text
+from infra.settings import Settings
+from infra.store import EventStore, Pending
+from projections.dataset import POLICIES, Dataset, Selection, fold_at, latest_spammers
+
+FORMAT_VERSION = 1  # bump when the files' layout changes (the id changes with it)
+ROLE = {"prompter": "user", "assistant": "assistant"}
+
+TURN = pl.Struct({"role": pl.String, "content": pl.String})
+CONVERSATION = pl.List(TURN)
+SCHEMAS = {
+    "messages.parquet": {
+        "message_id": pl.String, "parent_id": pl.String, "user_id": pl.String, "created_date": pl.String,
+        "text": pl.String, "role": pl.String, "lang": pl.String, "review_count": pl.Int32,
+        "review_result": pl.Boolean, "deleted": pl.Boolean, "rank": pl.Int32, "synthetic": pl.Boolean,
+        "model_name": pl.String, "message_tree_id": pl.String, "tree_state": pl.String,
+        "emojis": pl.Struct({"name": pl.List(pl.String), "count": pl.List(pl.Int32)}),
+        "labels": pl.Struct({"name": pl.List(pl.String), "value": pl.List(pl.Float64), "count": pl.List(pl.Int32)}),
+    },
+    "sft.parquet": {"messages": CONVERSATION, "message_id": pl.String, "message_tree_id": pl.String,
+                    "lang": pl.String, "rank": pl.Int32},
+    "prompts.parquet": {"messages": CONVERSATION, "message_id": pl.String, "message_tree_id": pl.String,
+                        "lang": pl.String},
+    "rm.parquet": {"prompt": CONVERSATION, "replies": pl.List(pl.String), "chosen": CONVERSATION,
+                   "rejected": CONVERSATION, "parent_id": pl.String, "message_tree_id": pl.String, "lang": pl.String},
+    "dpo.parquet": {"prompt": CONVERSATION, "chosen": CONVERSATION, "rejected": CONVERSATION, "parent_id": pl.String,
+                    "message_tree_id": pl.String, "lang": pl.String, "chosen_rank": pl.Int32,
+                    "rejected_rank": pl.Int32},
+}
+
+
+class SnapshotError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class SnapshotSpec:
+    position: int | None = None  # None: the log's last position now
+    policy: str = "oa"
+    selection: Selection = field(default_factory=Selection)
+    exclusions: str = "as_of_position"  # or "latest": today's spammers (re-derive)
+    sft_max_rank: int | None = None  # keep SFT conversations whose last reply ranked < k
+    parent: str | None = None
+
+
+def code_version() -> str:
+    try:
+        package = version("oasst-data-engine")
+    except PackageNotFoundError:
+        package = "unknown"
+    return f"oasst-data-engine {package}; snapshot format {FORMAT_VERSION}; polars {pl.__version__}"
+
+
+def snapshots_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "snapshots"
+
+
+def load_manifest(data_dir: Path, snapshot_id: str) -> dict:
+    path = snapshots_dir(data_dir) / snapshot_id / "manifest.json"
+    if "/" in snapshot_id or not path.is_file():
+        raise SnapshotError(f"snapshot {snapshot_id} not found")
+    return json.loads(path.read_text())
+
+
+def list_manifests(data_dir: Path) -> list[dict]:
+    root = snapshots_dir(data_dir)
+    found = [json.loads(p.read_text()) for p in root.glob("*/manifest.json")] if root.is_dir() else []
+    return sorted(found, key=lambda m: (m["position"], m["id"]))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- the training views ----------------------------------------------------------------
+
+
+def _walk(item: dict):
+    """(node, thread of nodes root..node) in depth-first order."""
+    stack = [(item["prompt"], [item["prompt"]])]
+    while stack:
+        n, thread = stack.pop()
+        yield n, thread
+        stack.extend((c, [*thread, c]) for c in reversed(n.get("replies", ())))
+
+
+def _turns(thread: list[dict]) -> list[dict]:
+    return [{"role": ROLE[n["role"]], "content": n["text"]} for n in thread]
+
+
+def _emoji_columns(n: dict) -> dict:
+    e = n.get("emojis", {})
+    return {"name": list(e), "count": list(e.values())}
+
+
+def _label_columns(n: dict) -> dict:
+    labels = n.get("labels", {})
+    return {"name": list(labels), "value": [v["value"] for v in labels.values()],
+            "count": [v["count"] for v in labels.values()]}
+
+
+def training_rows(items: list[dict], sft_max_rank: int | None = None) -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = {name: [] for name in SCHEMAS}
+    for item in items:
+        tree_id, state = item["message_tree_id"], item["tree_state"]
+        for n, thread in _walk(item):
+            rows["messages.parquet"].append({
+                **{k: n.get(k) for k in SCHEMAS["messages.parquet"] if k not in ("emojis", "labels")},
+                "deleted": n.get("deleted", False), "synthetic": n.get("synthetic", False),
+                "message_tree_id": tree_id, "tree_state": state,
+                "emojis": _emoji_columns(n), "labels": _label_columns(n),
+            })
+            base = {"message_tree_id": tree_id, "lang": n["lang"]}
+            if n["role"] == "assistant":
+                if sft_max_rank is None or n.get("rank") is None or n["rank"] < sft_max_rank:
+                    rows["sft.parquet"].append({"messages": _turns(thread), "message_id": n["message_id"],
+                                                "rank": n.get("rank"), **base})
+                continue
+            rows["prompts.parquet"].append({"messages": _turns(thread), "message_id": n["message_id"], **base})
+            ranked = sorted((c for c in n.get("replies", ()) if c["role"] == "assistant" and c.get("rank") is not None),
+                            key=lambda c: c["rank"])
+            if len(ranked) < 2:
+                continue
+            prompt = _turns(thread)
+            reply = [[{"role": "assistant", "content": c["text"]}] for c in ranked]
+            rows["rm.parquet"].append({"prompt": prompt, "replies": [c["text"] for c in ranked], "chosen": reply[0],
+                                       "rejected": reply[-1], "parent_id": n["message_id"], **base})
+            for i in range(len(ranked)):
+                for j in range(i + 1, len(ranked)):
+                    rows["dpo.parquet"].append({
+                        "prompt": prompt, "chosen": reply[i], "rejected": reply[j], "parent_id": n["message_id"],
+                        "chosen_rank": ranked[i]["rank"], "rejected_rank": ranked[j]["rank"], **base,
+                    })
+    return rows
+
+
+# --- creating --------------------------------------------------------------------------
+
+
+def _exclusions(store: EventStore, state, spec: SnapshotSpec) -> frozenset:
+    if spec.exclusions == "as_of_position":
+        return state.spammers
+    if spec.exclusions == "latest":
+        return latest_spammers(store)
+    raise SnapshotError(f"exclusions must be 'as_of_position' or 'latest', not {spec.exclusions!r}")
+
+
+def spec_from_manifest(manifest: dict, exclusions: str) -> SnapshotSpec:
+    """Snapshot ``manifest``'s inputs again (same P, policy, selection), with other exclusions."""
+    sel = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["filters"].items()}
+    return SnapshotSpec(position=manifest["position"], policy=manifest["policy"]["name"],
+                        selection=Selection(**sel), exclusions=exclusions,
+                        sft_max_rank=manifest.get("sft_max_rank"), parent=manifest["id"])
+
+
+def create_snapshot(settings: Settings, spec: SnapshotSpec = SnapshotSpec(), *, store: EventStore | None = None,
+                    record: bool = True) -> dict:
+    """Build (or find) the snapshot; returns its manifest with ``timings`` added (seconds
+    and rows/s of each stage, not part of the manifest on disk)."""
+    if spec.policy not in POLICIES:
+        raise SnapshotError(f"unknown policy {spec.policy!r} (one of {sorted(POLICIES)})")
+    own_store = store is None
+    store = store or EventStore(settings.database_url)
+    try:
+        return _create(settings, spec, store, record)
+    finally:
+        if own_store:
+            store.close()
+
+
+def _create(settings: Settings, spec: SnapshotSpec, store: EventStore, record: bool) -> dict:
+    timings: dict[str, dict] = {}
+    last = store.max_position()
+    position = last if spec.position is None else spec.position
+    if not 0 <= position <= last:
+        raise SnapshotError(f"position {position} is beyond the log (last position {last})")
+    if spec.selection.flat:
+        raise SnapshotError("a snapshot holds trees: user and 'only' filters are for `oasst export`")
+
+    t0 = time.perf_counter()
+    state = fold_at(store, position)
+    exclusions = _exclusions(store, state, spec)
+    timings["fold"] = {"seconds": time.perf_counter() - t0, "rows": position}
+
+    t0 = time.perf_counter()
+    dataset = Dataset(state, spec.policy, exclusions, settings.tree)
+    items = list(dataset.items(spec.selection))
+    rows = training_rows(items, spec.sft_max_rank)
+    timings["resolve"] = {"seconds": time.perf_counter() - t0, "rows": len(rows["messages.parquet"])}
+
+    root = snapshots_dir(settings.data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+    try:
+        files = _write_files(work, items, rows, timings)
+        manifest = {
+            "id": None,
+            "position": position,
+            "policy": {"name": spec.policy, "version": POLICIES[spec.policy]},
+            "filters": spec.selection.as_dict(),
+            "sft_max_rank": spec.sft_max_rank,
+            "exclusions": {"mode": spec.exclusions, "users": sorted(str(u) for u in exclusions)},
+            "counts": {"trees": len(items), **{name: len(r) for name, r in rows.items()}},
+            "files": files,
+            "code_version": code_version(),
+            "parent": spec.parent,
+        }
+        manifest["id"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:24]
+        (work / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        final = root / manifest["id"]
+        if final.exists():  # the same inputs again: the same files are there already
+            shutil.rmtree(work)
+        else:
+            os.replace(work, final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if record:
+        _record(store, manifest)
+    return {**manifest, "timings": timings}
+
+
+def _write_files(work: Path, items: list[dict], rows: dict[str, list[dict]], timings: dict) -> dict:
+    t0 = time.perf_counter()
+    with open_text(work / "trees.jsonl.gz", "wt") as f:
+        for item in items:
+            f.write(dumps(item) + "\n")
+    timings["trees.jsonl.gz"] = {"seconds": time.perf_counter() - t0, "rows": len(items)}
+    for name, schema in SCHEMAS.items():
+        t0 = time.perf_counter()
+        pl.DataFrame(rows[name], schema=schema, orient="row" if not rows[name] else None).write_parquet(
+            work / name, compression="zstd", statistics=False)
+        timings[name] = {"seconds": time.perf_counter() - t0, "rows": len(rows[name])}
+    for stage in timings.values():
+        stage["rows_per_second"] = round(stage["rows"] / stage["seconds"]) if stage["seconds"] > 0 else None
+    return {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(work.iterdir())}
+
+
+def _record(store: EventStore, manifest: dict) -> None:
+    """Append SnapshotCreated once per snapshot id (its stream's first version)."""
+    stream = snapshot_stream(manifest["id"])
+    event = ev.SnapshotCreated(id=ev.new_id(), at=datetime.now(UTC),
+                               snapshot_id=manifest["id"], position=manifest["position"],
+                               policy=manifest["policy"]["name"], manifest=manifest, parent_id=manifest["parent"])
+    try:
+        store.append([Pending([(stream, 1, event)])])
+    except Exception as exc:  # noqa: BLE001 - the stream exists: this snapshot was recorded before
+        if not _is_conflict(exc):
+            raise
+
+
+def _is_conflict(exc: Exception) -> bool:
+    return isinstance(exc, IntegrityError)
+
+
+def snapshot_file(data_dir: Path, snapshot_id: str, name: str) -> Path:
+    manifest = load_manifest(data_dir, snapshot_id)
+    if name not in manifest["files"] and name != "manifest.json":
+        raise SnapshotError(f"snapshot {snapshot_id} has no file {name!r}")
+    return snapshots_dir(data_dir) / snapshot_id / name
