@@ -228,7 +228,7 @@ class MessageTreeView(View):
             if im.parent_id is not None:
                 self.messages[im.parent_id].children.append(im.message_id)
         self.trees.put(e.tree_id, TreeRow(
-            id=e.tree_id, state=e.state, lang=e.lang, created_date=e.at, origin=e.origin,
+            id=e.tree_id, state=e.state, lang=e.lang, created_date=e.messages[0].created_date or e.at, origin=e.origin,
             message_ids=[im.message_id for im in e.messages],
         ))
 
