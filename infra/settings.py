@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -64,6 +65,40 @@ def _parse(raw: str, type_name: str, var: str):
 
 
 @dataclass(frozen=True)
+class KafkaSettings:
+    """Kafka (optional): ``OASST_KAFKA_<NAME>``; the relay runs inside ``oasst serve`` when
+    ``bootstrap`` is set. ``client`` is JSON of extra kafka-python options for every client
+    (e.g. security_protocol, sasl_mechanism, sasl_plain_username, ssl_cafile)."""
+
+    bootstrap: str | None = None
+    events_topic: str = "oasst.events"
+    snapshots_topic: str = "oasst.snapshots"
+    partitions: int = 8  # of the events topic; fixed once created (keys must keep their partition)
+    replication: int = 1
+    session_timeout_ms: int = 6000  # consumer groups join in seconds (the client default: ~25 s)
+    relay_page: int = 20_000  # events read and published per produce request
+    client: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> KafkaSettings:
+        env = os.environ if env is None else env
+        values: dict = {}
+        for f in fields(cls):
+            var = f"OASST_KAFKA_{f.name.upper()}"
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            if f.name == "client":
+                try:
+                    values["client"] = json.loads(raw)
+                except ValueError:
+                    raise SystemExit(f"{var} must be a JSON object of kafka-python options") from None
+            else:
+                values[f.name] = raw if f.type.startswith("str") else _parse(raw, f.type, var)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite:///var/oasst.sqlite3"
     data_dir: Path = Path("var")
@@ -74,6 +109,7 @@ class Settings:
     task_expire_minutes: int = 2880
     max_body_bytes: int = 1_000_000
     tree: TreeConfig = field(default_factory=TreeConfig)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -89,4 +125,5 @@ class Settings:
             task_expire_minutes=int(env.get("OASST_TASK_EXPIRE_MINUTES", "2880")),
             max_body_bytes=int(env.get("OASST_MAX_BODY_BYTES", "1000000")),
             tree=TreeConfig.from_env(env),
+            kafka=KafkaSettings.from_env(env),
         )
