@@ -224,6 +224,30 @@ class EventStore:
                 for r in c.fetchall()
             ]
 
+    def read_topics(self, after: int, upto: int, topics: Sequence[str], limit: int = 20_000):
+        """Raw notifications in (after, upto] whose topic is one of ``topics``, in log order
+        (the database skips the rest: a reader of a few event types never transfers the others)."""
+        table = self.recorder.events_table_name
+        if self.backend == "sqlite":
+            marks = ",".join("?" * len(topics))
+            sql = (f"SELECT rowid AS id, originator_id, originator_version, topic, state FROM {table} "
+                   f"WHERE rowid > ? AND rowid <= ? AND topic IN ({marks}) ORDER BY rowid LIMIT ?")
+            params = [after, upto, *topics, limit]
+        else:
+            sql = SQL(
+                "SELECT notification_id AS id, originator_id, originator_version, topic, state FROM {}.{} "
+                "WHERE notification_id > %s AND notification_id <= %s AND topic = ANY(%s) "
+                "ORDER BY notification_id LIMIT %s"
+            ).format(Identifier(self.recorder.datastore.schema), Identifier(table))
+            params = [after, upto, list(topics), limit]
+        with self.recorder.datastore.transaction(commit=False) as c:
+            c.execute(sql, params)
+            return [
+                Notification(id=r["id"], originator_id=r["originator_id"], originator_version=r["originator_version"],
+                             topic=r["topic"], state=bytes(r["state"]))
+                for r in c.fetchall()
+            ]
+
     def max_position(self) -> int:
         return self.recorder.max_notification_id() or 0
 
