@@ -77,6 +77,7 @@ class KafkaSettings:
     replication: int = 1
     session_timeout_ms: int = 6000  # consumer groups join in seconds (the client default: ~25 s)
     relay_page: int = 20_000  # events read and published per produce request
+    compression: str = "gzip"  # of the relay's record batches: gzip or none
     client: dict = field(default_factory=dict)
 
     @classmethod
