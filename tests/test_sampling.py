@@ -12,6 +12,7 @@ import sys
 import types
 from dataclasses import replace
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from litestar.testing import TestClient
@@ -25,7 +26,7 @@ from projections.snapshot import create_snapshot
 from samplers import post_completions, sample_completions
 from samplers.backends import Request, VLLMBackend, check_backend, clean_text, vllm_sampling_kwargs
 from samplers.configs import CONFIGS, model_name
-from samplers.trees import build_trees, select_replies
+from samplers.trees import build_trees, reply_id, select_replies, thread_ids
 from tests.conftest import API_KEY, make_settings
 from tests.frontend import user
 
@@ -169,6 +170,46 @@ def test_reposting_the_same_file_adds_nothing(first_run, api):
     assert last_position(api) == before
 
 
+def test_sample_post_over_http_to_a_running_server_is_idempotent(first_run, tmp_path):
+    """`oasst sample-post` against `oasst serve` (an empty store): everything once, then nothing."""
+    import json
+    import subprocess
+    import time
+
+    import httpx
+
+    from bench.common import free_port
+    from infra.cli import app
+
+    port, key = free_port(), "sample-key"
+    env = {**os.environ, "OASST_DATA_DIR": str(tmp_path), "OASST_DATABASE_URL": f"sqlite:///{tmp_path}/oasst.sqlite3",
+           "OASST_BOOTSTRAP_API_KEY": key, "OASST_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "serve"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/api/v1"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/events", headers={"X-API-Key": key}, timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None, "oasst serve did not start"
+                time.sleep(0.2)
+        answers = []
+        for _ in range(2):
+            result = CliRunner().invoke(app, ["sample-post", first_run["completions"], "--api-url", url,
+                                              "--api-key", key, "--batch-size", "10"])
+            assert result.exit_code == 0, result.output
+            answers.append(json.loads(result.output))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    kept = first_run["threads_kept"]
+    assert answers[0]["trees_imported"] == kept and answers[0]["requests"] == -(-kept // 10)
+    assert answers[1]["trees_imported"] == 0 and answers[1]["trees_skipped"] == kept
+
+
 def test_rankers_get_the_synthetic_replies_once_a_backlog_tree_is_activated(first_run, api):
     """A tree that finishes (here: halted by a moderator) activates a backlog tree
     (p_activate_backlog_tree=1); its rank task reveals that every reply is synthetic."""
@@ -216,8 +257,6 @@ def test_greedy_alone_gives_one_reply_per_thread_so_every_thread_is_dropped(seed
 
     prompts = pq.read_table(seeded[0].data_dir / "snapshots" / seeded[1]["id"] / "prompts.parquet").to_pylist()[:4]
     prompts = [{**p, "row": i} for i, p in enumerate(prompts)]
-    import pyarrow as pa
-
     sampler = ThreadSampler("transformers", str(tiny_lm), ["greedy"], 4, 0, MAX_NEW_TOKENS)
     generated = sampler(pa.Table.from_pylist(prompts)).to_pylist()
     assert [len(g["samples"]) for g in generated] == [1] * 4
@@ -237,8 +276,6 @@ def test_a_tree_is_the_thread_copied_with_synthetic_siblings_under_its_last_prom
     thread = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
               {"role": "user", "content": "Q2"}]
     tree_id = "5b2d7d3c-8a49-5f6e-9d3e-2f1b7a8c9d0e"
-    from samplers.trees import reply_id, thread_ids
-
     parent = thread_ids(tree_id, 3)[-1]
     common = {"tree_id": tree_id, "messages": thread, "lang": "en", "model_name": "tiny,do_sample=True"}
     rows_ = [{**common, "text": t, "reply_id": reply_id(parent, "tiny,do_sample=True", t)} for t in ("x", "y")]
