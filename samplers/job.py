@@ -93,8 +93,8 @@ class ThreadSampler:
         rows = batch.to_pylist()
         requests = [
             Request(encode_thread(self.backend.tokenizer, row["messages"], self.max_new_tokens), config,
-                       samples_for(config, self.n), request_seed(self.seed, row["message_id"], config),
-                       self.max_new_tokens)
+                    samples_for(config, self.n), request_seed(self.seed, row["message_id"], config),
+                    self.max_new_tokens)
             for row in rows for config in self.configs
         ]
         started = time.perf_counter()
@@ -116,7 +116,8 @@ def run_key(snapshot_id: str, model: str, backend: str, configs: list[str], n: i
 
 
 def _ensure_ray(address: str | None) -> float:
-    """Connect to ``address``, or start Ray locally; reuse a running session. Seconds spent."""
+    """Connect to ``address``, or start Ray locally; reuse a running session (one started here
+    stays up for later jobs of this process, and stops at exit). Seconds spent."""
     import ray
 
     if ray.is_initialized():
