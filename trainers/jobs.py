@@ -36,6 +36,7 @@ class TrainSpec:
     logging_steps: int = 1
     use_gpu: bool = False
     bf16: bool = False
+    assistant_only_loss: bool = True  # sft: loss on the assistant's tokens only (the template marks them)
     rm_loss: str = "trl"  # rm: "trl" (chosen/rejected) or "oa" (all ordered pairs over ``replies``)
     oa_l2: float = 0.001  # rm, oa loss: weight of the r² term (OA's RMLoss beta)
     max_replies: int = 5  # rm, oa loss: OA read at most 5 replies per prompt
@@ -148,7 +149,7 @@ def build_trainer(spec: TrainSpec):
     data = load_dataset("parquet", data_files=spec.data_file, split="train")
     common = _common_args(spec)
     if spec.kind == "sft":
-        config = trl.SFTConfig(assistant_only_loss=True, max_length=spec.max_length, **common)
+        config = trl.SFTConfig(assistant_only_loss=spec.assistant_only_loss, max_length=spec.max_length, **common)
         return trl.SFTTrainer(model=spec.model, args=config, train_dataset=data)
     if spec.kind == "rm":
         config = trl.RewardConfig(max_length=spec.max_length, **common)
@@ -178,16 +179,34 @@ def _plain(value):
     return value if isinstance(value, (int, float, str, bool, type(None))) else float(value)
 
 
+def _quiet() -> None:
+    """No progress bars or info logs from datasets/transformers: a pipeline prints lineage."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    # TRL 1.16 still sets `gradient_checkpointing`, which transformers 5 renamed
+    warnings.filterwarnings("ignore", message=".*will be removed in v6.*", category=FutureWarning)
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def run_job(spec_dict: dict) -> dict:
     """Train, save the model and metrics.jsonl, and return a summary (on every rank; only the
     first process writes files)."""
     import os
 
+    import transformers
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
     spec = TrainSpec.from_dict(spec_dict)
     out = Path(spec.out)
+    _quiet()
     trainer = build_trainer(spec)
+    trainer.remove_callback(transformers.PrinterCallback)  # the curve goes to metrics.jsonl, not stdout
     ready = time.perf_counter()
     trainer.train()
     trained = time.perf_counter()
@@ -242,7 +261,7 @@ def pair_accuracy(model_dir: str | Path, rm_file: str | Path) -> float:
     return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / max(len(rows), 1)
 
 
-ONLY = {"rm_loss": ("rm",), "oa_l2": ("rm",), "max_replies": ("rm",), "beta": ("dpo", "grpo", "rloo"),
+ONLY = {"assistant_only_loss": ("sft",), "rm_loss": ("rm",), "oa_l2": ("rm",), "max_replies": ("rm",), "beta": ("dpo", "grpo", "rloo"),
         "num_generations": ("grpo", "rloo"), "max_completion_length": ("grpo", "rloo"), "temperature": ("grpo", "rloo")}
 
 

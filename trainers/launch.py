@@ -145,6 +145,7 @@ def train(kind: str, snapshot: str | Path | Snapshot, model: str | Path, out: st
     summary["wall_seconds"] = wall
     summary["launch_overhead_seconds"] = wall - summary["job_seconds"]  # Ray scheduling, worker start, imports
 
+    import pyarrow.parquet as pq
     import ray
     import torch
     import transformers
@@ -155,7 +156,8 @@ def train(kind: str, snapshot: str | Path | Snapshot, model: str | Path, out: st
         "manifest_sha256": snap.manifest_sha256,
         "snapshot_position": snap.position,
         "policy": snap.manifest.get("policy"),
-        "data_file": {"name": data_file.name, **((snap.manifest.get("files") or {}).get(data_file.name) or {})},
+        "data_file": {"name": data_file.name, **((snap.manifest.get("files") or {}).get(data_file.name) or {}),
+                      "rows": pq.ParquetFile(data_file).metadata.num_rows},  # metrics.rows: those used (fit max_length)
         "base_model": _model_ref(str(model)),
         "reward_model": _model_ref(spec.reward_model),
         "trainer": {"kind": kind, "class": TRAINER_CLASS[kind] if not (kind == "rm" and spec.rm_loss == "oa")
