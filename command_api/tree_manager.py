@@ -271,6 +271,8 @@ class TreeManager:
         """Emit the tree manager's decisions that follow from ``event`` (already applied)."""
         m = self.model
         match event:
+            case ev.TreeImported(state="backlog_ranking"):
+                self._keep_rankings_active(event.lang, event, emit)
             case ev.LabelsSubmitted(kind="task"):
                 self._review(m.messages[event.message_id], emit)
             case ev.LabelsSubmitted(kind="report") | ev.EmojiAdded(emoji="red_flag"):
@@ -457,5 +459,15 @@ class TreeManager:
         rng = random.Random(trigger.id.int ^ 0xB4C)
         if backlog and rng.random() < self.cfg.p_activate_backlog_tree:
             tree = rng.choice(backlog)
+            emit(ev.TreeStateChanged, tree_id=tree.id, old_state="backlog_ranking", new_state="ranking",
+                 reason="backlog_activated")
+        self._keep_rankings_active(lang, trigger, emit)
+
+    def _keep_rankings_active(self, lang: str, trigger: ev.Event, emit: Emit) -> None:
+        """OA's min_active_rankings_per_lang: backlog trees (oldest first) fill the ranking
+        state up to that many trees of the language."""
+        backlog = sorted(self.model.trees_in("backlog_ranking", lang), key=lambda t: (t.created_at, t.id))
+        missing = self.cfg.min_active_rankings_per_lang - len(self.model.trees_in("ranking", lang))
+        for tree in backlog[:max(missing, 0)]:
             emit(ev.TreeStateChanged, tree_id=tree.id, old_state="backlog_ranking", new_state="ranking",
                  reason="backlog_activated")

@@ -321,3 +321,25 @@ async def test_import_route_rejects_bad_items_and_appends_nothing(client):
                          params={"min_position": r.headers["X-Log-Position"]})
     assert r.status_code == 200 and len(r.json()["messages"]) == 3
     assert {m["synthetic"] for m in r.json()["messages"][1:]} == {True}
+
+
+async def test_imported_backlog_trees_fill_the_ranking_state_up_to_min_active_rankings(tmp_path):
+    from dataclasses import replace
+
+    from tests.conftest import SMALL_TREE
+
+    settings = make_settings(f"sqlite:///{tmp_path / 'r.sqlite3'}", tmp_path,
+                             replace(SMALL_TREE, min_active_rankings_per_lang=1, p_activate_backlog_tree=0.0))
+    trees = [{"message_tree_id": f"00000000-0000-4000-8000-0000000002{t}0", "prompt": {
+        "message_id": f"00000000-0000-4000-8000-0000000002{t}0", "text": f"prompt {t}", "role": "prompter",
+        "lang": "en", "review_result": True, "replies": [
+            {"message_id": f"00000000-0000-4000-8000-0000000002{t}{i}", "text": f"reply {t}{i}", "role": "assistant",
+             "lang": "en", "review_result": True} for i in (1, 2)]}} for t in (1, 2)]
+    async with AsyncTestClient(create_app(settings)) as client:
+        client.headers["X-API-Key"] = API_KEY
+        r = await client.post("/api/v1/admin/import", json={"origin": "f", "items": trees})
+        assert r.json()["trees_imported"] == 2
+        seen = {"min_position": r.headers["X-Log-Position"]}
+        states = [(await client.get(f"/api/v1/messages/{t['message_tree_id']}/tree/state", params=seen)).json()["state"]
+                  for t in trees]
+        assert sorted(states) == ["backlog_ranking", "ranking"]  # one active ranking tree per language
