@@ -32,6 +32,7 @@ bench-quick: install
 
 # vLLM end to end on a CUDA machine (installs the gpu extra first).
 gpu-check: install
+	@command -v nvidia-smi >/dev/null || { echo "make gpu-check needs a CUDA machine (no nvidia-smi here)"; exit 1; }
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[gpu]"
 	$(BIN)/python -m samplers.gpu_check
 
