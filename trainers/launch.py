@@ -132,6 +132,8 @@ def train(kind: str, snapshot: str | Path | Snapshot, model: str | Path, out: st
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     reward_model = options.pop("reward_model", None)
+    if reward_model and not (Path(reward_model) / "config.json").is_file():
+        raise FileNotFoundError(f"no reward model in {reward_model} (train one with `oasst train rm`)")
     spec = TrainSpec(kind=kind, data_file=str(data_file), model=str(model), out=str(out), seed=seed,
                      use_gpu=use_gpu, reward_model=str(reward_model) if reward_model else None, **options)
     if launcher != "local":
