@@ -13,6 +13,7 @@ kafka-python's own network client (metadata, leaders, SSL/SASL stay kafka-python
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import socket
 import struct
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,7 +83,10 @@ def _zeros_matrix(nbytes: int) -> np.ndarray:
     return result
 
 
-_LEVELS = [_byte_tables(_zeros_matrix(_LANE << k)) for k in range(32)]  # move past 2^k lanes
+@functools.cache
+def _level(k: int) -> np.ndarray:
+    """Tables that move a register past 2^k lanes."""
+    return _byte_tables(_zeros_matrix(_LANE << k))
 
 
 def _move(tables: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -121,7 +125,7 @@ def crc32c(data: bytes | bytearray | memoryview) -> int:
             low = None
     level = 0
     while len(states) > 1:
-        states = _move(_LEVELS[level], states[0::2]) ^ states[1::2]
+        states = _move(_level(level), states[0::2]) ^ states[1::2]
         level += 1
     return int(states[0]) ^ 0xFFFFFFFF
 
@@ -353,11 +357,21 @@ def ensure_topics(cfg: KafkaSettings) -> None:
         admin.close()
 
 
+def _fast_crc() -> None:
+    """kafka-python checks each fetched batch with a pure-Python CRC32C (~9 MB/s) unless the
+    crc32c package is installed: give it ours."""
+    from kafka.record import default_records, util
+
+    if util.crc32c_c is None:
+        default_records.calc_crc32c = crc32c
+
+
 def consumer(cfg: KafkaSettings, group: str | None, **options):
     """A KafkaConsumer with what makes a group join in seconds (session timeout a few
     seconds) and manual offsets (the caller commits where its results are)."""
     from kafka import KafkaConsumer
 
+    _fast_crc()
     heartbeat = max(500, cfg.session_timeout_ms // 3)
     settings = {
         "group_id": group, "enable_auto_commit": False, "auto_offset_reset": "earliest",
@@ -367,6 +381,24 @@ def consumer(cfg: KafkaSettings, group: str | None, **options):
         **client_options(cfg), **options,
     }
     return KafkaConsumer(**settings)
+
+
+def Listener(assigned: Callable[[list], None], revoked: Callable[[list], None]):  # noqa: N802 - a class factory
+    """A rebalance listener calling ``assigned``/``revoked`` with TopicPartitions (a lost
+    partition, after an eviction, is handled like a revoked one)."""
+    from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+    class _Listener(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, partitions):
+            revoked(list(partitions))
+
+        def on_partitions_assigned(self, partitions):
+            assigned(list(partitions))
+
+        def on_partitions_lost(self, partitions):
+            revoked(list(partitions))
+
+    return _Listener()
 
 
 # --- snapshots ---------------------------------------------------------------------------
@@ -384,43 +416,44 @@ def follow_snapshots(cfg: KafkaSettings, group: str, timeout: float | None = Non
                      from_beginning: bool = True) -> Iterator[dict]:
     """Yield each new snapshot (its manifest and where it was taken) once per ``group``:
     a training job waits here for the next dataset. The group's offset is committed when
-    the next one is asked for (so a snapshot is acknowledged once handled), together with
-    the highest log position handed out, so a snapshot the relay published twice (after a
-    crash) is skipped even by a restarted follower. ``timeout``: stop after that many
-    seconds without a new snapshot (None: wait forever)."""
+    the next one is asked for or the loop ends (a follower killed while handling one gets
+    it again), with the highest log position handed out as its metadata, so a snapshot the
+    relay published twice (after a crash) is skipped even by a restarted follower.
+    ``timeout``: stop after that many seconds without a new snapshot (None: wait forever)."""
     from kafka.structs import OffsetAndMetadata, TopicPartition
 
     reader = consumer(cfg, group, auto_offset_reset="earliest" if from_beginning else "latest")
     tp = TopicPartition(cfg.snapshots_topic, 0)
-    seen = {"position": -1}
+    seen = {"position": -1, "assigned": False}
 
-    class Listener:
-        def on_partitions_revoked(self, revoked):
-            pass
+    def assigned(partitions: list) -> None:
+        seen["assigned"] = tp in partitions  # read the group's mark outside the callback (network I/O)
 
-        def on_partitions_assigned(self, assigned):
-            if tp in assigned:
-                committed = reader.committed(tp, metadata=True)
-                seen["position"] = int(committed.metadata) if committed and committed.metadata else -1
-
-        def on_partitions_lost(self, lost):
-            pass
-
-    from kafka.consumer.subscription_state import ConsumerRebalanceListener
-
-    reader.subscribe([cfg.snapshots_topic], listener=type("L", (Listener, ConsumerRebalanceListener), {})())
-    idle_since = time.monotonic()
+    reader.subscribe([cfg.snapshots_topic], listener=Listener(assigned, lambda partitions: None))
+    # the idle clock starts once the group gave us the partition (joining takes a few seconds)
+    idle_since, pending = time.monotonic() + 2 * cfg.session_timeout_ms / 1000, None
     try:
         while timeout is None or time.monotonic() - idle_since < timeout:
-            for records in reader.poll(timeout_ms=200).values():
+            batches = reader.poll(timeout_ms=200)
+            if seen["assigned"]:
+                seen["assigned"] = False
+                idle_since = time.monotonic()
+                committed = reader.committed(tp, metadata=True)
+                seen["position"] = int(committed.metadata) if committed and committed.metadata else -1
+            for records in batches.values():
                 for r in records:
                     item = json.loads(r.value)
+                    mark = OffsetAndMetadata(r.offset + 1, str(max(seen["position"], item["position"])), -1)
                     if item["position"] > seen["position"]:
+                        seen["position"], pending = item["position"], mark
                         yield item
                         idle_since = time.monotonic()
-                        seen["position"] = item["position"]
-                    reader.commit({tp: OffsetAndMetadata(r.offset + 1, str(seen["position"]), -1)})
+                    reader.commit({tp: mark})
+                    pending = None
     finally:
+        if pending is not None:  # the caller took the last one and stopped: it was seen
+            with contextlib.suppress(Exception):
+                reader.commit({tp: pending})
         reader.close(autocommit=False)
 
 

@@ -21,6 +21,7 @@ decoded (msgspec skips the rest), and each page becomes one record batch per par
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -301,7 +302,7 @@ class Relay:
         total = 0
         rows = self.read(self.position, self.page_size)
         requests = self.requests(rows) if rows else []
-        while not stop() and not self._stop.is_set():
+        while not stop():
             if not rows:
                 if until_idle:
                     break
@@ -339,11 +340,14 @@ class Relay:
         def loop() -> None:
             while not self._stop.is_set():
                 try:
-                    self.run(poll=0.5)
+                    self.run(stop=self._stop.is_set, poll=0.5)
                 except Exception:  # noqa: BLE001 - the broker may come back: retry from the stored position
                     log.exception("relay failed; retrying in 2 s")
                     self.position = self.positions.get(self.cfg.events_topic)
                     self._stop.wait(2.0)
+                    continue
+                with contextlib.suppress(Exception):  # stopping: publish what the last commands appended
+                    self.run(until_idle=True)
 
         self._thread = threading.Thread(target=loop, name="oasst-relay", daemon=True)
         self._thread.start()
@@ -354,3 +358,11 @@ class Relay:
         if self._thread:
             await asyncio.to_thread(self._thread.join, 30)
         self.close()
+
+
+async def serve_relay(store: EventStore, cfg: KafkaSettings, on_commit: list) -> Relay:
+    """Start a relay inside ``oasst serve``, woken after every commit of the command service."""
+    relay = await asyncio.to_thread(Relay, store, cfg)
+    on_commit.append(lambda position: relay.notify())
+    await relay.start()
+    return relay

@@ -1,0 +1,178 @@
+"""Projecting from Kafka: ``oasst project run --source kafka --group G``.
+
+Every process of a consumer group owns some partitions of ``oasst.events``; for each it
+keeps a shard of every view (projections.sharded) and folds that partition's records
+into it, in partition order. A flush writes the changed rows of all its shards, their
+positions, each partition's next offset and the new history entries in one transaction,
+so a shard resumes exactly where its rows are: the offsets live in the database (as
+``kafka:<group>:<topic>:<partition>`` in ``view_positions``), never in Kafka. A record
+whose log position is not above the shard's is a copy the relay sent again: skipped.
+
+On a rebalance a process flushes the shards it gives up before any other process loads
+them (Kafka calls every member's revoke before anyone's assign).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from command_api import events as ev
+from infra import kafka
+from infra.settings import KafkaSettings
+from infra.store import EventStore
+from projections.base import View
+from projections.history import HistoryView
+from projections.sharded import history_key, restore_shard
+from projections.storage import ViewStorage
+
+log = logging.getLogger("oasst.projections.kafka")
+
+
+@dataclass
+class Shard:
+    partition: int
+    views: list[View]
+    position: int  # the last log position folded
+    offset: int  # the next Kafka offset to read
+    changed: bool = False
+    folded: int = 0  # events folded since start
+
+    @property
+    def history(self) -> HistoryView:
+        return next(v for v in self.views if isinstance(v, HistoryView))
+
+
+@dataclass
+class _Flush:
+    changes: list = field(default_factory=list)
+    entries: list = field(default_factory=list)
+    taken: list = field(default_factory=list)  # (table, keys) to give back if writing fails
+    histories: list = field(default_factory=list)
+
+
+class KafkaProjector:
+    def __init__(self, store: EventStore, cfg: KafkaSettings, group: str, flush_interval: float = 0.1,
+                 on_flush: Callable[[dict[int, int]], None] | None = None):
+        if not cfg.bootstrap:
+            raise ValueError("no Kafka bootstrap servers (OASST_KAFKA_BOOTSTRAP)")
+        self.store, self.cfg, self.group = store, cfg, group
+        self.storage = ViewStorage(store)
+        self.flush_interval = flush_interval  # while following; every 2 s while catching up
+        self.on_flush = on_flush  # {partition: position} after each committed flush (benchmarks)
+        self.shards: dict[int, Shard] = {}
+        self.folded = 0  # events folded since start, over every partition it owned
+        kafka.ensure_topics(cfg)
+        self.consumer = kafka.consumer(cfg, group, max_poll_records=10_000)
+        self.consumer.subscribe([cfg.events_topic], listener=kafka.Listener(self._assigned, self._revoked))
+        self._last_flush = time.monotonic()
+
+    def offset_key(self, partition: int) -> str:
+        return f"kafka:{self.group}:{self.cfg.events_topic}:{partition}"
+
+    # --- partitions come and go ---------------------------------------------------------
+
+    def _assigned(self, partitions) -> None:
+        from kafka.structs import TopicPartition
+
+        for tp in partitions:
+            if tp.partition in self.shards:
+                continue
+            views = restore_shard(self.storage, self.group, tp.partition)
+            shard = Shard(tp.partition, views, min(v.position for v in views),
+                          self.storage.position(self.offset_key(tp.partition)))
+            self.shards[tp.partition] = shard
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition), shard.offset)
+        log.info("group %s: partitions %s", self.group, sorted(self.shards))
+
+    def _revoked(self, partitions) -> None:
+        self.flush()
+        for tp in partitions:
+            self.shards.pop(tp.partition, None)
+
+    # --- folding ---------------------------------------------------------------------
+
+    def poll(self, timeout_ms: int = 100) -> int:
+        """Fold what the next poll brings; flush when it is time. Returns events folded."""
+        folded, full = 0, False
+        for tp, records in self.consumer.poll(timeout_ms=timeout_ms).items():
+            shard = self.shards.get(tp.partition)
+            if shard is None:  # revoked meanwhile
+                continue
+            folded += self._fold(shard, records)
+            full = full or len(records) >= 1000
+        interval = 2.0 if full else self.flush_interval  # catching up: fewer, bigger transactions
+        if time.monotonic() - self._last_flush >= interval:
+            self.flush()
+        return folded
+
+    def _fold(self, shard: Shard, records) -> int:
+        folded = 0
+        views = shard.views
+        for r in records:
+            position = _position(r.headers)
+            if position > shard.position:
+                event = ev.decode_summary(r.value)
+                for view in views:
+                    view.apply(position, event)
+                shard.position = position
+                folded += 1
+        shard.offset = records[-1].offset + 1
+        shard.changed = True
+        shard.folded += folded
+        self.folded += folded
+        return folded
+
+    # --- storage ---------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write every changed shard (rows, positions, next offset) and the new history
+        entries in one transaction; on failure the rows are kept for the next flush."""
+        self._last_flush = time.monotonic()
+        dirty = [s for s in self.shards.values() if s.changed]
+        if not dirty:
+            return
+        flush = _Flush()
+        for shard in dirty:
+            for view in shard.views:
+                rows = []
+                for table in view.tables.values():
+                    keys, changed = table.take_changes()
+                    flush.taken.append((table, keys))
+                    rows.extend((table.name, k, v) for k, v in changed)
+                flush.changes.append((view.key, view.position, rows))
+            flush.changes.append((self.offset_key(shard.partition), shard.offset, []))
+            flush.entries.extend(shard.history.take_entries())
+            flush.histories.append(shard.history)
+        try:
+            self.storage.write(flush.changes, (history_key(self.group), flush.entries))
+        except Exception:
+            for table, keys in flush.taken:
+                table.untake(keys)
+            for history in flush.histories:
+                history.entries_written(False)
+            raise
+        for history in flush.histories:
+            history.entries_written(True)
+        for shard in dirty:
+            shard.changed = False
+        if self.on_flush:
+            self.on_flush({s.partition: s.position for s in dirty})
+
+    def run(self, stop: Callable[[], bool] = lambda: False) -> None:
+        while not stop():
+            self.poll()
+        self.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self.consumer.close(autocommit=False)  # revokes (and so flushes) what it owned
+
+
+def _position(headers) -> int:
+    for name, value in headers:
+        if name == "position":
+            return int(value)
+    raise ValueError("record without a position header: not from the oasst relay")
