@@ -68,6 +68,11 @@ def create_app(settings: Settings | None = None, only: str | None = None) -> Lit
         await service.start()  # a query-only server needs it too: API keys live in the write model
         if runner:
             await runner.start()
+        relay = None
+        if settings.kafka.bootstrap and only != "queries":  # publish the log to Kafka (issue #6)
+            from infra.relay import serve_relay
+
+            relay = await serve_relay(store, settings.kafka, service.on_commit)
         # The write model is millions of long-lived objects: keep them out of the cyclic
         # collector's passes, which otherwise stall requests (p99 halved in bench/ingest.py).
         gc.collect()
@@ -79,6 +84,8 @@ def create_app(settings: Settings | None = None, only: str | None = None) -> Lit
             if runner:
                 await runner.stop()
             await service.stop()
+            if relay:
+                await relay.stop()
             store.close()
 
     # One router for /api/v1: Litestar cannot merge two routers that share a path.

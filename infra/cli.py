@@ -90,18 +90,40 @@ def _store():
 
 
 @project.command("run")
-def project_run(poll: float = typer.Option(0.2, help="Seconds between polls of the log when idle.")) -> None:
-    """Keep the views up to date, alone (without serving HTTP). Ctrl-C stops after a flush."""
+def project_run(
+    poll: float = typer.Option(0.2, help="Seconds between polls of the log when idle."),
+    source: str = typer.Option("log", help="'log' (the local event store) or 'kafka' (the relay's topic)."),
+    group: str = typer.Option("oasst-projectors", help="With --source kafka: the consumer group sharing the work."),
+) -> None:
+    """Keep the views up to date, alone (without serving HTTP). Ctrl-C stops after a flush.
+    With --source kafka, processes of one group share the partitions of the events topic."""
     import signal
     import time
 
+    stopping = []  # Ctrl-C only raises a flag: a fold is never cut in half
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    if source == "kafka":
+        from infra.settings import Settings
+        from projections.kafka_source import KafkaProjector
+
+        settings = Settings.from_env()
+        if not settings.kafka.bootstrap:
+            raise typer.BadParameter("--source kafka needs OASST_KAFKA_BOOTSTRAP")
+        projector = KafkaProjector(_store(), settings.kafka, group)
+        print(f"projecting {settings.kafka.events_topic} in group {group} (Ctrl-C to stop)", flush=True)
+        try:
+            projector.run(stop=lambda: bool(stopping))
+        finally:
+            projector.close()
+        console.print(f"stopped; folded {projector.folded} events")
+        return
+    if source != "log":
+        raise typer.BadParameter("--source is 'log' or 'kafka'")
     from projections.runner import ProjectionRunner
 
     runner = ProjectionRunner(_store())
     runner.restore()
-    stopping = []  # Ctrl-C only raises a flag: a fold is never cut in half
-    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     print(f"views at position {runner.position}; following the log (Ctrl-C to stop)", flush=True)
     while not stopping:
         if not runner.catch_up(stop=lambda: bool(stopping)):
