@@ -179,7 +179,7 @@ def _plain(value):
     return value if isinstance(value, (int, float, str, bool, type(None))) else float(value)
 
 
-def _quiet() -> None:
+def quiet() -> None:
     """No progress bars or info logs from datasets/transformers: a pipeline prints lineage."""
     import warnings
 
@@ -204,7 +204,7 @@ def run_job(spec_dict: dict) -> dict:
     started = time.perf_counter()
     spec = TrainSpec.from_dict(spec_dict)
     out = Path(spec.out)
-    _quiet()
+    quiet()
     trainer = build_trainer(spec)
     trainer.remove_callback(transformers.PrinterCallback)  # the curve goes to metrics.jsonl, not stdout
     ready = time.perf_counter()
