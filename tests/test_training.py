@@ -290,3 +290,28 @@ def test_follow_through_the_snapshots_api_downloads_the_files(work, tmp_path):
     assert (got.dir / "manifest.json").read_bytes() == (original / "manifest.json").read_bytes()
     assert (got.dir / "rm.parquet").read_bytes() == (original / "rm.parquet").read_bytes()
     assert not (got.dir / "sft.parquet").exists()
+
+
+def test_follow_through_kafka_when_it_is_configured(work, tmp_path, monkeypatch):
+    """With OASST_KAFKA_BOOTSTRAP set, news of snapshots come from the snapshots topic (a real
+    Kafka-protocol broker, Tansu); the files are read from the snapshots folder."""
+    from kafka import KafkaProducer
+
+    from infra import kafka
+    from infra.settings import KafkaSettings
+
+    with kafka.tansu(log_path=str(tmp_path / "tansu.log")) as bootstrap:
+        cfg = KafkaSettings(bootstrap=bootstrap, events_topic="events-train", snapshots_topic="snapshots-train",
+                            session_timeout_ms=2000)
+        kafka.ensure_topics(cfg)
+        producer = KafkaProducer(bootstrap_servers=bootstrap)
+        producer.send(cfg.snapshots_topic, json.dumps({"snapshot_id": "toy-train", "position": 64}).encode())
+        producer.flush()
+        producer.close()
+        for name, value in (("BOOTSTRAP", bootstrap), ("SNAPSHOTS_TOPIC", cfg.snapshots_topic),
+                            ("EVENTS_TOPIC", cfg.events_topic), ("SESSION_TIMEOUT_MS", "2000")):
+            monkeypatch.setenv(f"OASST_KAFKA_{name}", value)
+        news = follow(work, names=["rm.parquet"], group="trainer-test")
+        got = next(news)
+        news.close()
+    assert got.id == "toy-train" and got.dir == work / "snapshots" / "toy-train"
