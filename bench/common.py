@@ -70,7 +70,8 @@ def server(cmd: list[str], env: dict[str, str], port: int, log_name: str,
     OUT.mkdir(parents=True, exist_ok=True)
     log = open(OUT / log_name, "wb")
     # Own process group, so that stopping it also stops anything it spawned.
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    # Open-Assistant's per-user rate limits would throttle simulated users: off unless asked
+    proc = subprocess.Popen(cmd, env={**os.environ, "OASST_RATE_LIMITS": "off", **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         deadline = time.monotonic() + timeout

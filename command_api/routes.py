@@ -27,6 +27,7 @@ def authorize(request: Request, trusted: bool = False) -> ApiClient:
         raise OasstError("the API key is missing or unknown", ErrorCode.API_CLIENT_NOT_AUTHORIZED)
     if trusted and not client.trusted:
         raise OasstError("this route needs a trusted API client", ErrorCode.API_CLIENT_NOT_AUTHORIZED)
+    request.app.state.rate_limiter.api_request(client.id)
     return client
 
 
@@ -53,6 +54,8 @@ def _args(request: Request) -> tuple[CommandService, ApiClient, str | None]:
 @post("/tasks/", status_code=200, summary="Request a task")
 async def request_task(request: Request, data: JSONBody[p.TaskRequest]) -> Response:
     service, client, ikey = _args(request)
+    who = (client.id, data.user.auth_method, data.user.id) if data.user else (client.id,)
+    request.app.state.rate_limiter.task_request(who, data.type)
     return respond(await service.request_task(client, data, ikey))
 
 

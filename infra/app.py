@@ -12,6 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from command_api.errors import ErrorCode, OasstError
+from command_api.rate_limits import RateLimiter
 from command_api.routes import command_handlers
 from command_api.service import CommandService
 from infra.settings import Settings
@@ -30,7 +31,7 @@ log = logging.getLogger("oasst")
 
 
 def _oasst_error(_: Request, exc: OasstError) -> Response:
-    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+    headers = {"Retry-After": str(getattr(exc, "retry_after", 1))} if exc.status in (429, 503) else None
     return Response(exc.body(), status_code=exc.status, headers=headers)
 
 
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None, only: str | None = None) -> Lit
         debug=False,
     )
     app.state.service = service
+    app.state.rate_limiter = RateLimiter(enabled=settings.rate_limits)
     app.state.runner = runner
     app.state.settings = settings
     app.state.board_cache = {}

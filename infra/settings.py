@@ -109,6 +109,7 @@ class Settings:
     root_token: str | None = None
     task_expire_minutes: int = 2880
     max_body_bytes: int = 1_000_000
+    rate_limits: bool = True  # Open-Assistant's per-user and per-client limits
     tree: TreeConfig = field(default_factory=TreeConfig)
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
 
@@ -125,6 +126,7 @@ class Settings:
             root_token=env.get("OASST_ROOT_TOKEN") or None,
             task_expire_minutes=int(env.get("OASST_TASK_EXPIRE_MINUTES", "2880")),
             max_body_bytes=int(env.get("OASST_MAX_BODY_BYTES", "1000000")),
+            rate_limits=_parse(env.get("OASST_RATE_LIMITS", "on"), "bool", "OASST_RATE_LIMITS"),
             tree=TreeConfig.from_env(env),
             kafka=KafkaSettings.from_env(env),
         )
