@@ -119,7 +119,8 @@ def export(
         state_at = fold_at(store, at)
     finally:
         store.close()
-    dataset = Dataset(state_at, policy, state_at.spammers, settings.tree, anonymiser_seed=anonymizer_seed,
+    dataset = Dataset(state_at, policy, state_at.spammers, state_at.deleted_users, settings.tree,
+                      anonymiser_seed=anonymizer_seed,
                       with_labels=labels, with_events=events)
     n = 0
     with open_text(out, "wt") as f:

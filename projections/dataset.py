@@ -65,6 +65,10 @@ class LogState:
     consensus: ConsensusView
     spammers: frozenset
 
+    @property
+    def deleted_users(self) -> frozenset:
+        return frozenset(u.id for u in self.tree.users.values() if u.deleted)
+
 
 def fold_at(store: EventStore, position: int | None = None, page_size: int = 20_000) -> LogState:
     """Fold the message-tree and consensus views from the events at positions <= position
@@ -86,6 +90,16 @@ def fold_at(store: EventStore, position: int | None = None, page_size: int = 20_
     return LogState(end, tree, consensus, frozenset(tree.spammers))
 
 
+def latest_deleted_users(store: EventStore, page_size: int = 50_000) -> frozenset:
+    """Users deleted (anonymised) by now."""
+    deleted: set[UUID] = set()
+    after, end = 0, store.max_position()
+    while page := store.read_topics(after, end, ("user_deleted",), page_size):
+        deleted.update(ev.decode(n.state).subject_id for n in page)
+        after = page[-1].id
+    return frozenset(deleted)
+
+
 def latest_spammers(store: EventStore, page_size: int = 50_000) -> frozenset:
     """Users marked spammers now (only the spam-mark events are read)."""
     marked: set[UUID] = set()
@@ -105,6 +119,7 @@ class Dataset:
     state: LogState
     policy: str = "oa"
     exclusions: frozenset = frozenset()
+    deleted_users: frozenset = frozenset()  # their user ids are left out (privacy)
     config: TreeConfig = field(default_factory=TreeConfig)
     anonymiser_seed: str | None = None
     with_labels: bool = True
@@ -168,17 +183,22 @@ class Dataset:
         return {k: v for k, v in sorted(counts.items()) if v}
 
     def user_ref(self, m: MessageRow) -> str | None:
+        if m.user_id in self.deleted_users:
+            return None
         return m.user_ref if m.user_ref is not None else (str(m.user_id) if m.user_id else None)
+
+    def _voter(self, user: UUID) -> str | None:
+        return None if user in self.deleted_users else anonymise("user", str(user), self.anonymiser_seed)
 
     def events(self, m: MessageRow) -> dict:
         out = {}
-        emoji = [{"user_id": anonymise("user", str(u), self.anonymiser_seed), "emoji": code}
+        emoji = [{"user_id": self._voter(u), "emoji": code}
                  for code, users in sorted(m.emojis.items()) if not code.startswith("_") for u in users]
         facts = self.state.consensus.labels.get(m.id)
-        rating = [{"user_id": anonymise("user", str(u), self.anonymiser_seed), "labels": labels}
+        rating = [{"user_id": self._voter(u), "labels": labels}
                   for u, labels in (facts.by_user.items() if facts else ()) if u not in self.exclusions]
         ranks = self.state.consensus.rankings.get(m.id)
-        ranking = [{"user_id": anonymise("user", str(u), self.anonymiser_seed),
+        ranking = [{"user_id": self._voter(u),
                     "ranking": [anonymise("message", str(x), self.anonymiser_seed) for x in order]}
                    for u, order in (ranks.rankings if ranks else ()) if u not in self.exclusions]
         for name, items in (("emoji", emoji), ("rating", rating), ("ranking", ranking)):

@@ -29,7 +29,7 @@ from command_api.model import snapshot_stream
 from infra.oasst_format import dumps, open_text
 from infra.settings import Settings
 from infra.store import EventStore, Pending
-from projections.dataset import POLICIES, Dataset, Selection, fold_at, latest_spammers
+from projections.dataset import POLICIES, Dataset, Selection, fold_at, latest_deleted_users, latest_spammers
 
 FORMAT_VERSION = 1  # bump when the files' layout changes (the id changes with it)
 ROLE = {"prompter": "user", "assistant": "assistant"}
@@ -169,11 +169,12 @@ def training_rows(items: list[dict], sft_max_rank: int | None = None) -> dict[st
 # --- creating --------------------------------------------------------------------------
 
 
-def _exclusions(store: EventStore, state, spec: SnapshotSpec) -> frozenset:
+def _exclusions(store: EventStore, state, spec: SnapshotSpec) -> tuple[frozenset, frozenset]:
+    """(spammers left out, deleted users whose ids are left out), as of P or as of now."""
     if spec.exclusions == "as_of_position":
-        return state.spammers
+        return state.spammers, state.deleted_users
     if spec.exclusions == "latest":
-        return latest_spammers(store)
+        return latest_spammers(store), state.deleted_users | latest_deleted_users(store)
     raise SnapshotError(f"exclusions must be 'as_of_position' or 'latest', not {spec.exclusions!r}")
 
 
@@ -211,11 +212,11 @@ def _create(settings: Settings, spec: SnapshotSpec, store: EventStore, record: b
 
     t0 = time.perf_counter()
     state = fold_at(store, position)
-    exclusions = _exclusions(store, state, spec)
+    exclusions, deleted_users = _exclusions(store, state, spec)
     timings["fold"] = {"seconds": time.perf_counter() - t0, "rows": position}
 
     t0 = time.perf_counter()
-    dataset = Dataset(state, spec.policy, exclusions, settings.tree)
+    dataset = Dataset(state, spec.policy, exclusions, deleted_users, settings.tree)
     items = list(dataset.items(spec.selection))
     rows = training_rows(items, spec.sft_max_rank)
     timings["resolve"] = {"seconds": time.perf_counter() - t0, "rows": len(rows["messages.parquet"])}
@@ -231,7 +232,8 @@ def _create(settings: Settings, spec: SnapshotSpec, store: EventStore, record: b
             "policy": {"name": spec.policy, "version": POLICIES[spec.policy]},
             "filters": spec.selection.as_dict(),
             "sft_max_rank": spec.sft_max_rank,
-            "exclusions": {"mode": spec.exclusions, "users": sorted(str(u) for u in exclusions)},
+            "exclusions": {"mode": spec.exclusions, "users": sorted(str(u) for u in exclusions),
+                           "deleted_users": len(deleted_users)},
             "counts": {"trees": len(items), **{name: len(r) for name, r in rows.items()}},
             "files": files,
             "code_version": code_version(),
