@@ -96,15 +96,15 @@ def table(m: dict, title: str) -> Table:
                   fmt(local["wall_seconds"]), fmt(job["task"]["wall_seconds"]), fmt(_overhead(job, "task")),
                   fmt(job.get("train", {}).get("wall_seconds")), fmt(_overhead(job, "train")))
     if "ddp" in m:
-        d, one = m["ddp"], m["jobs"]["sft"]["local"]
+        d = m["ddp"]
         t.add_row("sft, 2 DDP workers", str(d["steps"]), fmt(d["train_steps_per_second"]), fmt(d["train_seconds"]),
                   "", "", "", fmt(d["wall_seconds"]), "")
-        # each step takes a batch per worker: compare examples/s
-        t.add_row("  examples/s: 2 workers | 1", "", f"{d['train_steps_per_second'] * 16:.0f} | "
-                  f"{one['train_steps_per_second'] * 8:.0f}", "", "", "", "", "", "")
     t.caption = (f"ray.init {m['ray_init_s']:.1f} s once; a fresh task worker imports TRL in "
                  f"{m['task_worker_import_s']:.1f} s (paid once, workers are reused; every TorchTrainer run "
                  "starts new workers and pays it again). Local runs use one torch thread, as a one-CPU worker.")
+    if "ddp" in m:  # a DDP step takes one batch per worker: compare examples/s
+        t.caption += (f" SFT examples/s: {m['ddp']['train_steps_per_second'] * 16:.0f} with 2 DDP workers, "
+                      f"{m['jobs']['sft']['train']['train_steps_per_second'] * 8:.0f} with one (TorchTrainer).")
     return t
 
 

@@ -226,8 +226,12 @@ def run_job(spec_dict: dict) -> dict:
                                 "rewards/accuracies", "mean_token_accuracy", "kl") if k in last},
     }
     summary["job_seconds"] = time.perf_counter() - started
+    # what TRL's defaults made of the settings left open (the whole config: trl_config.json)
+    summary["resolved"] = {k: getattr(trainer.args, k) for k in ("learning_rate", "beta", "max_length")
+                           if getattr(trainer.args, k, None) is not None}
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
+        (out / "trl_config.json").write_text(trainer.args.to_json_string())
         with open(out / "metrics.jsonl", "w") as f:
             for entry in history:
                 f.write(json.dumps(entry) + "\n")
