@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 from uuid import UUID
 
 from litestar import Request
+from litestar.params import QueryParameter
 
 from command_api.errors import ErrorCode, OasstError
 from command_api.model import ACTIVE_STATES, ApiClient
@@ -13,6 +15,9 @@ from projections.message_tree import MessageRow, MessageTreeView, UserRow
 from projections.runner import ProjectionRunner
 
 READ_YOUR_WRITES_TIMEOUT = 2.0
+MAX_POSITION = 2**63 - 1  # the databases' 64-bit integers
+Position = Annotated[int, QueryParameter(ge=0, le=MAX_POSITION)]
+OptionalPosition = Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)]
 
 
 class ViewsBehind(OasstError):
@@ -42,6 +47,8 @@ async def views(request: Request, trusted: bool = False) -> tuple[ApiClient, Pro
     if wanted:
         try:
             position = int(wanted)
+            if not 0 <= position <= MAX_POSITION:
+                raise ValueError(wanted)
         except ValueError:
             raise OasstError("min_position must be an integer", ErrorCode.REQUEST_VALIDATION_FAILED, 422) from None
         if not await runner.wait_for(position, READ_YOUR_WRITES_TIMEOUT):

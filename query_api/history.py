@@ -11,13 +11,13 @@ from litestar.params import FromQuery, QueryParameter
 
 from command_api import events as ev
 from command_api.errors import ErrorCode, OasstError
-from query_api.common import views
+from query_api.common import OptionalPosition, views
 
 
 @get("/api/v1/history", tags=["history"], summary="Events concerning a user, tree or message (trusted)")
 async def history(
     request: Request, user: FromQuery[str | None] = None, tree: FromQuery[str | None] = None,
-    message: FromQuery[str | None] = None, until: FromQuery[int | None] = None,
+    message: FromQuery[str | None] = None, until: OptionalPosition = None,
     limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
 ) -> dict:
     _, runner = await views(request, trusted=True)

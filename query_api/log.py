@@ -10,12 +10,13 @@ from litestar.params import QueryParameter
 
 from command_api import events as ev
 from command_api.routes import authorize, service_of
+from query_api.common import Position
 
 
 @get("/api/v1/events", tags=["log"], summary="Events after a position, in log order (trusted)")
 async def list_events(
     request: Request,
-    after: Annotated[int, QueryParameter(ge=0)] = 0,
+    after: Position = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
 ) -> Response:
     authorize(request, trusted=True)

@@ -13,6 +13,7 @@ from command_api import events as ev
 from command_api.errors import ErrorCode, OasstError
 from projections.message_tree import MessageRow, MessageTreeView
 from query_api.common import (
+    OptionalPosition,
     acting_user,
     conversation_message,
     frontend_message_or_404,
@@ -77,7 +78,7 @@ def _routes(frontend: bool):
 
     @get(prefix + "/{message_id:str}/tree", summary="The whole tree of a message (trusted: ?at=POSITION replays it)")
     async def tree(request: Request, message_id: FromPath[str], include_spam: FromQuery[bool] = True,
-                   include_deleted: FromQuery[bool] = False, at: FromQuery[int | None] = None) -> dict:
+                   include_deleted: FromQuery[bool] = False, at: OptionalPosition = None) -> dict:
         if at is not None:
             return await _tree_at(request, message_id, frontend, at, include_spam, include_deleted)
         view, m, me = await _resolve(request, message_id, frontend)

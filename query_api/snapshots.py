@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -17,15 +17,15 @@ from query_api.common import client_of
 class SnapshotRequest(msgspec.Struct, kw_only=True):
     """``oasst snapshot create``'s options (``from_id`` re-derives that snapshot)."""
 
-    at: int | None = None
+    at: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
     policy: Literal["oa", "trust"] = "oa"
     states: list[str] | None = None
     langs: list[str] = []
     deleted: Literal["exclude", "include"] = "exclude"
     spam: Literal["exclude", "include"] = "exclude"
     synthetic: Literal["exclude", "include", "only"] = "exclude"
-    min_review_count: int = 0
-    sft_max_rank: int | None = None
+    min_review_count: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
+    sft_max_rank: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
     from_id: str | None = None
     exclusions: Literal["as_of_position", "latest"] = "as_of_position"
 
