@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import time
 
 import typer
 
@@ -18,37 +16,18 @@ def _settings():
     return settings
 
 
-def _stop_flag() -> list:
-    """SIGINT/SIGTERM only raise a flag: a page is never left half-published and unrecorded."""
-    stopping: list = []
-    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    return stopping
-
-
 def relay(
     once: bool = typer.Option(False, "--once", help="Publish what the log holds now, then exit."),
     page_size: int | None = typer.Option(None, help="Events per produce request (default OASST_KAFKA_RELAY_PAGE)."),
     poll: float = typer.Option(0.2, help="Seconds between reads of the log when idle."),
 ) -> None:
     """Publish every event of the log, in order, to Kafka (and snapshot manifests to the
-    snapshots topic); resumes from its stored position."""
-    from infra.relay import Relay
-    from infra.store import EventStore
+    snapshots topic); resumes from its stored position. SIGTERM/Ctrl-C: publishes what the
+    log holds, then exits."""
+    from infra.relay import main
 
-    settings = _settings()
-    store = EventStore(settings.database_url)
-    r = Relay(store, settings.kafka, page_size=page_size)
-    stopping = _stop_flag()
-    typer.echo(f"relay: log at {store.max_position()}, published up to {r.position}; "
-               f"to {settings.kafka.events_topic} ({r.partitions} partitions) on {settings.kafka.bootstrap}")
-    started = time.monotonic()
-    try:
-        done = r.run(stop=lambda: bool(stopping), poll=poll, until_idle=once)
-    finally:
-        r.close()
-    seconds = time.monotonic() - started
-    typer.echo(f"relay: published {done} events in {seconds:.1f} s, position {r.position}")
+    _settings()
+    main(["--poll", str(poll), *(["--page-size", str(page_size)] if page_size else []), *(["--once"] if once else [])])
 
 
 def follow(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import socket
 import struct
 import subprocess
@@ -27,6 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from infra.settings import KafkaSettings
+
+if logging.getLogger("kafka").level == logging.NOTSET:
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python logs every connection at INFO
 
 # --- CRC32C (Castagnoli), as Kafka record batches need it ----------------------------------
 
@@ -225,6 +229,18 @@ def partitions_for(keys: list[bytes], partitions: int) -> list[int]:
 
 
 # --- clients ------------------------------------------------------------------------------
+
+
+def environment(cfg: KafkaSettings) -> dict[str, str]:
+    """``cfg`` as the OASST_KAFKA_* variables a child process reads it from."""
+    from dataclasses import fields
+
+    env = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is not None:
+            env[f"OASST_KAFKA_{f.name.upper()}"] = json.dumps(value) if f.name == "client" else str(value)
+    return env
 
 
 def client_options(cfg: KafkaSettings) -> dict:

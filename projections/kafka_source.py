@@ -54,7 +54,7 @@ class _Flush:
 
 
 class KafkaProjector:
-    def __init__(self, store: EventStore, cfg: KafkaSettings, group: str, flush_interval: float = 0.1,
+    def __init__(self, store: EventStore, cfg: KafkaSettings, group: str, flush_interval: float = 0.05,
                  on_flush: Callable[[dict[int, int]], None] | None = None):
         if not cfg.bootstrap:
             raise ValueError("no Kafka bootstrap servers (OASST_KAFKA_BOOTSTRAP)")
@@ -65,7 +65,7 @@ class KafkaProjector:
         self.shards: dict[int, Shard] = {}
         self.folded = 0  # events folded since start, over every partition it owned
         kafka.ensure_topics(cfg)
-        self.consumer = kafka.consumer(cfg, group, max_poll_records=10_000)
+        self.consumer = kafka.consumer(cfg, group, max_poll_records=10_000, fetch_max_wait_ms=20)
         self.consumer.subscribe([cfg.events_topic], listener=kafka.Listener(self._assigned, self._revoked))
         self._last_flush = time.monotonic()
 
