@@ -31,9 +31,12 @@ def ray_session():
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    ours = not ray.is_initialized()
+    if ours:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
     yield
-    ray.shutdown()
+    if ours:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +264,7 @@ def test_follow_through_the_snapshots_api_downloads_the_files(work, tmp_path):
 
     import httpx
 
-    from bench.common import free_port
+    from trainers.pipeline import free_port
 
     served = tmp_path / "served"
     shutil.copytree(work / "snapshots" / "toy-train", served / "snapshots" / "toy-train")
