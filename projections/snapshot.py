@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -84,8 +85,10 @@ def snapshots_dir(data_dir: Path) -> Path:
 
 
 def load_manifest(data_dir: Path, snapshot_id: str) -> dict:
+    if not re.fullmatch(r"[0-9a-f]{1,64}", snapshot_id):  # ids are hex digests: nothing else reaches the disk
+        raise SnapshotError(f"snapshot {snapshot_id} not found")
     path = snapshots_dir(data_dir) / snapshot_id / "manifest.json"
-    if "/" in snapshot_id or not path.is_file():
+    if not path.is_file():
         raise SnapshotError(f"snapshot {snapshot_id} not found")
     return json.loads(path.read_text())
 
