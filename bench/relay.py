@@ -61,7 +61,7 @@ def kafka_python_baseline(store: EventStore, bootstrap: str, events: int = 50_00
                              max_request_size=8_000_000)
     started = time.perf_counter()
     for n in rows[:events]:
-        key, schema = index.key(n.topic, n.originator_id.hex, n.state)
+        key, schema = index.key(n.topic, str(n.originator_id), n.state)
         producer.send(cfg.events_topic, key=key.encode(), value=n.state,
                       headers=[("position", b"%d" % n.id), ("type", n.topic.encode()), ("schema", b"%d" % schema)])
     producer.flush()
@@ -87,7 +87,7 @@ class LagProbe:
         while self.read_up_to < position:
             page = self.store.read_stored(self.read_up_to, min(10_000, position - self.read_up_to))
             for n in page:
-                key, _ = self.index.key(n.topic, n.originator_id.hex, n.state)
+                key, _ = self.index.key(n.topic, str(n.originator_id), n.state)
                 self.needed[kafka.partition_for(key.encode(), self.cfg.partitions)] = n.id
             self.read_up_to = page[-1].id
         return list(self.needed)

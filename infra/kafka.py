@@ -50,7 +50,7 @@ def _crc_table() -> np.ndarray:
 _TABLE = _crc_table()
 _TABLE_PY = [int(x) for x in _TABLE]
 _LANE = 256  # bytes per lane: the data is cut into lanes checksummed side by side
-_LITTLE = sys.byteorder == "little"
+_LITTLE = sys.byteorder == "little"  # the fast path reads registers' low halves in place
 
 
 def _crc_py(crc: int, data) -> int:
@@ -99,34 +99,40 @@ def _move(tables: np.ndarray, s: np.ndarray) -> np.ndarray:
             ^ tables[3][s >> np.uint32(24)])
 
 
+@functools.cache
+def _table16() -> np.ndarray:
+    """Two zero bytes through the register, for each of its 65,536 low halves."""
+    x = np.arange(65536, dtype=np.uint32)
+    for _ in range(2):
+        x = _TABLE[x & np.uint32(0xFF)] ^ (x >> np.uint32(8))
+    return x
+
+
 def crc32c(data: bytes | bytearray | memoryview) -> int:
-    """CRC32C of ``data`` (~200 MB/s): lanes of 256 bytes are run side by side with numpy,
-    then combined pairwise (a CRC register is linear in its input, so a lane's register
-    moves past the lanes after it by a fixed matrix: four table lookups)."""
+    """CRC32C of ``data`` (~300 MB/s): lanes of 256 bytes are run side by side with numpy,
+    two bytes a step, then combined pairwise (a CRC register is linear in its input, so a
+    lane's register moves past the lanes after it by a fixed matrix: four table lookups)."""
     n = len(data)
     lanes = n // _LANE
-    if lanes < 32:
+    if lanes < 32 or not _LITTLE:
         return _crc_py(0xFFFFFFFF, data) ^ 0xFFFFFFFF
     head = n - lanes * _LANE
     crc = _crc_py(0xFFFFFFFF, memoryview(data)[:head]) if head else 0xFFFFFFFF
     width = 1 << (lanes - 1).bit_length()  # lanes padded in front (zero registers add nothing)
-    columns = np.ascontiguousarray(np.frombuffer(data, dtype=np.uint8, offset=head).reshape(lanes, _LANE).T)
+    words = np.frombuffer(data, dtype="<u2", count=(n - head) // 2, offset=head).reshape(lanes, _LANE // 2)
+    columns = np.ascontiguousarray(words.T)
     states = np.zeros(width, dtype=np.uint32)
     states[width - lanes] = crc
     ours = states[width - lanes:]
-    low = ours.view(np.uint8)[0::4] if _LITTLE else None  # each register's low byte, in place
-    index = np.empty(lanes, dtype=np.uint8)
+    low = ours.view(np.uint16)[0::2]  # each register's low half, in place
+    index = np.empty(lanes, dtype=np.uint16)
     looked = np.empty(lanes, dtype=np.uint32)
-    table, eight = _TABLE, np.uint32(8)
-    for i in range(_LANE):
-        if low is None:
-            low = (ours & np.uint32(0xFF)).astype(np.uint8)
-        np.bitwise_xor(low, columns[i], out=index)
+    table, sixteen = _table16(), np.uint32(16)
+    for column in columns:  # register = T16[(register ^ word) & 0xFFFF] ^ (register >> 16)
+        np.bitwise_xor(low, column, out=index)
         np.take(table, index, out=looked)
-        np.right_shift(ours, eight, out=ours)
+        np.right_shift(ours, sixteen, out=ours)
         np.bitwise_xor(ours, looked, out=ours)
-        if not _LITTLE:
-            low = None
     level = 0
     while len(states) > 1:
         states = _move(_level(level), states[0::2]) ^ states[1::2]

@@ -28,6 +28,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Union
 
 import msgspec
@@ -73,14 +74,18 @@ _LIGHT = {
     for tag in ev.EVENT_TYPES
 }
 _decode_light = msgspec.msgpack.Decoder(Union[tuple(_LIGHT.values())]).decode
-_MESSAGE_EVENTS = {"message_edited", "message_deleted", "message_undeleted", "message_reviewed"}  # stream = message id
-
-
-def _dashed(stream: str) -> str:
-    """SQLite stores stream ids as 32 hex digits; keys use the canonical form."""
-    if len(stream) == 32:
-        return f"{stream[:8]}-{stream[8:12]}-{stream[12:16]}-{stream[16:20]}-{stream[20:]}"
-    return stream
+# how each tag finds its key (numbers, not a match on strings: this runs for every event)
+_STREAM, _MESSAGE_STREAM, _REPLY, _ON_MESSAGE, _RANKING, _TASK, _TREE, _IMPORT = range(8)
+_KIND = {
+    **dict.fromkeys(ev.EVENT_TYPES, _STREAM),
+    **dict.fromkeys(("message_edited", "message_deleted", "message_undeleted", "message_reviewed"), _MESSAGE_STREAM),
+    "reply_submitted": _REPLY,
+    **dict.fromkeys(("labels_submitted", "emoji_added", "emoji_removed"), _ON_MESSAGE),
+    "ranking_submitted": _RANKING,
+    "task_assigned": _TASK,
+    **dict.fromkeys(("tree_state_changed", "tree_halted", "tree_resumed", "ranks_computed"), _TREE),
+    "tree_imported": _IMPORT,
+}
 
 
 class KeyIndex:
@@ -99,34 +104,38 @@ class KeyIndex:
             self.key(topic, "", bytes(state))
 
     def key(self, topic: str, stream: str, state: bytes) -> tuple[str, int]:
-        """(key, schema version) of one stored event."""
+        """(key, schema version) of one stored event; ``stream`` in canonical form."""
         try:
             e = _decode_light(state)
         except msgspec.DecodeError:  # a tag this version does not know: its stream keeps its order
-            return _dashed(stream), ev.SCHEMA_VERSION
-        if topic in _MESSAGE_EVENTS:
-            stream = _dashed(stream)
+            return stream, ev.SCHEMA_VERSION
+        kind = _KIND[topic]
+        if kind == _TASK:
+            return e.tree_id or stream, e.schema
+        if kind == _STREAM:
+            return stream, e.schema
+        if kind == _ON_MESSAGE:
+            return self.tree_of.get(e.message_id, e.message_id), e.schema
+        if kind == _MESSAGE_STREAM:
             return self.tree_of.get(stream, stream), e.schema
-        match topic:
-            case "reply_submitted":
-                self.tree_of[e.message_id] = e.tree_id
-                return e.tree_id, e.schema
-            case "labels_submitted" | "emoji_added" | "emoji_removed":
-                return self.tree_of.get(e.message_id, e.message_id), e.schema
-            case "ranking_submitted":
-                return self.tree_of.get(e.parent_id, e.parent_id), e.schema
-            case "task_assigned":
-                return e.tree_id or _dashed(stream), e.schema
-            case "tree_state_changed" | "tree_halted" | "tree_resumed" | "ranks_computed":
-                return e.tree_id, e.schema
-            case "tree_imported":
-                for m in e.messages:
-                    self.tree_of[m.message_id] = e.tree_id
-                return e.tree_id, e.schema
-        return _dashed(stream), e.schema
+        if kind == _REPLY:
+            self.tree_of[e.message_id] = e.tree_id
+            return e.tree_id, e.schema
+        if kind == _TREE:
+            return e.tree_id, e.schema
+        if kind == _RANKING:
+            return self.tree_of.get(e.parent_id, e.parent_id), e.schema
+        for m in e.messages:  # _IMPORT
+            self.tree_of[m.message_id] = e.tree_id
+        return e.tree_id, e.schema
 
 
 # --- storage of the relay's position --------------------------------------------------------
+
+
+_SQLITE_DASHED = ("substr(originator_id, 1, 8) || '-' || substr(originator_id, 9, 4) || '-' || "
+                  "substr(originator_id, 13, 4) || '-' || substr(originator_id, 17, 4) || '-' || "
+                  "substr(originator_id, 21)")  # SQLite keeps 32 hex digits
 
 
 def _select(store: EventStore, sql: str, params: tuple) -> list:
@@ -134,7 +143,7 @@ def _select(store: EventStore, sql: str, params: tuple) -> list:
     ``{id}`` (log position), ``{stream}`` (text), ``{state}``, ``?`` parameters."""
     table = store.recorder.events_table_name
     if store.backend == "sqlite":
-        text = sql.format(table=table, id="rowid", stream="originator_id", state="state")
+        text = sql.format(table=table, id="rowid", stream=_SQLITE_DASHED, state="state")
         query, args = text, params
     else:
         text = sql.replace("?", "%s").format(table="{t}", id="notification_id", stream="originator_id::text",
@@ -181,14 +190,14 @@ class RelayPositions:
 
 
 _H_POSITION = b"\x10position"  # varint(8) + name: header names are pre-encoded once
-_H_REST: dict[tuple[str, int], bytes] = {}
+_HEADERS: dict[int, dict[str, bytes]] = {}  # schema -> topic -> the encoded type and schema headers
 
 
-def _headers_after_position(topic: str, schema: int) -> bytes:
-    h = _H_REST.get((topic, schema))
-    if h is None:
-        h = _H_REST[(topic, schema)] = kafka.header("type", topic.encode()) + kafka.header("schema", b"%d" % schema)
-    return h
+def _headers(topic: str, schema: int) -> bytes:
+    by_topic = _HEADERS.setdefault(schema, {})
+    if topic not in by_topic:
+        by_topic[topic] = kafka.header("type", topic.encode()) + kafka.header("schema", b"%d" % schema)
+    return by_topic[topic]
 
 
 class Relay:
@@ -227,58 +236,67 @@ class Relay:
             cache.update(zip(new, kafka.partitions_for([k.encode() for k in new], self.partitions), strict=True))
         return [cache[k] for k in keys]
 
-    def requests(self, rows) -> list[dict[tuple[str, int], bytes]]:
-        """The produce requests for a page: one batch per partition each, a new request
-        whenever a partition's batch would pass MAX_BATCH_BYTES."""
+    def requests(self, rows) -> list[dict[tuple[str, int], list[bytes]]]:
+        """The produce requests for a page, unfinished: the encoded records of one batch per
+        partition each, a new request whenever a batch would pass MAX_BATCH_BYTES."""
         key_of = self.index.key
         keyed = [key_of(topic, stream, state := bytes(raw)) + (state,) for _, stream, topic, raw in rows]
         partitions = self.partitions_of([k for k, _, _ in keyed])
-        out: list[dict[tuple[str, int], bytes]] = []
-        parts: dict[int, list[bytes]] = {}
-        sizes: dict[int, int] = {}
+        out: list[dict[tuple[str, int], list[bytes]]] = []
+        parts: list[list[bytes]] = [[] for _ in range(self.partitions)]
+        sizes = [0] * self.partitions
         snapshots: list[bytes] = []
-        now = int(time.time() * 1000)
-        varint, vcache, headers = kafka.varint, kafka._VARINTS, _headers_after_position
+        varint, vcache, limit = kafka.varint, kafka._VARINTS, len(kafka._VARINTS)
+        current = _HEADERS.setdefault(ev.SCHEMA_VERSION, {})
 
         def cut() -> None:
-            request = {(self.cfg.events_topic, p): kafka.record_batch(recs, now, self.cfg.compression)
-                       for p, recs in parts.items()}
+            request = {(self.cfg.events_topic, p): recs for p, recs in enumerate(parts) if recs}
             if snapshots:
-                request[(self.cfg.snapshots_topic, 0)] = kafka.record_batch(snapshots, now)
+                request[(self.cfg.snapshots_topic, 0)] = list(snapshots)
             out.append(request)
-            parts.clear(), sizes.clear(), snapshots.clear()
+            parts[:] = [[] for _ in range(self.partitions)]
+            sizes[:] = [0] * self.partitions
+            snapshots.clear()
 
         for (position, _, topic, _), (key, schema, state), p in zip(rows, keyed, partitions, strict=True):
-            recs = parts.get(p)
-            if recs is None:
-                recs = parts[p] = []
-                sizes[p] = 0
             pos = b"%d" % position
-            key_bytes = key.encode()
-            # one record, inlined (this loop is the relay's hot path): attributes 0, timestamp
-            # delta 0, offset delta, then key, value and 3 headers (position, type, schema)
-            tail = b"".join((vcache[len(key_bytes)], key_bytes, varint(len(state)), state, b"\x06", _H_POSITION,
-                             vcache[len(pos)], pos, headers(topic, schema)))
+            kb = key.encode()
+            n = len(state)
+            headers = current.get(topic) if schema == ev.SCHEMA_VERSION else None
+            if headers is None:
+                headers = _headers(topic, schema)
+            # one record, inlined (the relay's hot path): attributes 0, timestamp delta 0,
+            # offset delta; key, value; 3 headers: position, type, schema
+            tail = b"".join((vcache[len(kb)], kb, vcache[n] if n < limit else varint(n), state, b"\x06",
+                             _H_POSITION, vcache[len(pos)], pos, headers))
             size = len(tail) + 8
+            recs = parts[p]
             if sizes[p] + size > MAX_BATCH_BYTES and recs:
                 cut()
-                recs = parts[p] = []
-                sizes[p] = 0
-            body = b"\x00\x00" + varint(len(recs)) + tail
-            recs.append(varint(len(body)) + body)
+            offset = len(recs)
+            body = b"\x00\x00" + (vcache[offset] if offset < limit else varint(offset)) + tail
+            n = len(body)
+            recs.append((vcache[n] if n < limit else varint(n)) + body)
             sizes[p] += size
             if topic == "snapshot_created":
                 snapshot = ev.decode(state)
                 snapshots.append(kafka.record(len(snapshots), snapshot.snapshot_id.encode(),
                                               kafka.snapshot_message(snapshot), kafka.header("position", pos), 1))
-        if parts or snapshots:
+        if any(parts) or snapshots:
             cut()
         return out
+
+    def finish(self, request: dict[tuple[str, int], list[bytes]]) -> dict[tuple[str, int], bytes]:
+        """Record batches of a request: gzip and CRC32C, C and numpy code that lets go of the
+        GIL, so the relay runs it in a thread while it encodes the next page."""
+        now = int(time.time() * 1000)
+        return {(topic, p): kafka.record_batch(recs, now, self.cfg.compression if topic == self.cfg.events_topic
+                                               else "none") for (topic, p), recs in request.items()}
 
     def publish(self, rows) -> None:
         """Send a page and wait until the broker has all of it (its position not yet stored)."""
         for request in self.requests(rows):
-            self.producer.send(request)
+            self.producer.send(self.finish(request))
 
     def step(self) -> int:
         """Publish the next page and store the new position; returns the number of events."""
@@ -295,32 +313,36 @@ class Relay:
     def run(self, stop: Callable[[], bool] = lambda: False, poll: float = 0.2,
             progress: Callable[[int], None] | None = None, until_idle: bool = False) -> int:
         """Follow the log until ``stop()`` (or, with ``until_idle``, until it is all out);
-        when there is nothing new, wait ``poll`` s. Pipelined: the next page is read and
-        encoded while the broker stores this one's last request; a page's position is
-        stored once all of it is acknowledged. Returns the events published."""
+        when there is nothing new, wait ``poll`` s. Pipelined, one page ahead: while page k
+        is compressed and checksummed (in a thread), page k+1 is read and encoded; while
+        the broker stores page k, page k+1 is compressed. A page's position is stored once
+        all of it is acknowledged; requests go out one at a time, in order. Returns the
+        number of events published."""
         total = 0
-        rows = self.read(self.position, self.page_size)
-        requests = self.requests(rows) if rows else []
-        while not stop():
-            if not rows:
-                if until_idle:
-                    break
-                time.sleep(poll)
-                rows = self.read(self.position, self.page_size)
-                requests = self.requests(rows) if rows else []
-                continue
-            for request in requests[:-1]:
-                self.producer.send(request)
-            in_flight = self.producer.begin(requests[-1])
-            following = self.read(rows[-1][0], self.page_size)
-            following_requests = self.requests(following) if following else []
-            self.producer.finish(in_flight)
-            self.commit(rows[-1][0])
-            total += len(rows)
-            self.published += len(rows)
-            if progress:
-                progress(len(rows))
-            rows, requests = following, following_requests
+        with ThreadPoolExecutor(1, thread_name_prefix="oasst-relay-batches") as finisher:
+            rows = self.read(self.position, self.page_size)
+            batches = [finisher.submit(self.finish, r) for r in self.requests(rows)] if rows else []
+            while not stop():
+                if not rows:
+                    if until_idle:
+                        break
+                    time.sleep(poll)
+                    rows = self.read(self.position, self.page_size)
+                    batches = [finisher.submit(self.finish, r) for r in self.requests(rows)] if rows else []
+                    continue
+                following = self.read(rows[-1][0], self.page_size)
+                following_requests = self.requests(following) if following else []
+                for batch in batches[:-1]:
+                    self.producer.send(batch.result())
+                in_flight = self.producer.begin(batches[-1].result())
+                following_batches = [finisher.submit(self.finish, r) for r in following_requests]
+                self.producer.finish(in_flight)
+                self.commit(rows[-1][0])
+                total += len(rows)
+                self.published += len(rows)
+                if progress:
+                    progress(len(rows))
+                rows, batches = following, following_batches
         return total
 
     def catch_up(self) -> int:

@@ -109,7 +109,7 @@ def expected_keys(notes) -> dict[int, str]:
     """What the relay should key each position by: the tree for events about a tree."""
     index, keys = KeyIndex(), {}
     for n in notes:
-        keys[n.id] = index.key(n.topic, n.originator_id.hex, n.state)[0]
+        keys[n.id] = index.key(n.topic, str(n.originator_id), n.state)[0]
     return keys
 
 
