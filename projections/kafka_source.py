@@ -54,14 +54,12 @@ class _Flush:
 
 
 class KafkaProjector:
-    def __init__(self, store: EventStore, cfg: KafkaSettings, group: str, flush_interval: float = 0.05,
-                 on_flush: Callable[[dict[int, int]], None] | None = None):
+    def __init__(self, store: EventStore, cfg: KafkaSettings, group: str, flush_interval: float = 0.05):
         if not cfg.bootstrap:
             raise ValueError("no Kafka bootstrap servers (OASST_KAFKA_BOOTSTRAP)")
         self.store, self.cfg, self.group = store, cfg, group
         self.storage = ViewStorage(store)
         self.flush_interval = flush_interval  # while following; every 2 s while catching up
-        self.on_flush = on_flush  # {partition: position} after each committed flush (benchmarks)
         self.shards: dict[int, Shard] = {}
         self.folded = 0  # events folded since start, over every partition it owned
         kafka.ensure_topics(cfg)
@@ -158,8 +156,6 @@ class KafkaProjector:
             history.entries_written(True)
         for shard in dirty:
             shard.changed = False
-        if self.on_flush:
-            self.on_flush({s.partition: s.position for s in dirty})
 
     def run(self, stop: Callable[[], bool] = lambda: False) -> None:
         while not stop():
