@@ -74,7 +74,8 @@ _LIGHT = {
     for tag in ev.EVENT_TYPES
 }
 _decode_light = msgspec.msgpack.Decoder(Union[tuple(_LIGHT.values())]).decode
-# how each tag finds its key (numbers, not a match on strings: this runs for every event)
+# how each tag finds its key (numbers, not a match on strings: this runs for every event);
+# a new event type about a tree or message must be added here (and to _NEEDS), or it is keyed by its stream
 _STREAM, _MESSAGE_STREAM, _REPLY, _ON_MESSAGE, _RANKING, _TASK, _TREE, _IMPORT = range(8)
 _KIND = {
     **dict.fromkeys(ev.EVENT_TYPES, _STREAM),
