@@ -130,7 +130,7 @@ def measure(examples: int) -> FuzzStats:
 
 
 def run(quick: bool) -> list[dict]:
-    stats = measure(10 if quick else 80)
+    stats = measure(10 if quick else 160)
     return [
         {"name": "fuzz.requests", "value": stats.requests, "unit": "generated requests", "goal": ">= 10000"},
         {"name": "fuzz.server_errors", "value": len(stats.server_errors), "unit": "5xx", "goal": "0"},
@@ -141,5 +141,5 @@ def run(quick: bool) -> list[dict]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=80, help="cases per operation and mode")
+    parser.add_argument("--examples", type=int, default=160, help="cases per operation and mode")
     measure(parser.parse_args().examples)
