@@ -408,9 +408,10 @@ def consumer(cfg: KafkaSettings, group: str | None, **options):
     return KafkaConsumer(**settings)
 
 
-def Listener(assigned: Callable[[list], None], revoked: Callable[[list], None]):  # noqa: N802 - a class factory
-    """A rebalance listener calling ``assigned``/``revoked`` with TopicPartitions (a lost
-    partition, after an eviction, is handled like a revoked one)."""
+def Listener(assigned: Callable[[list], None], revoked: Callable[[list], None],  # noqa: N802 - a class factory
+             lost: Callable[[list], None] | None = None):
+    """A rebalance listener calling ``assigned``/``revoked``/``lost`` with TopicPartitions
+    (partitions lost to an eviction go to ``revoked`` unless ``lost`` is given)."""
     from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
     class _Listener(ConsumerRebalanceListener):
@@ -421,7 +422,7 @@ def Listener(assigned: Callable[[list], None], revoked: Callable[[list], None]):
             assigned(list(partitions))
 
         def on_partitions_lost(self, partitions):
-            revoked(list(partitions))
+            (lost or revoked)(list(partitions))
 
     return _Listener()
 

@@ -65,7 +65,7 @@ class KafkaProjector:
         self.folded = 0  # events folded since start, over every partition it owned
         kafka.ensure_topics(cfg)
         self.consumer = kafka.consumer(cfg, group, max_poll_records=CATCH_UP, fetch_max_wait_ms=20)
-        self.consumer.subscribe([cfg.events_topic], listener=kafka.Listener(self._assigned, self._revoked))
+        self.consumer.subscribe([cfg.events_topic], listener=kafka.Listener(self._assigned, self._revoked, self._lost))
         self._last_flush = time.monotonic()
 
     def offset_key(self, partition: int) -> str:
@@ -90,6 +90,13 @@ class KafkaProjector:
         self.flush()
         for tp in partitions:
             self.shards.pop(tp.partition, None)
+
+    def _lost(self, partitions) -> None:
+        """Evicted (e.g. stalled past the session timeout): another process may own these
+        partitions already, so what was folded since the last flush is dropped, not written."""
+        for tp in partitions:
+            self.shards.pop(tp.partition, None)
+        log.warning("group %s: lost partitions %s", self.group, sorted(tp.partition for tp in partitions))
 
     # --- folding ---------------------------------------------------------------------
 
