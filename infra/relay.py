@@ -403,9 +403,9 @@ class RelayProcess:
     async def _supervise(self) -> None:
         while not self._stopping:
             self._ready.clear()
-            self._proc = await asyncio.create_subprocess_exec(
+            self._proc = await asyncio.create_subprocess_exec(  # it dies with the server, even by SIGKILL
                 sys.executable, "-m", "infra.relay", "--poll", str(self.poll), env=self.env,
-                stdout=asyncio.subprocess.PIPE)
+                stdout=asyncio.subprocess.PIPE, preexec_fn=kafka.die_with_parent)
             while line := await self._proc.stdout.readline():
                 self._ready.set()
                 log.info(line.decode().rstrip())
