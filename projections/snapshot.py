@@ -85,7 +85,8 @@ def snapshots_dir(data_dir: Path) -> Path:
 
 
 def load_manifest(data_dir: Path, snapshot_id: str) -> dict:
-    if not re.fullmatch(r"[0-9a-f]{1,64}", snapshot_id):  # ids are hex digests: nothing else reaches the disk
+    # ids are hex digests (or hand-made names): no path separators, dots or long names reach the disk
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}", snapshot_id):
         raise SnapshotError(f"snapshot {snapshot_id} not found")
     path = snapshots_dir(data_dir) / snapshot_id / "manifest.json"
     if not path.is_file():
