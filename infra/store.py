@@ -216,13 +216,7 @@ class EventStore:
                 "WHERE notification_id = ANY(%s) ORDER BY notification_id"
             ).format(Identifier(self.recorder.datastore.schema), Identifier(table))
             params = [list(positions)]
-        with self.recorder.datastore.transaction(commit=False) as c:
-            c.execute(sql, params)
-            return [
-                Notification(id=r["id"], originator_id=r["originator_id"], originator_version=r["originator_version"],
-                             topic=r["topic"], state=bytes(r["state"]))
-                for r in c.fetchall()
-            ]
+        return self._select(sql, params)
 
     def read_topics(self, after: int, upto: int, topics: Sequence[str], limit: int = 20_000):
         """Raw notifications in (after, upto] whose topic is one of ``topics``, in log order
@@ -240,6 +234,9 @@ class EventStore:
                 "ORDER BY notification_id LIMIT %s"
             ).format(Identifier(self.recorder.datastore.schema), Identifier(table))
             params = [after, upto, list(topics), limit]
+        return self._select(sql, params)
+
+    def _select(self, sql, params) -> list[Notification]:
         with self.recorder.datastore.transaction(commit=False) as c:
             c.execute(sql, params)
             return [

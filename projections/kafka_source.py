@@ -25,6 +25,7 @@ from infra.settings import KafkaSettings
 from infra.store import EventStore
 from projections.base import View
 from projections.history import HistoryView
+from projections.runner import take_view_changes
 from projections.sharded import history_key, restore_shard
 from projections.storage import ViewStorage
 
@@ -143,12 +144,7 @@ class KafkaProjector:
         flush = _Flush()
         for shard in dirty:
             for view in shard.views:
-                rows = []
-                for table in view.tables.values():
-                    keys, changed = table.take_changes()
-                    flush.taken.append((table, keys))
-                    rows.extend((table.name, k, v) for k, v in changed)
-                flush.changes.append((view.key, view.position, rows))
+                flush.changes.append(take_view_changes(view, flush.taken))
             flush.changes.append((self.offset_key(shard.partition), shard.offset, []))
             flush.entries.extend(shard.history.take_entries())
             flush.histories.append(shard.history)

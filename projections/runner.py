@@ -40,6 +40,17 @@ class _Flush:
     taken: list = field(default_factory=list)  # (table, keys)
 
 
+def take_view_changes(view: View, taken: list) -> tuple[str, int, list]:
+    """(view key, position, changed rows) of one view; the taken keys go to ``taken``
+    as (table, keys), to be given back if writing fails."""
+    rows = []
+    for table in view.tables.values():
+        keys, changed = table.take_changes()
+        taken.append((table, keys))
+        rows.extend((table.name, k, v) for k, v in changed)
+    return view.key, view.position, rows
+
+
 def all_views() -> list[View]:
     return [MessageTreeView(), ConsensusView(), LeaderboardView(), HistoryView()]
 
@@ -95,12 +106,7 @@ class ProjectionRunner:
         """Take every view's changed rows (encoded now, on the thread that folds)."""
         flush = _Flush()
         for view in self.views:
-            rows = []
-            for t in view.tables.values():
-                keys, changed = t.take_changes()
-                flush.taken.append((t, keys))
-                rows.extend((t.name, k, v) for k, v in changed)
-            flush.changes.append((view.key, view.position, rows))
+            flush.changes.append(take_view_changes(view, flush.taken))
             if isinstance(view, HistoryView):
                 flush.history = (view.key, view.take_entries())
                 flush.history_view = view

@@ -173,38 +173,18 @@ def test_reposting_the_same_file_adds_nothing(first_run, api):
 def test_sample_post_over_http_to_a_running_server_is_idempotent(first_run, tmp_path):
     """`oasst sample-post` against `oasst serve` (an empty store): everything once, then nothing."""
     import json
-    import subprocess
-    import time
 
-    import httpx
-
-    from bench.common import free_port
     from infra.cli import app
+    from tests.servers import oasst_serve
 
-    port, key = free_port(), "sample-key"
-    env = {**os.environ, "OASST_DATA_DIR": str(tmp_path), "OASST_DATABASE_URL": f"sqlite:///{tmp_path}/oasst.sqlite3",
-           "OASST_BOOTSTRAP_API_KEY": key, "OASST_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "serve"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}/api/v1"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{url}/events", headers={"X-API-Key": key}, timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and proc.poll() is None, "oasst serve did not start"
-                time.sleep(0.2)
+    key = "sample-key"
+    with oasst_serve(tmp_path, key) as url:
         answers = []
         for _ in range(2):
             result = CliRunner().invoke(app, ["sample-post", first_run["completions"], "--api-url", url,
                                               "--api-key", key, "--batch-size", "10"])
             assert result.exit_code == 0, result.output
             answers.append(json.loads(result.output))
-    finally:
-        proc.terminate()
-        proc.wait(10)
     kept = first_run["threads_kept"]
     assert answers[0]["trees_imported"] == kept and answers[0]["requests"] == -(-kept // 10)
     assert answers[1]["trees_imported"] == 0 and answers[1]["trees_skipped"] == kept

@@ -258,36 +258,13 @@ def test_follow_trains_each_new_snapshot_once(lm, ray_session, tmp_path):
 def test_follow_through_the_snapshots_api_downloads_the_files(work, tmp_path):
     """Polling GET /snapshots of a running `oasst serve`; the files a trainer needs (and the
     manifest, byte for byte) are downloaded with a trusted key."""
-    import subprocess
-    import sys
-    import time
-
-    import httpx
-
-    from trainers.pipeline import free_port
+    from tests.servers import oasst_serve
 
     served = tmp_path / "served"
     shutil.copytree(work / "snapshots" / "toy-train", served / "snapshots" / "toy-train")
-    port = free_port()
-    env = {**os.environ, "OASST_DATA_DIR": str(served), "OASST_DATABASE_URL": f"sqlite:///{served}/oasst.sqlite3",
-           "OASST_BOOTSTRAP_API_KEY": "train-key", "OASST_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "serve"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        api = f"http://127.0.0.1:{port}/api/v1"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{api}/snapshots", headers={"X-API-Key": "train-key"}, timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and proc.poll() is None, "oasst serve did not start"
-                time.sleep(0.2)
+    with oasst_serve(served, "train-key") as api:
         local = tmp_path / "local"
         got = next(follow(local, names=["rm.parquet"], api_url=api, api_key="train-key", poll=0.1))
-    finally:
-        proc.terminate()
-        proc.wait(10)
     assert got.id == "toy-train" and got.dir == local / "snapshots" / "toy-train"
     original = work / "snapshots" / "toy-train"
     assert (got.dir / "manifest.json").read_bytes() == (original / "manifest.json").read_bytes()
