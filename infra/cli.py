@@ -111,6 +111,7 @@ def project_run(
         if not settings.kafka.bootstrap:
             raise typer.BadParameter("--source kafka needs OASST_KAFKA_BOOTSTRAP")
         projector = KafkaProjector(_store(), settings.kafka, group)
+        projector.on_assigned = lambda partitions: print(f"partitions {partitions}", flush=True)
         print(f"projecting {settings.kafka.events_topic} in group {group} (Ctrl-C to stop)", flush=True)
         try:
             projector.run(stop=lambda: bool(stopping))

@@ -64,6 +64,7 @@ class KafkaProjector:
         self.flush_interval = flush_interval  # while following; every 2 s while catching up
         self.shards: dict[int, Shard] = {}
         self.folded = 0  # events folded since start, over every partition it owned
+        self.on_assigned: Callable[[list[int]], None] | None = None  # e.g. the CLI reports it
         kafka.ensure_topics(cfg)
         self.consumer = kafka.consumer(cfg, group, max_poll_records=CATCH_UP, fetch_max_wait_ms=20)
         self.consumer.subscribe([cfg.events_topic], listener=kafka.Listener(self._assigned, self._revoked, self._lost))
@@ -86,6 +87,8 @@ class KafkaProjector:
             self.shards[tp.partition] = shard
             self.consumer.seek(TopicPartition(tp.topic, tp.partition), shard.offset)
         log.info("group %s: partitions %s", self.group, sorted(self.shards))
+        if self.on_assigned:
+            self.on_assigned(sorted(self.shards))
 
     def _revoked(self, partitions) -> None:
         self.flush()

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -299,24 +300,43 @@ async def test_serve_runs_the_relay(store_url, tmp_path, cfg):
 # --- scale-out projectors ------------------------------------------------------------------
 
 
+class Output:
+    """A subprocess's output lines, read as they come (a thread per process)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.lines = proc, []
+        self.reader = threading.Thread(target=lambda: [self.lines.append(line) for line in proc.stdout], daemon=True)
+        self.reader.start()
+
+    def text(self) -> str:
+        self.reader.join(30)
+        return "".join(self.lines)
+
+
 def test_two_projector_processes_in_one_group_equal_a_local_rebuild(store_url, cfg, history):
     store = EventStore(store_url)
     env = env_for(store_url, cfg)
     relay = Relay(store, cfg)
     copy_log(history[:1200], store)
     relay.catch_up()
-    cmd = [OASST, "project", "run", "--source", "kafka", "--group", "g1"]
-    first = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    group = f"g{uuid.uuid4().hex[:8]}"  # one group per test: the broker is shared by the session
+    cmd = [OASST, "project", "run", "--source", "kafka", "--group", group]
+    spawn = lambda: subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,  # noqa: E731
+                                     stderr=subprocess.STDOUT, text=True)
+    first = Output(spawn())
     storage = ViewStorage(store)
-    shard_positions = lambda: [storage.position(f"message_tree@v1#g1.p{p}") for p in range(cfg.partitions)]  # noqa: E731
+    shard_positions = lambda: [storage.position(f"message_tree@v1#{group}.p{p}") for p in range(cfg.partitions)]  # noqa: E731
     second = None
     try:
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + 90  # generous: a loaded machine starts processes slowly
         while not any(shard_positions()) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert any(shard_positions()), "the first projector folded nothing"
-        # a second process joins mid-stream (the group rebalances) while the log grows
-        second = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # a second process joins mid-stream (the group rebalances); the log grows once it holds partitions
+        second = Output(spawn())
+        while not any(line.startswith("partitions [") and "[]" not in line for line in second.lines):
+            assert time.monotonic() < deadline, "the second projector got no partition"
+            time.sleep(0.05)
         for start in range(1200, len(history), 250):
             copy_log(history[start:start + 250], store)
             relay.catch_up()
@@ -326,15 +346,16 @@ def test_two_projector_processes_in_one_group_equal_a_local_rebuild(store_url, c
         for n in history:
             last[kafka.partition_for(keys[n.id].encode(), cfg.partitions)] = n.id
         expected = [last.get(p, 0) for p in range(cfg.partitions)]
-        while shard_positions() != expected and time.monotonic() < deadline + 20:
+        while shard_positions() != expected and time.monotonic() < deadline + 30:
             time.sleep(0.1)
         assert shard_positions() == expected
     finally:
         outputs = []
-        for proc in (first, second):
-            if proc:
-                proc.send_signal(signal.SIGTERM)
-                outputs.append(proc.communicate(timeout=30)[0])
+        for out in (first, second):
+            if out:
+                out.proc.send_signal(signal.SIGTERM)
+                out.proc.wait(30)
+                outputs.append(out.text())
     relay.close()
     folded = [int(out.rsplit("folded ", 1)[1].split()[0]) for out in outputs]
     assert all(n > 0 for n in folded), outputs  # both did part of the work
@@ -347,10 +368,10 @@ def test_two_projector_processes_in_one_group_equal_a_local_rebuild(store_url, c
     assert rebuild.returncode == 0, rebuild.stderr
     local = ProjectionRunner(store)
     local.restore()
-    merged = load_merged(storage, "g1", cfg.partitions)
+    merged = load_merged(storage, group, cfg.partitions)
     for a, b in zip(local.views, merged, strict=True):
         assert normalized_rows(a) == normalized_rows(b), a.name
-    assert _history_entries(storage, "history@v1") == _history_entries(storage, "history@v1#g1")
+    assert _history_entries(storage, "history@v1") == _history_entries(storage, f"history@v1#{group}")
     store.close()
 
 
