@@ -90,26 +90,20 @@ def fold_at(store: EventStore, position: int | None = None, page_size: int = 20_
     return LogState(end, tree, consensus, frozenset(tree.spammers))
 
 
-def latest_deleted_users(store: EventStore, page_size: int = 50_000) -> frozenset:
-    """Users deleted (anonymised) by now."""
+def latest_marks(store: EventStore, page_size: int = 50_000) -> tuple[frozenset, frozenset]:
+    """(users marked spammers now, users deleted by now): only those events are read."""
+    marked: set[UUID] = set()
     deleted: set[UUID] = set()
     after, end = 0, store.max_position()
-    while page := store.read_topics(after, end, ("user_deleted",), page_size):
-        deleted.update(ev.decode(n.state).subject_id for n in page)
-        after = page[-1].id
-    return frozenset(deleted)
-
-
-def latest_spammers(store: EventStore, page_size: int = 50_000) -> frozenset:
-    """Users marked spammers now (only the spam-mark events are read)."""
-    marked: set[UUID] = set()
-    after, end = 0, store.max_position()
-    while page := store.read_topics(after, end, SPAM_TOPICS, page_size):
+    while page := store.read_topics(after, end, (*SPAM_TOPICS, "user_deleted"), page_size):
         for n in page:
             e = ev.decode(n.state)
-            (marked.add if isinstance(e, ev.UserMarkedSpammer) else marked.discard)(e.subject_id)
+            if isinstance(e, ev.UserDeleted):
+                deleted.add(e.subject_id)
+            else:
+                (marked.add if isinstance(e, ev.UserMarkedSpammer) else marked.discard)(e.subject_id)
         after = page[-1].id
-    return frozenset(marked)
+    return frozenset(marked), frozenset(deleted)
 
 
 @dataclass

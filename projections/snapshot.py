@@ -30,7 +30,7 @@ from command_api.model import snapshot_stream
 from infra.oasst_format import dumps, open_text
 from infra.settings import Settings
 from infra.store import EventStore, Pending
-from projections.dataset import POLICIES, Dataset, Selection, fold_at, latest_deleted_users, latest_spammers
+from projections.dataset import POLICIES, Dataset, Selection, fold_at, latest_marks
 
 FORMAT_VERSION = 1  # bump when the files' layout changes (the id changes with it)
 ROLE = {"prompter": "user", "assistant": "assistant"}
@@ -178,7 +178,8 @@ def _exclusions(store: EventStore, state, spec: SnapshotSpec) -> tuple[frozenset
     if spec.exclusions == "as_of_position":
         return state.spammers, state.deleted_users
     if spec.exclusions == "latest":
-        return latest_spammers(store), state.deleted_users | latest_deleted_users(store)
+        spammers, deleted = latest_marks(store)
+        return spammers, state.deleted_users | deleted
     raise SnapshotError(f"exclusions must be 'as_of_position' or 'latest', not {spec.exclusions!r}")
 
 
