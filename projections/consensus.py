@@ -181,17 +181,20 @@ class ConsensusView(View):
         if facts is None:
             return {}
         out = self._out(exclude)
-        sums: dict[str, list[tuple[float, float]]] = {}
+        sums: dict[str, list] = {}  # name -> [sum of value * weight, sum of weights, count], added in order
         for user, labels in facts.by_user.items():
             if user in out:
                 continue
             w = 1.0 if trust is None else trust.get(user, DEFAULT_TRUST)
             for name, value in labels.items():
-                sums.setdefault(name, []).append((value, w))
-        return {
-            name: {"value": sum(v * w for v, w in vw) / (sum(w for _, w in vw) or 1.0), "count": len(vw)}
-            for name, vw in sorted(sums.items())
-        }
+                acc = sums.get(name)
+                if acc is None:
+                    sums[name] = [value * w, w, 1]
+                else:
+                    acc[0] += value * w
+                    acc[1] += w
+                    acc[2] += 1
+        return {name: {"value": vw / (w or 1.0), "count": n} for name, (vw, w, n) in sorted(sums.items())}
 
     def acceptance(self, message_id: UUID, exclude: frozenset = frozenset(),
                    trust: dict[UUID, float] | None = None) -> float | None:
