@@ -71,10 +71,10 @@ def snapshot_create(
 @snapshot_app.command("list")
 def snapshot_list() -> None:
     """List the snapshots in $OASST_DATA_DIR/snapshots."""
-    from projections.snapshot import list_manifests
+    from projections.snapshot import list_snapshots
 
     table = Table("id", "position", "policy", "trees", "sft", "dpo", "parent")
-    for m in list_manifests(_settings().data_dir):
+    for m in (s.manifest for s in list_snapshots(_settings().data_dir)):
         c = m["counts"]
         table.add_row(m["id"], str(m["position"]), m["policy"]["version"], str(c["trees"]),
                       str(c["sft.parquet"]), str(c["dpo.parquet"]), m["parent"] or "")

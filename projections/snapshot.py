@@ -80,7 +80,10 @@ def code_version() -> str:
     return f"oasst-data-engine {package}; snapshot format {FORMAT_VERSION}; polars {pl.__version__}"
 
 
-def snapshots_dir(data_dir: Path) -> Path:
+def snapshots_dir(data_dir: str | Path | None = None) -> Path:
+    """``<data dir>/snapshots`` (the data dir of OASST_DATA_DIR when none is given)."""
+    if data_dir is None:
+        data_dir = Settings.from_env().data_dir
     return Path(data_dir) / "snapshots"
 
 
@@ -94,10 +97,67 @@ def load_manifest(data_dir: Path, snapshot_id: str) -> dict:
     return json.loads(path.read_text())
 
 
-def list_manifests(data_dir: Path) -> list[dict]:
+# --- reading, as sampling and training jobs do ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot folder: its manifest, and its files checked against the manifest."""
+
+    id: str
+    dir: Path
+    manifest: dict
+    manifest_sha256: str  # of manifest.json's bytes: names the exact file set a job read
+
+    def file(self, name: str) -> Path:
+        return self.dir / name
+
+    @property
+    def position(self) -> int | None:
+        return self.manifest.get("position")
+
+    def verified_file(self, name: str) -> Path:
+        """The file, if it still has the sha256 the manifest recorded (a model or a sample
+        must not claim a snapshot whose file changed since)."""
+        path = self.file(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"snapshot {self.id} has no {name}")
+        want = (self.manifest.get("files") or {}).get(name, {}).get("sha256")
+        if want and _sha256(path) != want:
+            raise ValueError(f"{path} does not match its sha256 in the manifest of snapshot {self.id}")
+        return path
+
+
+def open_snapshot(ref: str | Path, data_dir: str | Path | None = None) -> Snapshot:
+    """A snapshot by folder path, by id under the data dir, or ``latest`` (highest log position)."""
+    if str(ref) == "latest":
+        found = list_snapshots(data_dir)
+        if not found:
+            raise FileNotFoundError(f"no snapshot under {snapshots_dir(data_dir)}")
+        return found[-1]
+    path = Path(ref)
+    if not (path / "manifest.json").is_file():
+        path = snapshots_dir(data_dir) / str(ref)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no snapshot {ref!r} (looked for {manifest_path})")
+    raw = manifest_path.read_bytes()
+    manifest = json.loads(raw)
+    return Snapshot(str(manifest.get("id") or path.name), path, manifest, hashlib.sha256(raw).hexdigest())
+
+
+def list_snapshots(data_dir: str | Path | None = None) -> list[Snapshot]:
+    """Complete snapshots on disk, oldest first (by log position, then id)."""
     root = snapshots_dir(data_dir)
-    found = [json.loads(p.read_text()) for p in root.glob("*/manifest.json")] if root.is_dir() else []
-    return sorted(found, key=lambda m: (m["position"], m["id"]))
+    found = []
+    for path in sorted(root.glob("*/manifest.json")) if root.is_dir() else []:
+        if path.parent.name.startswith("."):
+            continue  # a snapshot being built
+        try:
+            found.append(open_snapshot(path.parent))
+        except (OSError, ValueError):
+            continue  # being written (manifest.json is written last) or broken: not ours to judge
+    return sorted(found, key=lambda s: (s.position or 0, s.id))
 
 
 def _sha256(path: Path) -> str:

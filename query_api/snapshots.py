@@ -36,10 +36,10 @@ def _not_found(e: Exception) -> OasstError:
 
 @get("/snapshots", summary="Snapshot manifests, oldest position first")
 async def list_snapshots(request: Request) -> list[dict]:
-    from projections.snapshot import list_manifests
+    from projections.snapshot import list_snapshots
 
     client_of(request)
-    return list_manifests(request.app.state.settings.data_dir)
+    return [s.manifest for s in list_snapshots(request.app.state.settings.data_dir)]
 
 
 @get("/snapshots/{snapshot_id:str}", summary="One snapshot's manifest")

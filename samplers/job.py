@@ -11,12 +11,12 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from projections.snapshot import open_snapshot
 from samplers.backends import (
     Request,
     check_backend,
@@ -44,30 +44,6 @@ COMPLETIONS = pa.schema([
     ("sample", pa.int32()), ("seed", pa.int64()), ("request_seed", pa.int64()), ("n", pa.int32()),
     ("max_new_tokens", pa.int32()), ("tokens", pa.int32()),
 ])
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    id: str
-    dir: Path
-    manifest: dict
-    prompts: pa.Table
-
-
-def open_snapshot(snapshot: str | Path, data_dir: str | Path | None = None) -> Snapshot:
-    """A snapshot by id (under ``<data_dir>/snapshots/``) or by directory; its prompts.parquet
-    must still match the sha256 the manifest recorded."""
-    path = Path(snapshot)
-    if not (path / "manifest.json").is_file():
-        path = Path(data_dir or _default_data_dir()) / "snapshots" / str(snapshot)
-    if not (path / "manifest.json").is_file():
-        raise FileNotFoundError(f"no snapshot {snapshot!r} (looked for {path / 'manifest.json'})")
-    manifest = json.loads((path / "manifest.json").read_text())
-    data = (path / "prompts.parquet").read_bytes()
-    recorded = manifest.get("files", {}).get("prompts.parquet", {}).get("sha256")
-    if recorded and recorded != hashlib.sha256(data).hexdigest():
-        raise ValueError(f"{path / 'prompts.parquet'} does not match its manifest (changed since written)")
-    return Snapshot(str(manifest["id"]), path, manifest, pq.read_table(pa.BufferReader(data)))
 
 
 def _default_data_dir() -> Path:
@@ -159,13 +135,14 @@ def sample_completions(snapshot: str | Path, model: str | Path, *, backend: str 
     started = time.perf_counter()
     configs = list(configs)
     check_backend(backend, configs, n, max_new_tokens)
-    snap = open_snapshot(snapshot, data_dir)
+    snap = open_snapshot(snapshot, data_dir)  # prompts.parquet is checked against the manifest below
     label = Path(str(model).rstrip("/")).name
     key = run_key(snap.id, label, backend, configs, n, seed, max_new_tokens)
     run_id = hashlib.sha256(key.encode()).hexdigest()[:12]
     out = Path(out) if out else Path(data_dir or _default_data_dir()) / "samples" / f"{snap.id}-{run_id}"
 
-    prompts = snap.prompts.select(["message_id", "message_tree_id", "lang", "messages"])
+    prompts = pq.read_table(snap.verified_file("prompts.parquet"),
+                            columns=["message_id", "message_tree_id", "lang", "messages"])
     prompts = prompts.append_column("row", pa.array(range(prompts.num_rows), pa.int64()))
     ray_init_s = _ensure_ray(ray_address)
     job_started = time.perf_counter()

@@ -12,7 +12,6 @@ Launchers:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -59,18 +58,6 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
-
-
-def _check_file(snapshot: Snapshot, name: str) -> Path:
-    """The snapshot's file, checked against the manifest's sha256 (a model must not claim a
-    snapshot whose file changed since)."""
-    path = snapshot.file(name)
-    if not path.is_file():
-        raise FileNotFoundError(f"snapshot {snapshot.id} has no {name}")
-    want = (snapshot.manifest.get("files") or {}).get(name, {}).get("sha256")
-    if want and hashlib.sha256(path.read_bytes()).hexdigest() != want:
-        raise ValueError(f"{path} does not match its sha256 in the manifest of snapshot {snapshot.id}")
-    return path
 
 
 def _model_ref(path: str | None) -> dict | None:
@@ -128,7 +115,7 @@ def train(kind: str, snapshot: str | Path | Snapshot, model: str | Path, out: st
     if launcher not in LAUNCHERS:
         raise ValueError(f"unknown launcher {launcher!r}; one of {LAUNCHERS}")
     snap = snapshot if isinstance(snapshot, Snapshot) else open_snapshot(snapshot, data_dir)
-    data_file = _check_file(snap, FILES[kind])
+    data_file = snap.verified_file(FILES[kind])
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     reward_model = options.pop("reward_model", None)

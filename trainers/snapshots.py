@@ -6,72 +6,18 @@ Trainers read snapshot files only (never the live database). A snapshot is a fol
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+
+from projections.snapshot import Snapshot, list_snapshots, open_snapshot, snapshots_dir
+
+__all__ = ["FILES", "Snapshot", "fetch_snapshot", "follow", "list_snapshots", "open_snapshot", "snapshots_dir"]
 
 # What each trainer reads from a snapshot.
 FILES = {"sft": "sft.parquet", "rm": "rm.parquet", "dpo": "dpo.parquet", "grpo": "prompts.parquet",
          "rloo": "prompts.parquet"}
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    id: str
-    dir: Path
-    manifest: dict
-    manifest_sha256: str  # of manifest.json's bytes: names the exact file set a model came from
-
-    def file(self, name: str) -> Path:
-        return self.dir / name
-
-    @property
-    def position(self) -> int | None:
-        return self.manifest.get("position")
-
-
-def snapshots_dir(data_dir: str | Path | None = None) -> Path:
-    if data_dir is None:
-        from infra.settings import Settings
-
-        data_dir = Settings.from_env().data_dir
-    return Path(data_dir) / "snapshots"
-
-
-def open_snapshot(ref: str | Path, data_dir: str | Path | None = None) -> Snapshot:
-    """A snapshot by folder path, by id under the data dir, or ``latest`` (highest log position)."""
-    if str(ref) == "latest":
-        found = list_snapshots(data_dir)
-        if not found:
-            raise FileNotFoundError(f"no snapshot under {snapshots_dir(data_dir)}")
-        return found[-1]
-    path = Path(ref)
-    if not (path / "manifest.json").is_file():
-        path = snapshots_dir(data_dir) / str(ref)
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"no snapshot {ref!r} (looked for {manifest_path})")
-    raw = manifest_path.read_bytes()
-    manifest = json.loads(raw)
-    return Snapshot(str(manifest.get("id") or path.name), path, manifest, hashlib.sha256(raw).hexdigest())
-
-
-def list_snapshots(data_dir: str | Path | None = None) -> list[Snapshot]:
-    """Complete snapshots on disk, oldest first (by log position, then id)."""
-    root = snapshots_dir(data_dir)
-    found = []
-    for path in sorted(root.glob("*/manifest.json")) if root.is_dir() else []:
-        if path.parent.name.startswith("."):
-            continue  # a snapshot being built
-        try:
-            found.append(open_snapshot(path.parent))
-        except (OSError, ValueError):
-            continue  # being written (manifest.json is written last) or broken: not ours to judge
-    return sorted(found, key=lambda s: (s.position or 0, s.id))
 
 
 def _api_get(api_url: str, api_key: str | None, path: str):
