@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
+
+from infra.kafka import free_port  # noqa: F401 - the benchmarks take it from here
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "var" / "bench"
@@ -30,12 +31,6 @@ def python() -> str:
     """The venv's interpreter (the one running us, when we run from the venv)."""
     venv = VENV_BIN / "python"
     return str(venv) if venv.exists() else sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -86,15 +86,21 @@ def _uuids(obj):
         yield obj
 
 
+def big_log(url: str, target: int, quick: bool) -> EventStore:
+    """A log of about ``target`` events: a real history, copied with fresh ids."""
+    t = time.perf_counter()
+    asyncio.run(base_history(url, 600 if quick else 2000))
+    store = EventStore(url)
+    multiply(store, target)
+    common.console.print(f"log: {store.max_position()} events, made in {time.perf_counter() - t:.0f} s")
+    return store
+
+
 def run(quick: bool) -> list[dict]:
     target = 200_000 if quick else 1_000_000
     with common.postgres_database("oasst_bench_views") as url:
-        t = time.perf_counter()
-        asyncio.run(base_history(url, 600 if quick else 2000))
-        store = EventStore(url)
-        multiply(store, target)
+        store = big_log(url, target, quick)
         total = store.max_position()
-        common.console.print(f"log: {total} events, made in {time.perf_counter() - t:.0f} s")
 
         t = time.perf_counter()
         after = 0

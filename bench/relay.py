@@ -24,7 +24,7 @@ import time
 
 from bench import common
 from bench.ingest import API_KEY, TREE_ENV, Stats
-from bench.projections import base_history, multiply
+from bench.projections import big_log
 from bench.read_side import paced_commands
 from infra import kafka
 from infra.relay import KeyIndex, Relay
@@ -176,12 +176,8 @@ def run(quick: bool) -> list[dict]:
     warmup, duration = (3.0, 10.0) if quick else (5.0, 30.0)
     with kafka.tansu(log_path=str(common.OUT / "relay-tansu.log")) as bootstrap:
         with common.postgres_database("oasst_bench_relay") as url:
-            t = time.perf_counter()
-            asyncio.run(base_history(url, 600 if quick else 2000))
-            store = EventStore(url)
-            multiply(store, target)
+            store = big_log(url, target, quick)
             total = store.max_position()
-            console.print(f"log: {total} events, made in {time.perf_counter() - t:.0f} s")
             gzip = relay_throughput(store, bootstrap, "gzip")
             plain = relay_throughput(store, bootstrap, "none")
             baseline = kafka_python_baseline(store, bootstrap)

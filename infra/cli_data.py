@@ -15,6 +15,9 @@ snapshot_app = typer.Typer(help="Reproducible dataset snapshots.", no_args_is_he
 
 STATES = typer.Option([], "--state", help="Tree states (repeat; default ready_for_export; 'any' for all).")
 LANGS = typer.Option([], "--lang", help="Languages (repeat; default all).")
+AT = typer.Option(None, "--at", help="Log position P (default: the last one now).")
+POLICY = typer.Option("oa", help="oa (Open-Assistant's rules) or trust (trust-weighted).")
+SYNTHETIC = typer.Option("exclude", help="Trees with synthetic messages: exclude, include or only.")
 
 
 def _selection(state: list[str], lang: list[str], deleted: str = "exclude", spam: str = "exclude",
@@ -36,12 +39,10 @@ def _settings():
 
 @snapshot_app.command("create")
 def snapshot_create(
-    at: int | None = typer.Option(None, "--at", help="Log position P (default: the last one now)."),
-    policy: str = typer.Option("oa", help="oa (Open-Assistant's rules) or trust (trust-weighted)."),
-    state: list[str] = STATES, lang: list[str] = LANGS,
+    at: int | None = AT, policy: str = POLICY, state: list[str] = STATES, lang: list[str] = LANGS,
     deleted: str = typer.Option("exclude", help="Deleted messages: exclude or include."),
     spam: str = typer.Option("exclude", help="Messages not accepted by review: exclude or include."),
-    synthetic: str = typer.Option("exclude", help="Trees with synthetic messages: exclude, include or only."),
+    synthetic: str = SYNTHETIC,
     min_review_count: int = typer.Option(0, help="Leave out messages with fewer reviews."),
     sft_max_rank: int | None = typer.Option(None, help="SFT: keep conversations whose last reply ranked < k."),
     from_id: str | None = typer.Option(None, "--from", help="Re-derive this snapshot (same P, policy, filters)."),
@@ -94,12 +95,10 @@ def snapshot_show(snapshot_id: str) -> None:
 
 def export(
     out: Path = typer.Argument(..., help="Output file: .jsonl or .jsonl.gz."),
-    at: int | None = typer.Option(None, "--at", help="Log position (default: now)."),
-    policy: str = typer.Option("oa", help="oa or trust."),
-    state: list[str] = STATES, lang: list[str] = LANGS,
+    at: int | None = AT, policy: str = POLICY, state: list[str] = STATES, lang: list[str] = LANGS,
     deleted: str = typer.Option("exclude", help="Deleted messages: exclude, include or only."),
     spam: str = typer.Option("exclude", help="Messages not accepted by review: exclude, include or only."),
-    synthetic: str = typer.Option("exclude", help="Trees with synthetic messages: exclude, include or only."),
+    synthetic: str = SYNTHETIC,
     user: str | None = typer.Option(None, help="Only this user's messages (flat lines)."),
     prompts_only: bool = typer.Option(False, help="Only initial prompts."),
     labels: bool = typer.Option(False, help="Include label means and counts."),

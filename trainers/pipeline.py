@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,17 +25,13 @@ from pathlib import Path
 
 import httpx
 
+from infra.kafka import free_port
+
 API_KEY = "pipeline-key"
 
 
 def say(step: str, detail: str = "") -> None:
     print(f"\n== {step}" + (f": {detail}" if detail else ""), flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
