@@ -334,10 +334,7 @@ class TreeManager:
         labels = [msg.task_labels[u] for u in sorted(msg.task_labels) if u not in self.model.spammers]
         if msg.late or (len(labels) < needed and not (again and labels)):
             return
-        threshold = (
-            self.cfg.acceptance_threshold_initial_prompt if msg.parent_id is None
-            else self.cfg.acceptance_threshold_reply
-        )
+        threshold = self.cfg.acceptance_threshold(msg.parent_id is None)
         score = round(acceptance_score(labels), 6)
         if again and msg.review_result == (score > threshold):
             return

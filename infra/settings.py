@@ -40,6 +40,10 @@ class TreeConfig:
     max_pending_tasks_per_user: int = 8
     max_prompt_lottery_waiting: int = 250
 
+    def acceptance_threshold(self, is_prompt: bool) -> float:
+        """The review score a message must exceed to be accepted."""
+        return self.acceptance_threshold_initial_prompt if is_prompt else self.acceptance_threshold_reply
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> TreeConfig:
         env = os.environ if env is None else env

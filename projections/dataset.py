@@ -130,6 +130,7 @@ class Dataset:
         self.weights = ({u: t.score for u, t in compute_trust(consensus).items()}
                         if self.policy == "trust" else None)
         self._ranks: dict[UUID, dict[UUID, int]] = {}
+        self._accepted: dict[UUID, bool | None] = {}
 
     # --- facts under the policy ---------------------------------------------------
 
@@ -137,13 +138,17 @@ class Dataset:
         return self.policy == "trust" or any(u in self.extra for u in voters)
 
     def accepted(self, m: MessageRow) -> bool | None:
+        """The review decision under the policy (asked several times per message: kept once)."""
+        if m.id not in self._accepted:
+            self._accepted[m.id] = self._decide_acceptance(m)
+        return self._accepted[m.id]
+
+    def _decide_acceptance(self, m: MessageRow) -> bool | None:
         facts = self.state.consensus.labels.get(m.id)
         if facts and facts.task_users and self._needs_redecision(facts.task_users):
             score = self.state.consensus.acceptance(m.id, trust=self.weights)
             if score is not None:
-                threshold = (self.config.acceptance_threshold_initial_prompt if m.parent_id is None
-                             else self.config.acceptance_threshold_reply)
-                return round(score, 6) > threshold
+                return round(score, 6) > self.config.acceptance_threshold(m.parent_id is None)
         return m.review_result
 
     def rank(self, m: MessageRow) -> int | None:

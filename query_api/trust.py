@@ -58,7 +58,7 @@ async def message_consensus(request: Request, message_id: FromPath[str],
     consensus = _consensus(request)
     weights = {u: t.score for u, t in trust_scores(request).items()}
     settings = request.app.state.settings.tree
-    threshold = settings.acceptance_threshold_initial_prompt if m.parent_id is None else settings.acceptance_threshold_reply
+    threshold = settings.acceptance_threshold(m.parent_id is None)
     out = {}
     for name in [policy] if policy else POLICIES:
         trust = weights if name == "trust" else None
