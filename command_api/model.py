@@ -8,17 +8,22 @@ gives the same model.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from command_api import events as ev
+from command_api import labels as lab
+from command_api.rules import is_hidden
 from infra.settings import TreeConfig
 
 OASST_NAMESPACE = uuid5(NAMESPACE_URL, "https://github.com/LAION-AI/Open-Assistant")
 
+DUPLICATE_TEXT_WINDOW = timedelta(minutes=120)  # a user may not submit the same text again within this
+CLOSED_TASK_MEMORY = timedelta(days=1)  # a closed task is remembered this long (a retry gets its first answer)
 ACTIVE_STATES = ("initial_prompt_review", "growing", "ranking")
 TERMINAL_STATES = ("ready_for_export", "aborted_low_grade", "halted_by_moderator", "scoring_failed")
 
@@ -89,8 +94,11 @@ class User:
         return self.created_at is not None
 
 
-@dataclass
+@dataclass(slots=True)
 class Task:
+    """What deciding needs of a task. The payload the frontend got is in its TaskAssigned
+    event only; once a task is closed its ranked ids go too (a retry needs neither)."""
+
     id: UUID
     type: str
     user_id: UUID | None
@@ -99,7 +107,6 @@ class Task:
     lang: str | None
     created_at: datetime
     expires_at: datetime | None
-    payload: dict
     target_message_id: UUID | None
     tree_id: UUID | None
     label_mode: str | None
@@ -113,8 +120,12 @@ class Task:
     def pending(self) -> bool:
         return self.status in ("open", "acked")
 
+    @property
+    def valid_labels(self) -> list[str]:
+        return lab.valid_labels(self.type, self.label_mode or "full")
 
-@dataclass
+
+@dataclass(slots=True)
 class Message:
     id: UUID
     tree_id: UUID
@@ -133,8 +144,9 @@ class Message:
     review_result: bool | None = None
     late: bool = False  # arrived after its tree stopped growing: kept, never reviewed
     children: list[UUID] = field(default_factory=list)
-    task_labels: dict[UUID, dict[str, float]] = field(default_factory=dict)  # user -> labels
-    emojis: dict[str, set[UUID]] = field(default_factory=lambda: defaultdict(set))
+    # user -> what acceptance reads of their review labels: (spam, lang_mismatch), None if absent
+    task_labels: dict[UUID, tuple[float | None, float | None]] = field(default_factory=dict)
+    emojis: dict[str, set[UUID]] = field(default_factory=dict)  # emoji -> users (hidden skip markers too)
     reports: int = 0
     rank: int | None = None
 
@@ -147,7 +159,7 @@ class Message:
         return self.reports + len(self.emojis.get("red_flag", ()))
 
 
-@dataclass
+@dataclass(slots=True)
 class Tree:
     id: UUID
     lang: str
@@ -156,6 +168,7 @@ class Tree:
     goal_tree_size: int
     origin: str | None = None
     won_lottery: bool = False
+    goal_decided: bool = False  # the goal size came with a decision, not from the configuration
     halted_from: str | None = None
     message_ids: list[UUID] = field(default_factory=list)
     awaiting_review: dict[UUID, Message] = field(default_factory=dict)  # not late, not yet reviewed
@@ -165,19 +178,23 @@ class Tree:
     skip_replies: int = 0
     spam_halted_from: str | None = None  # state before its author was marked a spammer
     aborted_by_review: bool = False  # aborted because its prompt's review rejected it
-    revision: int = 0  # bumped when a message of the tree changes (for caches)
+    revision: int = 0  # bumped when a message, label or ranking of the tree changes (for caches)
+    work: Any = None  # the tree manager's TreeWork while the tree is active (a cache)
 
 
 class WriteModel:
     def __init__(self, config: TreeConfig | None = None):
         self.cfg = config or TreeConfig()
         self.position = 0
+        self.last_event_id: UUID | None = None  # of the last event folded (checkpoints check it)
+        self.event_count = 0  # events folded (a checkpoint checks that the log holds no others)
         self.versions: dict[UUID, int] = {}
         self.clients: dict[UUID, ApiClient] = {}
         self.clients_by_key: dict[str, ApiClient] = {}
         self.users: dict[UUID, User] = {}
         self.tasks: dict[UUID, Task] = {}
         self.tasks_by_frontend_id: dict[tuple[UUID | None, str], UUID] = {}
+        self.closed_tasks: deque[tuple[datetime, UUID]] = deque()  # (closed at, task), oldest first
         self.user_pending: dict[UUID, dict[UUID, None]] = defaultdict(dict)  # user -> open tasks
         self.pending_by_target: dict[UUID, set[UUID]] = defaultdict(set)  # message -> open tasks
         self.messages: dict[UUID, Message] = {}
@@ -185,11 +202,14 @@ class WriteModel:
         self.trees: dict[UUID, Tree] = {}
         self.trees_by_state: dict[str, dict[UUID, Tree]] = defaultdict(dict)
         self.trees_by_state_lang: dict[tuple[str, str], dict[UUID, Tree]] = defaultdict(dict)
-        self.user_texts: dict[UUID, list[tuple[datetime, int]]] = defaultdict(list)  # (at, hash)
+        self.user_texts: dict[UUID, list[tuple[datetime, int]]] = defaultdict(list)  # (at, hash), recent only
         self.replied: set[tuple[UUID, UUID]] = set()  # (parent, user)
         self.rank1_dates: dict[UUID, list[datetime]] = defaultdict(list)  # author -> dates
         # who contributed what, so that a spam mark can be applied after the fact
         self.spammers: set[UUID] = set()
+        self.spam_epoch = 0  # bumped by every spam mark or unmark (whose votes count changes everywhere)
+        # lang -> author -> their trees waiting in the prompt lottery (the draw needs no sort)
+        self.lottery: dict[str, dict[UUID | None, dict[UUID, Tree]]] = defaultdict(dict)
         self.authored: dict[UUID, list[UUID]] = defaultdict(list)  # user -> messages
         self.labelled_by: dict[UUID, set[UUID]] = defaultdict(set)  # user -> messages (task labels)
         self.ranked_by: dict[UUID, set[UUID]] = defaultdict(set)  # user -> ranked parents
@@ -206,12 +226,7 @@ class WriteModel:
 
     def is_hidden(self, message: Message) -> bool:
         """Deleted itself or below a deleted ancestor (a spammer's message counts as deleted)."""
-        m: Message | None = message
-        while m is not None:
-            if m.deleted or m.user_id in self.spammers:
-                return True
-            m = self.messages.get(m.parent_id) if m.parent_id else None
-        return False
+        return is_hidden(message, self.messages.get, self.spammers)
 
     def thread(self, message: Message) -> list[Message]:
         """Root ... message."""
@@ -224,10 +239,24 @@ class WriteModel:
         index = self.trees_by_state.get(state) if lang is None else self.trees_by_state_lang.get((state, lang))
         return index.values() if index else ()
 
+    def reconfigure(self, cfg: TreeConfig) -> None:
+        """Adopt another tree configuration (a checkpoint folded under one, a server run
+        under another): re-derive what the fold derived from it, as a fold under ``cfg`` would."""
+        if cfg == self.cfg:
+            return
+        self.cfg = cfg
+        for tree in self.trees.values():
+            if not tree.goal_decided:
+                tree.goal_tree_size = cfg.goal_tree_size
+            for mid in tree.message_ids:
+                self._refresh_reply_parent(self.messages[mid])
+
     # --- the fold -------------------------------------------------------------------
 
     def apply(self, event: ev.Event, stream: UUID, version: int) -> None:
         self.versions[stream] = version
+        self.last_event_id = event.id
+        self.event_count += 1
         handler = getattr(self, "_on_" + ev.topic(event), None)
         if handler:
             handler(event)
@@ -236,9 +265,22 @@ class WriteModel:
         if tree.state:
             self.trees_by_state[tree.state].pop(tree.id, None)
             self.trees_by_state_lang[(tree.state, tree.lang)].pop(tree.id, None)
+            if tree.state == "prompt_lottery_waiting":
+                self._lottery_remove(tree)
         tree.state = state
+        tree.revision += 1
         self.trees_by_state[state][tree.id] = tree
         self.trees_by_state_lang[(state, tree.lang)][tree.id] = tree
+        if state == "prompt_lottery_waiting":
+            self.lottery[tree.lang].setdefault(self.messages[tree.id].user_id, {})[tree.id] = tree
+
+    def _lottery_remove(self, tree: Tree) -> None:
+        by_author = self.lottery[tree.lang]
+        author = self.messages[tree.id].user_id
+        mine = by_author.get(author, {})
+        mine.pop(tree.id, None)
+        if not mine:
+            by_author.pop(author, None)
 
     def _counts_as_child(self, m: Message) -> bool:
         """A reply taking a place under its parent: not deleted, not rejected by review,
@@ -295,6 +337,7 @@ class WriteModel:
         u = self.users[e.subject_id]
         u.spammer = True
         self.spammers.add(u.id)
+        self.spam_epoch += 1
         if e.ban:
             u.enabled = False
         self._refresh_user_messages(u.id)
@@ -302,6 +345,7 @@ class WriteModel:
     def _on_user_unmarked_spammer(self, e: ev.UserUnmarkedSpammer) -> None:
         self.users[e.subject_id].spammer = False
         self.spammers.discard(e.subject_id)
+        self.spam_epoch += 1
         self._refresh_user_messages(e.subject_id)
 
     def _refresh_user_messages(self, user_id: UUID) -> None:
@@ -314,18 +358,30 @@ class WriteModel:
     def _on_task_assigned(self, e: ev.TaskAssigned) -> None:
         task = Task(
             e.task_id, e.task_type, e.user_id, e.api_client_id, e.collective, e.lang, e.at,
-            e.expires_at, e.payload, e.target_message_id, e.tree_id, e.label_mode,
-            list(e.ranked_message_ids),
+            e.expires_at, e.target_message_id, e.tree_id, e.label_mode, list(e.ranked_message_ids),
         )
         self.tasks[task.id] = task
         if e.user_id:
             self.user_pending[e.user_id][task.id] = None
         if e.target_message_id:
             self.pending_by_target[e.target_message_id].add(task.id)
+        self._forget_closed_tasks(e.at)
 
-    def _close_task(self, task_id: UUID, status: str) -> Task:
+    def _forget_closed_tasks(self, now: datetime) -> None:
+        """Tasks closed long ago go, so that the model holds live work, not all history."""
+        closed = self.closed_tasks
+        while closed and now - closed[0][0] > CLOSED_TASK_MEMORY:
+            task = self.tasks.pop(closed.popleft()[1], None)
+            if task is not None:
+                self.versions.pop(task.id, None)  # nothing is appended to a closed task's stream
+                if task.frontend_message_id:
+                    self.tasks_by_frontend_id.pop((task.api_client_id, task.frontend_message_id), None)
+
+    def _close_task(self, e: ev.Event, task_id: UUID, status: str) -> Task:
         task = self.tasks[task_id]
         task.status = status
+        task.ranked_message_ids = []
+        self.closed_tasks.append((e.at, task_id))
         if task.user_id:
             self.user_pending[task.user_id].pop(task_id, None)
         if task.target_message_id:
@@ -338,20 +394,23 @@ class WriteModel:
         self.tasks_by_frontend_id[(task.api_client_id, e.frontend_message_id)] = task.id
 
     def _on_task_skipped(self, e: ev.TaskSkipped) -> None:
-        self._close_task(e.task_id, "skipped")
+        self._close_task(e, e.task_id, "skipped")
 
     def _on_task_expired(self, e: ev.TaskExpired) -> None:
-        self._close_task(e.task_id, "expired")
+        self._close_task(e, e.task_id, "expired")
 
     def _on_task_completed(self, e: ev.TaskCompleted) -> None:
-        task = self._close_task(e.task_id, "done")
+        task = self._close_task(e, e.task_id, "done")
         task.request_sha256, task.user_message_id = e.request_sha256, e.user_message_id
 
     def _add_message(self, m: Message) -> None:
         self.messages[m.id] = m
         self.messages_by_frontend_id[(m.api_client_id, m.frontend_message_id)] = m.id
         if m.user_id:
-            self.user_texts[m.user_id].append((m.created_at, hash(m.text)))
+            texts = self.user_texts[m.user_id]
+            while texts and m.created_at - texts[0][0] > DUPLICATE_TEXT_WINDOW:
+                texts.pop(0)  # the duplicate-text guard looks back this far only
+            texts.append((m.created_at, hash(m.text)))
             self.authored[m.user_id].append(m.id)
 
     def _on_initial_prompt_submitted(self, e: ev.InitialPromptSubmitted) -> None:
@@ -424,8 +483,9 @@ class WriteModel:
     def _on_labels_submitted(self, e: ev.LabelsSubmitted) -> None:
         m = self.messages[e.message_id]
         if e.kind == "task":
-            m.task_labels[e.user_id] = e.labels
+            m.task_labels[e.user_id] = (e.labels.get("spam"), e.labels.get("lang_mismatch"))
             self.labelled_by[e.user_id].add(m.id)
+            self.trees[m.tree_id].revision += 1
         elif e.kind == "report":
             m.reports += 1
 
@@ -433,23 +493,24 @@ class WriteModel:
         tree = self.trees[self.messages[e.parent_id].tree_id]
         tree.rankings[e.parent_id].append((e.user_id, list(e.ranked_message_ids)))
         tree.rankers.add((e.parent_id, e.user_id))
+        tree.revision += 1
         self.ranked_by[e.user_id].add(e.parent_id)
 
     def _on_emoji_added(self, e: ev.EmojiAdded) -> None:
         m = self.messages[e.message_id]
-        m.emojis[e.emoji].add(e.user_id)
+        m.emojis.setdefault(e.emoji, set()).add(e.user_id)
         if e.emoji == "_skip_reply":
             self.trees[m.tree_id].skip_replies += 1
 
     def _on_emoji_removed(self, e: ev.EmojiRemoved) -> None:
-        self.messages[e.message_id].emojis[e.emoji].discard(e.user_id)
+        self.messages[e.message_id].emojis.get(e.emoji, set()).discard(e.user_id)
 
     def _on_tree_state_changed(self, e: ev.TreeStateChanged) -> None:
         tree = self.trees[e.tree_id]
         if e.new_state == "growing":
             tree.won_lottery = True
         if e.goal_tree_size is not None:
-            tree.goal_tree_size = e.goal_tree_size
+            tree.goal_tree_size, tree.goal_decided = e.goal_tree_size, True
         if e.new_state == "aborted_low_grade":
             tree.aborted_by_review = e.reason in ("initial_prompt_review", "review_changed")
         if e.reason == "author_marked_spammer":

@@ -22,7 +22,7 @@ def service_of(request: Request) -> CommandService:
 def authorize(request: Request, trusted: bool = False) -> ApiClient:
     """OA's auth: ``X-API-Key`` header or ``api_key`` query parameter."""
     key = request.headers.get("x-api-key") or request.query_params.get("api_key")
-    client = service_of(request).client_for_key(key)
+    client = request.app.state.api_keys.client_for_key(key)  # the write model, or ApiKeyIndex
     if client is None:
         raise OasstError("the API key is missing or unknown", ErrorCode.API_CLIENT_NOT_AUTHORIZED)
     if trusted and not client.trusted:

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import random
 import secrets
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,25 +30,31 @@ import msgspec
 from command_api import events as ev
 from command_api import labels as lab
 from command_api import protocol as p
+from command_api.api_keys import key_digest
 from command_api.errors import ErrorCode, OasstError
-from command_api.model import ACTIVE_STATES, ApiClient, Message, Task, User, WriteModel, stream_of
+from command_api.model import (
+    ACTIVE_STATES,
+    DUPLICATE_TEXT_WINDOW,
+    ApiClient,
+    Message,
+    Task,
+    User,
+    WriteModel,
+    stream_of,
+)
 from command_api.tree_manager import TreeManager
+from infra.checkpoints import Checkpoints, wait_for
 from infra.settings import Settings
 from infra.store import EventStore, GroupCommitter, Pending, StoredResponse
 
 log = logging.getLogger("oasst.commands")
 
 MAX_TEXT = 2000
-DUPLICATE_TEXT_WINDOW = timedelta(minutes=120)
 _json = msgspec.json.Encoder()
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def key_digest(api_key: str) -> str:
-    return hashlib.sha256(api_key.encode()).hexdigest()
 
 
 def skip_marker(task_type: str) -> str | None:
@@ -101,37 +108,84 @@ class Batch:
 
 
 class CommandService:
-    def __init__(self, settings: Settings, store: EventStore, clock=utcnow):
+    def __init__(self, settings: Settings, store: EventStore, clock=utcnow, checkpoints: Checkpoints | None = None):
         self.clock = clock  # the seed generator passes a simulated clock
         self.settings = settings
         self.store = store
+        self.checkpoints = checkpoints
         self.model = WriteModel(settings.tree)
         self.manager = TreeManager(self.model, settings.tree)
         self.committer = GroupCommitter(store, on_failure=self._on_commit_failure)
         self.on_commit: list = []  # callables(position), e.g. the projection runner's wake-up
         self.responses: OrderedDict[tuple[UUID, str], StoredResponse] = OrderedDict()
         self.inflight: dict[tuple[UUID, str], asyncio.Future] = {}
+        self.loaded: dict = {}  # how the model was built at start: from which checkpoint, what was folded
+        self._checkpointed = (0, 0)  # (position, model.event_count) of the last checkpoint
+        self._checkpointing: asyncio.Task | None = None
+        self._paused: asyncio.Future | None = None  # deciding waits while a checkpoint is taken
+        self._recovering: asyncio.Task | None = None  # a rebuild after a failed append
 
     # --- lifecycle -----------------------------------------------------------------
 
     def load(self) -> None:
-        """(Re)build the write model from the whole log."""
-        model = WriteModel(self.settings.tree)
-        after = 0
+        """(Re)build the write model: the newest usable checkpoint, then the log after it."""
+        self.model, self.manager = self._build_model()
+
+    def _build_model(self) -> tuple[WriteModel, TreeManager]:
+        started = time.perf_counter()
+        store_id = self._store_id() if self.checkpoints else None
+        model = self.checkpoints.load(store_id, self._event_id_at, self.settings.tree) if store_id else None
+        checkpoint = model.position if model else None
+        model = model or WriteModel(self.settings.tree)
+        self._checkpointed = (model.position, model.event_count)
+        after, folded = model.position, 0
         while True:
             page = self.store.read_stored(after, 10_000)
             if not page:
                 break
             for n in page:
                 model.apply(ev.decode(n.state), n.originator_id, n.originator_version)
-            after = page[-1].id
+            after, folded = page[-1].id, folded + len(page)
         model.position = after
-        self.model = model
-        self.manager = TreeManager(model, self.settings.tree)
+        self.loaded = {"checkpoint": checkpoint, "folded": folded, "position": after,
+                       "seconds": round(time.perf_counter() - started, 3)}
+        log.info("write model at position %d: checkpoint %s, %d events folded, %.1f s", after, checkpoint,
+                 folded, self.loaded["seconds"])
+        return model, TreeManager(model, self.settings.tree)
+
+    def _event_id_at(self, position: int) -> UUID | None:
+        found = self.store.read_positions([position])
+        return ev.decode(found[0].state).id if found else None
+
+    def _store_id(self) -> UUID | None:
+        """The id of the log's first event: names the store's checkpoints."""
+        first = self.store.read_stored(0, 1)
+        return ev.decode(first[0].state).id if first else None
 
     def _on_commit_failure(self, exc: BaseException) -> None:
         log.error("append failed (%s); rebuilding the write model from the log", exc)
-        self.load()
+        self._recover()
+
+    def _recover(self) -> None:
+        """Rebuild the model off the event loop (other requests keep being answered; commands
+        get 503 until it is done), retrying while the store cannot be read."""
+        if self._recovering is None:
+            self._recovering = asyncio.ensure_future(self._rebuild())
+
+    async def _rebuild(self) -> None:
+        delay = 0.25
+        try:
+            while True:
+                try:
+                    await self.committer.drain()
+                    self.model, self.manager = await asyncio.to_thread(self._build_model)
+                    return
+                except Exception as exc:  # noqa: BLE001 - the store is away: try again
+                    log.warning("rebuilding the write model failed (%s); retrying in %.1f s", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            self._recovering = None
 
     async def start(self) -> None:
         await asyncio.to_thread(self.load)
@@ -142,9 +196,71 @@ class CommandService:
                     p.CreateApiClientRequest("bootstrap client", "dev", trusted=True),
                     key=self.settings.bootstrap_api_key,
                 )
+        if self.checkpoints and self.settings.checkpoint_every and self.loaded["folded"] >= self._worth_saving:
+            self._checkpoint_soon()  # a long fold at start: the next start should not repeat it
 
     async def stop(self) -> None:
-        await self.committer.stop()
+        await self.committer.drain()
+        if self._checkpointing:
+            await self._checkpointing
+        if self.checkpoints and self.settings.checkpoint_every and self._recovering is None \
+                and self.model.event_count - self._checkpointed[1] >= self._worth_saving:
+            await asyncio.to_thread(self._save_checkpoint_here)
+
+    # --- checkpoints ----------------------------------------------------------------
+
+    @property
+    def _worth_saving(self) -> int:
+        """Events whose fold a checkpoint should spare the next start (small stores fold in no time)."""
+        return max(1, self.settings.checkpoint_every // 10)
+
+    def _checkpoint_soon(self) -> asyncio.Task:
+        if self._checkpointing is None:
+            self._checkpointing = asyncio.ensure_future(self._take_checkpoint())
+        return self._checkpointing
+
+    async def checkpoint(self) -> int | None:
+        """Save the model at its position without stalling requests for long: deciding
+        pauses until every decided command is committed, a child process is forked to write
+        the model's copy-on-write image, and deciding resumes. Returns the position saved
+        (None if it was not saved; one already being taken is awaited)."""
+        return await asyncio.shield(self._checkpoint_soon())
+
+    async def _take_checkpoint(self) -> int | None:
+        try:
+            self._paused = asyncio.get_running_loop().create_future()
+            try:
+                await self.committer.drain()
+                self.model.position = max(self.model.position, self.committer.last_position)
+                if self._recovering or not await asyncio.to_thread(self._log_matches_model):
+                    return None
+                position, count = self.model.position, self.model.event_count
+                pid = self.checkpoints.save_in_child(self.model, self._store_id())  # None: saved here
+            finally:
+                paused, self._paused = self._paused, None
+                paused.set_result(None)
+            if pid is not None and not await asyncio.to_thread(wait_for, pid):
+                log.error("writing a checkpoint at %d failed (see the log above)", position)
+                return None
+            self._checkpointed = (position, count)
+            return position
+        finally:
+            self._checkpointing = None
+
+    def _log_matches_model(self) -> bool:
+        """The log holds exactly the events the model folded (no other process appended)."""
+        since, count = self._checkpointed
+        logged = self.store.count_events(since, self.model.position)
+        if logged != self.model.event_count - count:
+            log.warning("not checkpointing: the log has %d events since %d, the model folded %d", logged,
+                        since, self.model.event_count - count)
+            return False
+        return True
+
+    def _save_checkpoint_here(self) -> None:
+        if self._log_matches_model():
+            self.checkpoints.save(self.model, self._store_id())
+            self._checkpointed = (self.model.position, self.model.event_count)
 
     # --- running a command --------------------------------------------------------
 
@@ -158,13 +274,18 @@ class CommandService:
             earlier = await self._earlier_response(ikey)
             if earlier:
                 return Result(earlier.status, earlier.body, earlier.position)
+        while self._paused is not None:  # a checkpoint is being taken (milliseconds)
+            await asyncio.shield(self._paused)
+        if self._recovering is not None:
+            raise OasstError("the write model is being rebuilt after a failed append; retry shortly",
+                             ErrorCode.STORE_UNAVAILABLE)
         batch = Batch(self, client_id, self.clock())
         try:
             status, body = decide(batch)
         except OasstError:
             if batch.events:
                 log.error("a command failed after emitting events; rebuilding the model")
-                self.load()
+                self._recover()
             raise
         i = 0
         while i < len(batch.events):  # the tree manager reacts to each event, its own too
@@ -189,6 +310,9 @@ class CommandService:
         self.model.position = max(self.model.position, positions[-1])
         for listener in self.on_commit:
             listener(positions[-1])
+        every = self.settings.checkpoint_every
+        if self.checkpoints and every and self.model.position - self._checkpointed[0] >= every:
+            self._checkpoint_soon()
         if idempotency_key:
             self._remember(ikey, StoredResponse(status, encoded or b"", positions[-1]))
         return Result(status, encoded, positions[-1])
@@ -399,7 +523,7 @@ class CommandService:
             msg = self._message(body.message_id)
             if msg.user_id == user.id:
                 raise OasstError("you cannot label your own message", ErrorCode.TEXT_LABELS_NO_SELF_LABELING)
-            self._check_labels(body.labels, task.payload.get("valid_labels"), lab.MANDATORY_LABELS)
+            self._check_labels(body.labels, task.valid_labels, lab.MANDATORY_LABELS)
             return lambda b: b.emit(ev.LabelsSubmitted, user_id=user.id, message_id=msg.id, labels=body.labels,
                                     kind="task", task_id=task.id, mode=task.label_mode, text=body.text)
         n = len(task.ranked_message_ids)

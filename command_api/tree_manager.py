@@ -8,6 +8,8 @@ new task's id, or the id of the event that triggered a decision).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,9 +18,9 @@ from uuid import UUID
 
 from command_api import events as ev
 from command_api import labels as lab
-from command_api.model import Message, Tree, User, WriteModel
+from command_api.model import ACTIVE_STATES, Message, Tree, User, WriteModel
+from command_api.rules import acceptance_score, ranked_pairs
 from infra.settings import TreeConfig
-from projections.consensus import acceptance_score, ranked_pairs
 
 # OA's weights for a "random" task request, by kind of task
 RANDOM_WEIGHTS = {"rank": 10.0, "label_reply": 5.0, "label_prompt": 5.0, "reply": 2.0, "initial_prompt": 0.01}
@@ -48,11 +50,24 @@ class TaskPlan:
     ranked_message_ids: list[UUID] | None = None
 
 
+@dataclass(slots=True)
+class TreeWork:
+    """What one tree offers to task selection, computed once per change of the tree (its
+    revision) or of whose votes count (the spam epoch) rather than on every request."""
+
+    revision: int
+    spam_epoch: int
+    size: int  # messages that count toward the goal size: accepted or still in review, live
+    to_label: list[tuple[Message, int]]  # live, awaiting review, short of reviews: (message, honest reviews)
+    reply_parents: list[Message]  # live messages with room for another reply
+    rank_parents: dict[UUID, list[UUID]]  # parent -> its accepted live replies (more than one)
+    rankings: dict[UUID, int]  # parent -> rankings by users not marked spammers
+
+
 class TreeManager:
     def __init__(self, model: WriteModel, config: TreeConfig):
         self.model = model
         self.cfg = config
-        self._rank_parents_cache: dict[UUID, tuple[int, dict[UUID, list[UUID]]]] = {}
 
     # --- candidates -------------------------------------------------------------------
 
@@ -65,103 +80,127 @@ class TreeManager:
             if tasks[t].type.startswith(prefix) and now - tasks[t].created_at < span
         )
 
-    def _langs_match(self, tree: Tree, lang: str | None) -> bool:
-        return lang is None or tree.lang == lang
+    def work(self, tree: Tree) -> TreeWork:
+        found = tree.work  # kept on the tree while it is active
+        if found is None or found.revision != tree.revision or found.spam_epoch != self.model.spam_epoch:
+            found = tree.work = self._tree_work(tree)
+        return found
 
-    def targets(self, task_type: str, user: User, lang: str | None, now: datetime) -> Iterator[UUID | None]:
-        """The possible targets of one task type for this user, lazily (the first one
-        is enough to know the type is available)."""
-        m, cfg, uid = self.model, self.cfg, user.id
+    def _tree_work(self, tree: Tree) -> TreeWork:
+        m, cfg = self.model, self.cfg
+        hidden: dict[UUID, bool] = {}
+        size = 0
+        for mid in tree.message_ids:  # parents come before their children
+            x = m.messages[mid]
+            hidden[mid] = x.deleted or x.user_id in m.spammers or (x.parent_id is not None and hidden[x.parent_id])
+            if not hidden[mid] and not x.late and x.review_result is not False:
+                size += 1
+        to_label = []
+        for x in tree.awaiting_review.values():
+            needed = cfg.num_reviews_initial_prompt if x.parent_id is None else cfg.num_reviews_reply
+            honest = self.honest_review_count(x)
+            if not hidden[x.id] and honest < needed:
+                to_label.append((x, honest))
+        rank_parents = {}
+        for mid in tree.message_ids:
+            parent = m.messages[mid]
+            if parent.role == "assistant" and not cfg.rank_prompter_replies:
+                continue
+            replies = [c for c in parent.children
+                       if m.messages[c].review_result and not m.messages[c].late and not hidden[c]]
+            if len(replies) > 1:
+                rank_parents[mid] = replies
+        return TreeWork(
+            tree.revision, m.spam_epoch, size, to_label, [x for x in tree.reply_parents.values() if not hidden[x.id]], rank_parents,
+            {p: len(self.honest_rankings(tree, p)) for p in rank_parents},
+        )
+
+    def _pool(self, task_type: str, lang: str | None) -> list[tuple]:
+        """What the active trees offer for one task type, before asking who wants it:
+        entries (target, ...) that ``_allowed`` checks for one user."""
+        m, cfg = self.model, self.cfg
         if task_type == "initial_prompt":
             waiting = len(m.trees_by_state.get("prompt_lottery_waiting", ()))
             in_review = len(m.trees_by_state.get("initial_prompt_review", ()))
-            if in_review < cfg.max_initial_prompt_review and waiting < cfg.max_prompt_lottery_waiting:
-                yield None
-        elif task_type == "label_initial_prompt":
-            for tree in m.trees_in("initial_prompt_review", lang):
-                root = tree.awaiting_review.get(tree.id)
-                if root and self._can_label(root, uid, cfg.num_reviews_initial_prompt, now):
-                    yield tree.id
-        elif task_type in ("label_assistant_reply", "label_prompter_reply"):
+            ok = in_review < cfg.max_initial_prompt_review and waiting < cfg.max_prompt_lottery_waiting
+            return [(None,)] if ok else []
+        if task_type == "label_initial_prompt":
+            return [(tree.id, msg, honest) for tree in m.trees_in("initial_prompt_review", lang)
+                    for msg, honest in self.work(tree).to_label if msg.parent_id is None]
+        if task_type in ("label_assistant_reply", "label_prompter_reply"):
             role = task_type.split("_")[1]
-            for tree in m.trees_in("growing", lang):
-                for msg in tree.awaiting_review.values():
-                    if msg.role == role and msg.parent_id and self._can_label(msg, uid, cfg.num_reviews_reply, now):
-                        yield msg.id
-        elif task_type in ("assistant_reply", "prompter_reply"):
+            return [(msg.id, msg, honest) for tree in m.trees_in("growing", lang)
+                    for msg, honest in self.work(tree).to_label if msg.role == role and msg.parent_id]
+        if task_type in ("assistant_reply", "prompter_reply"):
             parent_role = "prompter" if task_type == "assistant_reply" else "assistant"
+            pool = []
             for tree in m.trees_in("growing", lang):
-                if self._tree_size(tree) >= tree.goal_tree_size:
-                    continue  # OA: no new replies once accepted + in-review messages reach the goal
-                for msg in tree.reply_parents.values():
-                    if msg.role == parent_role and self._can_reply(msg, uid, now):
-                        yield msg.id
-        elif task_type in ("rank_assistant_replies", "rank_prompter_replies"):
+                work = self.work(tree)
+                if work.size < tree.goal_tree_size:  # OA: no new replies once accepted + in review reach the goal
+                    pool.extend((msg.id, msg) for msg in work.reply_parents if msg.role == parent_role)
+            return pool
+        if task_type in ("rank_assistant_replies", "rank_prompter_replies"):
             role = task_type.split("_")[1]
+            pool = []
             for tree in m.trees_in("ranking", lang):
-                for parent_id, replies in self.rank_parents(tree).items():
-                    if m.messages[replies[0]].role == role and self._can_rank(tree, parent_id, replies, uid, now):
-                        yield parent_id
+                work = self.work(tree)
+                pool.extend((parent_id, tree, replies, work.rankings[parent_id])
+                            for parent_id, replies in work.rank_parents.items()
+                            if m.messages[replies[0]].role == role)
+            return pool
+        return []
+
+    def _allowed(self, task_type: str, entry: tuple, uid: UUID, now: datetime) -> bool:
+        """May this user take this entry of the pool?"""
+        if task_type == "initial_prompt":
+            return True
+        if task_type.startswith("label_"):
+            cfg = self.cfg
+            needed = cfg.num_reviews_initial_prompt if task_type == "label_initial_prompt" else cfg.num_reviews_reply
+            return self._can_label(entry[1], entry[2], uid, needed, now)
+        if task_type.startswith("rank_"):
+            return self._can_rank(entry[1], entry[0], entry[2], entry[3], uid, now)
+        return self._can_reply(entry[1], uid, now)
+
+    def targets(self, task_type: str, user: User, lang: str | None, now: datetime) -> Iterator[UUID | None]:
+        """The possible targets of one task type for this user, lazily (the first one
+        is enough to know the type is available). Only active trees are looked at."""
+        if task_type in KIND_OF:
+            for entry in self._pool(task_type, lang):
+                if self._allowed(task_type, entry, user.id, now):
+                    yield entry[0]
 
     def candidates(self, user: User, lang: str | None, now: datetime) -> dict[str, list[UUID | None]]:
         """Task type -> all possible targets for this user (empty types left out)."""
         found = {t: list(self.targets(t, user, lang, now)) for t in KIND_OF}
         return {t: targets for t, targets in found.items() if targets}
 
-    def _tree_size(self, tree: Tree) -> int:
-        """Messages that count toward the goal size: accepted or still in review, live."""
-        m = self.model
-        return sum(1 for i in tree.message_ids
-                   if m.messages[i].review_result is not False and not m.messages[i].late
-                   and not m.is_hidden(m.messages[i]))
-
-    def _can_label(self, msg: Message, uid: UUID, needed: int, now: datetime) -> bool:
+    def _can_label(self, msg: Message, honest: int, uid: UUID, needed: int, now: datetime) -> bool:
+        """``msg`` is live, awaiting review, with ``honest`` reviews: may this user review it?"""
         return (
             msg.user_id != uid
             and uid not in msg.task_labels
-            and not msg.late
             and uid not in msg.emojis.get("_skip_labeling", ())
-            and self.honest_review_count(msg) + self._recent_pending(msg.id, now, "label") < needed
-            and not self.model.is_hidden(msg)
+            and honest + self._recent_pending(msg.id, now, "label") < needed
         )
 
     def _can_reply(self, msg: Message, uid: UUID, now: datetime) -> bool:
-        """``msg`` is in its tree's reply_parents (accepted, room left); may this user reply?"""
+        """``msg`` is live with room for a reply: may this user reply?"""
         if (msg.id, uid) in self.model.replied or uid in msg.emojis.get("_skip_reply", ()):
             return False
-        return self._recent_pending(msg.id, now, "") == 0 and not self.model.is_hidden(msg)
+        return self._recent_pending(msg.id, now, "") == 0
 
-    def _can_rank(self, tree: Tree, parent_id: UUID, replies: list[UUID], uid: UUID, now: datetime) -> bool:
+    def _can_rank(self, tree: Tree, parent_id: UUID, replies: list[UUID], done: int, uid: UUID, now: datetime) -> bool:
         m = self.model
         if (parent_id, uid) in tree.rankers or uid in m.messages[parent_id].emojis.get("_skip_ranking", ()):
             return False
         if any(m.messages[r].user_id == uid for r in replies):
             return False  # nobody ranks their own reply
-        done = len(self.honest_rankings(tree, parent_id))
         return done + self._recent_pending(parent_id, now, "rank") < self.cfg.num_required_rankings
 
     def rank_parents(self, tree: Tree) -> dict[UUID, list[UUID]]:
         """Parents whose accepted live replies (more than one) need ranking."""
-        cached = self._rank_parents_cache.get(tree.id)
-        if cached and cached[0] == tree.revision:
-            return cached[1]
-        result = self._find_rank_parents(tree)
-        self._rank_parents_cache[tree.id] = (tree.revision, result)
-        return result
-
-    def _find_rank_parents(self, tree: Tree) -> dict[UUID, list[UUID]]:
-        m, out = self.model, {}
-        for mid in tree.message_ids:
-            parent = m.messages[mid]
-            if parent.role == "assistant" and not self.cfg.rank_prompter_replies:
-                continue
-            replies = [
-                c for c in parent.children
-                if m.messages[c].review_result and not m.messages[c].late and not m.is_hidden(m.messages[c])
-            ]
-            if len(replies) > 1:
-                out[mid] = replies
-        return out
+        return self.work(tree).rank_parents
 
     # --- building a task ----------------------------------------------------------------
 
@@ -170,11 +209,13 @@ class TreeManager:
             requested = self._random_type(user, lang, now, rng)
             if requested is None:
                 return None
-        targets = list(self.targets(requested, user, lang, now)) if requested in KIND_OF else []
-        if not targets:
-            return None
-        target = self._pick_target(requested, targets, rng)
-        return self._build(requested, target, user, lang, rng)
+        pool = self._pool(requested, lang) if requested in KIND_OF else []
+        entry = None
+        if requested == "assistant_reply" and rng.random() < self.cfg.p_lonely_child_extension:
+            lonely = [e for e in pool if 0 < len(e[1].children) < self.cfg.lonely_children_count]
+            entry = self._draw(requested, lonely, user.id, now, rng)
+        entry = entry or self._draw(requested, pool, user.id, now, rng)
+        return self._build(requested, entry[0], user, lang, rng) if entry else None
 
     def _random_type(self, user: User, lang: str | None, now: datetime, rng: random.Random) -> str | None:
         """OA's weighted pick among the kinds of task available to the user, by drawing
@@ -192,14 +233,17 @@ class TreeManager:
                     return task_type
         return None
 
-    def _pick_target(self, task_type: str, targets: list[UUID | None], rng: random.Random) -> UUID | None:
-        if task_type == "assistant_reply" and rng.random() < self.cfg.p_lonely_child_extension:
-            lonely = [
-                t for t in targets
-                if 0 < len(self.model.messages[t].children) < self.cfg.lonely_children_count
-            ]
-            targets = lonely or targets
-        return rng.choice(targets)
+    def _draw(self, task_type: str, pool: list[tuple], uid: UUID, now: datetime, rng: random.Random) -> tuple | None:
+        """A uniform pick among the entries this user may take. It draws from the whole pool
+        and rejects what the user may not take (still uniform over the allowed ones), so a
+        request checks a few entries rather than all; when most are not for this user it
+        falls back to filtering the pool."""
+        for _ in range(min(8, len(pool))):
+            entry = pool[rng.randrange(len(pool))]
+            if self._allowed(task_type, entry, uid, now):
+                return entry
+        allowed = [e for e in pool if self._allowed(task_type, e, uid, now)]
+        return rng.choice(allowed) if allowed else None
 
     def conversation(self, msg: Message, user: User) -> dict:
         return {"messages": [self.conversation_message(x, user) for x in self.model.thread(msg)]}
@@ -331,7 +375,8 @@ class TreeManager:
         """OA's acceptance over the review labels of users not marked spammers. ``again``:
         re-decide a message reviewed before (a spam mark changed whose labels count)."""
         needed = self.cfg.num_reviews_initial_prompt if msg.parent_id is None else self.cfg.num_reviews_reply
-        labels = [msg.task_labels[u] for u in sorted(msg.task_labels) if u not in self.model.spammers]
+        labels = [{k: v for k, v in zip(("spam", "lang_mismatch"), msg.task_labels[u], strict=True) if v is not None}
+                  for u in sorted(msg.task_labels) if u not in self.model.spammers]
         if msg.late or (len(labels) < needed and not (again and labels)):
             return
         threshold = self.cfg.acceptance_threshold(msg.parent_id is None)
@@ -423,6 +468,8 @@ class TreeManager:
 
     def _after_state_change(self, event: ev.TreeStateChanged, emit: Emit) -> None:
         tree = self.model.trees[event.tree_id]
+        if event.new_state not in ACTIVE_STATES:
+            tree.work = None
         if event.new_state == "ranking":
             self._check_ranking(tree, emit)
         if event.new_state == "prompt_lottery_waiting" or event.old_state == "growing":
@@ -433,29 +480,31 @@ class TreeManager:
     def _lottery(self, lang: str, trigger: ev.Event, emit: Emit) -> None:
         """Start waiting trees while fewer than max_active_trees of ``lang`` grow."""
         m, rng = self.model, random.Random(trigger.id.int)
+        month_ago = trigger.at - timedelta(days=30)
         while len(m.trees_in("growing", lang)) < self.cfg.max_active_trees:
-            waiting = sorted(m.trees_in("prompt_lottery_waiting", lang), key=lambda t: (t.created_at, t.id))
-            if not waiting:
+            by_author = m.lottery.get(lang)  # author -> waiting trees, both in the order they came
+            if not by_author:
                 return
-            month_ago = trigger.at - timedelta(days=30)
-            by_author: dict[UUID | None, list[Tree]] = {}
-            for t in waiting:
-                by_author.setdefault(m.messages[t.id].user_id, []).append(t)
-            authors = sorted(by_author, key=str)
-            weights = [1 + sum(1 for d in m.rank1_dates.get(a, ()) if d >= month_ago) for a in authors]
+            authors = list(by_author)
+            weights = [1 + self._recent_rank1(m.rank1_dates.get(a), month_ago) for a in authors]
             author = rng.choices(authors, weights=weights)[0]
-            winner = rng.choice(by_author[author])
+            winner = rng.choice(list(by_author[author].values()))
             goal = self.cfg.goal_tree_size
             if self.cfg.random_goal_tree_size and self.cfg.min_goal_tree_size < goal:
                 goal = rng.randint(self.cfg.min_goal_tree_size, goal)
             emit(ev.TreeStateChanged, tree_id=winner.id, old_state="prompt_lottery_waiting",
                  new_state="growing", reason="lottery", goal_tree_size=goal)
 
+    @staticmethod
+    def _recent_rank1(dates: list[datetime] | None, since: datetime) -> int:
+        """How many of an author's replies ranked first since ``since`` (dates come in log order)."""
+        return len(dates) - bisect.bisect_left(dates, since) if dates else 0
+
     def _activate_backlog(self, lang: str, trigger: ev.Event, emit: Emit) -> None:
-        backlog = sorted(self.model.trees_in("backlog_ranking", lang), key=lambda t: (t.created_at, t.id))
+        backlog = self.model.trees_in("backlog_ranking", lang)  # in the order the trees came
         rng = random.Random(trigger.id.int ^ 0xB4C)
         if backlog and rng.random() < self.cfg.p_activate_backlog_tree:
-            tree = rng.choice(backlog)
+            tree = rng.choice(list(backlog))
             emit(ev.TreeStateChanged, tree_id=tree.id, old_state="backlog_ranking", new_state="ranking",
                  reason="backlog_activated")
         self._keep_rankings_active(lang, trigger, emit)
@@ -463,8 +512,9 @@ class TreeManager:
     def _keep_rankings_active(self, lang: str, trigger: ev.Event, emit: Emit) -> None:
         """OA's min_active_rankings_per_lang: backlog trees (oldest first) fill the ranking
         state up to that many trees of the language."""
-        backlog = sorted(self.model.trees_in("backlog_ranking", lang), key=lambda t: (t.created_at, t.id))
         missing = self.cfg.min_active_rankings_per_lang - len(self.model.trees_in("ranking", lang))
-        for tree in backlog[:max(missing, 0)]:
+        if missing <= 0:
+            return
+        for tree in list(itertools.islice(self.model.trees_in("backlog_ranking", lang), missing)):
             emit(ev.TreeStateChanged, tree_id=tree.id, old_state="backlog_ranking", new_state="ranking",
                  reason="backlog_activated")

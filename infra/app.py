@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from contextlib import asynccontextmanager
@@ -11,10 +12,12 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
+from command_api.api_keys import ApiKeyIndex
 from command_api.errors import ErrorCode, OasstError
 from command_api.rate_limits import RateLimiter
 from command_api.routes import command_handlers
 from command_api.service import CommandService
+from infra.checkpoints import Checkpoints
 from infra.settings import Settings
 from infra.store import EventStore
 from projections.runner import ProjectionRunner
@@ -59,14 +62,20 @@ def create_app(settings: Settings | None = None, only: str | None = None) -> Lit
     """Command and query routes on one app; ``only`` = "commands" or "queries" serves one side."""
     settings = settings or Settings.from_env()
     store = EventStore(settings.database_url)
-    service = CommandService(settings, store)
+    keeps_model = only != "queries"  # a queries-only server folds no write model
+    on_disk = ":memory:" not in settings.database_url
+    checkpoints = Checkpoints(settings.checkpoints_folder) if keeps_model and on_disk else None
+    service = CommandService(settings, store, checkpoints=checkpoints)
     runner = ProjectionRunner(store) if only != "commands" else None
     if runner:
         service.on_commit.append(lambda position: runner.notify())
 
     @asynccontextmanager
     async def lifespan(app: Litestar):
-        await service.start()  # a query-only server needs it too: API keys live in the write model
+        if keeps_model:
+            await service.start()
+        else:
+            await asyncio.to_thread(app.state.api_keys.refresh)  # API keys without the write model
         if runner:
             await runner.start()
         relay = None
@@ -112,6 +121,7 @@ def create_app(settings: Settings | None = None, only: str | None = None) -> Lit
         debug=False,
     )
     app.state.service = service
+    app.state.api_keys = service if keeps_model else ApiKeyIndex(store)
     app.state.rate_limiter = RateLimiter(enabled=settings.rate_limits)
     app.state.runner = runner
     app.state.settings = settings

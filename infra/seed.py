@@ -56,6 +56,7 @@ from command_api import protocol as p
 from command_api.errors import ErrorCode, OasstError
 from command_api.model import TERMINAL_STATES, WriteModel, user_id_for
 from command_api.service import CommandService
+from infra.checkpoints import Checkpoints
 from infra.settings import Settings, TreeConfig
 from infra.store import EventStore, Pending
 
@@ -850,14 +851,8 @@ class Simulation:
         """Could anyone still review or extend this tree? (Not when no message can take a
         reply and every message awaiting review is hidden or has all the reviews it can get:
         labels of users marked spammers fill review slots without counting.)"""
-        m, cfg = self.model, self.cfg
-        if any(not m.is_hidden(x) for x in tree.reply_parents.values()):
-            return True
-        for x in tree.awaiting_review.values():
-            needed = cfg.num_reviews_initial_prompt if x.parent_id is None else cfg.num_reviews_reply
-            if self.service.manager.honest_review_count(x) < needed and not m.is_hidden(x):
-                return True
-        return False
+        work = self.service.manager.work(tree)
+        return bool(work.reply_parents or work.to_label)
 
     def _appeal(self, a: Actor, banned: bool) -> Command:
         svc, client = self.service, self.client
@@ -901,7 +896,8 @@ def _resolve(trees: int, users: int, scale: str | None, tree_config: TreeConfig 
 async def seed_history_async(database_url: str, *, trees: int, users: int, seed: int, scale: str | None = None,
                              tree_config: TreeConfig | None = None,
                              progress: Callable[[int, int], None] | None = None,
-                             params: SeedParams | None = None, api_key: str = DEFAULT_API_KEY) -> dict:
+                             params: SeedParams | None = None, api_key: str = DEFAULT_API_KEY,
+                             checkpoint_dir: Path | None = None) -> dict:
     """``seed_history`` inside a running event loop."""
     trees, users, cfg, params = _resolve(trees, users, scale, tree_config, params)
     if trees < 1 or users < 1:
@@ -935,6 +931,8 @@ async def seed_history_async(database_url: str, *, trees: int, users: int, seed:
             gc.unfreeze()
             gc.set_threshold(*gc_threshold)
         seconds = time.perf_counter() - started
+        if checkpoint_dir and service.model.position:  # so that the first `oasst serve` folds no log
+            Checkpoints(checkpoint_dir).save(service.model, service._store_id())
         return _summary(sim, store, cfg, params, seed=seed, trees=trees, users=users, seconds=seconds,
                         simulated=(params.start, now[0]))
     finally:
@@ -943,12 +941,14 @@ async def seed_history_async(database_url: str, *, trees: int, users: int, seed:
 
 def seed_history(database_url: str, *, trees: int, users: int, seed: int, scale: str | None = None,
                  tree_config: TreeConfig | None = None, progress: Callable[[int, int], None] | None = None,
-                 params: SeedParams | None = None, api_key: str = DEFAULT_API_KEY) -> dict:
+                 params: SeedParams | None = None, api_key: str = DEFAULT_API_KEY,
+                 checkpoint_dir: Path | None = None) -> dict:
     """Generate a synthetic history of ``trees`` prompts by ``users`` simulated users into
-    an empty store; returns a summary (counts, timings, and the planted truth)."""
+    an empty store; returns a summary (counts, timings, and the planted truth). With
+    ``checkpoint_dir`` it leaves a checkpoint of the write model there (infra.checkpoints)."""
     return asyncio.run(seed_history_async(database_url, trees=trees, users=users, seed=seed, scale=scale,
                                           tree_config=tree_config, progress=progress, params=params,
-                                          api_key=api_key))
+                                          api_key=api_key, checkpoint_dir=checkpoint_dir))
 
 
 def _summary(sim: Simulation, store: _CountingStore, cfg: TreeConfig, params: SeedParams, *, seed: int, trees: int,
@@ -1005,7 +1005,7 @@ def seed_command(trees: int = 100, users: int = 50, seed: int = 0, scale: Option
         job = bar.add_task("seed", total=None)
         summary = seed_history(settings.database_url, trees=trees, users=users, seed=seed, scale=scale,
                                progress=lambda done, total: bar.update(job, completed=done, total=total),
-                               api_key=api_key)
+                               api_key=api_key, checkpoint_dir=settings.checkpoints_folder)
     table = Table("", "count", title=f"seeded {settings.database_url.split(':', 1)[0]} store (seed {seed})")
     for key in ("events", "trees", "messages", "labels", "rankings", "reactions", "tasks", "users", "commands"):
         table.add_row(key, f"{summary[key]:,}")

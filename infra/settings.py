@@ -114,8 +114,14 @@ class Settings:
     task_expire_minutes: int = 2880
     max_body_bytes: int = 1_000_000
     rate_limits: bool = True  # Open-Assistant's per-user and per-client limits
+    checkpoint_every: int = 100_000  # events between write-model checkpoints (0: none written)
+    checkpoint_dir: Path | None = None  # default: data_dir / "checkpoints"
     tree: TreeConfig = field(default_factory=TreeConfig)
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
+
+    @property
+    def checkpoints_folder(self) -> Path:
+        return self.checkpoint_dir or self.data_dir / "checkpoints"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -131,6 +137,8 @@ class Settings:
             task_expire_minutes=int(env.get("OASST_TASK_EXPIRE_MINUTES", "2880")),
             max_body_bytes=int(env.get("OASST_MAX_BODY_BYTES", "1000000")),
             rate_limits=_parse(env.get("OASST_RATE_LIMITS", "on"), "bool", "OASST_RATE_LIMITS"),
+            checkpoint_every=_parse(env.get("OASST_CHECKPOINT_EVERY", "100000"), "int", "OASST_CHECKPOINT_EVERY"),
+            checkpoint_dir=Path(env["OASST_CHECKPOINT_DIR"]) if env.get("OASST_CHECKPOINT_DIR") else None,
             tree=TreeConfig.from_env(env),
             kafka=KafkaSettings.from_env(env),
         )

@@ -245,6 +245,19 @@ class EventStore:
                 for r in c.fetchall()
             ]
 
+    def count_events(self, after: int, upto: int) -> int:
+        """How many events the log holds at positions in (after, upto]."""
+        table = self.recorder.events_table_name
+        if self.backend == "sqlite":
+            sql, params = f"SELECT count(*) AS n FROM {table} WHERE rowid > ? AND rowid <= ?", [after, upto]
+        else:
+            sql = SQL("SELECT count(*) AS n FROM {}.{} WHERE notification_id > %s AND notification_id <= %s").format(
+                Identifier(self.recorder.datastore.schema), Identifier(table))
+            params = [after, upto]
+        with self.recorder.datastore.transaction(commit=False) as c:
+            c.execute(sql, params)
+            return c.fetchone()["n"]
+
     def max_position(self) -> int:
         return self.recorder.max_notification_id() or 0
 
@@ -280,13 +293,17 @@ class GroupCommitter:
         self._queue: list[tuple[Pending, asyncio.Future]] = []
         self._in_flight: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.last_position = 0  # of the last event committed through this committer
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
 
-    async def stop(self) -> None:
+    async def drain(self) -> None:
+        """Until everything submitted so far is committed (or failed)."""
         while self._in_flight is not None or self._queue:
             await asyncio.sleep(0.001)
+
+    stop = drain
 
     def submit(self, pending: Pending) -> asyncio.Future:
         future = self._loop.create_future()
@@ -317,6 +334,8 @@ class GroupCommitter:
                 self.on_failure(exc)
             return
         ids, start = done.result(), 0
+        if ids:
+            self.last_position = max(self.last_position, ids[-1])
         for pending, future in batch:
             end = start + len(pending.events)
             if not future.done():

@@ -8,6 +8,7 @@ from uuid import UUID
 import msgspec
 
 from command_api import events as ev
+from command_api import rules
 from projections.base import View
 
 
@@ -254,11 +255,7 @@ class MessageTreeView(View):
 
     def is_hidden(self, m: MessageRow) -> bool:
         """Deleted, written by a user marked spammer, or below such a message."""
-        while m is not None:
-            if m.deleted or m.user_id in self.spammers:
-                return True
-            m = self.messages.get(m.parent_id) if m.parent_id else None
-        return False
+        return rules.is_hidden(m, self.messages.get, self.spammers)
 
     def thread(self, m: MessageRow) -> list[MessageRow]:
         out = [m]
