@@ -40,6 +40,7 @@ from command_api.model import (
     Task,
     User,
     WriteModel,
+    snapshot_stream,
     stream_of,
 )
 from command_api.tree_manager import TreeManager
@@ -752,6 +753,18 @@ class CommandService:
         body = {"before": before, "after": after, "preview": preview,
                 "duration": (utcnow() - started).total_seconds()}
         return Result(200, _json.encode(body), position)
+
+    # --- snapshots ------------------------------------------------------------------------
+
+    async def record_snapshot(self, client_id: UUID | None, manifest: dict, ikey: str | None = None) -> Result:
+        """Record a snapshot whose files were written (``SnapshotCreated``, once per id)."""
+        def decide(b: Batch):
+            if snapshot_stream(manifest["id"]) not in self.model.versions:
+                b.emit(ev.SnapshotCreated, snapshot_id=manifest["id"], position=manifest["position"],
+                       policy=manifest["policy"]["name"], manifest=manifest, parent_id=manifest["parent"])
+            return 201, None
+
+        return await self.execute(client_id, decide, ikey)
 
     # --- API clients and users ------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from query_api.boards import board_handlers
 from query_api.history import history
 from query_api.log import list_events
 from query_api.messages import message_handlers
-from query_api.snapshots import snapshot_handlers
+from query_api.snapshots import snapshot_commands, snapshot_handlers
 from query_api.trust import trust_handlers
 from query_api.users import user_handlers
 
@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None, only: str | None = None) -> Lit
             store.close()
 
     # One router for /api/v1: Litestar cannot merge two routers that share a path.
-    commands = command_handlers if only != "queries" else []
+    commands = [*command_handlers, *snapshot_commands] if keeps_model else []
     queries = [*message_handlers, *user_handlers, *board_handlers, *trust_handlers, *snapshot_handlers] if runner else []
     handlers = [Router(path="/api/v1", route_handlers=[*commands, *queries]), list_events]
     if runner:

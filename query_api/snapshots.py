@@ -11,6 +11,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import File
 
 from command_api.errors import ErrorCode, OasstError
+from command_api.routes import idempotency_key
 from query_api.common import client_of
 
 
@@ -70,7 +71,7 @@ async def create_snapshot_route(request: Request, data: JSONBody[SnapshotRequest
     from projections.dataset import Selection
     from projections.snapshot import SnapshotError, SnapshotSpec, create_snapshot, load_manifest, spec_from_manifest
 
-    client_of(request, trusted=True)
+    client = client_of(request, trusted=True)
     settings = request.app.state.settings
     try:
         if data.from_id:
@@ -83,10 +84,14 @@ async def create_snapshot_route(request: Request, data: JSONBody[SnapshotRequest
             spec = SnapshotSpec(position=data.at, policy=data.policy, selection=selection,
                                 exclusions=data.exclusions, sft_max_rank=data.sft_max_rank)
         # folding the log takes a while: off the event loop, with its own connection
-        manifest = await asyncio.to_thread(create_snapshot, settings, spec)
+        manifest = await asyncio.to_thread(create_snapshot, settings, spec, record=False)
     except SnapshotError as e:
         raise OasstError(str(e), ErrorCode.REQUEST_VALIDATION_FAILED, 422) from None
-    return Response(manifest, status_code=201)
+    # recording it is a command: idempotent, and the runner and relay hear of it at once
+    recorded = await request.app.state.service.record_snapshot(
+        client.id, {k: v for k, v in manifest.items() if k != "timings"}, idempotency_key(request))
+    return Response(manifest, status_code=201, headers={"X-Log-Position": str(recorded.position)})
 
 
-snapshot_handlers = [list_snapshots, get_snapshot, get_snapshot_file, create_snapshot_route]
+snapshot_handlers = [list_snapshots, get_snapshot, get_snapshot_file]
+snapshot_commands = [create_snapshot_route]  # served where commands are
