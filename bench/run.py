@@ -47,8 +47,9 @@ def met(row: dict) -> bool | None:
     """Whether the row meets its goal (None: no goal, or nothing to compare)."""
     if not row.get("goal"):
         return None
-    op, target = row["goal"].split()
-    subject = row["ratio"] if "goal on ratio" in (row.get("unit") or "") else row["value"]
+    parts = row["goal"].split()
+    op, target = parts if len(parts) == 2 else ("==", parts[0])  # a bare "0" (crash.py, fuzz.py) means "== 0"
+    subject = row.get("ratio") if "goal on ratio" in (row.get("unit") or "") else row.get("value")
     if subject is None or (isinstance(subject, float) and math.isnan(subject)):
         return False
     return COMPARE[op](subject, float(target))
@@ -94,8 +95,9 @@ def main() -> int:
                   title=f"benchmarks ({'quick' if args.quick else 'full'}, {time.monotonic() - started:.0f}s)")
     for row in rows:
         ok = {True: "[green]yes[/]", False: "[red]NO[/]", None: ""}[met(row)]
-        table.add_row(row["name"], fmt(row["value"]), row["unit"], row["goal"] or "", fmt(row["baseline"]),
-                      fmt(row["ratio"]), ok)
+        # Only name and value are sure to be there: the other keys are optional.
+        table.add_row(row["name"], fmt(row.get("value")), row.get("unit") or "", row.get("goal") or "",
+                      fmt(row.get("baseline")), fmt(row.get("ratio")), ok)
     console.print(table)
 
     OUT.mkdir(parents=True, exist_ok=True)

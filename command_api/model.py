@@ -207,6 +207,7 @@ class WriteModel:
         self.rank1_dates: dict[UUID, list[datetime]] = defaultdict(list)  # author -> dates
         # who contributed what, so that a spam mark can be applied after the fact
         self.spammers: set[UUID] = set()
+        self.revision = 0  # bumped with any tree's revision: task selection's caches key on it
         self.spam_epoch = 0  # bumped by every spam mark or unmark (whose votes count changes everywhere)
         # lang -> author -> their trees waiting in the prompt lottery (the draw needs no sort)
         self.lottery: dict[str, dict[UUID | None, dict[UUID, Tree]]] = defaultdict(dict)
@@ -261,6 +262,11 @@ class WriteModel:
         if handler:
             handler(event)
 
+    def _touch(self, tree: Tree) -> None:
+        """A message, label, ranking or the state of ``tree`` changed: its caches are stale."""
+        tree.revision += 1
+        self.revision += 1
+
     def _set_state(self, tree: Tree, state: str | None) -> None:
         if tree.state:
             self.trees_by_state[tree.state].pop(tree.id, None)
@@ -268,7 +274,7 @@ class WriteModel:
             if tree.state == "prompt_lottery_waiting":
                 self._lottery_remove(tree)
         tree.state = state
-        tree.revision += 1
+        self._touch(tree)
         self.trees_by_state[state][tree.id] = tree
         self.trees_by_state_lang[(state, tree.lang)][tree.id] = tree
         if state == "prompt_lottery_waiting":
@@ -290,7 +296,7 @@ class WriteModel:
     def _refresh_reply_parent(self, msg: Message) -> None:
         """Keep the index of messages that structurally can take another reply."""
         tree, cfg = self.trees[msg.tree_id], self.cfg
-        tree.revision += 1
+        self._touch(tree)
         limit = cfg.num_prompter_replies if msg.role == "assistant" else cfg.max_children_count
         live = sum(1 for c in msg.children if self._counts_as_child(self.messages[c]))
         if msg.review_result and not msg.late and msg.depth < cfg.max_tree_depth and live < limit:
@@ -485,7 +491,7 @@ class WriteModel:
         if e.kind == "task":
             m.task_labels[e.user_id] = (e.labels.get("spam"), e.labels.get("lang_mismatch"))
             self.labelled_by[e.user_id].add(m.id)
-            self.trees[m.tree_id].revision += 1
+            self._touch(self.trees[m.tree_id])
         elif e.kind == "report":
             m.reports += 1
 
@@ -493,7 +499,7 @@ class WriteModel:
         tree = self.trees[self.messages[e.parent_id].tree_id]
         tree.rankings[e.parent_id].append((e.user_id, list(e.ranked_message_ids)))
         tree.rankers.add((e.parent_id, e.user_id))
-        tree.revision += 1
+        self._touch(tree)
         self.ranked_by[e.user_id].add(e.parent_id)
 
     def _on_emoji_added(self, e: ev.EmojiAdded) -> None:

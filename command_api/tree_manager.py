@@ -68,6 +68,7 @@ class TreeManager:
     def __init__(self, model: WriteModel, config: TreeConfig):
         self.model = model
         self.cfg = config
+        self._pools: dict[tuple[str, str | None], tuple[int, int, list[tuple]]] = {}
 
     # --- candidates -------------------------------------------------------------------
 
@@ -117,7 +118,17 @@ class TreeManager:
 
     def _pool(self, task_type: str, lang: str | None) -> list[tuple]:
         """What the active trees offer for one task type, before asking who wants it:
-        entries (target, ...) that ``_allowed`` checks for one user."""
+        entries (target, ...) that ``_allowed`` checks for one user. Kept until any tree
+        changes (requests and acks change none, so most requests reuse it)."""
+        m = self.model
+        cached = self._pools.get((task_type, lang))
+        if cached is not None and cached[0] == m.revision and cached[1] == m.spam_epoch:
+            return cached[2]
+        pool = self._build_pool(task_type, lang)
+        self._pools[(task_type, lang)] = (m.revision, m.spam_epoch, pool)
+        return pool
+
+    def _build_pool(self, task_type: str, lang: str | None) -> list[tuple]:
         m, cfg = self.model, self.cfg
         if task_type == "initial_prompt":
             waiting = len(m.trees_by_state.get("prompt_lottery_waiting", ()))

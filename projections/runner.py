@@ -82,6 +82,8 @@ class ProjectionRunner:
         self._wakeup = asyncio.Event()
         self._reached = asyncio.Condition()
         self._task: asyncio.Task | None = None
+        self.ready = asyncio.Event()  # set once the stored views are restored
+        self._restoring: asyncio.Future | None = None
 
     # --- storage -------------------------------------------------------------------
 
@@ -170,17 +172,27 @@ class ProjectionRunner:
         self._wakeup.set()
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.restore)
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        """Restore the stored views in a thread, then follow the log. The server answers
+        meanwhile: queries wait for ``ready`` (bounded; query_api.common.views)."""
+        self._restoring = asyncio.ensure_future(asyncio.to_thread(self.restore))
+        self._task = asyncio.get_running_loop().create_task(self._restore_then_run())
+
+    async def _restore_then_run(self) -> None:
+        await asyncio.shield(self._restoring)
+        self.ready.set()
+        await self._run()
 
     async def stop(self) -> None:
+        if self._restoring and not self._restoring.done():
+            await asyncio.wait([self._restoring])  # a thread cannot be cancelled: let it end
         if self._task:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        await asyncio.to_thread(self.flush)
+        if self.ready.is_set():
+            await asyncio.to_thread(self.flush)
 
     async def _run(self, poll_seconds: float = 0.5, slice_events: int = 2000) -> None:
         last_flush = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated
 from uuid import UUID
@@ -43,6 +44,12 @@ async def views(request: Request, trusted: bool = False) -> tuple[ApiClient, Pro
     with ``?min_position=`` or ``X-Min-Log-Position``."""
     client = client_of(request, trusted)
     runner = runner_of(request)
+    if not runner.ready.is_set():  # a server just started: its stored views are being loaded
+        try:
+            await asyncio.wait_for(runner.ready.wait(), READ_YOUR_WRITES_TIMEOUT)
+        except TimeoutError:
+            raise OasstError("the views are being loaded after a start; retry shortly",
+                             ErrorCode.VIEWS_BEHIND, 503) from None
     wanted = request.query_params.get("min_position") or request.headers.get("x-min-log-position")
     if wanted:
         try:

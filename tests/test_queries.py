@@ -3,6 +3,7 @@ through the command API, read-your-writes, history and time travel, OA's respons
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -729,6 +730,7 @@ async def test_history_and_views_survive_a_restart(store_url, tmp_path):
     async with AsyncTestClient(create_app(settings)) as c:
         c.headers["X-API-Key"] = API_KEY
         runner = c.app.state.runner
+        await asyncio.wait_for(runner.ready.wait(), 10)  # restored in the background: the server answers at once
         assert runner.position == h["position"] and runner.by_name["history"].entries == []  # restored, not refolded
         assert [await get(c, p, at_least=h["position"]) for p in paths] == before
         again = await get(c, "/api/v1/leaderboards/total", at_least=h["position"])

@@ -159,7 +159,8 @@ async def test_recovery_after_a_failed_append_runs_off_the_event_loop(store_url,
         c.headers["X-API-Key"] = API_KEY
         service = c.app.state.service
         user = {"id": "alice", "display_name": "Alice", "auth_method": "local"}
-        assert (await c.post("/api/v1/frontend_users/", json={**user, "enabled": True})).status_code == 200
+        made = await c.post("/api/v1/frontend_users/", json={**user, "enabled": True})
+        assert made.status_code == 200
 
         append, build = service.store.append, service._build_model
         monkeypatch.setattr(service.store, "append", lambda pending: (_ for _ in ()).throw(OSError("disk gone")))
@@ -173,7 +174,8 @@ async def test_recovery_after_a_failed_append_runs_off_the_event_loop(store_url,
         assert failed.status_code == 503 and failed.json()["error_code"] == 104
         monkeypatch.setattr(service.store, "append", append)
 
-        query = await c.get("/api/v1/frontend_users/local/alice")  # the rebuild is running: queries are answered...
+        query = await c.get("/api/v1/frontend_users/local/alice",  # the rebuild is running: queries are answered...
+                            headers={"X-Min-Log-Position": made.headers["X-Log-Position"]})
         assert query.status_code == 200 and service._recovering is not None
         refused = await c.post("/api/v1/tasks/", json={"type": "initial_prompt", "user": user})  # ...commands wait
         assert refused.status_code == 503 and refused.json()["error_code"] == 104 and "Retry-After" in refused.headers
