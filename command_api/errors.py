@@ -2,7 +2,9 @@
 
 Codes are OA's (``oasst_shared.exceptions.OasstErrorCode``) so frontends keep working;
 codes 102 and 104-106 are this project's additions (see README).
-Every error leaves the service as ``{"error_code": int, "message": str}``.
+Every error leaves the service as ``{"error_code": int, "message": str}``. The domain
+(command_api/decide.py) raises codes only; the HTTP status of each code is OA's, from the
+table below (the HTTP layer may pass another status for errors of its own).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class ErrorCode(IntEnum):
     EMOJI_OP_UNSUPPORTED = 5000
 
 
-_STATUS = {
+HTTP_STATUS = {
     ErrorCode.API_CLIENT_NOT_AUTHORIZED: 403,
     ErrorCode.ROOT_TOKEN_NOT_AUTHORIZED: 403,
     ErrorCode.REQUEST_VALIDATION_FAILED: 422,
@@ -70,6 +72,11 @@ _STATUS = {
     ErrorCode.NO_MESSAGE_TREE_FOUND: 404,
     ErrorCode.TASK_NOT_FOUND: 404,
     ErrorCode.USER_NOT_FOUND: 404,
+    ErrorCode.USER_DISABLED: 403,
+    ErrorCode.TASK_NOT_ASSIGNED_TO_USER: 403,
+    ErrorCode.TASK_TOO_MANY_PENDING: 429,
+    ErrorCode.TASK_REQUESTED_TYPE_NOT_AVAILABLE: 503,  # OA's answer when nothing is to be done
+    ErrorCode.VIEWS_BEHIND: 503,
 }
 
 
@@ -78,7 +85,7 @@ class OasstError(Exception):
         super().__init__(message, code, status)
         self.message = message
         self.code = code
-        self.status = status or _STATUS.get(code, 400)
+        self.status = status or HTTP_STATUS.get(code, 400)
 
     def body(self) -> dict:
         return {"error_code": int(self.code), "message": self.message}

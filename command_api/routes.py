@@ -38,10 +38,12 @@ def idempotency_key(request: Request) -> str | None:
     return key
 
 
-def respond(result: Result) -> Response:
+def respond(request: Request, result: Result) -> Response:
+    """A command's reply with the route's status (OA's: 200, 202 or 204) and its log position."""
+    status = request.route_handler.status_code
     return Response(
-        content=result.body if result.status != 204 else None,
-        status_code=result.status,
+        content=result.body if status != 204 else None,
+        status_code=status,
         media_type=JSON,
         headers={"X-Log-Position": str(result.position)},
     )
@@ -56,7 +58,7 @@ async def request_task(request: Request, data: JSONBody[p.TaskRequest]) -> Respo
     service, client, ikey = _args(request)
     who = (client.id, data.user.auth_method, data.user.id) if data.user else (client.id,)
     request.app.state.rate_limiter.task_request(who, data.type)
-    return respond(await service.request_task(client, data, ikey))
+    return respond(request, await service.request_task(client, data, ikey))
 
 
 @post("/tasks/availability", status_code=200, summary="Count the tasks a user could get")
@@ -67,37 +69,37 @@ async def task_availability(request: Request, data: JSONBody[p.User], lang: From
 @post("/tasks/{task_id:str}/ack", status_code=204, summary="Acknowledge a task")
 async def ack_task(request: Request, task_id: FromPath[str], data: JSONBody[p.TaskAck]) -> Response[None]:
     service, client, ikey = _args(request)
-    return respond(await service.ack(client, task_id, data, ikey))
+    return respond(request, await service.ack(client, task_id, data, ikey))
 
 
 @post("/tasks/{task_id:str}/nack", status_code=204, summary="Skip a task")
 async def nack_task(request: Request, task_id: FromPath[str], data: JSONBody[p.TaskNAck]) -> Response[None]:
     service, client, ikey = _args(request)
-    return respond(await service.nack(client, task_id, data, ikey))
+    return respond(request, await service.nack(client, task_id, data, ikey))
 
 
 @post("/tasks/interaction", status_code=200, summary="Submit a task's result")
 async def interaction(request: Request, data: JSONBody[p.Interaction]) -> Response:
     service, client, ikey = _args(request)
-    return respond(await service.interaction(client, data, ikey))
+    return respond(request, await service.interaction(client, data, ikey))
 
 
 @post("/tasks/close", status_code=200, summary="Close a task")
 async def close_task(request: Request, data: JSONBody[p.TaskClose]) -> Response:
     service, client, ikey = _args(request)
-    return respond(await service.close(client, data, ikey))
+    return respond(request, await service.close(client, data, ikey))
 
 
 @post("/text_labels/", status_code=204, summary="Label or report a message without a task")
 async def text_labels(request: Request, data: JSONBody[p.TextLabels]) -> Response[None]:
     service, client, ikey = _args(request)
-    return respond(await service.free_labels(client, data, ikey))
+    return respond(request, await service.free_labels(client, data, ikey))
 
 
 @post("/messages/{message_id:str}/emoji", status_code=202, summary="Add or remove a reaction")
 async def message_emoji(request: Request, message_id: FromPath[str], data: JSONBody[p.MessageEmojiRequest]) -> Response:
     service, client, ikey = _args(request)
-    return respond(await service.emoji(client, message_id, data, ikey))
+    return respond(request, await service.emoji(client, message_id, data, ikey))
 
 
 @post("/admin/import", status_code=200, summary="Import oasst trees or messages (trusted clients)",
@@ -110,7 +112,7 @@ async def import_oasst(request: Request, data: JSONBody[p.ImportRequest]) -> Res
         trees = parse_items(enumerate(data.items, 1))
     except FormatError as e:
         raise OasstError(f"not an oasst file: {e}", ErrorCode.REQUEST_VALIDATION_FAILED) from None
-    return respond(await service.import_trees(client, data.origin, trees, ikey))
+    return respond(request, await service.import_trees(client, data.origin, trees, ikey))
 
 
 def _trusted_args(request: Request) -> tuple[CommandService, ApiClient, str | None]:
@@ -120,19 +122,19 @@ def _trusted_args(request: Request) -> tuple[CommandService, ApiClient, str | No
 @delete("/messages/{message_id:str}", status_code=204, summary="Delete a message (moderators)")
 async def delete_message(request: Request, message_id: FromPath[str]) -> Response[None]:
     service, client, ikey = _trusted_args(request)
-    return respond(await service.delete_message(client, message_id, ikey))
+    return respond(request, await service.delete_message(client, message_id, ikey))
 
 
 @put("/messages/{message_id:str}/undelete", status_code=202, summary="Undelete a message (moderators)")
 async def undelete_message(request: Request, message_id: FromPath[str]) -> Response:
     service, client, ikey = _trusted_args(request)
-    return respond(await service.undelete_message(client, message_id, ikey))
+    return respond(request, await service.undelete_message(client, message_id, ikey))
 
 
 @put("/messages/{message_id:str}/tree/state", status_code=200, summary="Halt or resume a tree (moderators)")
 async def put_tree_state(request: Request, message_id: FromPath[str], halt: FromQuery[bool]) -> Response:
     service, client, ikey = _trusted_args(request)
-    return respond(await service.set_tree_halted(client, message_id, halt, ikey))
+    return respond(request, await service.set_tree_halted(client, message_id, halt, ikey))
 
 
 @put("/users/{user_id:str}", status_code=204, summary="Update a user (moderators)")
@@ -145,31 +147,31 @@ async def update_user(
     tos_acceptance: FromQuery[bool | None] = None,
 ) -> Response[None]:
     service, client, ikey = _trusted_args(request)
-    return respond(await service.update_user(client, user_id, enabled, notes, show_on_leaderboard, tos_acceptance, ikey))
+    return respond(request, await service.update_user(client, user_id, enabled, notes, show_on_leaderboard, tos_acceptance, ikey))
 
 
 @delete("/users/{user_id:str}", status_code=204, summary="Delete (anonymise) a user (moderators)")
 async def delete_user(request: Request, user_id: FromPath[str]) -> Response[None]:
     service, client, ikey = _trusted_args(request)
-    return respond(await service.delete_user(client, user_id, ikey))
+    return respond(request, await service.delete_user(client, user_id, ikey))
 
 
 @post("/admin/purge_user/{user_id:str}", status_code=200, summary="Mark a user a spammer (preview: counts only)")
 async def purge_user(request: Request, user_id: FromPath[str], preview: FromQuery[bool] = True, ban: FromQuery[bool] = True) -> Response:
     service, client, ikey = _trusted_args(request)
-    return respond(await service.purge_user(client, user_id, preview, ban, ikey))
+    return respond(request, await service.purge_user(client, user_id, preview, ban, ikey))
 
 
 @post("/admin/users/{user_id:str}/spammer", status_code=204, summary="Mark a user a spammer")
 async def mark_spammer(request: Request, user_id: FromPath[str]) -> Response[None]:
     service, client, ikey = _trusted_args(request)
-    return respond(await service.set_spammer(client, user_id, True, ikey=ikey))
+    return respond(request, await service.set_spammer(client, user_id, True, ikey=ikey))
 
 
 @delete("/admin/users/{user_id:str}/spammer", status_code=204, summary="Unmark a spammer")
 async def unmark_spammer(request: Request, user_id: FromPath[str]) -> Response[None]:
     service, client, ikey = _trusted_args(request)
-    return respond(await service.set_spammer(client, user_id, False, ikey=ikey))
+    return respond(request, await service.set_spammer(client, user_id, False, ikey=ikey))
 
 
 @post("/admin/api_client", status_code=200, summary="Create an API client (root token); returns its key")
@@ -180,13 +182,13 @@ async def create_api_client(request: Request, data: JSONBody[p.CreateApiClientRe
     given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
     if not token or not hmac.compare_digest(given.encode(), token.encode()):
         raise OasstError("the root token is missing or wrong", ErrorCode.ROOT_TOKEN_NOT_AUTHORIZED)
-    return respond(await service.create_api_client(data))
+    return respond(request, await service.create_api_client(data))
 
 
 @post("/frontend_users/", status_code=200, summary="Create or update a frontend user")
 async def create_frontend_user(request: Request, data: JSONBody[p.CreateFrontendUserRequest]) -> Response:
     service, client, ikey = _args(request)
-    return respond(await service.create_frontend_user(client, data, ikey))
+    return respond(request, await service.create_frontend_user(client, data, ikey))
 
 
 command_handlers = [request_task, task_availability, ack_task, nack_task, interaction, close_task, text_labels,

@@ -84,6 +84,7 @@ class ProjectionRunner:
         self._task: asyncio.Task | None = None
         self.ready = asyncio.Event()  # set once the stored views are restored
         self._restoring: asyncio.Future | None = None
+        self._ready_at = 0  # the log's end at start: ready once folded
 
     # --- storage -------------------------------------------------------------------
 
@@ -173,13 +174,14 @@ class ProjectionRunner:
 
     async def start(self) -> None:
         """Restore the stored views in a thread, then follow the log. The server answers
-        meanwhile: queries wait for ``ready`` (bounded; query_api.common.views)."""
+        meanwhile: queries wait for ``ready`` (bounded; query_api.common.views), which is set
+        once the views are restored and have folded the log as it was at start."""
         self._restoring = asyncio.ensure_future(asyncio.to_thread(self.restore))
         self._task = asyncio.get_running_loop().create_task(self._restore_then_run())
 
     async def _restore_then_run(self) -> None:
         await asyncio.shield(self._restoring)
-        self.ready.set()
+        self._ready_at = await asyncio.to_thread(self.store.max_position)
         await self._run()
 
     async def stop(self) -> None:
@@ -191,8 +193,8 @@ class ProjectionRunner:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        if self.ready.is_set():
-            await asyncio.to_thread(self.flush)
+        if self._restoring is None or (self._restoring.done() and not self._restoring.exception()):
+            await asyncio.to_thread(self.flush)  # (nothing to flush where the views were never restored)
 
     async def _run(self, poll_seconds: float = 0.5, slice_events: int = 2000) -> None:
         last_flush = time.monotonic()
@@ -204,6 +206,8 @@ class ProjectionRunner:
             if page:
                 async with self._reached:
                     self._reached.notify_all()
+            if not self.ready.is_set() and self.position >= self._ready_at:
+                self.ready.set()
             if page and time.monotonic() - last_flush > 1.0:  # a crash replays at most ~1 s
                 flush = self._collect()
                 try:
