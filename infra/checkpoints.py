@@ -49,13 +49,16 @@ def model_version() -> str:
     return digest.hexdigest()[:16]
 
 
+VERSION = model_version()  # of the code this process imported (files changed later are not its code)
+
+
 class Checkpoints:
     KEEP = 3  # a store's newest checkpoints kept (older ones are deleted when one is written)
     TRIES = 3  # checkpoints tried at load, newest first
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        self.version = model_version()
+        self.version = VERSION
 
     def _files(self, store_id: UUID, version: str | None = None) -> list[Path]:
         pattern = f"write-model-{store_id.hex[:16]}-{version or '*'}-*.pickle"
@@ -66,13 +69,12 @@ class Checkpoints:
         of the store's first event; ``event_id_at(position)`` gives the id of the store's
         event at a position (None if there is none)."""
         for path in reversed(self._files(store_id, self.version)[-self.TRIES:]):
-            model = self._load(path, event_id_at)
+            model = self._load(path, event_id_at, cfg)
             if model is not None:
-                model.reconfigure(cfg)
                 return model
         return None
 
-    def _load(self, path: Path, event_id_at) -> WriteModel | None:
+    def _load(self, path: Path, event_id_at, cfg: TreeConfig) -> WriteModel | None:
         try:
             with open(path, "rb") as f, _no_gc():
                 header = pickle.load(f)
@@ -86,6 +88,11 @@ class Checkpoints:
             return None
         if header["position"] and event_id_at(header["position"]) != header["last_event_id"]:
             log.info("skipping checkpoint %s: the store's event at %d is another one", path.name, header["position"])
+            return None
+        try:
+            model.reconfigure(cfg)
+        except Exception as exc:  # noqa: BLE001 - e.g. a model pickled by other code under the same version
+            log.warning("ignoring the checkpoint %s, which does not fit this code (%s): folding the log", path.name, exc)
             return None
         return model
 

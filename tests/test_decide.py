@@ -1,0 +1,189 @@
+"""The domain core alone (command_api/decide.py): typed commands against a write model in
+memory, no database, no HTTP, no service. Each guard refuses with Open-Assistant's error
+code and emits nothing; accepted commands emit what they should."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import pytest
+
+from command_api import commands as c
+from command_api import protocol as p
+from command_api.decide import Batch, State, decide
+from command_api.errors import ErrorCode, OasstError
+from command_api.model import WriteModel
+from command_api.tree_manager import TreeManager
+from infra.settings import TreeConfig
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+CLIENT = uuid4()
+
+
+class Core:
+    """decide() with the tree manager's reactions, on a model in memory, at a clock of our own."""
+
+    def __init__(self, **config):
+        cfg = TreeConfig(**{"num_reviews_initial_prompt": 1, "num_reviews_reply": 1, "goal_tree_size": 3,
+                            "num_required_rankings": 1, "p_lonely_child_extension": 0.0, **config})
+        self.model = WriteModel(cfg)
+        self.state = State(self.model, TreeManager(self.model, cfg))
+        self.now = T0
+        self.emitted: list = []
+
+    def run(self, command: c.Command):
+        self.now += timedelta(seconds=1)
+        b = Batch(self.model, command.client_id, self.now)
+        reply = decide(command, self.state, b)
+        i = 0
+        while i < len(b.events):
+            self.state.manager.react(b.events[i][2], b.system)
+            i += 1
+        self.emitted = [type(e).__name__ for _, _, e in b.events]
+        return reply
+
+    def refused(self, command: c.Command, code: ErrorCode) -> None:
+        before = self.model.event_count
+        with pytest.raises(OasstError) as caught:
+            self.run(command)
+        assert caught.value.code == code
+        assert self.model.event_count == before  # a refused command emits nothing
+
+    def task(self, who: p.User, task_type: str) -> dict:
+        return self.run(c.RequestTask(client_id=CLIENT, user=who, task_type=task_type, lang="en"))
+
+    def do(self, who: p.User, task_type: str, **answer) -> dict:
+        """Request, ack and answer one task (text for text tasks, else the given labels or ranking)."""
+        task = self.task(who, task_type)
+        fid = f"fm-{uuid4()}"
+        self.run(c.AckTask(client_id=CLIENT, task_id=task["id"], frontend_message_id=fid))
+        if task_type.startswith("label_"):
+            body = p.TextLabels(user=who, text="", labels=answer.get("labels", {"spam": 0.0, "lang_mismatch": 0.0,
+                                                                                  "quality": 1.0}),
+                                message_id=task["message_id"], task_id=task["id"])
+        elif task_type.startswith("rank_"):
+            body = p.MessageRanking(user=who, message_id=fid, ranking=answer["ranking"])
+        else:
+            body = p.TextReplyToMessage(user=who, message_id=fid, user_message_id=f"um-{uuid4()}",
+                                        text=answer.get("text", f"text {uuid4()}"), lang="en")
+        self.run(c.SubmitInteraction(client_id=CLIENT, interaction=body))
+        return task
+
+
+def person(name: str) -> p.User:
+    return p.User(id=name, display_name=name.title(), auth_method="local")
+
+
+ALICE, BOB, CAROL = person("alice"), person("bob"), person("carol")
+
+
+def test_a_prompt_is_reviewed_and_wins_the_lottery():
+    core = Core()
+    core.do(ALICE, "initial_prompt", text="What is a good first programming language?")
+    assert core.emitted == ["InitialPromptSubmitted", "TaskCompleted"]
+    core.do(BOB, "label_initial_prompt")
+    assert "MessageReviewed" in core.emitted and "TreeStateChanged" in core.emitted
+    (tree,) = core.model.trees.values()
+    assert tree.state == "growing"
+
+
+def test_a_user_is_required_and_a_disabled_one_refused():
+    core = Core()
+    core.refused(c.RequestTask(client_id=CLIENT, user=None, task_type="initial_prompt"), ErrorCode.USER_NOT_SPECIFIED)
+    core.run(c.UpsertFrontendUser(client_id=CLIENT, auth_method="local", username="alice", display_name="A",
+                                  enabled=False))
+    core.refused(c.RequestTask(client_id=CLIENT, user=ALICE, task_type="initial_prompt"), ErrorCode.USER_DISABLED)
+
+
+def test_text_guards():
+    core = Core()
+    core.do(ALICE, "initial_prompt", text="the same words")
+    for text, code in (("   ", ErrorCode.TASK_MESSAGE_TEXT_EMPTY), ("x" * 2001, ErrorCode.TASK_MESSAGE_TOO_LONG),
+                       ("the same words", ErrorCode.TASK_MESSAGE_DUPLICATED)):
+        task = core.task(ALICE, "initial_prompt")
+        fid = f"fm-{uuid4()}"
+        core.run(c.AckTask(client_id=CLIENT, task_id=task["id"], frontend_message_id=fid))
+        body = p.TextReplyToMessage(user=ALICE, message_id=fid, user_message_id=f"um-{uuid4()}", text=text)
+        core.refused(c.SubmitInteraction(client_id=CLIENT, interaction=body), code)
+
+
+def test_nobody_labels_their_own_message_and_labels_must_be_valid():
+    core = Core()
+    core.do(ALICE, "initial_prompt")
+    prompt = next(iter(core.model.messages))
+    own = p.TextLabels(user=ALICE, text="", labels={"spam": 0.0}, message_id=str(prompt))
+    core.refused(c.LabelMessage(client_id=CLIENT, labels=own), ErrorCode.TEXT_LABELS_NO_SELF_LABELING)
+    bad = p.TextLabels(user=BOB, text="", labels={"spam": 1.5}, message_id=str(prompt))
+    core.refused(c.LabelMessage(client_id=CLIENT, labels=bad), ErrorCode.TEXT_LABELS_INVALID_LABEL)
+    task = core.task(BOB, "label_initial_prompt")
+    core.run(c.AckTask(client_id=CLIENT, task_id=task["id"], frontend_message_id="fm-b"))
+    missing = p.TextLabels(user=BOB, text="", labels={"quality": 1.0}, message_id=task["message_id"],
+                           task_id=task["id"])
+    core.refused(c.SubmitInteraction(client_id=CLIENT, interaction=missing), ErrorCode.TEXT_LABELS_MANDATORY_LABEL_MISSING)
+
+
+def test_task_life_cycle_guards():
+    core = Core()
+    task = core.task(ALICE, "initial_prompt")
+    body = p.TextReplyToMessage(user=ALICE, message_id="fm-1", user_message_id="um-1", text="hello there")
+    core.refused(c.SubmitInteraction(client_id=CLIENT, interaction=body), ErrorCode.TASK_NOT_FOUND)  # not acked
+    core.refused(c.AckTask(client_id=uuid4(), task_id=task["id"], frontend_message_id="fm-1"), ErrorCode.TASK_NOT_FOUND)
+    core.run(c.AckTask(client_id=CLIENT, task_id=task["id"], frontend_message_id="fm-1"))
+    assert core.run(c.AckTask(client_id=CLIENT, task_id=task["id"], frontend_message_id="fm-1")) is None
+    assert core.emitted == []  # an ack retried appends nothing
+    other = p.TextReplyToMessage(user=BOB, message_id="fm-1", user_message_id="um-1", text="hello there")
+    core.refused(c.SubmitInteraction(client_id=CLIENT, interaction=other), ErrorCode.TASK_NOT_ASSIGNED_TO_USER)
+    done = core.run(c.SubmitInteraction(client_id=CLIENT, interaction=body))
+    assert core.run(c.SubmitInteraction(client_id=CLIENT, interaction=body)) == done and core.emitted == []  # a retry
+    again = p.TextReplyToMessage(user=ALICE, message_id="fm-1", user_message_id="um-2", text="something else")
+    core.refused(c.SubmitInteraction(client_id=CLIENT, interaction=again), ErrorCode.TASK_ALREADY_DONE)
+    core.refused(c.NackTask(client_id=CLIENT, task_id=task["id"]), ErrorCode.TASK_NACK_FAILED)
+
+
+def test_pending_tasks_are_capped():
+    core = Core(max_pending_tasks_per_user=2)
+    core.task(ALICE, "initial_prompt")
+    core.task(ALICE, "initial_prompt")
+    core.refused(c.RequestTask(client_id=CLIENT, user=ALICE, task_type="initial_prompt"), ErrorCode.TASK_TOO_MANY_PENDING)
+
+
+def test_replies_rankings_and_reactions():
+    core = Core(max_children_count=2, goal_tree_size=3)
+    core.do(ALICE, "initial_prompt")
+    core.do(BOB, "label_initial_prompt")
+    core.refused(c.RequestTask(client_id=CLIENT, user=ALICE, task_type="rank_assistant_replies"),
+                 ErrorCode.TASK_REQUESTED_TYPE_NOT_AVAILABLE)
+    core.do(BOB, "assistant_reply")
+    core.do(CAROL, "assistant_reply")
+    bobs = next(m for m in core.model.messages.values() if m.user_id == core.model.user(CLIENT, "local", "bob").id)
+    core.refused(c.React(client_id=CLIENT, message_id=str(bobs.id), user=BOB, emoji="+1"),
+                 ErrorCode.EMOJI_OP_UNSUPPORTED)  # no thumbs on one's own message
+    assert core.run(c.React(client_id=CLIENT, message_id=str(bobs.id), user=ALICE, emoji="+1"))["emojis"] == {"+1": 1}
+    core.do(ALICE, "label_assistant_reply")
+    core.do(ALICE, "label_assistant_reply")
+    (tree,) = core.model.trees.values()
+    assert tree.state == "ranking"
+    task = core.task(ALICE, "rank_assistant_replies")
+    core.run(c.AckTask(client_id=CLIENT, task_id=task["id"], frontend_message_id="fm-rank"))
+    bad = p.MessageRanking(user=ALICE, message_id="fm-rank", ranking=[0, 0])
+    core.refused(c.SubmitInteraction(client_id=CLIENT, interaction=bad), ErrorCode.INVALID_RANKING_VALUE)
+    core.run(c.SubmitInteraction(client_id=CLIENT, interaction=p.MessageRanking(user=ALICE, message_id="fm-rank",
+                                                                                 ranking=[1, 0])))
+    assert tree.state == "ready_for_export" and "RanksComputed" in core.emitted
+
+
+def test_moderation_commands_are_idempotent():
+    core = Core()
+    core.do(ALICE, "initial_prompt")
+    prompt = str(next(iter(core.model.messages)))
+    core.run(c.DeleteMessage(client_id=CLIENT, message_id=prompt))
+    assert core.emitted[0] == "MessageDeleted"
+    core.run(c.DeleteMessage(client_id=CLIENT, message_id=prompt))
+    assert core.emitted == []
+    core.refused(c.DeleteMessage(client_id=CLIENT, message_id="nope"), ErrorCode.MESSAGE_NOT_FOUND)
+    core.refused(c.SetSpammer(client_id=CLIENT, user_id=str(uuid4()), spammer=True), ErrorCode.USER_NOT_FOUND)
+    uid = str(core.model.user(CLIENT, "local", "alice").id)
+    core.run(c.SetSpammer(client_id=CLIENT, user_id=uid, spammer=True))
+    core.run(c.SetSpammer(client_id=CLIENT, user_id=uid, spammer=True))
+    assert core.emitted == [] and core.model.users[core.model.user(CLIENT, "local", "alice").id].spammer
