@@ -501,7 +501,7 @@ def _import(cmd: c.ImportTrees, s: State, b: Batch) -> dict:
 def _snapshot(cmd: c.RecordSnapshot, s: State, b: Batch) -> None:
     """A snapshot whose files were written is recorded once per id."""
     manifest = cmd.manifest
-    if snapshot_stream(manifest["id"]) not in s.model.versions:
+    if not s.model.has_stream(snapshot_stream(manifest["id"])):
         b.emit(ev.SnapshotCreated, snapshot_id=manifest["id"], position=manifest["position"],
                policy=manifest["policy"]["name"], manifest=manifest, parent_id=manifest["parent"])
     return None

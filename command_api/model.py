@@ -188,7 +188,7 @@ class WriteModel:
         self.position = 0
         self.last_event_id: UUID | None = None  # of the last event folded (checkpoints check it)
         self.event_count = 0  # events folded (a checkpoint checks that the log holds no others)
-        self.versions: dict[UUID, int] = {}
+        self.versions: dict[int, int] = {}  # stream (its UUID's int: no object per stream) -> version
         self.clients: dict[UUID, ApiClient] = {}
         self.clients_by_key: dict[str, ApiClient] = {}
         self.users: dict[UUID, User] = {}
@@ -218,7 +218,24 @@ class WriteModel:
     # --- queries used by decisions -------------------------------------------------
 
     def next_version(self, stream: UUID) -> int:
-        return self.versions.get(stream, 0) + 1
+        return self.versions.get(stream.int, 0) + 1
+
+    def has_stream(self, stream: UUID) -> bool:
+        return stream.int in self.versions
+
+    # One object per id: events bring a new UUID object for every id they name; the model
+    # refers to the user's, client's, message's or tree's own (a checkpoint restores far fewer).
+    def _user_ref(self, uid: UUID | None) -> UUID | None:
+        u = self.users.get(uid) if uid is not None else None
+        return u.id if u is not None else uid
+
+    def _client_ref(self, cid: UUID | None) -> UUID | None:
+        c = self.clients.get(cid) if cid is not None else None
+        return c.id if c is not None else cid
+
+    def _message_ref(self, mid: UUID | None) -> UUID | None:
+        m = self.messages.get(mid) if mid is not None else None
+        return m.id if m is not None else mid
 
     def user(self, api_client_id: UUID, auth_method: str, username: str) -> User:
         """The user, or a not-yet-existing one with the id it will get."""
@@ -255,7 +272,7 @@ class WriteModel:
     # --- the fold -------------------------------------------------------------------
 
     def apply(self, event: ev.Event, stream: UUID, version: int) -> None:
-        self.versions[stream] = version
+        self.versions[stream.int] = version
         self.last_event_id = event.id
         self.event_count += 1
         handler = getattr(self, "_on_" + ev.topic(event), None)
@@ -363,14 +380,15 @@ class WriteModel:
 
     def _on_task_assigned(self, e: ev.TaskAssigned) -> None:
         task = Task(
-            e.task_id, e.task_type, e.user_id, e.api_client_id, e.collective, e.lang, e.at,
-            e.expires_at, e.target_message_id, e.tree_id, e.label_mode, list(e.ranked_message_ids),
+            e.task_id, e.task_type, self._user_ref(e.user_id), self._client_ref(e.api_client_id), e.collective,
+            e.lang, e.at, e.expires_at, self._message_ref(e.target_message_id),
+            self._message_ref(e.tree_id), e.label_mode, [self._message_ref(r) for r in e.ranked_message_ids],
         )
         self.tasks[task.id] = task
-        if e.user_id:
-            self.user_pending[e.user_id][task.id] = None
-        if e.target_message_id:
-            self.pending_by_target[e.target_message_id].add(task.id)
+        if task.user_id:
+            self.user_pending[task.user_id][task.id] = None
+        if task.target_message_id:
+            self.pending_by_target[task.target_message_id].add(task.id)
         self._forget_closed_tasks(e.at)
 
     def _forget_closed_tasks(self, now: datetime) -> None:
@@ -379,7 +397,7 @@ class WriteModel:
         while closed and now - closed[0][0] > CLOSED_TASK_MEMORY:
             task = self.tasks.pop(closed.popleft()[1], None)
             if task is not None:
-                self.versions.pop(task.id, None)  # nothing is appended to a closed task's stream
+                self.versions.pop(task.id.int, None)  # nothing is appended to a closed task's stream
                 if task.frontend_message_id:
                     self.tasks_by_frontend_id.pop((task.api_client_id, task.frontend_message_id), None)
 
@@ -391,7 +409,10 @@ class WriteModel:
         if task.user_id:
             self.user_pending[task.user_id].pop(task_id, None)
         if task.target_message_id:
-            self.pending_by_target[task.target_message_id].discard(task_id)
+            waiting = self.pending_by_target[task.target_message_id]
+            waiting.discard(task_id)
+            if not waiting:
+                del self.pending_by_target[task.target_message_id]
         return task
 
     def _on_task_acked(self, e: ev.TaskAcked) -> None:
@@ -421,7 +442,8 @@ class WriteModel:
 
     def _on_initial_prompt_submitted(self, e: ev.InitialPromptSubmitted) -> None:
         self._add_message(Message(
-            e.message_id, e.message_id, None, e.user_id, e.api_client_id, e.frontend_message_id,
+            e.message_id, e.message_id, None, self._user_ref(e.user_id), self._client_ref(e.api_client_id),
+            e.frontend_message_id,
             "prompter", 0, e.text, e.lang, e.at, e.synthetic, e.model_name,
         ))
         tree = Tree(e.message_id, e.lang, None, e.at, self.cfg.goal_tree_size, e.origin)
@@ -433,7 +455,8 @@ class WriteModel:
     def _on_reply_submitted(self, e: ev.ReplySubmitted) -> None:
         tree = self.trees[e.tree_id]
         m = Message(
-            e.message_id, e.tree_id, e.parent_id, e.user_id, e.api_client_id, e.frontend_message_id,
+            e.message_id, tree.id, self.messages[e.parent_id].id, self._user_ref(e.user_id),
+            self._client_ref(e.api_client_id), e.frontend_message_id,
             e.role, e.depth, e.text, e.lang, e.at, e.synthetic, e.model_name,
             late=tree.state != "growing",
         )
@@ -443,8 +466,8 @@ class WriteModel:
         if not m.late:
             tree.awaiting_review[m.id] = m
         self._refresh_reply_parent(self.messages[e.parent_id])
-        if e.user_id:
-            self.replied.add((e.parent_id, e.user_id))
+        if m.user_id:
+            self.replied.add((m.parent_id, m.user_id))
 
     def _on_tree_imported(self, e: ev.TreeImported) -> None:
         """Imported facts: reviews and ranks as the file says; nothing waits for review."""
@@ -453,7 +476,8 @@ class WriteModel:
         depth: dict[UUID, int] = {}
         for im in e.messages:
             depth[im.message_id] = 0 if im.parent_id is None else depth[im.parent_id] + 1
-            m = Message(im.message_id, e.tree_id, im.parent_id, e.user_id, e.api_client_id, str(im.message_id),
+            m = Message(im.message_id, tree.id, self._message_ref(im.parent_id), self._user_ref(e.user_id),
+                        self._client_ref(e.api_client_id), str(im.message_id),
                         im.role, depth[im.message_id], im.text, im.lang, im.created_date or e.at, im.synthetic,
                         im.model_name, deleted=im.deleted, review_result=im.review_result, rank=im.rank)
             self._add_message(m)
@@ -489,22 +513,24 @@ class WriteModel:
     def _on_labels_submitted(self, e: ev.LabelsSubmitted) -> None:
         m = self.messages[e.message_id]
         if e.kind == "task":
-            m.task_labels[e.user_id] = (e.labels.get("spam"), e.labels.get("lang_mismatch"))
-            self.labelled_by[e.user_id].add(m.id)
+            uid = self._user_ref(e.user_id)
+            m.task_labels[uid] = (e.labels.get("spam"), e.labels.get("lang_mismatch"))
+            self.labelled_by[uid].add(m.id)
             self._touch(self.trees[m.tree_id])
         elif e.kind == "report":
             m.reports += 1
 
     def _on_ranking_submitted(self, e: ev.RankingSubmitted) -> None:
         tree = self.trees[self.messages[e.parent_id].tree_id]
-        tree.rankings[e.parent_id].append((e.user_id, list(e.ranked_message_ids)))
-        tree.rankers.add((e.parent_id, e.user_id))
+        parent_id, uid = self.messages[e.parent_id].id, self._user_ref(e.user_id)
+        tree.rankings[parent_id].append((uid, [self._message_ref(r) for r in e.ranked_message_ids]))
+        tree.rankers.add((parent_id, uid))
         self._touch(tree)
-        self.ranked_by[e.user_id].add(e.parent_id)
+        self.ranked_by[uid].add(parent_id)
 
     def _on_emoji_added(self, e: ev.EmojiAdded) -> None:
         m = self.messages[e.message_id]
-        m.emojis.setdefault(e.emoji, set()).add(e.user_id)
+        m.emojis.setdefault(e.emoji, set()).add(self._user_ref(e.user_id))
         if e.emoji == "_skip_reply":
             self.trees[m.tree_id].skip_replies += 1
 
