@@ -23,6 +23,7 @@ from infra.settings import TreeConfig
 OASST_NAMESPACE = uuid5(NAMESPACE_URL, "https://github.com/LAION-AI/Open-Assistant")
 
 DUPLICATE_TEXT_WINDOW = timedelta(minutes=120)  # a user may not submit the same text again within this
+RANK1_WINDOW = timedelta(days=30)  # the lottery favours authors of replies ranked first this recently
 CLOSED_TASK_MEMORY = timedelta(days=1)  # a closed task is remembered this long (a retry gets its first answer)
 ACTIVE_STATES = ("initial_prompt_review", "growing", "ranking")
 TERMINAL_STATES = ("ready_for_export", "aborted_low_grade", "halted_by_moderator", "scoring_failed")
@@ -204,13 +205,18 @@ class WriteModel:
         self.trees_by_state_lang: dict[tuple[str, str], dict[UUID, Tree]] = defaultdict(dict)
         self.user_texts: dict[UUID, list[tuple[datetime, int]]] = defaultdict(list)  # (at, hash), recent only
         self.replied: set[tuple[UUID, UUID]] = set()  # (parent, user)
-        self.rank1_dates: dict[UUID, list[datetime]] = defaultdict(list)  # author -> dates
+        # the lottery's weights: each author's replies ranked first in the last 30 days
+        self.rank1_recent: dict[UUID, int] = {}  # author -> how many
+        self.rank1_log: deque[tuple[datetime, UUID]] = deque()  # (when, author), oldest first
         # who contributed what, so that a spam mark can be applied after the fact
         self.spammers: set[UUID] = set()
         self.revision = 0  # bumped with any tree's revision: task selection's caches key on it
         self.spam_epoch = 0  # bumped by every spam mark or unmark (whose votes count changes everywhere)
-        # lang -> author -> their trees waiting in the prompt lottery (the draw needs no sort)
+        # lang -> author -> their trees waiting in the prompt lottery; and the authors as a list
+        # (with each one's place in it), so that a uniform pick is one index, not a scan
         self.lottery: dict[str, dict[UUID | None, dict[UUID, Tree]]] = defaultdict(dict)
+        self.lottery_authors: dict[str, list[UUID | None]] = defaultdict(list)
+        self.lottery_places: dict[str, dict[UUID | None, int]] = defaultdict(dict)
         self.authored: dict[UUID, list[UUID]] = defaultdict(list)  # user -> messages
         self.labelled_by: dict[UUID, set[UUID]] = defaultdict(set)  # user -> messages (task labels)
         self.ranked_by: dict[UUID, set[UUID]] = defaultdict(set)  # user -> ranked parents
@@ -275,9 +281,21 @@ class WriteModel:
         self.versions[stream.int] = version
         self.last_event_id = event.id
         self.event_count += 1
+        self._forget_old_rank1(event.at)
         handler = getattr(self, "_on_" + ev.topic(event), None)
         if handler:
             handler(event)
+
+    def _forget_old_rank1(self, now: datetime) -> None:
+        """The lottery weighs first ranks of the last 30 days only (event time)."""
+        log = self.rank1_log
+        while log and now - log[0][0] > RANK1_WINDOW:
+            author = log.popleft()[1]
+            left = self.rank1_recent[author] - 1
+            if left:
+                self.rank1_recent[author] = left
+            else:
+                del self.rank1_recent[author]
 
     def _touch(self, tree: Tree) -> None:
         """A message, label, ranking or the state of ``tree`` changed: its caches are stale."""
@@ -295,7 +313,11 @@ class WriteModel:
         self.trees_by_state[state][tree.id] = tree
         self.trees_by_state_lang[(state, tree.lang)][tree.id] = tree
         if state == "prompt_lottery_waiting":
-            self.lottery[tree.lang].setdefault(self.messages[tree.id].user_id, {})[tree.id] = tree
+            author, by_author = self.messages[tree.id].user_id, self.lottery[tree.lang]
+            if author not in by_author:
+                self.lottery_places[tree.lang][author] = len(self.lottery_authors[tree.lang])
+                self.lottery_authors[tree.lang].append(author)
+            by_author.setdefault(author, {})[tree.id] = tree
 
     def _lottery_remove(self, tree: Tree) -> None:
         by_author = self.lottery[tree.lang]
@@ -304,6 +326,11 @@ class WriteModel:
         mine.pop(tree.id, None)
         if not mine:
             by_author.pop(author, None)
+            authors, places = self.lottery_authors[tree.lang], self.lottery_places[tree.lang]
+            last = authors.pop()  # the last author takes the leaver's place
+            place = places.pop(author)
+            if last != author:
+                authors[place], places[last] = last, place
 
     def _counts_as_child(self, m: Message) -> bool:
         """A reply taking a place under its parent: not deleted, not rejected by review,
@@ -565,4 +592,5 @@ class WriteModel:
             m = self.messages[mid]
             m.rank = rank
             if rank == 0 and m.user_id:
-                self.rank1_dates[m.user_id].append(e.at)
+                self.rank1_recent[m.user_id] = self.rank1_recent.get(m.user_id, 0) + 1
+                self.rank1_log.append((e.at, m.user_id))

@@ -78,7 +78,7 @@ class CommandService:
 
     def _build_model(self) -> tuple[WriteModel, TreeManager]:
         started = time.perf_counter()
-        store_id = self._store_id() if self.checkpoints else None
+        store_id = self.store_id() if self.checkpoints else None
         model = self.checkpoints.load(store_id, self._event_id_at, self.settings.tree) if store_id else None
         checkpoint = model.position if model else None
         model = model or WriteModel(self.settings.tree)
@@ -102,7 +102,7 @@ class CommandService:
         found = self.store.read_positions([position])
         return ev.decode(found[0].state).id if found else None
 
-    def _store_id(self) -> UUID | None:
+    def store_id(self) -> UUID | None:
         """The id of the log's first event: names the store's checkpoints."""
         first = self.store.read_stored(0, 1)
         return ev.decode(first[0].state).id if first else None
@@ -180,7 +180,7 @@ class CommandService:
                 if self._recovering or not await asyncio.to_thread(self._log_matches_model):
                     return None
                 position, count = self.model.position, self.model.event_count
-                pid = self.checkpoints.save_in_child(self.model, self._store_id())  # None: saved here
+                pid = self.checkpoints.save_in_child(self.model, self.store_id())  # None: saved here
             finally:
                 paused, self._paused = self._paused, None
                 paused.set_result(None)
@@ -204,7 +204,7 @@ class CommandService:
 
     def _save_checkpoint_here(self) -> None:
         if self._log_matches_model():
-            self.checkpoints.save(self.model, self._store_id())
+            self.checkpoints.save(self.model, self.store_id())
             self._checkpointed = (self.model.position, self.model.event_count)
 
     # --- running a command --------------------------------------------------------

@@ -8,7 +8,6 @@ new task's id, or the id of the event that triggered a decision).
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import random
 from collections.abc import Callable, Iterator
@@ -491,14 +490,11 @@ class TreeManager:
     def _lottery(self, lang: str, trigger: ev.Event, emit: Emit) -> None:
         """Start waiting trees while fewer than max_active_trees of ``lang`` grow."""
         m, rng = self.model, random.Random(trigger.id.int)
-        month_ago = trigger.at - timedelta(days=30)
         while len(m.trees_in("growing", lang)) < self.cfg.max_active_trees:
-            by_author = m.lottery.get(lang)  # author -> waiting trees, both in the order they came
+            by_author = m.lottery.get(lang)  # author -> waiting trees, in the order they came
             if not by_author:
                 return
-            authors = list(by_author)
-            weights = [1 + self._recent_rank1(m.rank1_dates.get(a), month_ago) for a in authors]
-            author = rng.choices(authors, weights=weights)[0]
+            author = self._draw_author(lang, by_author, rng)
             winner = rng.choice(list(by_author[author].values()))
             goal = self.cfg.goal_tree_size
             if self.cfg.random_goal_tree_size and self.cfg.min_goal_tree_size < goal:
@@ -506,10 +502,21 @@ class TreeManager:
             emit(ev.TreeStateChanged, tree_id=winner.id, old_state="prompt_lottery_waiting",
                  new_state="growing", reason="lottery", goal_tree_size=goal)
 
-    @staticmethod
-    def _recent_rank1(dates: list[datetime] | None, since: datetime) -> int:
-        """How many of an author's replies ranked first since ``since`` (dates come in log order)."""
-        return len(dates) - bisect.bisect_left(dates, since) if dates else 0
+    def _draw_author(self, lang: str, by_author: dict, rng: random.Random) -> UUID | None:
+        """OA's weighted pick among authors with waiting prompts: weight 1 + their replies
+        ranked first in the last 30 days. Most weigh 1: a uniform pick is one index into the
+        list of authors; only the recent winners among them are walked for the rest."""
+        authors = self.model.lottery_authors[lang]
+        extra = [(a, n) for a, n in self.model.rank1_recent.items() if a in by_author]
+        r = rng.random() * (len(authors) + sum(n for _, n in extra))
+        if r < len(authors):
+            return authors[int(r)]
+        r -= len(authors)
+        for author, n in extra:
+            if r < n:
+                return author
+            r -= n
+        return extra[-1][0]  # (float rounding)
 
     def _activate_backlog(self, lang: str, trigger: ev.Event, emit: Emit) -> None:
         backlog = self.model.trees_in("backlog_ranking", lang)  # in the order the trees came

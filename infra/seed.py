@@ -932,7 +932,7 @@ async def seed_history_async(database_url: str, *, trees: int, users: int, seed:
             gc.set_threshold(*gc_threshold)
         seconds = time.perf_counter() - started
         if checkpoint_dir and service.model.position:  # so that the first `oasst serve` folds no log
-            Checkpoints(checkpoint_dir).save(service.model, service._store_id())
+            Checkpoints(checkpoint_dir).save(service.model, service.store_id())
         return _summary(sim, store, cfg, params, seed=seed, trees=trees, users=users, seconds=seconds,
                         simulated=(params.start, now[0]))
     finally:

@@ -188,3 +188,22 @@ def test_no_reply_tasks_once_the_tree_reaches_its_goal_size_with_replies_in_revi
         w.command(ev.ReplySubmitted, uuid4(), message_id=rid, frontend_message_id=str(rid), task_id=None,
                   parent_id=root, tree_id=root, role="assistant", depth=1, text=f"reply {i}", lang="en")
     assert "assistant_reply" not in w.manager.candidates(w.user("bob"), None, w.clock)
+
+
+def test_lottery_favours_recent_first_ranks_and_keeps_its_author_list():
+    w = World(max_active_trees=0, num_reviews_initial_prompt=1)  # nothing ever grows: all wait
+    a, b, c = UUID(int=1), UUID(int=2), UUID(int=3)
+    prompts = {author: [w.prompt(author) for _ in range(2)] for author in (a, b, c)}
+    for mids in prompts.values():
+        for mid in mids:
+            w.label(uuid4(), mid, 0.0)
+    assert sorted(w.model.lottery_authors["en"]) == [a, b, c]
+    w.model.rank1_recent[a] = 3  # weight 4 against 1 and 1
+    rng = random.Random(7)
+    picks = [w.manager._draw_author("en", w.model.lottery["en"], rng) for _ in range(6000)]
+    assert abs(picks.count(a) / 6000 - 4 / 6) < 0.03 and abs(picks.count(b) / 6000 - 1 / 6) < 0.03
+    for mid in prompts[b]:  # b's prompts leave the lottery: b leaves the list, the others keep their places
+        w.command(ev.TreeStateChanged, tree_id=mid, old_state="prompt_lottery_waiting", new_state="aborted_low_grade",
+                  reason="test")
+    authors, places = w.model.lottery_authors["en"], w.model.lottery_places["en"]
+    assert sorted(authors) == [a, c] and all(authors[places[x]] == x for x in authors)

@@ -54,7 +54,7 @@ def summary(m: WriteModel) -> dict:
         "by_state": {s: sorted(ts) for s, ts in m.trees_by_state.items() if ts},
         "lottery": {lang: {str(a): sorted(ts) for a, ts in authors.items()} for lang, authors in m.lottery.items()},
         "replied": sorted(m.replied), "spammers": sorted(m.spammers), "user_texts": dict(m.user_texts),
-        "rank1": dict(m.rank1_dates), "labelled_by": {u: sorted(v) for u, v in m.labelled_by.items()},
+        "rank1": dict(m.rank1_recent), "lottery_authors": {k: sorted(map(str, v)) for k, v in m.lottery_authors.items()}, "labelled_by": {u: sorted(v) for u, v in m.labelled_by.items()},
     }
 
 
