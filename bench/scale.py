@@ -8,6 +8,8 @@
   views are loaded before uvicorn listens), with the write-model checkpoint the seeding left
   where the seeder writes one (infra/checkpoints.py), as a server restarted on its data dir;
 - RSS (VmRSS of the server process itself, no children) right after start-up and after the load;
+- each twice: the whole server (commands, views and queries) and ``--only commands`` (the write
+  side alone, no views in the process);
 - the seeding time, taken from when the size was seeded (cached, see below).
 
 Goals (issue): on the largest size measured (meant for ``oa``) rate >= 0.9x the empty store's,
@@ -171,11 +173,15 @@ def seed_child(url: str, size: str, out: str, checkpoint_dir: str) -> None:
 # --- measuring -------------------------------------------------------------------------------
 
 
-def serve_and_load(size: str, db_url: str, checkpoints: Path | None, users: int, warmup: float,
+# What is served: the whole server, and the command side alone (the write side: no views).
+VARIANTS = {"serve": [], "commands only": ["--only", "commands"]}
+
+
+def serve_and_load(size: str, variant: str, db_url: str, checkpoints: Path | None, users: int, warmup: float,
                    duration: float) -> dict:
     """Serve the store at ``db_url`` (its write-model checkpoints in ``checkpoints``, linked into a
     throwaway data dir: what the server writes there goes with it) and load it."""
-    log_name = f"scale-server-{size.replace('/', '_')}.log"
+    log_name = f"scale-server-{size.replace('/', '_')}-{variant.split()[0]}.log"
     with tempfile.TemporaryDirectory(prefix="scale-data-", dir=common.OUT) as data_dir:
         mine = Path(data_dir) / "checkpoints"
         mine.mkdir()
@@ -187,14 +193,15 @@ def serve_and_load(size: str, db_url: str, checkpoints: Path | None, users: int,
         port = common.free_port()
         env = {"OASST_DATABASE_URL": db_url, "OASST_BOOTSTRAP_API_KEY": API_KEY, "OASST_DATA_DIR": data_dir,
                "OASST_CHECKPOINT_DIR": str(mine), **SERVER_ENV}
-        with common.server([OASST, "serve", "--port", str(port)], env, port, log_name, timeout=900) as proc:
+        with common.server([OASST, "serve", "--port", str(port), *VARIANTS[variant]], env, port, log_name,
+                           timeout=900) as proc:
             startup, rss_start = proc.startup_s, common.rss_mb(proc.pid)
             stats = asyncio.run(load(port, proc.pid, users, warmup, duration))
             rss_load = common.rss_mb(proc.pid)
             if proc.poll() is not None:
                 stats.errors.append(("server", proc.returncode, f"server exited; see var/bench/{log_name}"))
     s = summarize(stats)
-    report(f"oasst server, {size} store", stats, s)
+    report(f"oasst {variant}, {size} store", stats, s)
     started = re.search(r"write model at position .*", common.tail(common.OUT / log_name, 1000))
     console.print(f"  start-up {startup:.2f} s; the server's log: {started.group(0) if started else '-'}")
     return {**{k: round(v, 1) for k, v in s.items()}, "startup_s": round(startup, 2), "rss_start_mb": round(rss_start, 1),
@@ -214,32 +221,35 @@ def run(quick: bool) -> list[dict]:
                                "noop-server.log", "no-op server", users, warmup, duration)
     results = {}
     for size in sizes:
-        copy = common.database_copy(seeded[size][0], "oasst_scale_copy") if size in seeded \
-            else common.postgres_database("oasst_scale_copy")
-        with copy as db_url:
-            results[size] = serve_and_load(size, db_url, CHECKPOINTS / seeded[size][0] if size in seeded else None,
-                                           users, warmup, duration)
-        results[size]["events"] = seeded[size][1]["events"] if size in seeded else 0
-        results[size]["seed_s"] = seeded[size][1]["seconds"] if size in seeded else None
+        for variant in VARIANTS:
+            copy = common.database_copy(seeded[size][0], "oasst_scale_copy") if size in seeded \
+                else common.postgres_database("oasst_scale_copy")
+            with copy as db_url:
+                r = results[size, variant] = serve_and_load(
+                    size, variant, db_url, CHECKPOINTS / seeded[size][0] if size in seeded else None, users, warmup,
+                    duration)
+            r["events"] = seeded[size][1]["events"] if size in seeded else 0
+            r["seed_s"] = seeded[size][1]["seconds"] if size in seeded else None
 
-    empty_rate = results["empty"]["rate"] if "empty" in results else None
     largest = next((size for size in reversed(sizes) if size != "empty"), None)
-    table = Table("size", "events in store", "seed s", "start-up s", "RSS start MB", "RSS load MB",
+    table = Table("size", "served", "events in store", "seed s", "start-up s", "RSS start MB", "RSS load MB",
                   "interactions/s", "p50 ms", "p99 ms", "ratio to empty", "errors",
                   title=f"oasst serve by store size ({users} users, {warmup:.0f} s + {duration:.0f} s of load; "
                         f"no-op server {noop['rate']:.0f} interactions/s; goals on {largest or '-'})")
     out = [row("scale.noop.interactions_per_s", noop["rate"], "interactions/s"),
            row("scale.noop.errors", len(noop_stats.errors), "count")]
-    for size, r in results.items():
+    for (size, variant), r in results.items():
+        empty_rate = results["empty", variant]["rate"] if ("empty", variant) in results else None
         ratio = r["rate"] / empty_rate if empty_rate else None
-        table.add_row(size, f"{r['events']:,}", fmt(r["seed_s"]), fmt(r["startup_s"]), fmt(r["rss_start_mb"]),
+        table.add_row(size, variant, f"{r['events']:,}", fmt(r["seed_s"]), fmt(r["startup_s"]), fmt(r["rss_start_mb"]),
                       fmt(r["rss_load_mb"]), fmt(r["rate"]), fmt(r["p50"]), fmt(r["p99"]), fmt(ratio), str(r["errors"]))
         # The issue's goals are for OA's size: they go on the largest size measured, labelled so.
         on = size == largest
         at = f"; goal for oa, at {size}" if on and size != "oa" else ""
-        name = f"scale.{size}"
-        out.append(row(f"{name}.events", r["events"], "events in store"))
-        if r["seed_s"] is not None:
+        name = f"scale.{size}" + ("" if variant == "serve" else ".commands_only")
+        if variant == "serve":
+            out.append(row(f"{name}.events", r["events"], "events in store"))
+        if r["seed_s"] is not None and variant == "serve":
             out.append(row(f"{name}.seed_s", r["seed_s"], f"s (when seeded{at})", "<= 600" if on else None))
         out += [row(f"{name}.startup_s", r["startup_s"], f"s (to the first answer{at})", "<= 5" if on else None),
                 row(f"{name}.rss_after_start_mb", r["rss_start_mb"], "MB (server process, no children)"),
