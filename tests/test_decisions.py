@@ -207,3 +207,22 @@ def test_lottery_favours_recent_first_ranks_and_keeps_its_author_list():
                   reason="test")
     authors, places = w.model.lottery_authors["en"], w.model.lottery_places["en"]
     assert sorted(authors) == [a, c] and all(authors[places[x]] == x for x in authors)
+
+
+def test_a_task_target_is_drawn_uniformly_among_those_the_user_may_take():
+    w = World(num_reviews_initial_prompt=2, max_initial_prompt_review=100)
+    authors = [w.user(f"author{i}") for i in range(12)]
+    reviewer = w.user("reviewer")
+    prompts = [w.prompt(a.id) for a in authors]
+    mine = w.prompt(reviewer.id)  # in the pool, but not for its own author
+    for mid in prompts[:4]:  # already reviewed by this user: not for them either
+        w.model.messages[mid].task_labels[reviewer.id] = (0.0, 0.0)
+    pool = w.manager._pool("label_initial_prompt", None)
+    assert len(pool) == 13
+    rng = random.Random(3)
+    picks = [w.manager._draw("label_initial_prompt", pool, reviewer.id, w.clock, rng)[0] for _ in range(4000)]
+    allowed = set(prompts[4:])
+    assert set(picks) == allowed and mine not in picks
+    assert all(abs(picks.count(t) / 4000 - 1 / len(allowed)) < 0.03 for t in allowed)
+    nobody_else = w.manager._draw("label_initial_prompt", pool[:4], reviewer.id, w.clock, rng)
+    assert nobody_else is None  # the fallback filters the whole pool and finds nothing
