@@ -128,10 +128,8 @@ def postgres_database(prefix: str = "oasst_bench") -> Iterator[str]:
     import psycopg
 
     with contextlib.ExitStack() as stack:
-        admin, url_of = MACHINE_PG, lambda db: f"{MACHINE_PG.rsplit('/', 1)[0]}/{db}"
-        try:
-            psycopg.connect(admin, connect_timeout=3).close()
-        except psycopg.OperationalError:
+        admin, url_of = MACHINE_PG, database_url
+        if not machine_postgres():
             port = embedded_postgres(stack)
             admin, url_of = f"postgresql://postgres@127.0.0.1:{port}/postgres", lambda db: f"postgresql://postgres@127.0.0.1:{port}/{db}"
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"

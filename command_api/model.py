@@ -229,19 +229,13 @@ class WriteModel:
     def has_stream(self, stream: UUID) -> bool:
         return stream.int in self.versions
 
-    # One object per id: events bring a new UUID object for every id they name; the model
-    # refers to the user's, client's, message's or tree's own (a checkpoint restores far fewer).
-    def _user_ref(self, uid: UUID | None) -> UUID | None:
-        u = self.users.get(uid) if uid is not None else None
-        return u.id if u is not None else uid
-
-    def _client_ref(self, cid: UUID | None) -> UUID | None:
-        c = self.clients.get(cid) if cid is not None else None
-        return c.id if c is not None else cid
-
-    def _message_ref(self, mid: UUID | None) -> UUID | None:
-        m = self.messages.get(mid) if mid is not None else None
-        return m.id if m is not None else mid
+    @staticmethod
+    def _ref(table: dict, key: UUID | None) -> UUID | None:
+        """The model's own object for an id. Events bring a new UUID object for every id they
+        name; the model refers to the user's, client's or message's own instead (one object
+        per id: a checkpoint restores far fewer)."""
+        found = table.get(key) if key is not None else None
+        return found.id if found is not None else key
 
     def user(self, api_client_id: UUID, auth_method: str, username: str) -> User:
         """The user, or a not-yet-existing one with the id it will get."""
@@ -313,11 +307,14 @@ class WriteModel:
         self.trees_by_state[state][tree.id] = tree
         self.trees_by_state_lang[(state, tree.lang)][tree.id] = tree
         if state == "prompt_lottery_waiting":
-            author, by_author = self.messages[tree.id].user_id, self.lottery[tree.lang]
-            if author not in by_author:
-                self.lottery_places[tree.lang][author] = len(self.lottery_authors[tree.lang])
-                self.lottery_authors[tree.lang].append(author)
-            by_author.setdefault(author, {})[tree.id] = tree
+            self._lottery_add(tree)
+
+    def _lottery_add(self, tree: Tree) -> None:
+        author, by_author = self.messages[tree.id].user_id, self.lottery[tree.lang]
+        if author not in by_author:
+            self.lottery_places[tree.lang][author] = len(self.lottery_authors[tree.lang])
+            self.lottery_authors[tree.lang].append(author)
+        by_author.setdefault(author, {})[tree.id] = tree
 
     def _lottery_remove(self, tree: Tree) -> None:
         by_author = self.lottery[tree.lang]
@@ -407,9 +404,9 @@ class WriteModel:
 
     def _on_task_assigned(self, e: ev.TaskAssigned) -> None:
         task = Task(
-            e.task_id, e.task_type, self._user_ref(e.user_id), self._client_ref(e.api_client_id), e.collective,
-            e.lang, e.at, e.expires_at, self._message_ref(e.target_message_id),
-            self._message_ref(e.tree_id), e.label_mode, [self._message_ref(r) for r in e.ranked_message_ids],
+            e.task_id, e.task_type, self._ref(self.users, e.user_id), self._ref(self.clients, e.api_client_id), e.collective,
+            e.lang, e.at, e.expires_at, self._ref(self.messages, e.target_message_id),
+            self._ref(self.messages, e.tree_id), e.label_mode, [self._ref(self.messages, r) for r in e.ranked_message_ids],
         )
         self.tasks[task.id] = task
         if task.user_id:
@@ -469,7 +466,7 @@ class WriteModel:
 
     def _on_initial_prompt_submitted(self, e: ev.InitialPromptSubmitted) -> None:
         self._add_message(Message(
-            e.message_id, e.message_id, None, self._user_ref(e.user_id), self._client_ref(e.api_client_id),
+            e.message_id, e.message_id, None, self._ref(self.users, e.user_id), self._ref(self.clients, e.api_client_id),
             e.frontend_message_id,
             "prompter", 0, e.text, e.lang, e.at, e.synthetic, e.model_name,
         ))
@@ -482,8 +479,8 @@ class WriteModel:
     def _on_reply_submitted(self, e: ev.ReplySubmitted) -> None:
         tree = self.trees[e.tree_id]
         m = Message(
-            e.message_id, tree.id, self.messages[e.parent_id].id, self._user_ref(e.user_id),
-            self._client_ref(e.api_client_id), e.frontend_message_id,
+            e.message_id, tree.id, self.messages[e.parent_id].id, self._ref(self.users, e.user_id),
+            self._ref(self.clients, e.api_client_id), e.frontend_message_id,
             e.role, e.depth, e.text, e.lang, e.at, e.synthetic, e.model_name,
             late=tree.state != "growing",
         )
@@ -503,8 +500,8 @@ class WriteModel:
         depth: dict[UUID, int] = {}
         for im in e.messages:
             depth[im.message_id] = 0 if im.parent_id is None else depth[im.parent_id] + 1
-            m = Message(im.message_id, tree.id, self._message_ref(im.parent_id), self._user_ref(e.user_id),
-                        self._client_ref(e.api_client_id), str(im.message_id),
+            m = Message(im.message_id, tree.id, self._ref(self.messages, im.parent_id), self._ref(self.users, e.user_id),
+                        self._ref(self.clients, e.api_client_id), str(im.message_id),
                         im.role, depth[im.message_id], im.text, im.lang, im.created_date or e.at, im.synthetic,
                         im.model_name, deleted=im.deleted, review_result=im.review_result, rank=im.rank)
             self._add_message(m)
@@ -540,7 +537,7 @@ class WriteModel:
     def _on_labels_submitted(self, e: ev.LabelsSubmitted) -> None:
         m = self.messages[e.message_id]
         if e.kind == "task":
-            uid = self._user_ref(e.user_id)
+            uid = self._ref(self.users, e.user_id)
             m.task_labels[uid] = (e.labels.get("spam"), e.labels.get("lang_mismatch"))
             self.labelled_by[uid].add(m.id)
             self._touch(self.trees[m.tree_id])
@@ -549,15 +546,15 @@ class WriteModel:
 
     def _on_ranking_submitted(self, e: ev.RankingSubmitted) -> None:
         tree = self.trees[self.messages[e.parent_id].tree_id]
-        parent_id, uid = self.messages[e.parent_id].id, self._user_ref(e.user_id)
-        tree.rankings[parent_id].append((uid, [self._message_ref(r) for r in e.ranked_message_ids]))
+        parent_id, uid = self.messages[e.parent_id].id, self._ref(self.users, e.user_id)
+        tree.rankings[parent_id].append((uid, [self._ref(self.messages, r) for r in e.ranked_message_ids]))
         tree.rankers.add((parent_id, uid))
         self._touch(tree)
         self.ranked_by[uid].add(parent_id)
 
     def _on_emoji_added(self, e: ev.EmojiAdded) -> None:
         m = self.messages[e.message_id]
-        m.emojis.setdefault(e.emoji, set()).add(self._user_ref(e.user_id))
+        m.emojis.setdefault(e.emoji, set()).add(self._ref(self.users, e.user_id))
         if e.emoji == "_skip_reply":
             self.trees[m.tree_id].skip_replies += 1
 

@@ -69,6 +69,7 @@ class CommandService:
         self._checkpointing: asyncio.Task | None = None
         self._paused: asyncio.Future | None = None  # deciding waits while a checkpoint is taken
         self._recovering: asyncio.Task | None = None  # a rebuild after a failed append
+        self._store_id: UUID | None = None  # the id of the log's first event, once there is one
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -103,9 +104,11 @@ class CommandService:
         return ev.decode(found[0].state).id if found else None
 
     def store_id(self) -> UUID | None:
-        """The id of the log's first event: names the store's checkpoints."""
-        first = self.store.read_stored(0, 1)
-        return ev.decode(first[0].state).id if first else None
+        """The id of the log's first event: names the store's checkpoints (read once)."""
+        if self._store_id is None:
+            first = self.store.read_stored(0, 1)
+            self._store_id = ev.decode(first[0].state).id if first else None
+        return self._store_id
 
     def _on_commit_failure(self, exc: BaseException) -> None:
         log.error("append failed (%s); rebuilding the write model from the log", exc)
@@ -179,8 +182,9 @@ class CommandService:
                 self.model.position = max(self.model.position, self.committer.last_position)
                 if self._recovering or not await asyncio.to_thread(self._log_matches_model):
                     return None
+                store_id = await asyncio.to_thread(self.store_id)
                 position, count = self.model.position, self.model.event_count
-                pid = self.checkpoints.save_in_child(self.model, self.store_id())  # None: saved here
+                pid = self.checkpoints.save_in_child(self.model, store_id)  # None: saved here
             finally:
                 paused, self._paused = self._paused, None
                 paused.set_result(None)

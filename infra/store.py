@@ -303,8 +303,6 @@ class GroupCommitter:
         while self._in_flight is not None or self._queue:
             await asyncio.sleep(0.001)
 
-    stop = drain
-
     def submit(self, pending: Pending) -> asyncio.Future:
         future = self._loop.create_future()
         self._queue.append((pending, future))

@@ -49,7 +49,7 @@ async def views(request: Request, trusted: bool = False) -> tuple[ApiClient, Pro
             await asyncio.wait_for(runner.ready.wait(), READ_YOUR_WRITES_TIMEOUT)
         except TimeoutError:
             raise OasstError("the views are being loaded after a start; retry shortly",
-                             ErrorCode.VIEWS_BEHIND, 503) from None
+                             ErrorCode.VIEWS_BEHIND) from None
     wanted = request.query_params.get("min_position") or request.headers.get("x-min-log-position")
     if wanted:
         try:

@@ -73,7 +73,7 @@ async def test_group_commit_batches_concurrent_appends(store):
     events = [user_seen(f"u{i}") for i in range(200)]
     futures = [committer.submit(Pending([(e.subject_id, 1, e)])) for e in events]
     results = await asyncio.gather(*futures)
-    await committer.stop()
+    await committer.drain()
     assert sum(calls) == 200 and len(calls) < 200  # fewer transactions than commands
     positions = [r[0] for r in results]
     assert positions == sorted(positions)
@@ -89,5 +89,5 @@ async def test_a_failed_batch_fails_every_waiter_and_reports(store):
     bad = committer.submit(Pending([(e.subject_id, 1, e)]))  # version 1 again
     with pytest.raises(IntegrityError):
         await bad
-    await committer.stop()
+    await committer.drain()
     assert len(failures) == 1
