@@ -69,14 +69,15 @@ class Connection(asyncio.Protocol):
     core to drive the no-op server (so the load generator, not the server, set the
     baseline); this takes about half as much."""
 
-    def __init__(self):
+    def __init__(self, api_key: str = API_KEY):
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future | None = None
         self.transport = None
+        self.api_key = api_key.encode()
 
     @classmethod
-    async def open(cls, port: int) -> Connection:
-        _, conn = await asyncio.get_running_loop().create_connection(cls, "127.0.0.1", port)
+    async def open(cls, port: int, api_key: str = API_KEY) -> Connection:
+        _, conn = await asyncio.get_running_loop().create_connection(lambda: cls(api_key), "127.0.0.1", port)
         return conn
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes, str | None]:
@@ -85,14 +86,14 @@ class Connection(asyncio.Protocol):
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(
             b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: %s\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), API_KEY.encode(), len(body), body))
+            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.api_key, len(body), body))
         return await self.waiter
 
     async def get(self, path: str, headers: bytes = b"") -> tuple[int, bytes, str | None]:
         self.body, self.position = [], None
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: %s\r\n%s\r\n"
-                             % (path.encode(), API_KEY.encode(), headers))
+                             % (path.encode(), self.api_key, headers))
         return await self.waiter
 
     def close(self) -> None:

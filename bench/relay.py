@@ -30,8 +30,10 @@ from infra import kafka
 from infra.relay import KeyIndex, Relay
 from infra.settings import KafkaSettings
 from infra.store import EventStore
+from projections.message_tree import MessageTreeView
 
 console = common.console
+TREE_VIEW = f"{MessageTreeView.name}@{MessageTreeView.version}"  # the stored view's key
 
 
 def relay_throughput(store: EventStore, bootstrap: str, compression: str) -> dict:
@@ -96,7 +98,7 @@ class LagProbe:
         from projections.storage import ViewStorage
 
         self.storage = getattr(self, "storage", None) or ViewStorage(self.store)
-        return [self.storage.position(f"message_tree@v1#{self.group}.p{p}") for p in range(self.cfg.partitions)]
+        return [self.storage.position(f"{TREE_VIEW}#{self.group}.p{p}") for p in range(self.cfg.partitions)]
 
     def run(self) -> None:
         seen = 0
@@ -152,7 +154,7 @@ def wait_until_projecting(url: str, cfg: KafkaSettings, group: str, timeout: flo
     store = EventStore(url)
     storage = ViewStorage(store)
     deadline = time.monotonic() + timeout
-    while not any(storage.position(f"message_tree@v1#{group}.p{p}") for p in range(cfg.partitions)):
+    while not any(storage.position(f"{TREE_VIEW}#{group}.p{p}") for p in range(cfg.partitions)):
         if time.monotonic() > deadline:
             raise RuntimeError("the projector folded nothing; see var/bench/relay-projector.log")
         time.sleep(0.1)

@@ -10,6 +10,7 @@ rather than copying its fields: the idempotency digest of an interaction is its 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -41,6 +42,7 @@ class UpsertFrontendUser(Command, frozen=True):
     show_on_leaderboard: bool = True
     notes: str | None = None
     tos_accepted: bool | None = None
+    trusted: bool = False  # the acting client's: OA lets trusted clients only change an existing user
 
 
 class UpdateUser(Command, frozen=True):
@@ -49,6 +51,7 @@ class UpdateUser(Command, frozen=True):
     notes: str | None = None
     show_on_leaderboard: bool | None = None
     tos_accepted: bool | None = None
+    display_name: str | None = None
 
 
 class DeleteUser(Command, frozen=True):
@@ -127,3 +130,36 @@ class ImportTrees(Command, frozen=True):
 
 class RecordSnapshot(Command, frozen=True):
     manifest: dict
+
+
+# --- moderation (issue #14: OA's routes added after April 2023) ------------------------------------
+
+
+class EditMessage(Command, frozen=True):
+    """A new revision of a message's text, by ``user`` (OA: trusted clients only)."""
+
+    message_id: str
+    user: p.User
+    new_content: str
+
+
+class DeleteUserMessages(Command, frozen=True):
+    """Mark a user's messages deleted: all of them (OA's DELETE .../messages), or as OA's
+    purge_user/{id}/messages picks them (replies only unless ``initial_prompts``, in a date range)."""
+
+    user_id: str | None = None  # our id, or the frontend identity below (the client's own user)
+    auth_method: str | None = None
+    username: str | None = None
+    initial_prompts: bool = True
+    min_date: datetime | None = None
+    max_date: datetime | None = None
+    reason: str = "user_messages_deleted"
+
+
+class ProcessFlaggedMessage(Command, frozen=True):
+    message_id: str
+
+
+class MergeUsers(Command, frozen=True):
+    destination_user_id: str
+    source_user_ids: list[str]

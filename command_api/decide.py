@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import singledispatch
+from typing import NoReturn
 from uuid import UUID
 
 import msgspec
@@ -121,12 +123,28 @@ def user_by_id(s: State, user_id: str) -> User:
     return user
 
 
-def task_of(s: State, client_id: UUID, task_id: str | UUID) -> Task:
-    tid = task_id if isinstance(task_id, UUID) else parse_uuid(task_id, ErrorCode.TASK_NOT_FOUND, "task")
+def task_of(s: State, client_id: UUID, task_id: str | UUID, status: int | None = None) -> Task:
+    """A task of this client. Not found is 400 in OA, except for an ack (404)."""
+    try:
+        tid = task_id if isinstance(task_id, UUID) else parse_uuid(task_id, ErrorCode.TASK_NOT_FOUND, "task")
+    except OasstError as e:
+        raise OasstError(e.message, e.code, status) from None
     task = s.model.tasks.get(tid)
     if task is None or task.api_client_id != client_id:
-        raise OasstError(f"task {tid} not found", ErrorCode.TASK_NOT_FOUND)
+        raise OasstError(f"task {tid} not found", ErrorCode.TASK_NOT_FOUND, status)
     return task
+
+
+def validate_task(task: Task, user: User | None, now: datetime, check_ack: bool = True) -> None:
+    """OA's PromptRepository._validate_task, in its order (every refusal is a 400)."""
+    if task.status == "expired" or (task.expires_at and task.expires_at < now):
+        raise OasstError("task expired", ErrorCode.TASK_EXPIRED)
+    if check_ack and task.status == "open":
+        raise OasstError("task was not acknowledged", ErrorCode.TASK_NOT_ACK)
+    if task.status == "done":
+        raise OasstError("task already done", ErrorCode.TASK_ALREADY_DONE)
+    if user is not None and task.user_id != user.id and not task.collective:
+        raise OasstError("task was assigned to a different user", ErrorCode.TASK_NOT_ASSIGNED_TO_USER)
 
 
 def skip_marker(task_type: str) -> str | None:
@@ -175,8 +193,6 @@ def pending_count(s: State, user: User, now: datetime) -> int:
 @decide.register
 def _request_task(cmd: c.RequestTask, s: State, b: Batch) -> dict:
     user = acting_user(s, cmd.client_id, cmd.user)
-    if cmd.task_type in ("summarize_story", "rate_summary"):
-        raise OasstError(f"task type {cmd.task_type} is not supported", ErrorCode.TASK_INVALID_REQUEST_TYPE)
     if pending_count(s, user, b.now) >= s.model.cfg.max_pending_tasks_per_user:
         raise OasstError("too many pending tasks", ErrorCode.TASK_TOO_MANY_PENDING)
     task_id = ev.new_id()
@@ -199,7 +215,7 @@ def _request_task(cmd: c.RequestTask, s: State, b: Batch) -> dict:
 
 @decide.register
 def _ack(cmd: c.AckTask, s: State, b: Batch) -> None:
-    task = task_of(s, cmd.client_id, cmd.task_id)
+    task = task_of(s, cmd.client_id, cmd.task_id, 404)
     if task.status == "acked" and task.frontend_message_id == cmd.frontend_message_id:
         return None  # a retry
     if task.status != "open":
@@ -216,9 +232,8 @@ def _ack(cmd: c.AckTask, s: State, b: Batch) -> None:
 def _nack(cmd: c.NackTask, s: State, b: Batch) -> None:
     task = task_of(s, cmd.client_id, cmd.task_id)
     if task.status == "skipped":
-        return None
-    if not task.pending:
-        raise OasstError(f"task is {task.status}", ErrorCode.TASK_NACK_FAILED)
+        return None  # a retry
+    validate_task(task, None, b.now, check_ack=False)  # OA reads the nacking user from a header we do not take
     b.emit(ev.TaskSkipped, user_id=task.user_id, task_id=task.id, reason=cmd.reason)
     marker = skip_marker(task.type)
     target = s.model.messages.get(task.target_message_id) if task.target_message_id else None
@@ -230,9 +245,9 @@ def _nack(cmd: c.NackTask, s: State, b: Batch) -> None:
 @decide.register
 def _interaction(cmd: c.SubmitInteraction, s: State, b: Batch) -> dict:
     body = cmd.interaction
-    if isinstance(body, p.MessageRating):
-        raise OasstError("message_rating is not supported", ErrorCode.TASK_INVALID_RESPONSE_TYPE)
     user = acting_user(s, cmd.client_id, body.user)
+    if isinstance(body, p.MessageRating):
+        _refuse_rating(s, cmd.client_id, user, body, b.now)
     task = _interaction_task(s, cmd.client_id, body)
     digest = hashlib.sha256(_json.encode(body)).hexdigest()
     done = {"type": "task_done", "id": str(task.id)}
@@ -260,14 +275,18 @@ def _interaction_task(s: State, client_id: UUID, body) -> Task:
 
 
 def _check_task_open(task: Task, user: User, now: datetime) -> None:
-    if task.status == "open":
-        raise OasstError("task was not acknowledged", ErrorCode.TASK_NOT_ACK)
-    if task.status == "expired" or (task.expires_at and task.expires_at < now):
-        raise OasstError("task expired", ErrorCode.TASK_EXPIRED)
-    if task.status != "acked":
+    validate_task(task, user, now)
+    if task.status != "acked":  # skipped: OA would still take an answer; a skipped task stays closed here
         raise OasstError(f"task is {task.status}", ErrorCode.TASK_ALREADY_UPDATED)
-    if task.user_id != user.id and not task.collective:
-        raise OasstError("task belongs to another user", ErrorCode.TASK_NOT_ASSIGNED_TO_USER)
+
+
+def _refuse_rating(s: State, client_id: UUID, user: User, body: p.MessageRating, now: datetime) -> NoReturn:
+    """OA stores a rating only for a rate_summary task, and hands none out: it looks up the
+    rated message and then the task by the frontend id, and refuses at the first that fails."""
+    if (client_id, body.message_id) not in s.model.messages_by_frontend_id:
+        raise OasstError(f"message {body.message_id!r} not found", ErrorCode.MESSAGE_NOT_FOUND)
+    validate_task(_interaction_task(s, client_id, body), user, now)
+    raise OasstError("a rating answers a rate_summary task only", ErrorCode.TASK_PAYLOAD_TYPE_MISMATCH)
 
 
 def _decide_result(s: State, task: Task, user: User, body, now: datetime):
@@ -325,14 +344,21 @@ def _decide_text(s: State, task: Task, user: User, body: p.TextReplyToMessage, n
 
 @decide.register
 def _close(cmd: c.CloseTask, s: State, b: Batch) -> dict:
+    """OA's TaskRepository.close_task: only a collective task, once."""
     tid = s.model.tasks_by_frontend_id.get((cmd.client_id, cmd.frontend_message_id))
     if tid is None:
-        raise OasstError(f"no task acked with message id {cmd.frontend_message_id!r}", ErrorCode.TASK_NOT_FOUND)
+        raise OasstError(f"no task acked with message id {cmd.frontend_message_id!r}", ErrorCode.TASK_NOT_FOUND, 404)
     task = s.model.tasks[tid]
-    if task.status != "done":
-        if task.status != "acked":
-            raise OasstError(f"task is {task.status}", ErrorCode.TASK_ALREADY_UPDATED)
+    if task.status == "expired" or (task.expires_at and task.expires_at < b.now):
+        raise OasstError("task expired", ErrorCode.TASK_EXPIRED)
+    if not task.collective:
+        raise OasstError("this is not a collective task", ErrorCode.TASK_NOT_COLLECTIVE)
+    if task.request_sha256 == "close":  # (a collective task answered once is still open in OA)
+        raise OasstError("task already closed", ErrorCode.TASK_ALREADY_DONE)
+    if task.status == "acked":
         b.emit(ev.TaskCompleted, user_id=task.user_id, task_id=task.id, request_sha256="close")
+    elif task.status != "done":
+        raise OasstError(f"task is {task.status}", ErrorCode.TASK_ALREADY_UPDATED)
     return {"type": "task_done", "id": str(task.id)}
 
 
@@ -343,9 +369,7 @@ def _close(cmd: c.CloseTask, s: State, b: Batch) -> dict:
 def _label(cmd: c.LabelMessage, s: State, b: Batch) -> None:
     body = cmd.labels
     user = acting_user(s, cmd.client_id, body.user)
-    msg = message(s, body.message_id)
-    if msg.user_id == user.id:
-        raise OasstError("you cannot label your own message", ErrorCode.TEXT_LABELS_NO_SELF_LABELING)
+    msg = message(s, body.message_id)  # OA checks self-labelling for task labels only: free ones and reports pass
     report = bool(body.is_report)
     check_labels(body.labels, lab.REPORT_LABELS if report else None, [])
     b.ensure_user(user, body.user.display_name)
@@ -360,20 +384,29 @@ def _react(cmd: c.React, s: State, b: Batch) -> dict:
     msg = message(s, cmd.message_id)
     has = user.id in msg.emojis.get(cmd.emoji, ())
     add = {"toggle": not has, "add": True, "remove": False}[cmd.op]
-    if add and cmd.emoji in ("+1", "-1") and msg.user_id == user.id:
-        raise OasstError("no thumbs on your own message", ErrorCode.EMOJI_OP_UNSUPPORTED)
+    own_thumb = cmd.emoji in ("+1", "-1") and msg.user_id == user.id  # OA ignores it, no error
     b.ensure_user(user, cmd.user.display_name)
-    if add and not has:
+    if add and not has and not own_thumb:
         opposite = {"+1": "-1", "-1": "+1"}.get(cmd.emoji)
         if opposite and user.id in msg.emojis.get(opposite, ()):
             b.emit(ev.EmojiRemoved, user_id=user.id, message_id=msg.id, emoji=opposite)
         b.emit(ev.EmojiAdded, user_id=user.id, message_id=msg.id, emoji=cmd.emoji)
     elif not add and has:
         b.emit(ev.EmojiRemoved, user_id=user.id, message_id=msg.id, emoji=cmd.emoji)
+    return message_dict(s, msg, user)
+
+
+def message_dict(s: State, msg: Message, viewer: User) -> dict:
+    """OA's Message as the write model knows it (the emoji route answers it)."""
+    tree = s.model.trees[msg.tree_id]
+    rankings = tree.rankings.get(msg.parent_id, ()) if msg.parent_id else ()
     return {
-        "message_id": str(msg.id),
-        "emojis": {k: len(v) for k, v in sorted(msg.emojis.items()) if v and not k.startswith("_")},
-        "user_emojis": sorted(k for k, v in msg.emojis.items() if user.id in v),
+        **s.manager.conversation_message(msg, viewer),
+        "parent_id": str(msg.parent_id) if msg.parent_id else None, "created_date": msg.created_at.isoformat(),
+        "review_result": msg.review_result, "review_count": msg.review_count, "deleted": s.model.is_hidden(msg),
+        "model_name": msg.model_name, "message_tree_id": str(msg.tree_id),
+        "ranking_count": sum(1 for _, order in rankings if msg.id in order), "rank": msg.rank,
+        "edited": msg.edited, "user": None,  # (OA's emoji answer has no user either)
     }
 
 
@@ -428,6 +461,9 @@ def _update_user(cmd: c.UpdateUser, s: State, b: Batch) -> None:
     }
     if changes:
         b.emit(ev.UserSettingsChanged, subject_id=user.id, **changes)
+    # OA's display_name parameter; a deleted user keeps its anonymous name
+    if cmd.display_name is not None and cmd.display_name != user.display_name and not user.deleted:
+        b.emit(ev.UserRenamed, subject_id=user.id, display_name=cmd.display_name)
     return None
 
 
@@ -449,13 +485,14 @@ def _spammer(cmd: c.SetSpammer, s: State, b: Batch) -> None:
     return None
 
 
-def system_stats(s: State, exclude_user: UUID | None = None) -> dict:
-    """OA's SystemStats, optionally as if one user's messages (and subtrees) were gone."""
+def system_stats(s: State, exclude_user: UUID | None = None, exclude_messages: Collection[UUID] = ()) -> dict:
+    """OA's SystemStats, optionally as if one user's messages, or some messages (and their
+    subtrees), were gone."""
     m = s.model
     gone: set[UUID] = set()
-    if exclude_user:
-        for msg in m.messages.values():
-            if msg.user_id == exclude_user or (msg.parent_id in gone):
+    if exclude_user or exclude_messages:
+        for msg in m.messages.values():  # parents come before their replies
+            if (exclude_user and msg.user_id == exclude_user) or msg.id in exclude_messages or msg.parent_id in gone:
                 gone.add(msg.id)
     live = [x for x in m.messages.values() if x.id not in gone]
     active = [x for x in live if not m.is_hidden(x)]
@@ -520,27 +557,130 @@ def _api_client(cmd: c.CreateApiClient, s: State, b: Batch) -> None:
 
 @decide.register
 def _frontend_user(cmd: c.UpsertFrontendUser, s: State, b: Batch) -> dict:
+    """OA's create_frontend_user: the user is found or created (a deleted user's name makes a
+    new user); if anything sent differs from it, OA's update_user follows (trusted clients
+    only): enabled and show_on_leaderboard as sent, notes if sent, the ToS accepted now if sent."""
     user = s.model.user(cmd.client_id, cmd.auth_method, cmd.username)
-    if user.deleted:
-        raise OasstError("user was deleted", ErrorCode.USER_DISABLED)
-    if not user.exists:
+    system = cmd.auth_method == "system"  # OA creates system users off the boards, ToS accepted
+    if user.exists:
+        enabled, show, notes, tos = user.enabled, user.show_on_leaderboard, user.notes, user.tos_accepted
+    else:
+        enabled, show, notes, tos = True, not system, "", system
+    update = (cmd.enabled != enabled or cmd.show_on_leaderboard != show
+              or (cmd.notes is not None and cmd.notes != notes) or bool(cmd.tos_accepted and not tos))
+    if update and not cmd.trusted:
+        raise OasstError("only trusted API clients may update users", ErrorCode.API_CLIENT_NOT_AUTHORIZED)
+    if not user.exists:  # created and updated at once: one event with the values OA ends with
         b.emit(ev.UserSeen, user_id=user.id, subject_id=user.id, auth_method=cmd.auth_method,
                username=cmd.username, display_name=cmd.display_name, enabled=cmd.enabled,
                show_on_leaderboard=cmd.show_on_leaderboard, notes=cmd.notes or "",
-               tos_accepted=bool(cmd.tos_accepted))
-    else:
-        b.ensure_user(user, cmd.display_name)
+               tos_accepted=tos or bool(cmd.tos_accepted))
+        return frontend_user(s.model.users[user.id], b.now)
+    b.ensure_user(user, cmd.display_name)
+    if update:
         if cmd.enabled != user.enabled:
             b.emit(ev.UserEnabled if cmd.enabled else ev.UserDisabled, subject_id=user.id)
-    return frontend_user(s.model.users[user.id])
+        changes = {"show_on_leaderboard": cmd.show_on_leaderboard} if cmd.show_on_leaderboard != show else {}
+        if cmd.notes is not None and cmd.notes != notes:
+            changes["notes"] = cmd.notes
+        if cmd.tos_accepted:  # OA stamps the acceptance date again on every update that sends it
+            changes["tos_accepted"] = True
+        if changes:
+            b.emit(ev.UserSettingsChanged, subject_id=user.id, **changes)
+    return frontend_user(s.model.users[user.id], b.now)
 
 
-def frontend_user(user: User) -> dict:
-    """OA's FrontEndUser."""
+def frontend_user(user: User, now: datetime) -> dict:
+    """OA's FrontEndUser, with the user's stored values (streak and activity as the views count them)."""
+    streak_days, streak_date = user.streak(now)
     return {
         "id": user.username, "display_name": user.display_name, "auth_method": user.auth_method,
         "user_id": str(user.id), "enabled": user.enabled, "deleted": user.deleted, "notes": user.notes,
-        "created_date": user.created_at.isoformat() if user.created_at else None,
-        "show_on_leaderboard": user.show_on_leaderboard, "streak_days": None,
-        "streak_last_day_date": None, "last_activity_date": None, "tos_acceptance_date": None,
+        "created_date": _iso(user.created_at), "show_on_leaderboard": user.show_on_leaderboard,
+        "streak_days": streak_days, "streak_last_day_date": _iso(streak_date),
+        "last_activity_date": _iso(user.last_activity), "tos_acceptance_date": _iso(user.tos_acceptance_date),
     }
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at else None
+
+
+# --- moderation: edits, a user's messages, the flagged queue, merging users (issue #14) -----------------
+
+
+@decide.register
+def _edit(cmd: c.EditMessage, s: State, b: Batch) -> None:
+    """OA's revise_message: a new revision by the acting user. OA checks no authorship here:
+    the route takes trusted clients only, whose frontend lets authors and moderators edit."""
+    user = acting_user(s, cmd.client_id, cmd.user)
+    msg = message(s, cmd.message_id)
+    text = cmd.new_content
+    if not text.strip():
+        raise OasstError("message text is empty", ErrorCode.TASK_MESSAGE_TEXT_EMPTY)
+    if len(text) > MAX_TEXT:
+        raise OasstError(f"message text is longer than {MAX_TEXT} characters", ErrorCode.TASK_MESSAGE_TOO_LONG)
+    b.ensure_user(user, cmd.user.display_name)
+    b.emit(ev.MessageEdited, user_id=user.id, message_id=msg.id, text=text)
+    return None
+
+
+def user_messages_to_delete(s: State, cmd: c.DeleteUserMessages) -> list[Message]:
+    """The messages a DeleteUserMessages picks, already deleted ones too (a purge counts them)."""
+    if cmd.user_id is not None:
+        user = user_by_id(s, cmd.user_id)
+    else:
+        user = s.model.user(cmd.client_id, cmd.auth_method, cmd.username)
+        if not user.exists:
+            raise OasstError(f"user {cmd.auth_method}:{cmd.username} not found", ErrorCode.USER_NOT_FOUND)
+    picked = []
+    for mid in s.model.authored.get(user.id, ()):
+        m = s.model.messages[mid]
+        if ((cmd.initial_prompts or m.parent_id is not None)
+                and (cmd.min_date is None or m.created_at >= cmd.min_date)
+                and (cmd.max_date is None or m.created_at <= cmd.max_date)):
+            picked.append(m)
+    return picked
+
+
+@decide.register
+def _delete_user_messages(cmd: c.DeleteUserMessages, s: State, b: Batch) -> None:
+    """One MessageDeleted per message (each hides its subtree, as a moderator's delete)."""
+    for m in user_messages_to_delete(s, cmd):
+        if not m.deleted:
+            b.emit(ev.MessageDeleted, message_id=m.id, reason=cmd.reason)
+    return None
+
+
+def flagged_message(message_id: UUID, flag: tuple[datetime, bool]) -> dict:
+    """OA's FlaggedMessageResponse."""
+    return {"message_id": str(message_id), "processed": flag[1], "created_date": flag[0].isoformat()}
+
+
+@decide.register
+def _process_flagged(cmd: c.ProcessFlaggedMessage, s: State, b: Batch) -> dict:
+    mid = parse_uuid(cmd.message_id, ErrorCode.MESSAGE_NOT_FOUND, "flagged message")
+    flag = s.model.flagged.get(mid)
+    if flag is None:
+        raise OasstError(f"message {mid} is not flagged", ErrorCode.MESSAGE_NOT_FOUND)
+    if not flag[1]:
+        b.emit(ev.FlaggedMessageProcessed, message_id=mid)
+    return flagged_message(mid, s.model.flagged[mid])
+
+
+@decide.register
+def _merge_users(cmd: c.MergeUsers, s: State, b: Batch) -> None:
+    """OA's merge_users: the sources' contributions become the destination's. A user marked
+    spammer is refused: the mark re-decided what their votes decided, and a merge would move
+    that silently (unmark first)."""
+    dest = user_by_id(s, cmd.destination_user_id)
+    sources: dict[UUID, User] = {}
+    for ref in cmd.source_user_ids:
+        user = user_by_id(s, ref)
+        if user.id != dest.id:
+            sources[user.id] = user
+    if any(u.spammer for u in (dest, *sources.values())):
+        raise OasstError("a user marked spammer cannot be merged; unmark them first", ErrorCode.GENERIC_ERROR)
+    if sources:
+        b.emit(ev.UsersMerged, subject_id=dest.id, source_user_ids=list(sources))
+    return None

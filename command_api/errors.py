@@ -4,7 +4,8 @@ Codes are OA's (``oasst_shared.exceptions.OasstErrorCode``) so frontends keep wo
 codes 102 and 104-106 are this project's additions (see README).
 Every error leaves the service as ``{"error_code": int, "message": str}``. The domain
 (command_api/decide.py) raises codes only; the HTTP status of each code is OA's, from the
-table below (the HTTP layer may pass another status for errors of its own).
+table below; a code OA answers with different statuses in different places (2100: 404 for an
+ack or a close, 400 elsewhere) is raised with an explicit status where it is not 400.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class ErrorCode(IntEnum):
     TASK_NOT_ACK = 2104
     TASK_ALREADY_DONE = 2105
     TASK_NOT_ASSIGNED_TO_USER = 2106
+    TASK_NOT_COLLECTIVE = 2106  # OA gives both the same code
 
     USER_NOT_SPECIFIED = 4000
     USER_DISABLED = 4001
@@ -70,11 +72,8 @@ HTTP_STATUS = {
     ErrorCode.TOO_MANY_REQUESTS: 429,
     ErrorCode.MESSAGE_NOT_FOUND: 404,
     ErrorCode.NO_MESSAGE_TREE_FOUND: 404,
-    ErrorCode.TASK_NOT_FOUND: 404,
     ErrorCode.USER_NOT_FOUND: 404,
     ErrorCode.USER_DISABLED: 403,
-    ErrorCode.TASK_NOT_ASSIGNED_TO_USER: 403,
-    ErrorCode.TASK_TOO_MANY_PENDING: 429,
     ErrorCode.TASK_REQUESTED_TYPE_NOT_AVAILABLE: 503,  # OA's answer when nothing is to be done
     ErrorCode.VIEWS_BEHIND: 503,
 }

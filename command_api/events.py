@@ -132,6 +132,14 @@ class UserUnmarkedSpammer(Event, frozen=True, tag="user_unmarked_spammer"):
     reason: str = ""
 
 
+class UsersMerged(Event, frozen=True, tag="users_merged"):
+    """The source users become the destination (``subject_id``): their messages, votes,
+    reactions, tasks and counters are the destination's from now on; the sources are gone."""
+
+    subject_id: UUID
+    source_user_ids: list[UUID]
+
+
 # --- tasks -------------------------------------------------------------------------
 
 
@@ -201,6 +209,8 @@ class ReplySubmitted(Event, frozen=True, tag="reply_submitted"):
 
 
 class MessageEdited(Event, frozen=True, tag="message_edited"):
+    """A new revision of the text; the envelope's ``user_id`` is who revised it."""
+
     message_id: UUID
     text: str
 
@@ -214,6 +224,12 @@ class MessageDeleted(Event, frozen=True, tag="message_deleted"):
 
 class MessageUndeleted(Event, frozen=True, tag="message_undeleted"):
     """Restores the message and its ancestors."""
+
+    message_id: UUID
+
+
+class FlaggedMessageProcessed(Event, frozen=True, tag="flagged_message_processed"):
+    """A moderator dealt with a reported (flagged) message; a new report flags it again."""
 
     message_id: UUID
 
@@ -344,6 +360,7 @@ AnyEvent = Union[
     UserDeleted,
     UserMarkedSpammer,
     UserUnmarkedSpammer,
+    UsersMerged,
     TaskAssigned,
     TaskAcked,
     TaskSkipped,
@@ -354,6 +371,7 @@ AnyEvent = Union[
     MessageEdited,
     MessageDeleted,
     MessageUndeleted,
+    FlaggedMessageProcessed,
     MessageReviewed,
     LabelsSubmitted,
     RankingSubmitted,

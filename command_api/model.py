@@ -25,6 +25,8 @@ OASST_NAMESPACE = uuid5(NAMESPACE_URL, "https://github.com/LAION-AI/Open-Assista
 DUPLICATE_TEXT_WINDOW = timedelta(minutes=120)  # a user may not submit the same text again within this
 RANK1_WINDOW = timedelta(days=30)  # the lottery favours authors of replies ranked first this recently
 CLOSED_TASK_MEMORY = timedelta(days=1)  # a closed task is remembered this long (a retry gets its first answer)
+STREAK_RESET = timedelta(hours=36)  # a streak ends after this long without activity (as the leaderboard view)
+DELETED_USER_DISPLAY_NAME, DELETED_USER_PREFIX = "Deleted User", "deleted_"  # OA's oasst_shared.utils
 ACTIVE_STATES = ("initial_prompt_review", "growing", "ranking")
 TERMINAL_STATES = ("ready_for_export", "aborted_low_grade", "halted_by_moderator", "scoring_failed")
 
@@ -51,6 +53,8 @@ def stream_of(event: ev.Event) -> UUID:
         case ev.ApiClientCreated():
             return event.client_id
         case ev.UserSeen() | ev.UserRenamed() | ev.UserEnabled() | ev.UserDisabled() | ev.UserSettingsChanged() | ev.UserDeleted() | ev.UserMarkedSpammer() | ev.UserUnmarkedSpammer():  # noqa: E501
+            return event.subject_id
+        case ev.UsersMerged():
             return event.subject_id
         case ev.TaskAssigned() | ev.TaskAcked() | ev.TaskSkipped() | ev.TaskExpired() | ev.TaskCompleted() | ev.RankingSubmitted():  # noqa: E501
             return event.task_id
@@ -89,10 +93,21 @@ class User:
     notes: str = ""
     show_on_leaderboard: bool = True
     tos_accepted: bool = False
+    tos_acceptance_date: datetime | None = None
+    # activity as the views count it (prompts, replies, labels, rankings), for OA's FrontEndUser
+    last_activity: datetime | None = None
+    last_active_day: int | None = None
+    streak_days: int = 0  # full days of the current run of consecutive active days
 
     @property
     def exists(self) -> bool:
         return self.created_at is not None
+
+    def streak(self, now: datetime) -> tuple[int, datetime | None]:
+        """OA's streak: 0 before the first full day; gone after 36 hours without activity."""
+        if self.last_activity is None or now - self.last_activity > STREAK_RESET:
+            return 0, None
+        return self.streak_days, self.last_activity
 
 
 @dataclass(slots=True)
@@ -150,6 +165,7 @@ class Message:
     emojis: dict[str, set[UUID]] = field(default_factory=dict)  # emoji -> users (hidden skip markers too)
     reports: int = 0
     rank: int | None = None
+    edited: bool = False
 
     @property
     def review_count(self) -> int:
@@ -220,6 +236,8 @@ class WriteModel:
         self.authored: dict[UUID, list[UUID]] = defaultdict(list)  # user -> messages
         self.labelled_by: dict[UUID, set[UUID]] = defaultdict(set)  # user -> messages (task labels)
         self.ranked_by: dict[UUID, set[UUID]] = defaultdict(set)  # user -> ranked parents
+        # OA's moderation queue: reported or red-flagged messages -> (flagged at, processed)
+        self.flagged: dict[UUID, tuple[datetime, bool]] = {}
 
     # --- queries used by decisions -------------------------------------------------
 
@@ -240,6 +258,8 @@ class WriteModel:
     def user(self, api_client_id: UUID, auth_method: str, username: str) -> User:
         """The user, or a not-yet-existing one with the id it will get."""
         uid = user_id_for(api_client_id, auth_method, username)
+        while uid in self.users and self.users[uid].deleted:  # OA frees a deleted user's name: a new user
+            uid = uuid5(uid, "recreated")
         return self.users.get(uid) or User(uid, api_client_id, auth_method, username, username)
 
     def is_hidden(self, message: Message) -> bool:
@@ -354,7 +374,7 @@ class WriteModel:
         self.users[e.subject_id] = User(
             e.subject_id, e.api_client_id, e.auth_method, e.username, e.display_name, e.at,
             enabled=e.enabled, notes=e.notes, show_on_leaderboard=e.show_on_leaderboard,
-            tos_accepted=e.tos_accepted,
+            tos_accepted=e.tos_accepted, tos_acceptance_date=e.at if e.tos_accepted else None,
         )
 
     def _on_user_renamed(self, e: ev.UserRenamed) -> None:
@@ -374,11 +394,21 @@ class WriteModel:
             u.show_on_leaderboard = e.show_on_leaderboard
         if e.tos_accepted is not None:
             u.tos_accepted = e.tos_accepted
+            u.tos_acceptance_date = e.at if e.tos_accepted else None
 
     def _on_user_deleted(self, e: ev.UserDeleted) -> None:
-        u = self.users[e.subject_id]
-        u.deleted, u.enabled, u.show_on_leaderboard = True, False, False
-        u.display_name = f"Deleted User {str(u.id)[:8]}"
+        u = self.users[e.subject_id]  # OA's mark_user_deleted: anonymised, its name freed
+        u.deleted, u.show_on_leaderboard = True, False
+        u.display_name, u.username = DELETED_USER_DISPLAY_NAME, f"{DELETED_USER_PREFIX}{u.id}"
+
+    def _active(self, e: ev.Event) -> None:
+        u = self.users.get(e.user_id) if e.user_id is not None else None
+        if u is None:
+            return
+        day = int(e.at.timestamp() // 86400)
+        if u.last_active_day is not None and day != u.last_active_day:
+            u.streak_days = u.streak_days + 1 if day == u.last_active_day + 1 else 0
+        u.last_active_day, u.last_activity = day, e.at
 
     def _on_user_marked_spammer(self, e: ev.UserMarkedSpammer) -> None:
         u = self.users[e.subject_id]
@@ -465,6 +495,7 @@ class WriteModel:
             self.authored[m.user_id].append(m.id)
 
     def _on_initial_prompt_submitted(self, e: ev.InitialPromptSubmitted) -> None:
+        self._active(e)
         self._add_message(Message(
             e.message_id, e.message_id, None, self._ref(self.users, e.user_id), self._ref(self.clients, e.api_client_id),
             e.frontend_message_id,
@@ -477,6 +508,7 @@ class WriteModel:
         self._set_state(tree, "initial_prompt_review")
 
     def _on_reply_submitted(self, e: ev.ReplySubmitted) -> None:
+        self._active(e)
         tree = self.trees[e.tree_id]
         m = Message(
             e.message_id, tree.id, self.messages[e.parent_id].id, self._ref(self.users, e.user_id),
@@ -513,7 +545,8 @@ class WriteModel:
             self._refresh_reply_parent(self.messages[mid])
 
     def _on_message_edited(self, e: ev.MessageEdited) -> None:
-        self.messages[e.message_id].text = e.text
+        m = self.messages[e.message_id]
+        m.text, m.edited = e.text, True
 
     def _on_message_deleted(self, e: ev.MessageDeleted) -> None:
         m = self.messages[e.message_id]
@@ -535,6 +568,7 @@ class WriteModel:
             self._refresh_reply_parent(self.messages[m.parent_id])
 
     def _on_labels_submitted(self, e: ev.LabelsSubmitted) -> None:
+        self._active(e)
         m = self.messages[e.message_id]
         if e.kind == "task":
             uid = self._ref(self.users, e.user_id)
@@ -543,8 +577,10 @@ class WriteModel:
             self._touch(self.trees[m.tree_id])
         elif e.kind == "report":
             m.reports += 1
+            self.flagged[m.id] = (e.at, False)
 
     def _on_ranking_submitted(self, e: ev.RankingSubmitted) -> None:
+        self._active(e)
         tree = self.trees[self.messages[e.parent_id].tree_id]
         parent_id, uid = self.messages[e.parent_id].id, self._ref(self.users, e.user_id)
         tree.rankings[parent_id].append((uid, [self._ref(self.messages, r) for r in e.ranked_message_ids]))
@@ -557,6 +593,8 @@ class WriteModel:
         m.emojis.setdefault(e.emoji, set()).add(self._ref(self.users, e.user_id))
         if e.emoji == "_skip_reply":
             self.trees[m.tree_id].skip_replies += 1
+        elif e.emoji == "red_flag":
+            self.flagged[m.id] = (e.at, False)
 
     def _on_emoji_removed(self, e: ev.EmojiRemoved) -> None:
         self.messages[e.message_id].emojis.get(e.emoji, set()).discard(e.user_id)
@@ -591,3 +629,67 @@ class WriteModel:
             if rank == 0 and m.user_id:
                 self.rank1_recent[m.user_id] = self.rank1_recent.get(m.user_id, 0) + 1
                 self.rank1_log.append((e.at, m.user_id))
+
+    def _on_flagged_message_processed(self, e: ev.FlaggedMessageProcessed) -> None:
+        self.flagged[e.message_id] = (self.flagged[e.message_id][0], True)
+
+    def _on_users_merged(self, e: ev.UsersMerged) -> None:
+        """OA's merge: what the sources wrote, voted, reacted and were given is the
+        destination's from now on (decisions already taken stay as they were); the source
+        users are gone (their frontend identity would come back as a new user)."""
+        dest = self.users[e.subject_id].id
+        sources = {self.users[s].id for s in e.source_user_ids if s in self.users and s != dest}
+        touched: set[UUID] = set()  # trees whose caches are stale
+        for src in sources:
+            self._merge_authorship(src, dest, touched)
+            self._merge_votes(src, dest, touched)
+            for tid in self.user_pending.pop(src, {}):
+                self.tasks[tid].user_id = dest
+                self.user_pending[dest][tid] = None
+            del self.users[src]
+        for m in self.messages.values():  # reactions have no index by user (a merge is rare)
+            for users in m.emojis.values():
+                if not users.isdisjoint(sources):
+                    users.difference_update(sources)
+                    users.add(dest)
+        moved = sum(self.rank1_recent.pop(s, 0) for s in sources)
+        if moved:
+            self.rank1_recent[dest] = self.rank1_recent.get(dest, 0) + moved
+            self.rank1_log = deque((at, dest if a in sources else a) for at, a in self.rank1_log)
+        for tree_id in touched:
+            self._touch(self.trees[tree_id])
+
+    def _merge_authorship(self, src: UUID, dest: UUID, touched: set[UUID]) -> None:
+        mine = self.authored.pop(src, [])
+        waiting = [self.trees[mid] for mid in mine if mid in self.trees
+                   and self.trees[mid].state == "prompt_lottery_waiting"]
+        for tree in waiting:  # the lottery files trees by author
+            self._lottery_remove(tree)
+        for mid in mine:
+            m = self.messages[mid]
+            m.user_id = dest
+            touched.add(m.tree_id)
+            if (m.parent_id, src) in self.replied:
+                self.replied.discard((m.parent_id, src))
+                self.replied.add((m.parent_id, dest))
+        for tree in waiting:
+            self._lottery_add(tree)
+        self.authored[dest].extend(mine)
+        texts = self.user_texts.pop(src, [])
+        if texts:
+            self.user_texts[dest] = sorted([*self.user_texts.get(dest, []), *texts], key=lambda t: t[0])
+
+    def _merge_votes(self, src: UUID, dest: UUID, touched: set[UUID]) -> None:
+        for mid in self.labelled_by.pop(src, ()):
+            m = self.messages[mid]
+            if dest not in m.task_labels:  # both reviewed it: both votes stay, under their ids
+                m.task_labels[dest] = m.task_labels.pop(src)
+            self.labelled_by[dest].add(mid)
+            touched.add(m.tree_id)
+        for parent_id in self.ranked_by.pop(src, ()):
+            tree = self.trees[self.messages[parent_id].tree_id]
+            tree.rankings[parent_id] = [(dest if u == src else u, order) for u, order in tree.rankings[parent_id]]
+            tree.rankers.discard((parent_id, src))
+            tree.rankers.add((parent_id, dest))
+            self.ranked_by[dest].add(parent_id)
+            touched.add(tree.id)

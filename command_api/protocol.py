@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal, Union
+from uuid import UUID
 
 import msgspec
 
@@ -105,3 +106,13 @@ class ImportRequest(msgspec.Struct):
 
     origin: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     items: list[dict]
+
+
+class MessageEditRequest(msgspec.Struct):
+    user: User
+    new_content: str
+
+
+class MergeUsersRequest(msgspec.Struct):
+    destination_user_id: UUID
+    source_user_ids: list[UUID]

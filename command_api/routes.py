@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from datetime import UTC, datetime
 
 from litestar import Request, Response, delete, post, put
 from litestar.params import FromPath, FromQuery, JSONBody
@@ -28,6 +29,7 @@ def authorize(request: Request, trusted: bool = False) -> ApiClient:
     if trusted and not client.trusted:
         raise OasstError("this route needs a trusted API client", ErrorCode.API_CLIENT_NOT_AUTHORIZED)
     request.app.state.rate_limiter.api_request(client.id)
+    request.state.api_client = client  # for respond(): whose write this is
     return client
 
 
@@ -39,8 +41,15 @@ def idempotency_key(request: Request) -> str | None:
 
 
 def respond(request: Request, result: Result) -> Response:
-    """A command's reply with the route's status (OA's: 200, 202 or 204) and its log position."""
+    """A command's reply with the route's status (OA's: 200, 202 or 204) and its log position.
+    The position is also noted as the client's last write, so that its next read waits for
+    it (read-your-writes without asking: OA's clients never send ``min_position``)."""
     status = request.route_handler.status_code
+    client = getattr(request.state, "api_client", None)
+    if client is not None:
+        last_writes = request.app.state.last_writes
+        if result.position > last_writes.get(client.id, 0):
+            last_writes[client.id] = result.position
     return Response(
         content=result.body if status != 204 else None,
         status_code=status,
@@ -145,9 +154,11 @@ async def update_user(
     notes: FromQuery[str | None] = None,
     show_on_leaderboard: FromQuery[bool | None] = None,
     tos_acceptance: FromQuery[bool | None] = None,
+    display_name: FromQuery[str | None] = None,
 ) -> Response[None]:
     service, client, ikey = _trusted_args(request)
-    return respond(request, await service.update_user(client, user_id, enabled, notes, show_on_leaderboard, tos_acceptance, ikey))
+    return respond(request, await service.update_user(client, user_id, enabled, notes, show_on_leaderboard, tos_acceptance, ikey,
+                                                      display_name=display_name))
 
 
 @delete("/users/{user_id:str}", status_code=204, summary="Delete (anonymise) a user (moderators)")
@@ -191,6 +202,60 @@ async def create_frontend_user(request: Request, data: JSONBody[p.CreateFrontend
     return respond(request, await service.create_frontend_user(client, data, ikey))
 
 
+# --- moderation (issue #14): edits, a user's messages, the flagged queue, merging users -------------
+
+
+@post("/messages/{message_id:str}/edit", status_code=200, summary="Edit a message: a new revision (trusted clients)")
+async def edit_message(request: Request, message_id: FromPath[str], data: JSONBody[p.MessageEditRequest]) -> Response:
+    service, client, ikey = _trusted_args(request)
+    return respond(request, await service.edit_message(client, message_id, data, ikey))
+
+
+@delete("/users/{user_id:str}/messages", status_code=204, summary="Mark all of a user's messages deleted (moderators)")
+async def delete_user_messages(request: Request, user_id: FromPath[str]) -> Response[None]:
+    service, client, ikey = _trusted_args(request)
+    return respond(request, await service.delete_user_messages(client, user_id=user_id, ikey=ikey))
+
+
+@delete("/frontend_users/{auth_method:str}/{username:str}/messages", status_code=204,
+        summary="Mark all of a frontend user's messages deleted (moderators)")
+async def delete_frontend_user_messages(request: Request, auth_method: FromPath[str],
+                                        username: FromPath[str]) -> Response[None]:
+    service, client, ikey = _trusted_args(request)
+    return respond(request, await service.delete_user_messages(client, auth_method=auth_method, username=username,
+                                                               ikey=ikey))
+
+
+def _utc(at: datetime | None) -> datetime | None:
+    """Dates without a zone are UTC (as OA reads them)."""
+    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
+
+
+@post("/admin/purge_user/{user_id:str}/messages", status_code=200,
+      summary="Mark a user's messages deleted, replies only unless purge_initial_prompts (preview: counts only)")
+async def purge_user_messages(request: Request, user_id: FromPath[str], purge_initial_prompts: FromQuery[bool] = False,
+                              min_date: FromQuery[datetime | None] = None, max_date: FromQuery[datetime | None] = None,
+                              preview: FromQuery[bool] = True) -> Response:
+    service, client, ikey = _trusted_args(request)
+    return respond(request, await service.purge_user_messages(client, user_id, purge_initial_prompts, _utc(min_date),
+                                                              _utc(max_date), preview, ikey))
+
+
+@post("/admin/flagged_messages/{message_id:str}/processed", status_code=200,
+      summary="Mark a flagged (reported) message processed")
+async def process_flagged_message(request: Request, message_id: FromPath[str]) -> Response:
+    service, client, ikey = _trusted_args(request)
+    return respond(request, await service.process_flagged(client, message_id, ikey))
+
+
+@post("/admin/merge_users", status_code=204, summary="Merge users into one (their contributions follow)")
+async def merge_users(request: Request, data: JSONBody[p.MergeUsersRequest]) -> Response[None]:
+    service, client, ikey = _trusted_args(request)
+    return respond(request, await service.merge_users(client, data, ikey))
+
+
 command_handlers = [request_task, task_availability, ack_task, nack_task, interaction, close_task, text_labels,
         message_emoji, delete_message, undelete_message, put_tree_state, update_user, delete_user,
-        purge_user, mark_spammer, unmark_spammer, create_api_client, create_frontend_user, import_oasst]
+        purge_user, mark_spammer, unmark_spammer, create_api_client, create_frontend_user, import_oasst,
+        edit_message, delete_user_messages, delete_frontend_user_messages, purge_user_messages,
+        process_flagged_message, merge_users]

@@ -27,7 +27,16 @@ from command_api import commands as c
 from command_api import events as ev
 from command_api import protocol as p
 from command_api.api_keys import key_digest
-from command_api.decide import Batch, State, decide, import_user, system_stats, tree_state, user_by_id
+from command_api.decide import (
+    Batch,
+    State,
+    decide,
+    import_user,
+    system_stats,
+    tree_state,
+    user_by_id,
+    user_messages_to_delete,
+)
 from command_api.errors import ErrorCode, OasstError
 from command_api.model import ApiClient, User, WriteModel
 from command_api.tree_manager import TreeManager
@@ -328,9 +337,11 @@ class CommandService:
         return await self.execute(c.SetTreeHalted(client_id=client.id, message_id=message_id, halt=halt), ikey)
 
     async def update_user(self, client: ApiClient, user_id: str, enabled: bool | None, notes: str | None,
-                          show_on_leaderboard: bool | None, tos_acceptance: bool | None, ikey: str | None = None) -> Result:
+                          show_on_leaderboard: bool | None, tos_acceptance: bool | None, ikey: str | None = None,
+                          *, display_name: str | None = None) -> Result:
         return await self.execute(c.UpdateUser(client_id=client.id, user_id=user_id, enabled=enabled, notes=notes,
-                                               show_on_leaderboard=show_on_leaderboard, tos_accepted=tos_acceptance), ikey)
+                                               show_on_leaderboard=show_on_leaderboard, tos_accepted=tos_acceptance,
+                                               display_name=display_name), ikey)
 
     async def delete_user(self, client: ApiClient, user_id: str, ikey: str | None = None) -> Result:
         return await self.execute(c.DeleteUser(client_id=client.id, user_id=user_id), ikey)
@@ -356,7 +367,7 @@ class CommandService:
         return await self.execute(c.UpsertFrontendUser(
             client_id=client.id, auth_method=req.auth_method, username=req.id, display_name=req.display_name,
             enabled=req.enabled, show_on_leaderboard=req.show_on_leaderboard, notes=req.notes,
-            tos_accepted=req.tos_acceptance), ikey)
+            tos_accepted=req.tos_acceptance, trusted=client.trusted), ikey)
 
     async def purge_user(self, client: ApiClient, user_id: str, preview: bool, ban: bool, ikey: str | None = None) -> Result:
         """OA's purge: counts before and after (``preview``: nothing else); else a spam mark,
@@ -371,13 +382,50 @@ class CommandService:
                 "duration": (utcnow() - started).total_seconds()}
         return Result(_json.encode(body), position)
 
+    # --- moderation (issue #14) ----------------------------------------------------------------------
+
+    async def edit_message(self, client: ApiClient, message_id: str, req: p.MessageEditRequest,
+                           ikey: str | None = None) -> Result:
+        return await self.execute(c.EditMessage(client_id=client.id, message_id=message_id, user=req.user,
+                                                new_content=req.new_content), ikey)
+
+    async def delete_user_messages(self, client: ApiClient, user_id: str | None = None, auth_method: str | None = None,
+                                   username: str | None = None, ikey: str | None = None) -> Result:
+        """All of a user's messages, by our id or by the client's frontend identity."""
+        return await self.execute(c.DeleteUserMessages(client_id=client.id, user_id=user_id, auth_method=auth_method,
+                                                       username=username), ikey)
+
+    async def purge_user_messages(self, client: ApiClient, user_id: str, purge_initial_prompts: bool,
+                                  min_date: datetime | None, max_date: datetime | None, preview: bool,
+                                  ikey: str | None = None) -> Result:
+        """OA's purge of a user's messages: counts before and after (``preview``: nothing else);
+        else the picked messages are marked deleted (events; OA destroys them and their
+        subtrees, which is what ``after`` counts)."""
+        started = utcnow()
+        command = c.DeleteUserMessages(client_id=client.id, user_id=user_id, initial_prompts=purge_initial_prompts,
+                                       min_date=min_date, max_date=max_date, reason="user_messages_purged")
+        picked = {m.id for m in user_messages_to_delete(self.state, command)}
+        before, after = system_stats(self.state), system_stats(self.state, exclude_messages=picked)
+        position = self.model.position
+        if not preview:
+            position = (await self.execute(command, ikey)).position
+        body = {"before": before, "after": after, "preview": preview,
+                "duration": (utcnow() - started).total_seconds()}
+        return Result(_json.encode(body), position)
+
+    async def process_flagged(self, client: ApiClient, message_id: str, ikey: str | None = None) -> Result:
+        return await self.execute(c.ProcessFlaggedMessage(client_id=client.id, message_id=message_id), ikey)
+
+    async def merge_users(self, client: ApiClient, req: p.MergeUsersRequest, ikey: str | None = None) -> Result:
+        return await self.execute(c.MergeUsers(client_id=client.id, destination_user_id=str(req.destination_user_id),
+                                               source_user_ids=[str(u) for u in req.source_user_ids]), ikey)
+
     # --- questions the command side answers from its model ----------------------------------------
 
     def availability(self, client: ApiClient, ref: p.User, lang: str | None) -> dict[str, int]:
         user = self.model.user(client.id, ref.auth_method, ref.id)
         options = self.manager.candidates(user, lang, self.clock())
-        types = ["random", *sorted(ev.TaskType.__args__)]
-        counts = {t: len(options.get(t, ())) for t in types}
+        counts = {t: len(options.get(t, ())) for t in p.TaskRequestType.__args__}  # OA: all twelve, 0 where none
         counts["random"] = sum(counts.values())
         return counts
 

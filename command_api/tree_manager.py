@@ -215,7 +215,8 @@ class TreeManager:
     # --- building a task ----------------------------------------------------------------
 
     def plan(self, user: User, requested: str, lang: str | None, now: datetime, rng: random.Random) -> TaskPlan | None:
-        if requested == "random":
+        random_request = requested == "random"
+        if random_request:
             requested = self._random_type(user, lang, now, rng)
             if requested is None:
                 return None
@@ -225,7 +226,7 @@ class TreeManager:
             lonely = [e for e in pool if 0 < len(e[1].children) < self.cfg.lonely_children_count]
             entry = self._draw(requested, lonely, user.id, now, rng)
         entry = entry or self._draw(requested, pool, user.id, now, rng)
-        return self._build(requested, entry[0], user, lang, rng) if entry else None
+        return self._build(requested, entry[0], user, lang, rng, random_request) if entry else None
 
     def _random_type(self, user: User, lang: str | None, now: datetime, rng: random.Random) -> str | None:
         """OA's weighted pick among the kinds of task available to the user, by drawing
@@ -273,7 +274,8 @@ class TreeManager:
             "synthetic": msg.synthetic,
         }
 
-    def _build(self, task_type: str, target: UUID | None, user: User, lang: str | None, rng: random.Random) -> TaskPlan:
+    def _build(self, task_type: str, target: UUID | None, user: User, lang: str | None, rng: random.Random,
+               random_request: bool = True) -> TaskPlan:
         m = self.model
         if task_type == "initial_prompt":
             return TaskPlan(task_type, {"type": task_type, "hint": None})
@@ -289,7 +291,9 @@ class TreeManager:
                 "label_assistant_reply": self.cfg.p_full_labeling_review_reply_assistant,
                 "label_prompter_reply": self.cfg.p_full_labeling_review_reply_prompter,
             }[task_type]
-            mode = "full" if rng.random() < p_full else "simple"
+            # OA: a reply gets a simple (spam) review only when a random task was asked for
+            may_simplify = random_request or task_type == "label_initial_prompt"
+            mode = "simple" if may_simplify and rng.random() > p_full else "full"
             names = lab.valid_labels(task_type, mode)
             payload = {
                 "type": task_type,
@@ -297,7 +301,7 @@ class TreeManager:
                 "valid_labels": names,
                 "mandatory_labels": lab.MANDATORY_LABELS,
                 "mode": mode,
-                "disposition": "quality",
+                "disposition": "spam" if mode == "simple" else "quality",
                 "labels": lab.describe(names),
                 "conversation": self.conversation(msg, user),
             }
@@ -308,14 +312,19 @@ class TreeManager:
         replies = list(self.rank_parents(tree)[msg.id])
         rng.shuffle(replies)
         reply_msgs = [m.messages[r] for r in replies]
+        reveal = all(r.synthetic for r in reply_msgs)
+        reply_messages = [self.conversation_message(r, user) for r in reply_msgs]
+        if not reveal:  # OA hides the flag unless every reply is synthetic
+            for r in reply_messages:
+                r["synthetic"] = None
         payload = {
             "type": task_type,
             "conversation": self.conversation(msg, user),
             "replies": [r.text for r in reply_msgs],
-            "reply_messages": [self.conversation_message(r, user) for r in reply_msgs],
+            "reply_messages": reply_messages,
             "message_tree_id": str(tree.id),
             "ranking_parent_id": str(msg.id),
-            "reveal_synthetic": all(r.synthetic for r in reply_msgs),
+            "reveal_synthetic": reveal,
         }
         return TaskPlan(task_type, payload, msg.id, tree.id, ranked_message_ids=replies)
 

@@ -18,11 +18,16 @@ from command_api.rate_limits import RateLimiter
 from command_api.routes import command_handlers
 from command_api.service import CommandService
 from infra.checkpoints import Checkpoints
+from infra.metrics import Metrics
+from infra.metrics import metrics as metrics_route
 from infra.settings import Settings
 from infra.store import EventStore
 from projections.runner import ProjectionRunner
 from projections.trust import TrustCache
+from query_api.backend_settings import settings_handlers
 from query_api.boards import board_handlers
+from query_api.cached_stats import cached_stats_handlers
+from query_api.flagged import flagged_handlers
 from query_api.history import history
 from query_api.log import list_events
 from query_api.messages import message_handlers
@@ -100,12 +105,15 @@ def create_app(settings: Settings | None = None, only: str | None = None) -> Lit
 
     # One router for /api/v1: Litestar cannot merge two routers that share a path.
     commands = [*command_handlers, *snapshot_commands] if keeps_model else []
-    queries = [*message_handlers, *user_handlers, *board_handlers, *trust_handlers, *snapshot_handlers] if runner else []
-    handlers = [Router(path="/api/v1", route_handlers=[*commands, *queries]), list_events]
+    queries = [*message_handlers, *user_handlers, *board_handlers, *trust_handlers, *snapshot_handlers,
+               *flagged_handlers, *settings_handlers, *cached_stats_handlers] if runner else []
+    handlers = [Router(path="/api/v1", route_handlers=[*commands, *queries]), list_events, metrics_route]
     if runner:
         handlers.append(history)
+    metrics = Metrics()
     app = Litestar(
         route_handlers=handlers,
+        middleware=[metrics.middleware],
         lifespan=[lifespan],
         exception_handlers={
             OasstError: _oasst_error,
@@ -124,6 +132,9 @@ def create_app(settings: Settings | None = None, only: str | None = None) -> Lit
     app.state.api_keys = service if keeps_model else ApiKeyIndex(store)
     app.state.rate_limiter = RateLimiter(enabled=settings.rate_limits)
     app.state.runner = runner
+    app.state.metrics = metrics
+    metrics.figures.state = app.state
+    app.state.last_writes = {}  # API client id -> log position of its last acknowledged write
     app.state.settings = settings
     app.state.board_cache = {}
     app.state.trust = TrustCache()

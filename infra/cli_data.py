@@ -94,7 +94,7 @@ def snapshot_show(snapshot_id: str) -> None:
 
 
 def export(
-    out: Path = typer.Argument(..., help="Output file: .jsonl or .jsonl.gz."),
+    out: Path | None = typer.Argument(None, help="Output file: .jsonl or .jsonl.gz (or --export-file)."),
     at: int | None = AT, policy: str = POLICY, state: list[str] = STATES, lang: list[str] = LANGS,
     deleted: str = typer.Option("exclude", help="Deleted messages: exclude, include or only."),
     spam: str = typer.Option("exclude", help="Messages not accepted by review: exclude, include or only."),
@@ -105,8 +105,23 @@ def export(
     events: bool = typer.Option(False, help="Include emoji, rating and ranking events."),
     limit: int | None = typer.Option(None, help="At most this many trees (or messages, when flat)."),
     anonymizer_seed: str | None = typer.Option(None, help="Replace ids with sha256(collection:id + seed)."),
+    # Open-Assistant's exporter (backend/export.py) flags, accepted as aliases of the above.
+    export_file: Path | None = typer.Option(None, help="OA's name for OUT."),
+    include_deleted: bool = typer.Option(False, "--include-deleted", help="OA's name for --deleted include."),
+    deleted_only: bool = typer.Option(False, "--deleted-only", help="OA's name for --deleted only."),
+    include_spam: bool = typer.Option(False, "--include-spam", help="OA's name for --spam include."),
+    spam_only: bool = typer.Option(False, "--spam-only", help="OA's name for --spam only."),
+    include_synthetic: bool = typer.Option(False, "--include-synthetic", help="OA's name for --synthetic include."),
+    synthetic_only: bool = typer.Option(False, "--synthetic-only", help="OA's name for --synthetic only."),
+    export_labels: bool = typer.Option(False, "--export-labels", help="OA's name for --labels."),
+    export_events: bool = typer.Option(False, "--export-events", help="OA's name for --events."),
 ) -> None:
     """Export trees (or messages) in Open-Assistant's format, with its exporter's options."""
+    out = _one_output(out, export_file)
+    deleted = _alias("deleted", deleted, include=include_deleted, only=deleted_only)
+    spam = _alias("spam", spam, include=include_spam, only=spam_only)
+    synthetic = _alias("synthetic", synthetic, include=include_synthetic, only=synthetic_only)
+    labels, events = labels or export_labels, events or export_events
     from infra.oasst_format import dumps, open_text
     from infra.store import EventStore
     from projections.dataset import Dataset, fold_at
@@ -127,6 +142,24 @@ def export(
             f.write(dumps(item) + "\n")
             n += 1
     typer.echo(f"wrote {n} {'messages' if sel.flat else 'trees'} to {out} (log position {state_at.position})")
+
+
+def _one_output(out: Path | None, export_file: Path | None) -> Path:
+    if out and export_file and out != export_file:
+        raise typer.BadParameter(f"two output files given: {out} and --export-file {export_file}")
+    if not (out or export_file):
+        raise typer.BadParameter("name the output file (OUT or --export-file)")
+    return out or export_file
+
+
+def _alias(name: str, value: str, include: bool, only: bool) -> str:
+    """--NAME exclude|include|only from OA's --include-NAME / --NAME-only flags."""
+    if include and only:
+        raise typer.BadParameter(f"--include-{name} and --{name}-only exclude each other")
+    flag = "include" if include else "only" if only else None
+    if flag and value not in ("exclude", flag):
+        raise typer.BadParameter(f"--{name} {value} contradicts OA's flag for {flag!r}")
+    return flag or value
 
 
 def import_(

@@ -79,7 +79,8 @@ _decode_light = msgspec.msgpack.Decoder(Union[tuple(_LIGHT.values())]).decode
 _STREAM, _MESSAGE_STREAM, _REPLY, _ON_MESSAGE, _RANKING, _TASK, _TREE, _IMPORT = range(8)
 _KIND = {
     **dict.fromkeys(ev.EVENT_TYPES, _STREAM),
-    **dict.fromkeys(("message_edited", "message_deleted", "message_undeleted", "message_reviewed"), _MESSAGE_STREAM),
+    **dict.fromkeys(("message_edited", "message_deleted", "message_undeleted", "message_reviewed",
+                     "flagged_message_processed"), _MESSAGE_STREAM),
     "reply_submitted": _REPLY,
     **dict.fromkeys(("labels_submitted", "emoji_added", "emoji_removed"), _ON_MESSAGE),
     "ranking_submitted": _RANKING,

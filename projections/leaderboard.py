@@ -287,6 +287,41 @@ class LeaderboardView(View):
         elif e.old_state == "aborted_low_grade":
             self._add(m.author, m.hour, "spam_prompts", -1)
 
+    def on_users_merged(self, e: ev.UsersMerged) -> None:
+        """OA's merge_users: the sources' facts, counters and gifts are the destination's
+        (no user marked spammer is merged, so what was counted stays counted)."""
+        dest, sources = e.subject_id, set(e.source_user_ids)
+        for key, m in self.messages.rows.items():  # no index by author (a merge is rare)
+            if m.author in sources:
+                m.author = dest
+                self.messages.touch(key)
+        for key, r in self.rankings.rows.items():
+            if r.ranker in sources:
+                r.ranker = dest
+                self.rankings.touch(key)
+        for giver, given in self.given.rows.items():
+            if any(item[0] in sources for item in given.items):
+                given.items = [(dest if a in sources else a, h, s, d) for a, h, s, d in given.items]
+                self.given.touch(giver)
+        for source in sources:
+            given = self.given.get(source)
+            if given is not None:
+                into = self.given.get(dest) or self.given.put(dest, Given())
+                into.items = [*into.items, *given.items]
+                self.given.touch(dest)
+                self.given.delete(source)
+            counts = self.users.get(source)
+            if counts is not None:
+                into = self._counts(dest)
+                for rows, theirs in ((into.hours, counts.hours), (into.troll, counts.troll)):
+                    for hour, values in theirs.items():
+                        mine = rows.setdefault(hour, [type(v)() for v in values])
+                        rows[hour] = [a + b for a, b in zip(mine, values, strict=True)]
+                into.active_days = sorted(set(into.active_days) | set(counts.active_days))
+                if counts.last_activity and (into.last_activity is None or counts.last_activity > into.last_activity):
+                    into.last_activity = counts.last_activity
+                self.users.delete(source)
+
     # --- reading -------------------------------------------------------------------
 
     def stats(self, user: UUID, frame: str, now: datetime) -> dict[str, int]:
@@ -298,12 +333,13 @@ class LeaderboardView(View):
         return _sum_frame(counts.troll if counts else {}, TROLL, frame, now, 0.0)
 
     def streak(self, user: UUID, now: datetime) -> tuple[int, datetime | None]:
-        """Days of consecutive activity, reset after 36 hours without any."""
+        """Full days of consecutive activity (OA: 0 before the first full day), reset after 36
+        hours without any."""
         counts = self.users.get(user)
         if not counts or not counts.last_activity or now - counts.last_activity > timedelta(hours=36):
             return 0, None
         days = counts.active_days
-        streak = 1
+        streak = 0
         for a, b in zip(reversed(days[:-1]), reversed(days[1:]), strict=True):
             if b - a != 1:
                 break

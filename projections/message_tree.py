@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import msgspec
 
@@ -66,16 +66,38 @@ class UserRow(msgspec.Struct, kw_only=True):
     last_activity_date: datetime | None = None
 
 
+class Revision(msgspec.Struct, array_like=True):
+    """One revision of a message's text (OA's MessageRevision)."""
+
+    id: UUID
+    text: str
+    user_id: UUID | None
+    created_date: datetime
+
+
+class Revisions(msgspec.Struct, array_like=True):
+    items: list[Revision] = []  # oldest first: the original text, then every edit
+
+
+class Flag(msgspec.Struct, array_like=True):
+    """A message in OA's moderation queue: reported, or given a red flag."""
+
+    created_date: datetime  # of the latest report or red flag
+    processed: bool = False
+
+
 class MessageTreeView(View):
     name = "message_tree"
-    version = "v1"
-    key_types = {"messages": UUID, "trees": UUID, "users": UUID}
+    version = "v2"  # v2: revisions and the flagged-message queue
+    key_types = {"messages": UUID, "trees": UUID, "users": UUID, "revisions": UUID, "flagged": UUID}
 
     def __init__(self) -> None:
         super().__init__()
         self.messages = self.table("messages", MessageRow)
         self.trees = self.table("trees", TreeRow)
         self.users = self.table("users", UserRow)
+        self.revisions = self.table("revisions", Revisions)  # message -> its revisions, once edited
+        self.flagged = self.table("flagged", Flag)  # message -> its place in the moderation queue
         self.by_frontend_id: dict[tuple[UUID | None, str], UUID] = {}
         self.users_by_name: dict[tuple[UUID, str, str], UUID] = {}
         self.spammers: set[UUID] = set()
@@ -118,9 +140,11 @@ class MessageTreeView(View):
             u.tos_acceptance_date = e.at if e.tos_accepted else None
 
     def on_user_deleted(self, e: ev.UserDeleted) -> None:
-        u = self._user(e, e.subject_id)
-        u.deleted, u.enabled, u.show_on_leaderboard = True, False, False
-        u.display_name = f"Deleted User {str(u.id)[:8]}"
+        u = self._user(e, e.subject_id)  # OA's mark_user_deleted: anonymised, its name freed for a new user
+        if self.users_by_name.get((u.api_client_id, u.auth_method, u.username)) == u.id:
+            del self.users_by_name[(u.api_client_id, u.auth_method, u.username)]
+        u.deleted, u.show_on_leaderboard = True, False
+        u.display_name, u.username = "Deleted User", f"deleted_{u.id}"
 
     def on_user_marked_spammer(self, e: ev.UserMarkedSpammer) -> None:
         u = self._user(e, e.subject_id)
@@ -176,7 +200,15 @@ class MessageTreeView(View):
 
     def on_message_edited(self, e: ev.MessageEdited) -> None:
         m = self._message(e.message_id)
+        # as OA: the first edit keeps the original as a revision (its author, its date)
+        revisions = self.revisions.get(m.id) or Revisions([Revision(uuid5(m.id, "original"), m.text, m.user_id,
+                                                                     m.created_date)])
+        revisions.items = [*revisions.items, Revision(e.id, e.text, e.user_id, e.at)]
+        self.revisions.put(m.id, revisions)
         m.text, m.edited = e.text, True
+
+    def on_flagged_message_processed(self, e: ev.FlaggedMessageProcessed) -> None:
+        self.flagged.put(e.message_id, Flag(self.flagged[e.message_id].created_date, processed=True))
 
     def on_message_deleted(self, e: ev.MessageDeleted) -> None:
         self._message(e.message_id).deleted = True
@@ -194,6 +226,8 @@ class MessageTreeView(View):
     def on_labels_submitted(self, e: ev.LabelsSubmitted) -> None:
         if e.kind == "task":
             self._message(e.message_id).review_count += 1
+        elif e.kind == "report":  # OA: a report is a red flag, which (re)enters the queue
+            self.flagged.put(e.message_id, Flag(e.at))
         self._active(e)
 
     def on_ranking_submitted(self, e: ev.RankingSubmitted) -> None:
@@ -204,6 +238,8 @@ class MessageTreeView(View):
     def on_emoji_added(self, e: ev.EmojiAdded) -> None:
         m = self._message(e.message_id)
         m.emojis = {**m.emojis, e.emoji: [*m.emojis.get(e.emoji, ()), e.user_id]}
+        if e.emoji == "red_flag":
+            self.flagged.put(e.message_id, Flag(e.at))
 
     def on_emoji_removed(self, e: ev.EmojiRemoved) -> None:
         m = self._message(e.message_id)
@@ -250,6 +286,35 @@ class MessageTreeView(View):
         t = self.trees[e.tree_id]
         t.state = "growing" if t.goal_tree_size is not None else "initial_prompt_review"
         self.trees.touch(e.tree_id)
+
+    # --- merging users (OA's merge_users) --------------------------------------------
+
+    def on_users_merged(self, e: ev.UsersMerged) -> None:
+        """The sources' messages, reactions and revisions are the destination's; their rows go."""
+        dest, sources = e.subject_id, set(e.source_user_ids)
+        for m in self.messages.values():  # no index by author (a merge is rare)
+            if m.user_id in sources:
+                m.user_id = dest
+                self.messages.touch(m.id)
+            if any(u in sources for users in m.emojis.values() for u in users):
+                m.emojis = {k: list(dict.fromkeys(dest if u in sources else u for u in v)) for k, v in m.emojis.items()}
+                self.messages.touch(m.id)
+        for key, revisions in self.revisions.rows.items():
+            if any(r.user_id in sources for r in revisions.items):
+                revisions.items = [Revision(r.id, r.text, dest, r.created_date) if r.user_id in sources else r
+                                   for r in revisions.items]
+                self.revisions.touch(key)
+        into = self.users.get(dest)
+        for source in sources:
+            row = self.users.get(source)
+            if row is None:
+                continue
+            if into is not None and row.last_activity_date and (
+                    into.last_activity_date is None or row.last_activity_date > into.last_activity_date):
+                into.last_activity_date = row.last_activity_date
+                self.users.touch(dest)
+            self.users.delete(source)
+            self.users_by_name.pop((row.api_client_id, row.auth_method, row.username), None)
 
     # --- reading -------------------------------------------------------------------
 

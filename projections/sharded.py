@@ -20,7 +20,8 @@ those are kept as per-shard partials and merged on read:
 
 Aggregates computed when asked (consensus, trust) need nothing more: they are derived
 from the merged facts. A new view whose fold reads rows of another tree or user must
-keep partials like these to be projected from Kafka.
+keep partials like these to be projected from Kafka. Not followed yet: ``users_merged``
+(keyed by its user, it rewrites rows of every tree) is folded by one shard only.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Annotated
 
-from litestar import Request, get
+from litestar import Request, get, post
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from command_api import labels as lab
@@ -52,6 +52,18 @@ async def leaderboard(request: Request, time_frame: FromPath[str], max_count: Ma
     await views(request)
     rows, updated = leaderboard_rows(request, _frame(time_frame))
     return {"time_frame": time_frame, "last_updated": updated, "leaderboard": rows[:max_count]}
+
+
+@post("/leaderboards/update", status_code=204, summary="Refresh all leaderboards (they are live: nothing to do)")
+async def update_leaderboards(request: Request) -> None:
+    await views(request, trusted=True)
+
+
+@post("/leaderboards/update/{time_frame:str}", status_code=204,
+      summary="Refresh one leaderboard (it is live: nothing to do)")
+async def update_leaderboard(request: Request, time_frame: FromPath[str]) -> None:
+    await views(request, trusted=True)
+    _frame(time_frame)  # an unknown time frame is refused as OA does
 
 
 @get("/trollboards/{time_frame:str}", summary="Trollboard (trusted clients)")
@@ -110,7 +122,7 @@ def _state_counts(view) -> dict[str, int]:
     return dict(sorted(Counter(t.state for t in view.trees.values()).items()))
 
 
-def _message_counts(view, only_active: bool) -> list[dict]:
+def _message_counts(view, only_active: bool, default_goal: int) -> list[dict]:
     out = []
     for t in view.trees.values():
         if only_active and t.state not in ACTIVE_STATES:
@@ -118,7 +130,8 @@ def _message_counts(view, only_active: bool) -> list[dict]:
         live = [view.messages[i] for i in t.message_ids if not view.is_hidden(view.messages[i])]
         out.append({"message_tree_id": str(t.id), "state": t.state, "depth": max((m.depth for m in live), default=0),
                     "oldest": iso(t.created_date), "youngest": iso(max((m.created_date for m in live), default=None)),
-                    "count": len(live), "goal_tree_size": t.goal_tree_size})
+                    # a tree still in review has no goal yet: the configured one (OA stores it at creation)
+                    "count": len(live), "goal_tree_size": t.goal_tree_size or default_goal})
     return sorted(out, key=lambda r: r["message_tree_id"])
 
 
@@ -131,20 +144,21 @@ async def state_counts(request: Request) -> dict:
 @get("/stats/tree_manager/message_counts", summary="Messages per tree")
 async def message_counts(request: Request, only_active: FromQuery[bool] = True) -> list[dict]:
     _, runner = await views(request)
-    return _message_counts(tree_view(runner), only_active)
+    return _message_counts(tree_view(runner), only_active, request.app.state.settings.tree.goal_tree_size)
 
 
 @get("/stats/tree_manager", summary="Tree manager statistics")
 async def tree_manager_stats(request: Request) -> dict:
     _, runner = await views(request)
     view = tree_view(runner)
-    return {"state_counts": _state_counts(view), "message_counts": _message_counts(view, True)}
+    return {"state_counts": _state_counts(view),
+            "message_counts": _message_counts(view, True, request.app.state.settings.tree.goal_tree_size)}
 
 
 @get("/text_labels/valid_labels", summary="Label descriptions (for a message: what its task asks)")
 async def valid_labels(request: Request, message_id: FromQuery[str | None] = None) -> dict:
     _, runner = await views(request)
-    names = list(lab.LABELS)
+    names = lab.ANY_MESSAGE_LABELS
     if message_id:
         m = message_or_404(tree_view(runner), message_id)
         task = "label_initial_prompt" if m.parent_id is None else f"label_{m.role}_reply"
@@ -159,4 +173,4 @@ async def report_labels(request: Request) -> dict:
 
 
 
-board_handlers = [leaderboard, trollboard, stats, state_counts, message_counts, tree_manager_stats, valid_labels, report_labels]
+board_handlers = [leaderboard, update_leaderboards, update_leaderboard, trollboard, stats, state_counts, message_counts, tree_manager_stats, valid_labels, report_labels]

@@ -40,8 +40,9 @@ def client_of(request: Request, trusted: bool = False) -> ApiClient:
 
 
 async def views(request: Request, trusted: bool = False) -> tuple[ApiClient, ProjectionRunner]:
-    """Auth, then wait (bounded) until the views reached the position the caller asks for
-    with ``?min_position=`` or ``X-Min-Log-Position``."""
+    """Auth, then wait (bounded) until the views reached the client's own last write on this
+    server (read-your-writes without asking) and any position the caller asks for with
+    ``?min_position=`` or ``X-Min-Log-Position``. A client that wrote nothing waits for nothing."""
     client = client_of(request, trusted)
     runner = runner_of(request)
     if not runner.ready.is_set():  # a server just started: its stored views are being loaded
@@ -50,17 +51,23 @@ async def views(request: Request, trusted: bool = False) -> tuple[ApiClient, Pro
         except TimeoutError:
             raise OasstError("the views are being loaded after a start; retry shortly",
                              ErrorCode.VIEWS_BEHIND) from None
-    wanted = request.query_params.get("min_position") or request.headers.get("x-min-log-position")
-    if wanted:
-        try:
-            position = int(wanted)
-            if not 0 <= position <= MAX_POSITION:
-                raise ValueError(wanted)
-        except ValueError:
-            raise OasstError("min_position must be an integer", ErrorCode.REQUEST_VALIDATION_FAILED, 422) from None
-        if not await runner.wait_for(position, READ_YOUR_WRITES_TIMEOUT):
-            raise ViewsBehind(position, runner.position)
+    position = max(asked_position(request), request.app.state.last_writes.get(client.id, 0))
+    if position > runner.position and not await runner.wait_for(position, READ_YOUR_WRITES_TIMEOUT):
+        raise ViewsBehind(position, runner.position)
     return client, runner
+
+
+def asked_position(request: Request) -> int:
+    wanted = request.query_params.get("min_position") or request.headers.get("x-min-log-position")
+    if not wanted:
+        return 0
+    try:
+        position = int(wanted)
+        if not 0 <= position <= MAX_POSITION:
+            raise ValueError(wanted)
+    except ValueError:
+        raise OasstError("min_position must be an integer", ErrorCode.REQUEST_VALIDATION_FAILED, 422) from None
+    return position
 
 
 def tree_view(runner: ProjectionRunner) -> MessageTreeView:
@@ -155,7 +162,7 @@ def message_dict(view: MessageTreeView, m: MessageRow, me: UUID | None = None, i
         # deleted: itself or below a deleted ancestor (OA marks the whole subtree deleted)
         "review_result": m.review_result, "review_count": m.review_count, "deleted": view.is_hidden(m),
         "model_name": m.model_name, "message_tree_id": str(m.tree_id), "ranking_count": m.ranking_count,
-        "rank": m.rank,
+        "rank": m.rank, "edited": m.edited,
     }
     if include_user and m.user_id and m.user_id in view.users:
         out["user"] = frontend_user(view.users[m.user_id])

@@ -17,6 +17,7 @@ from query_api.common import (
     acting_user,
     conversation_message,
     frontend_message_or_404,
+    iso,
     message_dict,
     message_or_404,
     owner_filter,
@@ -145,9 +146,15 @@ def _utc(at: datetime | None) -> datetime | None:
     return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
 
 
+def search_terms(query: str | None) -> tuple[str, ...]:
+    """OA's ``search_query`` (a PostgreSQL full-text match there): here every word of the
+    query must occur in the text, case-insensitively (as a substring: no stemming)."""
+    return tuple(query.casefold().split()) if query else ()
+
+
 def _matches(m: MessageRow, *, user: UUID | None, only_roots: bool, include_deleted: bool, lang: str | None,
              start: datetime | None, end: datetime | None, view: MessageTreeView,
-             api_client: UUID | None = None) -> bool:
+             api_client: UUID | None = None, search: tuple[str, ...] = ()) -> bool:
     return (
         (user is None or m.user_id == user)
         and (api_client is None or m.api_client_id == api_client)
@@ -156,6 +163,7 @@ def _matches(m: MessageRow, *, user: UUID | None, only_roots: bool, include_dele
         and (start is None or m.created_date >= start)
         and (end is None or m.created_date <= end)
         and (include_deleted or not view.is_hidden(m))
+        and (not search or all(word in m.text.casefold() for word in search))
     )
 
 
@@ -243,7 +251,7 @@ async def messages_cursor(
     username: FromQuery[str | None] = None, only_roots: FromQuery[bool] = False,
     include_deleted: FromQuery[bool] = False, max_count: MaxCount = 10, desc: FromQuery[bool] = False,
     lang: FromQuery[str | None] = None, include_user: FromQuery[bool] = False,
-    api_client_id: FromQuery[str | None] = None,
+    api_client_id: FromQuery[str | None] = None, search_query: FromQuery[str | None] = None,
 ) -> dict:
     client, runner = await views(request)
     view = tree_view(runner)
@@ -255,7 +263,22 @@ async def messages_cursor(
             return {"prev": None, "next": None, "sort_key": "created_date", "order": "desc" if desc else "asc", "items": []}
     return cursor_page(view, acting_user(request, view, client), before=before, after=after, desc=desc,
                        max_count=max_count, include_user=include_user, user=user, only_roots=only_roots,
-                       include_deleted=include_deleted, lang=lang, start=None, end=None, api_client=owner)
+                       include_deleted=include_deleted, lang=lang, start=None, end=None, api_client=owner,
+                       search=search_terms(search_query))
 
 
-message_handlers = [messages_list, messages_cursor, *_routes(frontend=False), *_routes(frontend=True)]
+@get("/messages/{message_id:str}/history", summary="A message's revisions, the original first (once edited)")
+async def message_history(request: Request, message_id: FromPath[str]) -> list[dict]:
+    client, runner = await views(request)
+    view = tree_view(runner)
+    m = message_or_404(view, message_id)
+    me = acting_user(request, view, client)
+    revisions = view.revisions.get(m.id)
+    return [{"id": str(r.id), "text": r.text, "message_id": str(m.id),
+             "user_id": str(r.user_id) if r.user_id else None, "created_date": iso(r.created_date),
+             "user_is_author": me is not None and r.user_id == me}
+            for r in (revisions.items if revisions else ())]
+
+
+message_handlers = [messages_list, messages_cursor, *_routes(frontend=False), *_routes(frontend=True),
+                    message_history]

@@ -146,8 +146,8 @@ async def test_emoji_toggle_and_thumb_exclusion(client):
     assert r.json()["emojis"] == {"-1": 1} and r.json()["user_emojis"] == ["-1"]
     r = await client.post(url, json={"user": BOB, "emoji": "-1"})  # toggle off
     assert r.json()["emojis"] == {}
-    r = await client.post(url, json={"user": ALICE, "emoji": "+1"})
-    assert r.status_code == 400 and r.json()["error_code"] == 5000
+    r = await client.post(url, json={"user": ALICE, "emoji": "+1"})  # one's own message: ignored (OA)
+    assert r.status_code == 202 and r.json()["emojis"] == {} and r.json()["user_is_author"] is True
 
 
 async def test_reports_auto_moderate_the_prompt(client):

@@ -30,10 +30,13 @@ from infra.relay import KeyIndex, Relay
 from infra.seed import seed_history
 from infra.settings import KafkaSettings, Settings
 from infra.store import EventStore, Pending
+from projections.message_tree import MessageTreeView
 from projections.runner import ProjectionRunner, all_views
 from projections.sharded import load_merged, merge, normalized_rows, shard_views
 from projections.storage import ViewStorage
 from tests.conftest import API_KEY, make_settings
+
+TREE_VIEW = f"{MessageTreeView.name}@{MessageTreeView.version}"  # the stored view's key
 
 pytestmark = pytest.mark.filterwarnings("ignore:read_text is deprecated", "ignore:open_text is deprecated")
 ROOT = Path(__file__).resolve().parent.parent
@@ -325,7 +328,7 @@ def test_two_projector_processes_in_one_group_equal_a_local_rebuild(store_url, c
                                      stderr=subprocess.STDOUT, text=True)
     first = Output(spawn())
     storage = ViewStorage(store)
-    shard_positions = lambda: [storage.position(f"message_tree@v1#{group}.p{p}") for p in range(cfg.partitions)]  # noqa: E731
+    shard_positions = lambda: [storage.position(f"{TREE_VIEW}#{group}.p{p}") for p in range(cfg.partitions)]  # noqa: E731
     second = None
     try:
         deadline = time.monotonic() + 90  # generous: a loaded machine starts processes slowly

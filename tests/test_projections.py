@@ -316,8 +316,8 @@ def test_streak_counts_consecutive_days_and_resets_after_36_hours():
     view = fold(LeaderboardView(), [seen(A, "alice"), prompt(A, P, NOW - 5 * day, "a"),
                                     prompt(A, R1, NOW - 2 * day, "b"), prompt(A, R2, NOW - day, "c"),
                                     prompt(A, R3, NOW, "d")])
-    assert view.streak(A, NOW) == (3, NOW)
-    assert view.streak(A, NOW + timedelta(hours=35)) == (3, NOW)
+    assert view.streak(A, NOW) == (2, NOW)  # three days in a row: two full days (OA: 0 on the first)
+    assert view.streak(A, NOW + timedelta(hours=35)) == (2, NOW)
     assert view.streak(A, NOW + timedelta(hours=37)) == (0, None)
     assert view.streak(B, NOW) == (0, None)
 

@@ -207,6 +207,18 @@ async def test_export_import_round_trip_of_a_generated_history(seeded, pg_url, t
     assert all(t.pop("origin") == "a.jsonl.gz" for t in reimported)
     assert reimported == exported
 
+    # OA's exporter flags name the same selection as ours
+    for ours, oas in ((["--labels", "--deleted", "include", "--spam", "only"],
+                       ["--export-labels", "--include-deleted", "--spam-only"]),
+                      (["--events", "--synthetic", "include"], ["--export-events", "--include-synthetic"])):
+        mine, theirs = tmp_path / "ours.jsonl", tmp_path / "theirs.jsonl"
+        assert (await run_cli(_env(seeded), "export", str(mine), *ours)).exit_code == 0
+        assert (await run_cli(_env(seeded), "export", "--export-file", str(theirs), *oas)).exit_code == 0
+        assert read_jsonl(mine) == read_jsonl(theirs)
+    clash = CliRunner().invoke(cli, ["export", str(tmp_path / "x.jsonl"), "--include-spam", "--spam-only"],
+                               env=_env(seeded))
+    assert clash.exit_code == 2 and "exclude each other" in clash.output
+
     # the anonymiser replaces ids, deterministically
     anon = tmp_path / "anon.jsonl"
     await run_cli(_env(seeded), "export", str(anon), "--anonymizer-seed", "s3cret", "--limit", "2")

@@ -1,0 +1,74 @@
+"""OA's cached statistics (``/stats/cached``), computed from the views. OA recomputed them
+every few minutes into a table; here they are as fresh as the views, memoised per log
+position, and ``POST /stats/cached/update`` has nothing left to do."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+
+from litestar import Request, get, post
+from litestar.params import FromPath
+
+from command_api.errors import ErrorCode, OasstError
+from projections.message_tree import MessageTreeView
+from query_api.common import client_of, tree_view, views
+
+
+def _human_messages(view: MessageTreeView):
+    """OA's filter: not deleted, accepted by review, not synthetic."""
+    return (m for m in view.messages.values() if not m.deleted and m.review_result and not m.synthetic)
+
+
+def _states_by_lang(view: MessageTreeView) -> list[dict]:
+    counts = Counter((t.lang, t.state) for t in view.trees.values())
+    return [{"lang": lang, "state": state, "count": n} for (lang, state), n in sorted(counts.items())]
+
+
+STATS = {
+    "human_messages_by_lang": lambda v: dict(sorted(Counter(m.lang for m in _human_messages(v)).items())),
+    "human_messages_by_role": lambda v: dict(sorted(Counter(m.role for m in _human_messages(v)).items())),
+    "message_trees_by_state": lambda v: dict(sorted(Counter(t.state for t in v.trees.values()).items())),
+    "message_trees_states_by_lang": _states_by_lang,
+    "prompt_lottery_waiting_by_lang": lambda v: dict(sorted(Counter(
+        t.lang for t in v.trees.values() if t.state == "prompt_lottery_waiting").items())),
+    "users_accepted_tos": lambda v: {"count": sum(
+        1 for u in v.users.values() if u.enabled and u.tos_acceptance_date is not None)},
+}
+
+
+def all_stats(request: Request) -> dict[str, dict]:
+    runner = request.app.state.runner
+    cache = request.app.state.board_cache
+    hit = cache.get("cached_stats")
+    if hit and hit[0] == runner.position:
+        return hit[1]
+    view, now = tree_view(runner), datetime.now(UTC).isoformat()
+    stats = {name: {"name": name, "last_updated": now, "stats": compute(view)} for name, compute in STATS.items()}
+    cache["cached_stats"] = (runner.position, stats)
+    return stats
+
+
+@get("/stats/cached", summary="OA's cached statistics, all of them (live)")
+async def cached_stats_all(request: Request) -> dict:
+    await views(request)
+    return {"stats_by_name": all_stats(request)}
+
+
+@get("/stats/cached/{name:str}", summary="One of OA's cached statistics (live)")
+async def cached_stats(request: Request, name: FromPath[str]) -> dict:
+    await views(request)
+    stats = all_stats(request)
+    if name not in stats:
+        # OA's path parameter is an enum: an unknown name fails validation
+        raise OasstError(f"no cached statistic {name!r}; one of {', '.join(stats)}",
+                         ErrorCode.REQUEST_VALIDATION_FAILED, 422)
+    return stats[name]
+
+
+@post("/stats/cached/update", status_code=204, summary="Refresh the cached statistics (they are live: nothing to do)")
+async def update_cached_stats(request: Request) -> None:
+    client_of(request, trusted=True)
+
+
+cached_stats_handlers = [cached_stats_all, cached_stats, update_cached_stats]
