@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from infra.kafka import free_port  # noqa: F401 - the benchmarks take it from here
+from devkit.brokers import free_port  # noqa: F401 - the benchmarks take it from here
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "var" / "bench"

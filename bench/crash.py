@@ -145,7 +145,7 @@ def _wait_http(base: str, timeout: float = 60) -> None:
 
 def verify(store_url: str, outcome: Outcome, topic_positions: set[int] | None) -> dict:
     """What the log, the stored views and the topic say after the storm."""
-    from command_api import events as ev
+    from domain import events as ev
     from infra.store import EventStore
     from projections.runner import ProjectionRunner, all_views
 
@@ -278,7 +278,7 @@ def report(result: dict) -> None:
 def measure(seconds: float, users: int, relay: bool) -> dict:
     import tempfile
 
-    from infra.kafka import tansu
+    from devkit.brokers import tansu
 
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))

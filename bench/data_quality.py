@@ -1,5 +1,5 @@
 """Data quality under OA's rule and under the trust policy, on a generated history with
-planted spammers and random rankers whose truth the generator knows (infra/seed.py).
+planted spammers and random rankers whose truth the generator knows (devkit/simulator.py).
 
 - acceptance accuracy: a message is truly acceptable when its planted quality is not junk;
   each policy accepts it when its (weighted) acceptance score > 0.6;
@@ -23,7 +23,7 @@ from uuid import UUID
 
 from bench import common
 from command_api.service import CommandService
-from infra.seed import DEFAULT_API_KEY, SeedParams, seed_history, seed_tree_config
+from devkit.simulator import DEFAULT_API_KEY, SeedParams, seed_history, seed_tree_config
 from infra.settings import Settings
 from infra.store import EventStore
 from projections.runner import ProjectionRunner

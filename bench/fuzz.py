@@ -50,7 +50,7 @@ def fuzz_server(tmp: Path) -> Iterator[tuple[str, str]]:
 
 
 def _documented_503(response) -> bool:
-    from command_api.errors import ErrorCode
+    from domain.errors import ErrorCode
 
     try:
         code = response.json().get("error_code")

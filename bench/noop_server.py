@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import uvicorn  # noqa: E402
 from litestar import Litestar, Response, post  # noqa: E402
 
-from command_api import protocol as p  # noqa: E402
+from domain import protocol as p  # noqa: E402
 
 # A plausible assistant_reply task, about the size of a real one.
 TASK = {

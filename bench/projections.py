@@ -17,11 +17,12 @@ import uuid
 import msgspec
 
 from bench import common
-from command_api import events as ev
-from command_api import protocol as p
-from command_api.errors import OasstError
 from command_api.service import CommandService
-from infra.settings import Settings, TreeConfig
+from domain import events as ev
+from domain import protocol as p
+from domain.config import TreeConfig
+from domain.errors import OasstError
+from infra.settings import Settings
 from infra.store import EventStore, Pending
 from projections.runner import ProjectionRunner
 

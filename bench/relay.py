@@ -26,7 +26,8 @@ from bench import common
 from bench.ingest import API_KEY, TREE_ENV, Stats
 from bench.projections import big_log
 from bench.read_side import paced_commands
-from infra import kafka
+from devkit import brokers
+from infra import kafka, kafka_wire
 from infra.relay import KeyIndex, Relay
 from infra.settings import KafkaSettings
 from infra.store import EventStore
@@ -90,7 +91,7 @@ class LagProbe:
             page = self.store.read_stored(self.read_up_to, min(10_000, position - self.read_up_to))
             for n in page:
                 key, _ = self.index.key(n.topic, str(n.originator_id), n.state)
-                self.needed[kafka.partition_for(key.encode(), self.cfg.partitions)] = n.id
+                self.needed[kafka_wire.partition_for(key.encode(), self.cfg.partitions)] = n.id
             self.read_up_to = page[-1].id
         return list(self.needed)
 
@@ -176,7 +177,7 @@ def process(cmd: list[str], env: dict[str, str], log_name: str):
 def run(quick: bool) -> list[dict]:
     target = 200_000 if quick else 500_000
     warmup, duration = (3.0, 10.0) if quick else (5.0, 30.0)
-    with kafka.tansu(log_path=str(common.OUT / "relay-tansu.log")) as bootstrap:
+    with brokers.tansu(log_path=str(common.OUT / "relay-tansu.log")) as bootstrap:
         with common.postgres_database("oasst_bench_relay") as url:
             store = big_log(url, target, quick)
             total = store.max_position()

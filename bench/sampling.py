@@ -21,7 +21,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import console  # noqa: E402
-from infra.tiny_lm import build_tiny_lm  # noqa: E402
+from devkit.tiny_lm import build_tiny_lm  # noqa: E402
 from samplers.job import ThreadSampler, sample_completions  # noqa: E402
 from samplers.testing import write_snapshot  # noqa: E402
 

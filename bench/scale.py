@@ -50,7 +50,7 @@ from rich.table import Table
 
 from bench import common
 from bench.ingest import API_KEY, TREE_ENV, load, measure, report, row, summarize
-from infra.seed import oa_scale, seed_history
+from devkit.simulator import oa_scale, seed_history
 
 console = common.console
 ROOT = common.ROOT
@@ -59,20 +59,20 @@ CHECKPOINTS = common.OUT / "scale-checkpoints"  # <database>/: the write-model c
 OASST = str(common.VENV_BIN / "oasst")
 QUICK_SIZES, FULL_SIZES = ["empty", "oa/100"], ["empty", "oa/20", "oa/4", "oa"]
 # bench/ingest.py's tree settings, except two taken from the rules the stores were seeded under
-# (infra.seed.oa_scale), for every size: from oa/100 up a seeded store has 100 growing trees and more
+# (devkit.simulator.oa_scale), for every size: from oa/100 up a seeded store has 100 growing trees and more
 # prompts in the lottery than the default cap (250); with ingest's 50 active trees no waiting tree
 # would start and no prompt task be offered, and the load ran dry within seconds (measured).
 _OA_RULES = oa_scale()[2]
 SERVER_ENV = {**TREE_ENV, "OASST_TREE_MAX_ACTIVE_TREES": str(_OA_RULES.max_active_trees),
               "OASST_TREE_MAX_PROMPT_LOTTERY_WAITING": str(_OA_RULES.max_prompt_lottery_waiting)}
-PROMPTS_FILE = ROOT.parent / "shared" / "oasst" / "prompt_lottery_en_250_text.jsonl"  # infra.seed's prompts
+PROMPTS_FILE = ROOT.parent / "shared" / "oasst" / "prompt_lottery_en_250_text.jsonl"  # devkit.simulator's prompts
 
 
 def log_files() -> list[Path]:
     """What decides the generated log (and how it is stored): the seeder, the command side,
     the settings, the store, and the seeder's prompts."""
     files = [ROOT / "infra" / "seed.py", ROOT / "infra" / "settings.py", ROOT / "infra" / "store.py",
-             *sorted((ROOT / "command_api").glob("*.py"))]
+             *sorted((ROOT / "command_api").glob("*.py")), *sorted((ROOT / "domain").glob("*.py"))]
     return files + [PROMPTS_FILE] * PROMPTS_FILE.exists()
 
 

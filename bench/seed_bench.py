@@ -20,7 +20,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import MACHINE_PG, console  # noqa: E402
-from infra.seed import seed_history  # noqa: E402
+from devkit.simulator import seed_history  # noqa: E402
 
 OA_EVENTS = 5_000_000
 

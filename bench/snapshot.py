@@ -18,7 +18,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import console  # noqa: E402
-from infra.seed import seed_history  # noqa: E402
+from devkit.simulator import seed_history  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from projections.snapshot import SnapshotSpec, create_snapshot  # noqa: E402
 

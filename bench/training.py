@@ -19,7 +19,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import console  # noqa: E402
-from infra.tiny_lm import build_tiny_lm  # noqa: E402
+from devkit.tiny_lm import build_tiny_lm  # noqa: E402
 from trainers.launch import train  # noqa: E402
 from trainers.toy import toy_texts, write_toy_snapshot  # noqa: E402
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import hashlib
 import time
 
-from command_api import events as ev
-from command_api.model import ApiClient
+from domain import events as ev
+from domain.model import ApiClient
 from infra.store import EventStore
 
 REFRESH_SECONDS = 1.0

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from command_api.errors import ErrorCode, OasstError
+from domain.errors import ErrorCode, OasstError
 
 
 @dataclass(frozen=True)

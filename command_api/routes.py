@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from litestar import Request, Response, delete, post, put
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from command_api import protocol as p
-from command_api.errors import ErrorCode, OasstError
-from command_api.model import ApiClient
 from command_api.service import CommandService, Result
+from domain import protocol as p
+from domain.errors import ErrorCode, OasstError
+from domain.model import ApiClient
 
 JSON = "application/json"
 

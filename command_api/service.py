@@ -1,4 +1,4 @@
-"""The command service: the shell around the domain core (command_api/decide.py).
+"""The command service: the shell around the domain core (domain/decide.py).
 
 It runs one command at a time on the event loop (so decisions never race): ``decide``
 checks it against the in-memory write model and emits its events, the tree manager
@@ -23,11 +23,11 @@ from uuid import UUID
 
 import msgspec
 
-from command_api import commands as c
-from command_api import events as ev
-from command_api import protocol as p
 from command_api.api_keys import key_digest
-from command_api.decide import (
+from domain import commands as c
+from domain import events as ev
+from domain import protocol as p
+from domain.decide import (
     Batch,
     State,
     decide,
@@ -37,9 +37,9 @@ from command_api.decide import (
     user_by_id,
     user_messages_to_delete,
 )
-from command_api.errors import ErrorCode, OasstError
-from command_api.model import ApiClient, User, WriteModel
-from command_api.tree_manager import TreeManager
+from domain.errors import ErrorCode, OasstError
+from domain.model import ApiClient, User, WriteModel
+from domain.tree_manager import TreeManager
 from infra.checkpoints import Checkpoints, wait_for
 from infra.settings import Settings
 from infra.store import EventStore, GroupCommitter, Pending, StoredResponse

@@ -13,10 +13,10 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from command_api.api_keys import ApiKeyIndex
-from command_api.errors import ErrorCode, OasstError
 from command_api.rate_limits import RateLimiter
 from command_api.routes import command_handlers
 from command_api.service import CommandService
+from domain.errors import ErrorCode, OasstError
 from infra.checkpoints import Checkpoints
 from infra.metrics import Metrics
 from infra.metrics import metrics as metrics_route

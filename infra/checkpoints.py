@@ -32,20 +32,20 @@ import pickle
 from pathlib import Path
 from uuid import UUID
 
-import command_api
-from command_api.model import WriteModel
-from infra.settings import TreeConfig
+import domain
+from domain.config import TreeConfig
+from domain.model import WriteModel
 
 log = logging.getLogger("oasst.checkpoints")
 
 FORMAT = 1
-MODEL_SOURCES = ("model.py", "events.py", "rules.py", "labels.py")
+MODEL_SOURCES = ("model.py", "events.py", "rules.py", "labels.py", "config.py")
 
 
 def model_version() -> str:
     digest = hashlib.sha256(f"checkpoint format {FORMAT}\n".encode())
     for name in MODEL_SOURCES:
-        digest.update((Path(command_api.__file__).parent / name).read_bytes())
+        digest.update((Path(domain.__file__).parent / name).read_bytes())
     return digest.hexdigest()[:16]
 
 

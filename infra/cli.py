@@ -41,7 +41,7 @@ def serve(
 @app.command()
 def events(after: int = 0, limit: int = 20, as_json: bool = typer.Option(False, "--json")) -> None:
     """Print events of the log after a position."""
-    from command_api import events as ev
+    from domain import events as ev
     from infra.settings import Settings
     from infra.store import EventStore
 
@@ -60,8 +60,8 @@ def events(after: int = 0, limit: int = 20, as_json: bool = typer.Option(False, 
 @app.command("api-client")
 def api_client(description: str = "frontend", frontend_type: str = "web", trusted: bool = False) -> None:
     """Create an API client and print its key."""
-    from command_api.protocol import CreateApiClientRequest
     from command_api.service import CommandService
+    from domain.protocol import CreateApiClientRequest
     from infra.settings import Settings
     from infra.store import EventStore
 
@@ -175,7 +175,7 @@ def replay(
     """Print a readable timeline of everything that concerns a user, tree or message."""
     from uuid import UUID
 
-    from command_api import events as ev
+    from domain import events as ev
     from projections.history import HistoryView
 
     given = [v for v in (user, tree, message) if v]
@@ -209,7 +209,7 @@ def seed(
     scale: str | None = typer.Option(None, help="'oa' for an Open-Assistant-sized history (~5M events), 'oa/N' for 1/N."),
 ) -> None:
     """Generate a realistic synthetic history through the domain rules into an empty store."""
-    from infra.seed import seed_command
+    from devkit.simulator import seed_command
 
     seed_command(trees=trees, users=users, seed=seed, scale=scale)
 

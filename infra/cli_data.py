@@ -207,8 +207,8 @@ async def _import_direct(origin: str, trees: list) -> dict:
     it would not see the new trees until restarted; use --api-url then)."""
     import secrets
 
-    from command_api import protocol as p
     from command_api.service import CommandService
+    from domain import protocol as p
     from infra.store import EventStore
 
     settings = _settings()

@@ -54,7 +54,7 @@ def broker(port: int = typer.Option(9092, help="Port to listen on (127.0.0.1).")
     import sys
     import time
 
-    from infra.kafka import tansu
+    from devkit.brokers import tansu
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwind: the broker stops with us
     with tansu(port=port) as bootstrap:

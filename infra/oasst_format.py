@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, get_args
 from uuid import UUID
 
-from command_api.events import ImportedMessage, TreeState
+from domain.events import ImportedMessage, TreeState
 
 TREE_STATES = set(get_args(TreeState))
 ROLES = ("prompter", "assistant")

@@ -34,8 +34,9 @@ from typing import Union
 import msgspec
 from psycopg.sql import SQL, Identifier
 
-from command_api import events as ev
+from domain import events as ev
 from infra import kafka
+from infra import kafka_wire as wire
 from infra.settings import KafkaSettings
 from infra.store import EventStore
 
@@ -198,7 +199,7 @@ _HEADERS: dict[int, dict[str, bytes]] = {}  # schema -> topic -> the encoded typ
 def _headers(topic: str, schema: int) -> bytes:
     by_topic = _HEADERS.setdefault(schema, {})
     if topic not in by_topic:
-        by_topic[topic] = kafka.header("type", topic.encode()) + kafka.header("schema", b"%d" % schema)
+        by_topic[topic] = wire.header("type", topic.encode()) + wire.header("schema", b"%d" % schema)
     return by_topic[topic]
 
 
@@ -234,7 +235,7 @@ class Relay:
         if new:
             if len(cache) > 1_000_000:  # task ids come and go: keep the cache bounded
                 cache.clear()
-            cache.update(zip(new, kafka.partitions_for([k.encode() for k in new], self.partitions), strict=True))
+            cache.update(zip(new, wire.partitions_for([k.encode() for k in new], self.partitions), strict=True))
         return [cache[k] for k in keys]
 
     def requests(self, rows) -> list[dict[tuple[str, int], list[bytes]]]:
@@ -247,7 +248,7 @@ class Relay:
         parts: list[list[bytes]] = [[] for _ in range(self.partitions)]
         sizes = [0] * self.partitions
         snapshots: list[bytes] = []
-        varint, vcache, limit = kafka.varint, kafka._VARINTS, len(kafka._VARINTS)
+        varint, vcache, limit = wire.varint, wire._VARINTS, len(wire._VARINTS)
         current = _HEADERS.setdefault(ev.SCHEMA_VERSION, {})
 
         def cut() -> None:
@@ -281,8 +282,8 @@ class Relay:
             sizes[p] += size
             if topic == "snapshot_created":
                 snapshot = ev.decode(state)
-                snapshots.append(kafka.record(len(snapshots), snapshot.snapshot_id.encode(),
-                                              kafka.snapshot_message(snapshot), kafka.header("position", pos), 1))
+                snapshots.append(wire.record(len(snapshots), snapshot.snapshot_id.encode(),
+                                              kafka.snapshot_message(snapshot), wire.header("position", pos), 1))
         if any(parts) or snapshots:
             cut()
         return out
@@ -291,7 +292,7 @@ class Relay:
         """Record batches of a request: gzip and CRC32C, C and numpy code that lets go of the
         GIL, so the relay runs it in a thread while it encodes the next page."""
         now = int(time.time() * 1000)
-        return {(topic, p): kafka.record_batch(recs, now, self.cfg.compression if topic == self.cfg.events_topic
+        return {(topic, p): wire.record_batch(recs, now, self.cfg.compression if topic == self.cfg.events_topic
                                                else "none") for (topic, p), recs in request.items()}
 
     def publish(self, rows) -> None:

@@ -7,52 +7,18 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from domain.config import TreeConfig  # noqa: F401 - also imported from here
 
-@dataclass(frozen=True)
-class TreeConfig:
-    """Open-Assistant's TreeManagerConfiguration; env ``OASST_TREE_<NAME>`` overrides."""
 
-    max_active_trees: int = 10
-    max_initial_prompt_review: int = 100
-    max_tree_depth: int = 3
-    max_children_count: int = 3
-    num_prompter_replies: int = 1
-    goal_tree_size: int = 12
-    random_goal_tree_size: bool = False
-    min_goal_tree_size: int = 5
-    num_reviews_initial_prompt: int = 3
-    num_reviews_reply: int = 3
-    acceptance_threshold_initial_prompt: float = 0.6
-    acceptance_threshold_reply: float = 0.6
-    p_full_labeling_review_prompt: float = 1.0
-    p_full_labeling_review_reply_assistant: float = 1.0
-    p_full_labeling_review_reply_prompter: float = 0.1
-    num_required_rankings: int = 3
-    rank_prompter_replies: bool = False
-    p_activate_backlog_tree: float = 0.1
-    min_active_rankings_per_lang: int = 0
-    auto_mod_enabled: bool = True
-    auto_mod_red_flags: int = 4
-    auto_mod_max_skip_reply: int = 25
-    lonely_children_count: int = 2
-    p_lonely_child_extension: float = 0.75
-    recent_tasks_span_sec: int = 300
-    max_pending_tasks_per_user: int = 8
-    max_prompt_lottery_waiting: int = 250
-
-    def acceptance_threshold(self, is_prompt: bool) -> float:
-        """The review score a message must exceed to be accepted."""
-        return self.acceptance_threshold_initial_prompt if is_prompt else self.acceptance_threshold_reply
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> TreeConfig:
-        env = os.environ if env is None else env
-        values = {}
-        for f in fields(cls):
-            raw = env.get(f"OASST_TREE_{f.name.upper()}")
-            if raw is not None:
-                values[f.name] = _parse(raw, f.type, f"OASST_TREE_{f.name.upper()}")
-        return cls(**values)
+def tree_config_from_env(env: dict[str, str] | None = None) -> TreeConfig:
+    """``OASST_TREE_<NAME>`` overrides each of TreeConfig's fields."""
+    env = os.environ if env is None else env
+    values = {}
+    for f in fields(TreeConfig):
+        raw = env.get(f"OASST_TREE_{f.name.upper()}")
+        if raw is not None:
+            values[f.name] = _parse(raw, f.type, f"OASST_TREE_{f.name.upper()}")
+    return TreeConfig(**values)
 
 
 def _parse(raw: str, type_name: str, var: str):
@@ -139,6 +105,6 @@ class Settings:
             rate_limits=_parse(env.get("OASST_RATE_LIMITS", "on"), "bool", "OASST_RATE_LIMITS"),
             checkpoint_every=_parse(env.get("OASST_CHECKPOINT_EVERY", "100000"), "int", "OASST_CHECKPOINT_EVERY"),
             checkpoint_dir=Path(env["OASST_CHECKPOINT_DIR"]) if env.get("OASST_CHECKPOINT_DIR") else None,
-            tree=TreeConfig.from_env(env),
+            tree=tree_config_from_env(env),
             kafka=KafkaSettings.from_env(env),
         )

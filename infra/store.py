@@ -24,7 +24,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 from psycopg.sql import SQL, Identifier
 
-from command_api import events as ev
+from domain import events as ev
 
 __all__ = ["EventStore", "IntegrityError", "MsgspecTranscoder", "Pending", "StoredResponse"]
 

@@ -9,7 +9,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from command_api import events as ev
+from domain import events as ev
 
 Row = TypeVar("Row", bound=msgspec.Struct)
 

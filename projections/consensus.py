@@ -1,5 +1,5 @@
 """The consensus view: per-annotator facts, with aggregates derived when asked (the
-rules themselves, shared with the tree manager, are in command_api.rules)."""
+rules themselves, shared with the tree manager, are in domain.rules)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from uuid import UUID
 
 import msgspec
 
-from command_api import events as ev
-from command_api.rules import acceptance_score, ranked_pairs  # noqa: F401 - re-exported
+from domain import events as ev
+from domain.rules import acceptance_score, ranked_pairs  # noqa: F401 - re-exported
 from projections.base import View
 
 DEFAULT_TRUST = 0.5  # the weight of a user the trust policy knows nothing about

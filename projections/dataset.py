@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 from uuid import UUID
 
-from command_api import events as ev
+from domain import events as ev
+from domain.config import TreeConfig
 from infra.oasst_format import anonymise, node
-from infra.settings import TreeConfig
 from infra.store import EventStore
 from projections.consensus import ConsensusView, SpammerRow
 from projections.message_tree import MessageRow, MessageTreeView

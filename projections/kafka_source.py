@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from command_api import events as ev
+from domain import events as ev
 from infra import kafka
 from infra.settings import KafkaSettings
 from infra.store import EventStore

@@ -13,7 +13,7 @@ from uuid import UUID
 
 import msgspec
 
-from command_api import events as ev
+from domain import events as ev
 from projections.base import View
 
 STATS = (

@@ -7,8 +7,8 @@ from uuid import UUID, uuid5
 
 import msgspec
 
-from command_api import events as ev
-from command_api import rules
+from domain import events as ev
+from domain import rules
 from projections.base import View
 
 

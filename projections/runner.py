@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from command_api import events as ev
+from domain import events as ev
 from infra.store import EventStore
 from projections.base import View
 from projections.consensus import ConsensusView

@@ -25,8 +25,8 @@ from pathlib import Path
 import polars as pl
 from eventsourcing.persistence import IntegrityError
 
-from command_api import events as ev
-from command_api.model import snapshot_stream
+from domain import events as ev
+from domain.model import snapshot_stream
 from infra.oasst_format import dumps, open_text
 from infra.settings import Settings
 from infra.store import EventStore, Pending

@@ -13,10 +13,10 @@ from urllib.parse import urlparse
 
 from litestar import Request, get
 
-from command_api import labels
-from command_api.decide import MAX_TEXT
-from command_api.model import DUPLICATE_TEXT_WINDOW
 from command_api.rate_limits import REQUESTS_PER_API_CLIENT, TASK_TYPE_PER_USER, TASKS_PER_USER
+from domain import labels
+from domain.decide import MAX_TEXT
+from domain.model import DUPLICATE_TEXT_WINDOW
 from infra.settings import Settings
 from query_api.common import client_of
 

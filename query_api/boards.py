@@ -10,8 +10,8 @@ from typing import Annotated
 from litestar import Request, get, post
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from command_api import labels as lab
-from command_api.model import ACTIVE_STATES
+from domain import labels as lab
+from domain.model import ACTIVE_STATES
 from projections.leaderboard import LeaderboardView, troll_score
 from query_api.common import iso, message_or_404, tree_view, views
 from query_api.users import _frame, user_score

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from litestar import Request, get, post
 from litestar.params import FromPath
 
-from command_api.errors import ErrorCode, OasstError
+from domain.errors import ErrorCode, OasstError
 from projections.message_tree import MessageTreeView
 from query_api.common import client_of, tree_view, views
 

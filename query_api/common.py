@@ -10,8 +10,8 @@ from uuid import UUID
 from litestar import Request
 from litestar.params import QueryParameter
 
-from command_api.errors import ErrorCode, OasstError
-from command_api.model import ACTIVE_STATES, ApiClient
+from domain.errors import ErrorCode, OasstError
+from domain.model import ACTIVE_STATES, ApiClient
 from projections.message_tree import MessageRow, MessageTreeView, UserRow
 from projections.runner import ProjectionRunner
 

@@ -13,7 +13,7 @@ from uuid import UUID
 from litestar import Request, get
 from litestar.params import FromQuery, QueryParameter
 
-from command_api.errors import ErrorCode, OasstError
+from domain.errors import ErrorCode, OasstError
 from projections.message_tree import Flag, MessageTreeView
 from query_api.common import iso, tree_view, views
 from query_api.messages import keyset_page

@@ -8,8 +8,8 @@ from typing import Annotated
 from litestar import Request, Response, get
 from litestar.params import QueryParameter
 
-from command_api import events as ev
 from command_api.routes import authorize, service_of
+from domain import events as ev
 from query_api.common import Position
 
 

@@ -9,8 +9,8 @@ from uuid import UUID
 from litestar import Request, get
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from command_api import events as ev
-from command_api.errors import ErrorCode, OasstError
+from domain import events as ev
+from domain.errors import ErrorCode, OasstError
 from projections.message_tree import MessageRow, MessageTreeView
 from query_api.common import (
     OptionalPosition,

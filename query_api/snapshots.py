@@ -10,8 +10,8 @@ from litestar import Request, Response, get, post
 from litestar.params import FromPath, JSONBody
 from litestar.response import File
 
-from command_api.errors import ErrorCode, OasstError
 from command_api.routes import idempotency_key
+from domain.errors import ErrorCode, OasstError
 from query_api.common import client_of
 
 

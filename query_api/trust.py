@@ -9,7 +9,7 @@ from uuid import UUID
 from litestar import Request, get
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from command_api.errors import ErrorCode, OasstError
+from domain.errors import ErrorCode, OasstError
 from projections.trust import POLICY, Trust
 from query_api.common import message_or_404, tree_view, views
 

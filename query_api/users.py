@@ -8,7 +8,7 @@ from typing import Annotated
 from litestar import Request, get
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from command_api.errors import ErrorCode, OasstError
+from domain.errors import ErrorCode, OasstError
 from projections.leaderboard import TIME_FRAMES, LeaderboardView, leader_score, level
 from projections.message_tree import MessageTreeView, UserRow
 from query_api.common import (

@@ -42,7 +42,7 @@ def main() -> int:
     import ray
     import torch
 
-    from infra.tiny_lm import build_tiny_lm
+    from devkit.tiny_lm import build_tiny_lm
     from samplers.job import sample_completions
     from samplers.testing import write_snapshot
 

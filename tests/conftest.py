@@ -12,8 +12,9 @@ import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
+from domain.config import TreeConfig
 from infra.app import create_app
-from infra.settings import Settings, TreeConfig
+from infra.settings import Settings
 
 MACHINE_PG = os.environ.get("OASST_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from infra.kafka import free_port
+from devkit.brokers import free_port
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from bench.crash import storm
-from infra.kafka import tansu
+from devkit.brokers import tansu
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The domain core alone (command_api/decide.py): typed commands against a write model in
+"""The domain core alone (domain/decide.py): typed commands against a write model in
 memory, no database, no HTTP, no service. Each guard refuses with Open-Assistant's error
 code and emits nothing; accepted commands emit what they should."""
 
@@ -9,13 +9,13 @@ from uuid import uuid4
 
 import pytest
 
-from command_api import commands as c
-from command_api import protocol as p
-from command_api.decide import Batch, State, decide
-from command_api.errors import ErrorCode, OasstError
-from command_api.model import WriteModel
-from command_api.tree_manager import TreeManager
-from infra.settings import TreeConfig
+from domain import commands as c
+from domain import protocol as p
+from domain.config import TreeConfig
+from domain.decide import Batch, State, decide
+from domain.errors import ErrorCode, OasstError
+from domain.model import WriteModel
+from domain.tree_manager import TreeManager
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 CLIENT = uuid4()

@@ -6,10 +6,10 @@ import random
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
-from command_api import events as ev
-from command_api.model import WriteModel, stream_of
-from command_api.tree_manager import TreeManager
-from infra.settings import TreeConfig
+from domain import events as ev
+from domain.config import TreeConfig
+from domain.model import WriteModel, stream_of
+from domain.tree_manager import TreeManager
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -22,12 +22,13 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 from litestar.testing import AsyncTestClient
 
-from command_api import events as ev
-from command_api.model import snapshot_stream
-from infra import kafka
+from devkit import brokers
+from devkit.simulator import seed_history
+from domain import events as ev
+from domain.model import snapshot_stream
+from infra import kafka, kafka_wire
 from infra.app import create_app
 from infra.relay import KeyIndex, Relay
-from infra.seed import seed_history
 from infra.settings import KafkaSettings, Settings
 from infra.store import EventStore, Pending
 from projections.message_tree import MessageTreeView
@@ -48,7 +49,7 @@ OASST = str(Path(sys.executable).with_name("oasst"))
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
-    with kafka.tansu(log_path=str(tmp_path_factory.mktemp("tansu") / "tansu.log")) as bootstrap:
+    with brokers.tansu(log_path=str(tmp_path_factory.mktemp("tansu") / "tansu.log")) as bootstrap:
         yield bootstrap
 
 
@@ -133,7 +134,7 @@ def check_complete(records, notes, partitions: int) -> None:
         assert (r.value, headers["type"], headers["schema"]) == (n.state, n.topic.encode(), b"1")
         assert r.key == keys[p].encode()
         assert partition_of_key.setdefault(r.key, r.partition) == r.partition
-        assert r.partition == kafka.partition_for(r.key, partitions)
+        assert r.partition == kafka_wire.partition_for(r.key, partitions)
         if p <= applied[r.partition]:
             assert p in seen  # a copy: what a consumer skips
         else:
@@ -151,9 +152,9 @@ def test_crc32c_and_partitioner_agree_with_kafka_python():
 
     for n in (0, 1, 255, 8191, 8192, 8193, 70_001, 600_000):
         data = os.urandom(n)
-        assert kafka.crc32c(data) == crc(data)
+        assert kafka_wire.crc32c(data) == crc(data)
     keys = [str(uuid.uuid4()).encode() for _ in range(300)] + [b"", b"abc", b"abcdefgh"] * 10
-    assert kafka.partitions_for(keys, 6) == [(murmur2(k) & 0x7FFFFFFF) % 6 for k in keys]
+    assert kafka_wire.partitions_for(keys, 6) == [(murmur2(k) & 0x7FFFFFFF) % 6 for k in keys]
 
 
 def test_kafka_settings_from_env():
@@ -176,7 +177,7 @@ def test_shards_merged_equal_a_fold_of_the_whole_log(history, partitions):
         event = ev.decode_summary(n.state)
         for view in whole:
             view.apply(n.id, event)
-        for view in shards[kafka.partition_for(keys[n.id].encode(), partitions)]:
+        for view in shards[kafka_wire.partition_for(keys[n.id].encode(), partitions)]:
             view.apply(n.id, event)
     for a, b in zip(whole, merge(shards), strict=True):
         assert normalized_rows(a) == normalized_rows(b), a.name
@@ -347,7 +348,7 @@ def test_two_projector_processes_in_one_group_equal_a_local_rebuild(store_url, c
         last = {}
         keys = expected_keys(history)
         for n in history:
-            last[kafka.partition_for(keys[n.id].encode(), cfg.partitions)] = n.id
+            last[kafka_wire.partition_for(keys[n.id].encode(), cfg.partitions)] = n.id
         expected = [last.get(p, 0) for p in range(cfg.partitions)]
         while shard_positions() != expected and time.monotonic() < deadline + 30:
             time.sleep(0.1)

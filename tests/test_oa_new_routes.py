@@ -10,7 +10,7 @@ from datetime import datetime
 
 import msgspec
 
-from command_api import events as ev
+from domain import events as ev
 from projections.runner import all_views
 from tests.conftest import ROOT_TOKEN
 from tests.frontend import do_task, events, user
@@ -316,7 +316,7 @@ async def test_message_search_matches_every_word(client):
 
 
 def test_a_merged_authors_prompt_stays_filed_in_the_lottery():
-    from command_api import commands as c
+    from domain import commands as c
     from tests.test_decide import ALICE as alice
     from tests.test_decide import BOB as bob
     from tests.test_decide import CLIENT, Core

@@ -8,8 +8,8 @@ from __future__ import annotations
 import polars as pl
 from litestar.testing import AsyncTestClient
 
+from devkit.simulator import seed_history_async
 from infra.app import create_app
-from infra.seed import seed_history_async
 from projections.snapshot import SnapshotSpec, create_snapshot, load_manifest, spec_from_manifest
 from tests.conftest import API_KEY, make_settings
 

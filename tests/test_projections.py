@@ -18,7 +18,7 @@ from uuid import UUID
 import msgspec
 import pytest
 
-from command_api import events as ev
+from domain import events as ev
 from infra.store import EventStore
 from projections.consensus import ConsensusView
 from projections.history import HistoryView

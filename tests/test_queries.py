@@ -621,7 +621,7 @@ async def test_statistics(client):
 
 
 async def test_label_descriptions(client):
-    from command_api import labels as lab
+    from domain import labels as lab
 
     h = await scripted_history(client)
     end = h["position"]

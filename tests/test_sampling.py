@@ -18,10 +18,10 @@ import pytest
 from litestar.testing import TestClient
 from typer.testing import CliRunner
 
+from devkit.simulator import seed_history
+from devkit.tiny_lm import build_tiny_lm
+from domain.config import TreeConfig
 from infra.app import create_app
-from infra.seed import seed_history
-from infra.settings import TreeConfig
-from infra.tiny_lm import build_tiny_lm
 from projections.snapshot import create_snapshot
 from samplers import post_completions, sample_completions
 from samplers.backends import Request, VLLMBackend, check_backend, clean_text, vllm_sampling_kwargs

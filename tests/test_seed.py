@@ -9,10 +9,10 @@ from collections import Counter
 
 import pytest
 
-from command_api import events as ev
-from command_api.model import WriteModel
-from infra.seed import PROFILES, _resolve, seed_command, seed_history_async
-from infra.settings import TreeConfig
+from devkit.simulator import PROFILES, _resolve, seed_command, seed_history_async
+from domain import events as ev
+from domain.config import TreeConfig
+from domain.model import WriteModel
 from infra.store import EventStore
 
 TREES, USERS, SEED = 20, 15, 4

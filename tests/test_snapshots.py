@@ -16,10 +16,10 @@ import pytest
 from litestar.testing import AsyncTestClient
 from typer.testing import CliRunner
 
+from devkit.simulator import seed_history_async
 from infra.app import create_app
 from infra.cli import app as cli
 from infra.oasst_format import FormatError, parse_items
-from infra.seed import seed_history_async
 from infra.settings import Settings
 from infra.store import EventStore
 from projections.dataset import Selection

@@ -9,7 +9,7 @@ from uuid import uuid4
 
 import pytest
 
-from command_api import events as ev
+from domain import events as ev
 from infra.store import EventStore, GroupCommitter, IntegrityError, Pending
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from infra.tiny_lm import build_tiny_lm
+from devkit.tiny_lm import build_tiny_lm
 from trainers.jobs import TrainSpec, build_trainer, oa_rank_loss, pair_accuracy
 from trainers.launch import train, train_follow
 from trainers.snapshots import follow, open_snapshot
@@ -211,7 +211,7 @@ def test_a_file_that_no_longer_matches_its_manifest_is_refused(work, lm, tmp_pat
 def test_training_on_a_real_snapshot_of_a_seeded_history(lm, ray_session, tmp_path):
     """The files as ``oasst snapshot create`` writes them go straight into TRL's trainers
     (datasets' parquet loader, extra columns and all)."""
-    from infra.seed import seed_history
+    from devkit.simulator import seed_history
     from infra.settings import Settings
     from projections.snapshot import create_snapshot
 
@@ -277,10 +277,11 @@ def test_follow_through_kafka_when_it_is_configured(work, tmp_path, monkeypatch)
     Kafka-protocol broker, Tansu); the files are read from the snapshots folder."""
     from kafka import KafkaProducer
 
+    from devkit import brokers
     from infra import kafka
     from infra.settings import KafkaSettings
 
-    with kafka.tansu(log_path=str(tmp_path / "tansu.log")) as bootstrap:
+    with brokers.tansu(log_path=str(tmp_path / "tansu.log")) as bootstrap:
         cfg = KafkaSettings(bootstrap=bootstrap, events_topic="events-train", snapshots_topic="snapshots-train",
                             session_timeout_ms=2000)
         kafka.ensure_topics(cfg)

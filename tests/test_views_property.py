@@ -13,9 +13,9 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from command_api import protocol as p
-from command_api.errors import OasstError
 from command_api.service import CommandService
+from domain import protocol as p
+from domain.errors import OasstError
 from infra.settings import Settings
 from infra.store import EventStore
 from projections.runner import ProjectionRunner

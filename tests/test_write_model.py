@@ -21,11 +21,11 @@ from eventsourcing.persistence import StoredEvent
 from litestar.testing import AsyncTestClient
 
 from command_api import api_keys
-from command_api.model import WriteModel
 from command_api.service import CommandService
+from devkit.simulator import seed_history_async
+from domain.model import WriteModel
 from infra.app import create_app
 from infra.checkpoints import Checkpoints
-from infra.seed import seed_history_async
 from infra.settings import Settings
 from infra.store import EventStore
 from projections.dataset import Selection
@@ -83,7 +83,7 @@ async def started(settings: Settings, checkpoints: Checkpoints | None) -> tuple[
 
 
 async def some_commands(service: CommandService, n: int) -> None:
-    from command_api import protocol as p
+    from domain import protocol as p
 
     client = service.client_for_key(API_KEY)
     for i in range(n):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from infra.kafka import free_port
+from devkit.brokers import free_port
 
 API_KEY = "pipeline-key"
 
@@ -158,8 +158,8 @@ def run(work: Path, args) -> None:
     import polars as pl
     import ray
 
-    from infra.seed import seed_history
-    from infra.tiny_lm import build_tiny_lm
+    from devkit.simulator import seed_history
+    from devkit.tiny_lm import build_tiny_lm
     from samplers import sample_completions
     from trainers.jobs import pair_accuracy, quiet
     from trainers.launch import train

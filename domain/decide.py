@@ -1,6 +1,6 @@
 """The domain core: ``decide(command, state, batch) -> reply``.
 
-Each handler checks a command (command_api/commands.py) against the write model and emits
+Each handler checks a command (domain/commands.py) against the write model and emits
 its events into the batch, which applies them to the model at once; the reply is plain
 data (what Open-Assistant's API answers), never an HTTP status. A refused command raises
 ``OasstError`` with OA's error code and emits nothing; the routes map codes to statuses.
@@ -24,12 +24,12 @@ from uuid import UUID
 
 import msgspec
 
-from command_api import commands as c
-from command_api import events as ev
-from command_api import labels as lab
-from command_api import protocol as p
-from command_api.errors import ErrorCode, OasstError
-from command_api.model import (
+from domain import commands as c
+from domain import events as ev
+from domain import labels as lab
+from domain import protocol as p
+from domain.errors import ErrorCode, OasstError
+from domain.model import (
     ACTIVE_STATES,
     DUPLICATE_TEXT_WINDOW,
     Message,
@@ -39,7 +39,7 @@ from command_api.model import (
     snapshot_stream,
     stream_of,
 )
-from command_api.tree_manager import TreeManager
+from domain.tree_manager import TreeManager
 
 MAX_TEXT = 2000
 _json = msgspec.json.Encoder()

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from command_api import events as ev
-from command_api import labels as lab
-from command_api.model import ACTIVE_STATES, Message, Tree, User, WriteModel
-from command_api.rules import acceptance_score, ranked_pairs
-from infra.settings import TreeConfig
+from domain import events as ev
+from domain import labels as lab
+from domain.config import TreeConfig
+from domain.model import ACTIVE_STATES, Message, Tree, User, WriteModel
+from domain.rules import acceptance_score, ranked_pairs
 
 # OA's weights for a "random" task request, by kind of task
 RANDOM_WEIGHTS = {"rank": 10.0, "label_reply": 5.0, "label_prompt": 5.0, "reply": 2.0, "initial_prompt": 0.01}

@@ -51,13 +51,14 @@ from uuid import UUID
 
 import msgspec
 
-from command_api import events as ev
-from command_api import protocol as p
-from command_api.errors import ErrorCode, OasstError
-from command_api.model import TERMINAL_STATES, WriteModel, user_id_for
 from command_api.service import CommandService
+from domain import events as ev
+from domain import protocol as p
+from domain.config import TreeConfig
+from domain.errors import ErrorCode, OasstError
+from domain.model import TERMINAL_STATES, WriteModel, user_id_for
 from infra.checkpoints import Checkpoints
-from infra.settings import Settings, TreeConfig
+from infra.settings import Settings
 from infra.store import EventStore, Pending
 
 __all__ = ["DEFAULT_BEHAVIOURS", "PROFILES", "SeedParams", "seed_command", "seed_history", "seed_history_async",

@@ -1,7 +1,7 @@
 """The commands the write side takes: typed records of what an API client asks for.
 
 No HTTP here: the routes (command_api/routes.py) build commands from Open-Assistant's
-request bodies, ``command_api.decide.decide`` validates each against the write model and
+request bodies, ``domain.decide.decide`` validates each against the write model and
 emits its events, and the service appends them. Every command names the API client
 acting for a user (``client_id``; None only for creating API clients). Where a command
 carries one of OA's own payloads (``p.User``, an interaction), it keeps that typed Struct
@@ -16,7 +16,7 @@ from uuid import UUID
 
 import msgspec
 
-from command_api import protocol as p
+from domain import protocol as p
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,10 +15,10 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from command_api import events as ev
-from command_api import labels as lab
-from command_api.rules import is_hidden
-from infra.settings import TreeConfig
+from domain import events as ev
+from domain import labels as lab
+from domain.config import TreeConfig
+from domain.rules import is_hidden
 
 OASST_NAMESPACE = uuid5(NAMESPACE_URL, "https://github.com/LAION-AI/Open-Assistant")
 

@@ -3,7 +3,7 @@
 Codes are OA's (``oasst_shared.exceptions.OasstErrorCode``) so frontends keep working;
 codes 102 and 104-106 are this project's additions (see README).
 Every error leaves the service as ``{"error_code": int, "message": str}``. The domain
-(command_api/decide.py) raises codes only; the HTTP status of each code is OA's, from the
+(domain/decide.py) raises codes only; the HTTP status of each code is OA's, from the
 table below; a code OA answers with different statuses in different places (2100: 404 for an
 ack or a close, 400 elsewhere) is raised with an explicit status where it is not 400.
 """
