@@ -4,33 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
 
+from devkit import servers
 from devkit.brokers import free_port  # noqa: F401 - the benchmarks take it from here
+from devkit.servers import OASST, stop, tail  # noqa: F401 - likewise
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "var" / "bench"
-VENV_BIN = ROOT / ".venv" / "bin"
 # Wide enough for the results table when output goes to a file or a pipe.
 console = Console(width=None if sys.stdout.isatty() else 150)
 MACHINE_PG = os.environ.get("OASST_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def python() -> str:
-    """The venv's interpreter (the one running us, when we run from the venv)."""
-    venv = VENV_BIN / "python"
-    return str(venv) if venv.exists() else sys.executable
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -60,47 +52,10 @@ def postgres_cpu_seconds() -> float:
 @contextlib.contextmanager
 def server(cmd: list[str], env: dict[str, str], port: int, log_name: str,
            ready_path: str = "/", timeout: float = 60) -> Iterator[subprocess.Popen]:
-    """Run an HTTP server subprocess (stdout+stderr to var/bench/<log_name>) until the
-    block ends; it is ready once any HTTP answer comes back on ``ready_path``."""
-    OUT.mkdir(parents=True, exist_ok=True)
-    log = open(OUT / log_name, "wb")
-    # Own process group, so that stopping it also stops anything it spawned.
+    """Run an HTTP server subprocess (output to var/bench/<log_name>) until the block ends."""
     # Open-Assistant's per-user rate limits would throttle simulated users: off unless asked
-    spawned = time.monotonic()
-    proc = subprocess.Popen(cmd, env={**os.environ, "OASST_RATE_LIMITS": "off", **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}; see {OUT / log_name}:\n"
-                                   + tail(OUT / log_name))
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=1).close()
-                break
-            except urllib.error.HTTPError:
-                break  # it answered, only not with 2xx
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{cmd} did not answer within {timeout}s") from None
-                time.sleep(0.05)
-        proc.startup_s = time.monotonic() - spawned  # from spawning to its first answer (± 0.05 s)
+    with servers.server(cmd, {"OASST_RATE_LIMITS": "off", **env}, port, OUT / log_name, ready_path, timeout) as proc:
         yield proc
-    finally:
-        stop(proc)
-        log.close()
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def rss_mb(pid: int) -> float:
@@ -112,13 +67,6 @@ def rss_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 @contextlib.contextmanager

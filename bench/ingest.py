@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import sys
 import tempfile
 import time
 import uuid
@@ -259,14 +260,14 @@ def run(quick: bool) -> list[dict]:
     users, warmup, duration = (32, 2.0, 10.0) if quick else (64, 5.0, 30.0)
 
     port = common.free_port()
-    noop, n = measure([common.python(), "bench/noop_server.py", "--port", str(port)], {}, port,
+    noop, n = measure([sys.executable, "bench/noop_server.py", "--port", str(port)], {}, port,
                       "noop-server.log", "no-op server", users, warmup, duration)
 
     with common.postgres_database() as db_url, tempfile.TemporaryDirectory(prefix="bench-data-") as data_dir:
         port = common.free_port()
         env = {"OASST_DATABASE_URL": db_url, "OASST_BOOTSTRAP_API_KEY": API_KEY, "OASST_DATA_DIR": data_dir,
                **TREE_ENV}
-        real, r = measure([str(common.VENV_BIN / "oasst"), "serve", "--port", str(port)], env, port,
+        real, r = measure([*common.OASST, "serve", "--port", str(port)], env, port,
                           "ingest-server.log", "oasst server (PostgreSQL)", users, warmup, duration)
     events = real.max_position
     console.print(f"  events appended (max X-Log-Position): {events} for {real.total} interactions "

@@ -36,7 +36,7 @@ async def base_history(url: str, interactions: int, users: int = 40) -> None:
     await service.start()
     client = service.client_for_key("bench")
     people = [p.User(id=f"u{i}", display_name=f"User {i}", auth_method="local") for i in range(users)]
-    from tests.frontend import answer_for  # the same answers a diligent frontend gives
+    from devkit.frontend import answer_for  # the same answers a diligent frontend gives
 
     for n in range(interactions):
         who = people[n % users]

@@ -163,7 +163,7 @@ def run(quick: bool) -> list[dict]:
         port = common.free_port()
         env = {"OASST_DATABASE_URL": db_url, "OASST_BOOTSTRAP_API_KEY": API_KEY, "OASST_DATA_DIR": data_dir,
                "OASST_ROOT_TOKEN": ROOT_TOKEN, **TREE_ENV}
-        with common.server([str(common.VENV_BIN / "oasst"), "serve", "--port", str(port)], env, port,
+        with common.server([*common.OASST, "serve", "--port", str(port)], env, port,
                            "read-side-server.log"):
             keys = api_keys(port)
             for rate in (500, 1000):

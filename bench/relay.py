@@ -196,9 +196,9 @@ def run(quick: bool) -> list[dict]:
                    "OASST_KAFKA_BOOTSTRAP": bootstrap, "OASST_KAFKA_EVENTS_TOPIC": cfg.events_topic,
                    "OASST_KAFKA_SNAPSHOTS_TOPIC": cfg.snapshots_topic, **TREE_ENV}
             EventStore(url).close()  # the tables exist before the projector looks
-            with common.server([str(common.VENV_BIN / "oasst"), "serve", "--only", "commands", "--port", str(port)],
+            with common.server([*common.OASST, "serve", "--only", "commands", "--port", str(port)],
                                env, port, "relay-server.log"), \
-                    process([str(common.VENV_BIN / "oasst"), "project", "run", "--source", "kafka", "--group", "bench"],
+                    process([*common.OASST, "project", "run", "--source", "kafka", "--group", "bench"],
                             env, "relay-projector.log"):
                 wait_until_projecting(url, cfg, "bench")
                 lag = asyncio.run(lag_phase(port, url, cfg, 1000, warmup, duration))

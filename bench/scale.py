@@ -50,13 +50,13 @@ from rich.table import Table
 
 from bench import common
 from bench.ingest import API_KEY, TREE_ENV, load, measure, report, row, summarize
-from devkit.simulator import oa_scale, seed_history
+from devkit.simulator import PROMPTS_FILE, oa_scale, seed_history
 
 console = common.console
 ROOT = common.ROOT
 SEEDS_FILE = common.OUT / "scale-seeds.json"
 CHECKPOINTS = common.OUT / "scale-checkpoints"  # <database>/: the write-model checkpoint its seeding left
-OASST = str(common.VENV_BIN / "oasst")
+OASST = common.OASST
 QUICK_SIZES, FULL_SIZES = ["empty", "oa/100"], ["empty", "oa/20", "oa/4", "oa"]
 # bench/ingest.py's tree settings, except two taken from the rules the stores were seeded under
 # (devkit.simulator.oa_scale), for every size: from oa/100 up a seeded store has 100 growing trees and more
@@ -65,13 +65,12 @@ QUICK_SIZES, FULL_SIZES = ["empty", "oa/100"], ["empty", "oa/20", "oa/4", "oa"]
 _OA_RULES = oa_scale()[2]
 SERVER_ENV = {**TREE_ENV, "OASST_TREE_MAX_ACTIVE_TREES": str(_OA_RULES.max_active_trees),
               "OASST_TREE_MAX_PROMPT_LOTTERY_WAITING": str(_OA_RULES.max_prompt_lottery_waiting)}
-PROMPTS_FILE = ROOT.parent / "shared" / "oasst" / "prompt_lottery_en_250_text.jsonl"  # devkit.simulator's prompts
 
 
 def log_files() -> list[Path]:
     """What decides the generated log (and how it is stored): the seeder, the command side,
     the settings, the store, and the seeder's prompts."""
-    files = [ROOT / "infra" / "seed.py", ROOT / "infra" / "settings.py", ROOT / "infra" / "store.py",
+    files = [ROOT / "devkit" / "simulator.py", ROOT / "infra" / "settings.py", ROOT / "infra" / "store.py",
              *sorted((ROOT / "command_api").glob("*.py")), *sorted((ROOT / "domain").glob("*.py"))]
     return files + [PROMPTS_FILE] * PROMPTS_FILE.exists()
 
@@ -132,7 +131,7 @@ def cached(size: str) -> tuple[str, dict]:
         shutil.rmtree(CHECKPOINTS / name, ignore_errors=True)
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             # In a child process: the generator's write model (millions of objects) dies with it.
-            subprocess.run([common.python(), "-m", "bench.scale", common.database_url(name), size, out.name,
+            subprocess.run([sys.executable, "-m", "bench.scale", common.database_url(name), size, out.name,
                             str(CHECKPOINTS / name)], cwd=ROOT, check=True)
             summary = json.loads(Path(out.name).read_text())
         known[name] = {"size": size, **summary, "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -144,7 +143,7 @@ def cached(size: str) -> tuple[str, dict]:
     if record.get("views_fingerprint") != views:
         console.print(f"building the views of {name} (oasst project rebuild --all), then VACUUM ANALYZE")
         started = time.monotonic()
-        subprocess.run([OASST, "project", "rebuild", "--all"], cwd=ROOT, check=True,
+        subprocess.run([*OASST, "project", "rebuild", "--all"], cwd=ROOT, check=True,
                        env={**os.environ, "OASST_DATABASE_URL": common.database_url(name)})
         common.admin_sql("VACUUM (ANALYZE)", database=name)
         record.update(views_fingerprint=views, views_seconds=round(time.monotonic() - started, 1))
@@ -193,7 +192,7 @@ def serve_and_load(size: str, variant: str, db_url: str, checkpoints: Path | Non
         port = common.free_port()
         env = {"OASST_DATABASE_URL": db_url, "OASST_BOOTSTRAP_API_KEY": API_KEY, "OASST_DATA_DIR": data_dir,
                "OASST_CHECKPOINT_DIR": str(mine), **SERVER_ENV}
-        with common.server([OASST, "serve", "--port", str(port), *VARIANTS[variant]], env, port, log_name,
+        with common.server([*OASST, "serve", "--port", str(port), *VARIANTS[variant]], env, port, log_name,
                            timeout=900) as proc:
             startup, rss_start = proc.startup_s, common.rss_mb(proc.pid)
             stats = asyncio.run(load(port, proc.pid, users, warmup, duration))
@@ -217,7 +216,7 @@ def run(quick: bool) -> list[dict]:
     seeded = {size: cached(size) for size in sizes if size != "empty"}
 
     port = common.free_port()
-    noop_stats, noop = measure([common.python(), "bench/noop_server.py", "--port", str(port)], {}, port,
+    noop_stats, noop = measure([sys.executable, "bench/noop_server.py", "--port", str(port)], {}, port,
                                "noop-server.log", "no-op server", users, warmup, duration)
     results = {}
     for size in sizes:

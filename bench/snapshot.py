@@ -22,7 +22,7 @@ from devkit.simulator import seed_history  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from projections.snapshot import SnapshotSpec, create_snapshot  # noqa: E402
 
-OA_EVENTS = 5_000_000  # DESIGN.md: a full OA history with tasks and reactions
+OA_EVENTS = 5_000_000  # docs/design.md, "Scale to keep in view": a full OA history with tasks and reactions
 GOAL_SECONDS = 15.0
 
 

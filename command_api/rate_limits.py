@@ -1,6 +1,6 @@
-"""Open-Assistant's rate limits (RULES.md, "Guards"), kept in memory by the one process
-that serves the API: per user on task requests (and tighter on reply tasks), per API
-client on every request. A refusal is 429 with ``Retry-After``; nothing is logged as an
+"""Open-Assistant's rate limits (docs/oa-rules.md, "Guards and rate limits"), kept in memory
+by the one process that serves the API: per user on task requests (and tighter on reply
+tasks), per API client on every request. A refusal is 429 with ``Retry-After``; nothing is logged as an
 event, because a refused request changes nothing."""
 
 from __future__ import annotations

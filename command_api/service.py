@@ -33,7 +33,6 @@ from domain.decide import (
     decide,
     import_user,
     system_stats,
-    tree_state,
     user_by_id,
     user_messages_to_delete,
 )
@@ -428,9 +427,6 @@ class CommandService:
         counts = {t: len(options.get(t, ())) for t in p.TaskRequestType.__args__}  # OA: all twelve, 0 where none
         counts["random"] = sum(counts.values())
         return counts
-
-    def tree_state(self, message_id: str) -> dict:
-        return tree_state(self.state, message_id)
 
     def import_user(self, client: ApiClient) -> User:
         return import_user(self.state, client.id)

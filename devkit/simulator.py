@@ -57,6 +57,7 @@ from domain import protocol as p
 from domain.config import TreeConfig
 from domain.errors import ErrorCode, OasstError
 from domain.model import TERMINAL_STATES, WriteModel, user_id_for
+from domain.rules import is_skip_marker
 from infra.checkpoints import Checkpoints
 from infra.settings import Settings
 from infra.store import EventStore, Pending
@@ -67,7 +68,8 @@ __all__ = ["DEFAULT_BEHAVIOURS", "PROFILES", "SeedParams", "seed_command", "seed
 START = datetime(2023, 2, 1, tzinfo=UTC)  # Open-Assistant's data collection began in early 2023
 DEFAULT_API_KEY = "oasst-seed-key"
 DEFAULT_BEHAVIOURS = {"diligent": 0.70, "lazy": 0.10, "spammer": 0.10, "random_ranker": 0.05, "troll": 0.05}
-PROMPTS_FILE = Path(__file__).resolve().parents[2] / "shared" / "oasst" / "prompt_lottery_en_250_text.jsonl"
+# 250 real English prompts from Open-Assistant's prompt lottery (its repository, Apache-2.0)
+PROMPTS_FILE = Path(__file__).resolve().parent / "data" / "prompt_lottery_en_250_text.jsonl"
 JUNK_BELOW = 0.2  # true quality under which a text is junk (honest labellers say spam)
 
 # --- behaviours -------------------------------------------------------------------------
@@ -971,9 +973,9 @@ def _summary(sim: Simulation, store: _CountingStore, cfg: TreeConfig, params: Se
         "labels": c["labels_submitted"],
         "labels_by_kind": dict(sorted(store.label_kinds.items())),
         "rankings": c["ranking_submitted"],
-        "reactions": sum(n for e, n in store.emojis.items() if not e.startswith("_")),
+        "reactions": sum(n for e, n in store.emojis.items() if not is_skip_marker(e)),
         "reactions_removed": c["emoji_removed"],
-        "skip_markers": sum(n for e, n in store.emojis.items() if e.startswith("_")),
+        "skip_markers": sum(n for e, n in store.emojis.items() if is_skip_marker(e)),
         "tasks": c["task_assigned"],
         "tasks_by_outcome": {"completed": c["task_completed"], "skipped": c["task_skipped"],
                              "expired": c["task_expired"]},

@@ -28,9 +28,9 @@ from domain import commands as c
 from domain import events as ev
 from domain import labels as lab
 from domain import protocol as p
+from domain import shapes
 from domain.errors import ErrorCode, OasstError
 from domain.model import (
-    ACTIVE_STATES,
     DUPLICATE_TEXT_WINDOW,
     Message,
     Task,
@@ -400,14 +400,11 @@ def message_dict(s: State, msg: Message, viewer: User) -> dict:
     """OA's Message as the write model knows it (the emoji route answers it)."""
     tree = s.model.trees[msg.tree_id]
     rankings = tree.rankings.get(msg.parent_id, ()) if msg.parent_id else ()
-    return {
-        **s.manager.conversation_message(msg, viewer),
-        "parent_id": str(msg.parent_id) if msg.parent_id else None, "created_date": msg.created_at.isoformat(),
-        "review_result": msg.review_result, "review_count": msg.review_count, "deleted": s.model.is_hidden(msg),
-        "model_name": msg.model_name, "message_tree_id": str(msg.tree_id),
-        "ranking_count": sum(1 for _, order in rankings if msg.id in order), "rank": msg.rank,
-        "edited": msg.edited, "user": None,  # (OA's emoji answer has no user either)
-    }
+    ranking_count = sum(1 for _, order in rankings if msg.id in order)
+    out = shapes.message(msg, viewer.id, created=msg.created_at, deleted=s.model.is_hidden(msg),
+                         ranking_count=ranking_count)
+    out["user"] = None  # (OA's emoji answer has no user either)
+    return out
 
 
 # --- moderation ------------------------------------------------------------------------------------------
@@ -429,16 +426,6 @@ def _undelete(cmd: c.UndeleteMessage, s: State, b: Batch) -> None:
     return None
 
 
-def tree_state(s: State, message_id: str) -> dict:
-    tree = s.model.trees[message(s, message_id).tree_id]
-    cfg = s.model.cfg
-    return {
-        "message_tree_id": str(tree.id), "state": tree.state, "goal_tree_size": tree.goal_tree_size,
-        "max_depth": cfg.max_tree_depth, "max_children_count": cfg.max_children_count,
-        "active": tree.state in ACTIVE_STATES, "origin": tree.origin,
-    }
-
-
 @decide.register
 def _halt(cmd: c.SetTreeHalted, s: State, b: Batch) -> dict:
     tree = s.model.trees[message(s, cmd.message_id).tree_id]
@@ -446,7 +433,7 @@ def _halt(cmd: c.SetTreeHalted, s: State, b: Batch) -> dict:
         b.emit(ev.TreeHalted, tree_id=tree.id)
     elif not cmd.halt and tree.state == "halted_by_moderator":
         b.emit(ev.TreeResumed, tree_id=tree.id)
-    return tree_state(s, cmd.message_id)
+    return shapes.tree_state(tree, s.model.cfg)
 
 
 @decide.register
@@ -592,18 +579,8 @@ def _frontend_user(cmd: c.UpsertFrontendUser, s: State, b: Batch) -> dict:
 
 def frontend_user(user: User, now: datetime) -> dict:
     """OA's FrontEndUser, with the user's stored values (streak and activity as the views count them)."""
-    streak_days, streak_date = user.streak(now)
-    return {
-        "id": user.username, "display_name": user.display_name, "auth_method": user.auth_method,
-        "user_id": str(user.id), "enabled": user.enabled, "deleted": user.deleted, "notes": user.notes,
-        "created_date": _iso(user.created_at), "show_on_leaderboard": user.show_on_leaderboard,
-        "streak_days": streak_days, "streak_last_day_date": _iso(streak_date),
-        "last_activity_date": _iso(user.last_activity), "tos_acceptance_date": _iso(user.tos_acceptance_date),
-    }
-
-
-def _iso(at: datetime | None) -> str | None:
-    return at.isoformat() if at else None
+    return shapes.frontend_user(user, created=user.created_at, last_activity=user.last_activity,
+                                streak=user.streak(now))
 
 
 # --- moderation: edits, a user's messages, the flagged queue, merging users (issue #14) -----------------

@@ -1,7 +1,7 @@
 """The event contract: every fact the system records, as msgspec Structs.
 
 This module is public: Kafka consumers, projectors and training jobs outside this
-repository decode these events. Rules (see DESIGN.md, principle 2):
+repository decode these events. Rules (docs/design.md, principle 2):
 
 * names are past tense; each type has an explicit, stable ``tag`` (the stored topic);
 * fields are only ever added, and only with defaults; a tag is never reused;
@@ -235,7 +235,7 @@ class FlaggedMessageProcessed(Event, frozen=True, tag="flagged_message_processed
 
 
 class MessageReviewed(Event, frozen=True, tag="message_reviewed"):
-    """Tree-manager decision: acceptance after a review (OA's rule, see RULES.md)."""
+    """Tree-manager decision: acceptance after a review (OA's rule, docs/oa-rules.md, "Acceptance")."""
 
     message_id: UUID
     review_count: int

@@ -18,14 +18,13 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from domain import events as ev
 from domain import labels as lab
 from domain.config import TreeConfig
-from domain.rules import is_hidden
+from domain.rules import current_streak, is_hidden
 
 OASST_NAMESPACE = uuid5(NAMESPACE_URL, "https://github.com/LAION-AI/Open-Assistant")
 
 DUPLICATE_TEXT_WINDOW = timedelta(minutes=120)  # a user may not submit the same text again within this
 RANK1_WINDOW = timedelta(days=30)  # the lottery favours authors of replies ranked first this recently
 CLOSED_TASK_MEMORY = timedelta(days=1)  # a closed task is remembered this long (a retry gets its first answer)
-STREAK_RESET = timedelta(hours=36)  # a streak ends after this long without activity (as the leaderboard view)
 DELETED_USER_DISPLAY_NAME, DELETED_USER_PREFIX = "Deleted User", "deleted_"  # OA's oasst_shared.utils
 ACTIVE_STATES = ("initial_prompt_review", "growing", "ranking")
 TERMINAL_STATES = ("ready_for_export", "aborted_low_grade", "halted_by_moderator", "scoring_failed")
@@ -104,10 +103,7 @@ class User:
         return self.created_at is not None
 
     def streak(self, now: datetime) -> tuple[int, datetime | None]:
-        """OA's streak: 0 before the first full day; gone after 36 hours without activity."""
-        if self.last_activity is None or now - self.last_activity > STREAK_RESET:
-            return 0, None
-        return self.streak_days, self.last_activity
+        return current_streak(self.streak_days, self.last_activity, now)
 
 
 @dataclass(slots=True)

@@ -1,11 +1,15 @@
 """The rules the write side and the views share: OA's acceptance score, Tideman's ranked
-pairs for ranking consensus, and what "hidden" means. Pure functions, imported by the
-tree manager and by the projections alike (the write side never imports the read side)."""
+pairs for ranking consensus, what "hidden" means, which reactions are internal, and when a
+streak ends. Pure functions, imported by the tree manager and by the projections alike (the
+write side never imports the read side)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
+
+STREAK_RESET = timedelta(hours=36)  # a streak ends after this long without activity
 
 
 def acceptance_score(labels: Sequence[dict[str, float]], weights: Sequence[float] | None = None) -> float:
@@ -30,6 +34,19 @@ def is_hidden(message: Any, parent_of: Callable[[Any], Any | None], spammers: se
             return True
         m = parent_of(m.parent_id) if m.parent_id else None
     return False
+
+
+def is_skip_marker(emoji: str) -> bool:
+    """OA records a skipped task as a hidden reaction (``_skip_reply``...): never shown or exported."""
+    return emoji.startswith("_")
+
+
+def current_streak(days: int, last_activity: datetime | None, now: datetime) -> tuple[int, datetime | None]:
+    """OA's streak: (full days of consecutive activity, 0 before the first full day; the last
+    activity), or (0, None) after ``STREAK_RESET`` without any."""
+    if last_activity is None or now - last_activity > STREAK_RESET:
+        return 0, None
+    return days, last_activity
 
 
 def ranked_pairs(rankings: Sequence[Sequence[Hashable]], weights: Sequence[float] | None = None) -> list:

@@ -20,6 +20,7 @@ from domain import labels as lab
 from domain.config import TreeConfig
 from domain.model import ACTIVE_STATES, Message, Tree, User, WriteModel
 from domain.rules import acceptance_score, ranked_pairs
+from domain.shapes import conversation_message
 
 # OA's weights for a "random" task request, by kind of task
 RANDOM_WEIGHTS = {"rank": 10.0, "label_reply": 5.0, "label_prompt": 5.0, "reply": 2.0, "initial_prompt": 0.01}
@@ -257,22 +258,7 @@ class TreeManager:
         return rng.choice(allowed) if allowed else None
 
     def conversation(self, msg: Message, user: User) -> dict:
-        return {"messages": [self.conversation_message(x, user) for x in self.model.thread(msg)]}
-
-    def conversation_message(self, msg: Message, user: User) -> dict:
-        emojis = {k: len(v) for k, v in msg.emojis.items() if v and not k.startswith("_")}
-        return {
-            "id": str(msg.id),
-            "user_id": str(msg.user_id) if msg.user_id else None,
-            "frontend_message_id": msg.frontend_message_id,
-            "text": msg.text,
-            "lang": msg.lang,
-            "is_assistant": msg.role == "assistant",
-            "emojis": emojis,
-            "user_emojis": sorted(k for k, v in msg.emojis.items() if user.id in v),
-            "user_is_author": msg.user_id == user.id,
-            "synthetic": msg.synthetic,
-        }
+        return {"messages": [conversation_message(x, user.id) for x in self.model.thread(msg)]}
 
     def _build(self, task_type: str, target: UUID | None, user: User, lang: str | None, rng: random.Random,
                random_request: bool = True) -> TaskPlan:
@@ -313,7 +299,7 @@ class TreeManager:
         rng.shuffle(replies)
         reply_msgs = [m.messages[r] for r in replies]
         reveal = all(r.synthetic for r in reply_msgs)
-        reply_messages = [self.conversation_message(r, user) for r in reply_msgs]
+        reply_messages = [conversation_message(r, user.id) for r in reply_msgs]
         if not reveal:  # OA hides the flag unless every reply is synthetic
             for r in reply_messages:
                 r["synthetic"] = None

@@ -1,4 +1,4 @@
-"""Open-Assistant's file format (RULES.md, "Export format"): reading oasst files for
+"""Open-Assistant's file format (docs/oa-rules.md, "Export format"): reading oasst files for
 import, and writing message nodes for export and snapshots.
 
 A line is a tree ``{message_tree_id, tree_state, prompt: node, origin?}`` or a flat

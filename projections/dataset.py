@@ -19,6 +19,7 @@ from uuid import UUID
 
 from domain import events as ev
 from domain.config import TreeConfig
+from domain.rules import is_skip_marker
 from infra.oasst_format import anonymise, node
 from infra.store import EventStore
 from projections.consensus import ConsensusView, SpammerRow
@@ -177,7 +178,7 @@ class Dataset:
     def emojis(m: MessageRow) -> dict[str, int]:
         counts = dict(m.emoji_counts)
         for code, users in m.emojis.items():
-            if not code.startswith("_"):  # skip markers are internal
+            if not is_skip_marker(code):
                 counts[code] = counts.get(code, 0) + len(users)
         return {k: v for k, v in sorted(counts.items()) if v}
 
@@ -192,7 +193,7 @@ class Dataset:
     def events(self, m: MessageRow) -> dict:
         out = {}
         emoji = [{"user_id": self._voter(u), "emoji": code}
-                 for code, users in sorted(m.emojis.items()) if not code.startswith("_") for u in users]
+                 for code, users in sorted(m.emojis.items()) if not is_skip_marker(code) for u in users]
         facts = self.state.consensus.labels.get(m.id)
         rating = [{"user_id": self._voter(u), "labels": labels}
                   for u, labels in (facts.by_user.items() if facts else ()) if u not in self.exclusions]

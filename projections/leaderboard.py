@@ -14,6 +14,7 @@ from uuid import UUID
 import msgspec
 
 from domain import events as ev
+from domain.rules import current_streak
 from projections.base import View
 
 STATS = (
@@ -33,7 +34,7 @@ LEVELS = [0] + [round(sum(k * 1.1521 + 3 for k in range(1, n + 1))) for n in ran
 
 
 def leader_score(s: dict[str, int]) -> int:
-    """OA's formula (RULES.md)."""
+    """OA's formula (docs/oa-rules.md, "Leaderboards")."""
     return (
         int(0.1 * s["prompts"]) + 4 * s["replies_assistant"] + s["replies_prompter"] + s["labels_simple"]
         + 2 * s["labels_full"] + s["rankings_total"] + s["rankings_good"] + int(0.1 * s["accepted_prompts"])
@@ -333,10 +334,9 @@ class LeaderboardView(View):
         return _sum_frame(counts.troll if counts else {}, TROLL, frame, now, 0.0)
 
     def streak(self, user: UUID, now: datetime) -> tuple[int, datetime | None]:
-        """Full days of consecutive activity (OA: 0 before the first full day), reset after 36
-        hours without any."""
+        """``rules.current_streak``, the days counted from the active days' last run."""
         counts = self.users.get(user)
-        if not counts or not counts.last_activity or now - counts.last_activity > timedelta(hours=36):
+        if not counts or not counts.last_activity:
             return 0, None
         days = counts.active_days
         streak = 0
@@ -344,7 +344,7 @@ class LeaderboardView(View):
             if b - a != 1:
                 break
             streak += 1
-        return streak, counts.last_activity
+        return current_streak(streak, counts.last_activity, now)
 
 
 class _ParentRankings(msgspec.Struct, array_like=True):

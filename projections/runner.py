@@ -174,7 +174,7 @@ class ProjectionRunner:
 
     async def start(self) -> None:
         """Restore the stored views in a thread, then follow the log. The server answers
-        meanwhile: queries wait for ``ready`` (bounded; query_api.common.views), which is set
+        meanwhile: queries wait for ``ready`` (bounded; query_api.common.Views.caught_up), which is set
         once the views are restored and have folded the log as it was at start."""
         self._restoring = asyncio.ensure_future(asyncio.to_thread(self.restore))
         self._task = asyncio.get_running_loop().create_task(self._restore_then_run())

@@ -19,7 +19,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import polars as pl
@@ -30,6 +29,7 @@ from domain.model import snapshot_stream
 from infra.oasst_format import dumps, open_text
 from infra.settings import Settings
 from infra.store import EventStore, Pending
+from infra.version import package_version
 from projections.dataset import POLICIES, Dataset, Selection, fold_at, latest_marks
 
 FORMAT_VERSION = 1  # bump when the files' layout changes (the id changes with it)
@@ -72,12 +72,9 @@ class SnapshotSpec:
     parent: str | None = None
 
 
-def code_version() -> str:
-    try:
-        package = version("oasst-data-engine")
-    except PackageNotFoundError:
-        package = "unknown"
-    return f"oasst-data-engine {package}; snapshot format {FORMAT_VERSION}; polars {pl.__version__}"
+def snapshot_code_version() -> str:
+    """What a snapshot's bytes depend on (package, snapshot format, polars): its ``code_version``."""
+    return f"oasst-data-engine {package_version()}; snapshot format {FORMAT_VERSION}; polars {pl.__version__}"
 
 
 def snapshots_dir(data_dir: str | Path | None = None) -> Path:
@@ -301,7 +298,7 @@ def _create(settings: Settings, spec: SnapshotSpec, store: EventStore, record: b
                            "deleted_users": len(deleted_users)},
             "counts": {"trees": len(items), **{name: len(r) for name, r in rows.items()}},
             "files": files,
-            "code_version": code_version(),
+            "code_version": snapshot_code_version(),
             "parent": spec.parent,
         }
         manifest["id"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:24]

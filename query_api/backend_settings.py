@@ -11,14 +11,15 @@ from __future__ import annotations
 from dataclasses import asdict
 from urllib.parse import urlparse
 
-from litestar import Request, get
+from litestar import get
+from litestar.di import NamedDependency
 
+from command_api.auth import api_client, trusted_client
 from command_api.rate_limits import REQUESTS_PER_API_CLIENT, TASK_TYPE_PER_USER, TASKS_PER_USER
 from domain import labels
 from domain.decide import MAX_TEXT
 from domain.model import DUPLICATE_TEXT_WINDOW
 from infra.settings import Settings
-from query_api.common import client_of
 
 MASK = "********"
 # OA's leaderboard refresh intervals (minutes); our boards are live, so these say how often OA would.
@@ -76,16 +77,16 @@ def full_settings(settings: Settings) -> dict:
     }
 
 
-@get("/admin/backend_settings/full", summary="The service's settings, as OA's Settings (trusted)")
-async def backend_settings_full(request: Request) -> dict:
-    client_of(request, trusted=True)
-    return full_settings(request.app.state.settings)
+@get("/admin/backend_settings/full", summary="The service's settings, as OA's Settings (trusted)",
+     guards=[trusted_client])
+async def backend_settings_full(settings: NamedDependency[Settings]) -> dict:
+    return full_settings(settings)
 
 
-@get("/admin/backend_settings/public", summary="The settings any client may read (OA's PublicSettings)")
-async def backend_settings_public(request: Request) -> dict:
-    client_of(request)
-    return public_settings(request.app.state.settings)
+@get("/admin/backend_settings/public", summary="The settings any client may read (OA's PublicSettings)",
+     guards=[api_client])
+async def backend_settings_public(settings: NamedDependency[Settings]) -> dict:
+    return public_settings(settings)
 
 
 settings_handlers = [backend_settings_full, backend_settings_public]

@@ -7,32 +7,29 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Annotated
 
-from litestar import Request, get, post
+from litestar import get, post
 from litestar.params import FromPath, FromQuery, QueryParameter
 
+from command_api.auth import api_client, trusted_client
 from domain import labels as lab
 from domain.model import ACTIVE_STATES
-from projections.leaderboard import LeaderboardView, troll_score
-from query_api.common import iso, message_or_404, tree_view, views
+from domain.shapes import iso
+from projections.leaderboard import troll_score
+from query_api.common import CaughtUp, Views, message_or_404
 from query_api.users import _frame, user_score
 
 MaxCount = Annotated[int, QueryParameter(ge=1, le=10_000)]
 BOARD_TTL_SECONDS = 1.0  # boards are recomputed at most once a second (OA: every 5-240 minutes)
 
 
-def _board(request: Request) -> LeaderboardView:
-    return request.app.state.runner.by_name["leaderboard"]
-
-
-def leaderboard_rows(request: Request, frame: str) -> tuple[list[dict], str]:
+def leaderboard_rows(views: Views, frame: str) -> tuple[list[dict], str]:
     """All ranked rows of a board (enabled users on the leaderboard, score > 0), cached."""
-    runner = request.app.state.runner
-    cache = request.app.state.board_cache
+    runner, cache = views.runner, views.board_cache
     hit = cache.get(("leader", frame))
     if hit and hit[0] == runner.position and time.monotonic() - hit[1] < BOARD_TTL_SECONDS:
         return [dict(r) for r in hit[2]], hit[3]
     now = datetime.now(UTC)
-    view, board = tree_view(runner), _board(request)
+    view, board = views.tree, views.board
     rows = []
     for user in view.users.values():
         if not user.enabled or user.deleted or not user.show_on_leaderboard or user.spammer:
@@ -47,32 +44,29 @@ def leaderboard_rows(request: Request, frame: str) -> tuple[list[dict], str]:
     return [dict(r) for r in rows], iso(now)
 
 
-@get("/leaderboards/{time_frame:str}", summary="Leaderboard (day, week, month, total), kept live")
-async def leaderboard(request: Request, time_frame: FromPath[str], max_count: MaxCount = 100) -> dict:
-    await views(request)
-    rows, updated = leaderboard_rows(request, _frame(time_frame))
+@get("/leaderboards/{time_frame:str}", summary="Leaderboard (day, week, month, total), kept live", guards=[api_client])
+async def leaderboard(views: CaughtUp, time_frame: FromPath[str], max_count: MaxCount = 100) -> dict:
+    rows, updated = leaderboard_rows(views, _frame(time_frame))
     return {"time_frame": time_frame, "last_updated": updated, "leaderboard": rows[:max_count]}
 
 
-@post("/leaderboards/update", status_code=204, summary="Refresh all leaderboards (they are live: nothing to do)")
-async def update_leaderboards(request: Request) -> None:
-    await views(request, trusted=True)
+@post("/leaderboards/update", status_code=204, summary="Refresh all leaderboards (they are live: nothing to do)", guards=[trusted_client])
+async def update_leaderboards(views: CaughtUp) -> None:
+    """Nothing to do: declaring ``views`` is enough to answer once they caught up with the caller."""
 
 
 @post("/leaderboards/update/{time_frame:str}", status_code=204,
-      summary="Refresh one leaderboard (it is live: nothing to do)")
-async def update_leaderboard(request: Request, time_frame: FromPath[str]) -> None:
-    await views(request, trusted=True)
+      summary="Refresh one leaderboard (it is live: nothing to do)", guards=[trusted_client])
+async def update_leaderboard(views: CaughtUp, time_frame: FromPath[str]) -> None:
     _frame(time_frame)  # an unknown time frame is refused as OA does
 
 
-@get("/trollboards/{time_frame:str}", summary="Trollboard (trusted clients)")
-async def trollboard(request: Request, time_frame: FromPath[str], max_count: MaxCount = 100,
+@get("/trollboards/{time_frame:str}", summary="Trollboard (trusted clients)", guards=[trusted_client])
+async def trollboard(views: CaughtUp, time_frame: FromPath[str], max_count: MaxCount = 100,
                      enabled: FromQuery[bool | None] = None) -> dict:
-    _, runner = await views(request, trusted=True)
     frame = _frame(time_frame)
     now = datetime.now(UTC)
-    view, board = tree_view(runner), _board(request)
+    view, board = views.tree, views.board
     rows = []
     for user in view.users.values():
         if enabled is not None and user.enabled != enabled:
@@ -112,10 +106,9 @@ def system_stats(view) -> dict:
             "deleted": total - active, "message_trees": roots}
 
 
-@get("/stats/", summary="Message counts")
-async def stats(request: Request) -> dict:
-    _, runner = await views(request)
-    return system_stats(tree_view(runner))
+@get("/stats/", summary="Message counts", guards=[api_client])
+async def stats(views: CaughtUp) -> dict:
+    return system_stats(views.tree)
 
 
 def _state_counts(view) -> dict[str, int]:
@@ -135,40 +128,35 @@ def _message_counts(view, only_active: bool, default_goal: int) -> list[dict]:
     return sorted(out, key=lambda r: r["message_tree_id"])
 
 
-@get("/stats/tree_manager/state_counts", summary="Trees per state")
-async def state_counts(request: Request) -> dict:
-    _, runner = await views(request)
-    return _state_counts(tree_view(runner))
+@get("/stats/tree_manager/state_counts", summary="Trees per state", guards=[api_client])
+async def state_counts(views: CaughtUp) -> dict:
+    return _state_counts(views.tree)
 
 
-@get("/stats/tree_manager/message_counts", summary="Messages per tree")
-async def message_counts(request: Request, only_active: FromQuery[bool] = True) -> list[dict]:
-    _, runner = await views(request)
-    return _message_counts(tree_view(runner), only_active, request.app.state.settings.tree.goal_tree_size)
+@get("/stats/tree_manager/message_counts", summary="Messages per tree", guards=[api_client])
+async def message_counts(views: CaughtUp, only_active: FromQuery[bool] = True) -> list[dict]:
+    return _message_counts(views.tree, only_active, views.tree_config.goal_tree_size)
 
 
-@get("/stats/tree_manager", summary="Tree manager statistics")
-async def tree_manager_stats(request: Request) -> dict:
-    _, runner = await views(request)
-    view = tree_view(runner)
+@get("/stats/tree_manager", summary="Tree manager statistics", guards=[api_client])
+async def tree_manager_stats(views: CaughtUp) -> dict:
+    view = views.tree
     return {"state_counts": _state_counts(view),
-            "message_counts": _message_counts(view, True, request.app.state.settings.tree.goal_tree_size)}
+            "message_counts": _message_counts(view, True, views.tree_config.goal_tree_size)}
 
 
-@get("/text_labels/valid_labels", summary="Label descriptions (for a message: what its task asks)")
-async def valid_labels(request: Request, message_id: FromQuery[str | None] = None) -> dict:
-    _, runner = await views(request)
+@get("/text_labels/valid_labels", summary="Label descriptions (for a message: what its task asks)", guards=[api_client])
+async def valid_labels(views: CaughtUp, message_id: FromQuery[str | None] = None) -> dict:
     names = lab.ANY_MESSAGE_LABELS
     if message_id:
-        m = message_or_404(tree_view(runner), message_id)
+        m = message_or_404(views.tree, message_id)
         task = "label_initial_prompt" if m.parent_id is None else f"label_{m.role}_reply"
         names = lab.valid_labels(task, "full")
     return {"valid_labels": lab.describe(names)}
 
 
-@get("/text_labels/report_labels", summary="Labels a report may carry")
-async def report_labels(request: Request) -> dict:
-    await views(request)
+@get("/text_labels/report_labels", summary="Labels a report may carry", guards=[api_client])
+async def report_labels(views: CaughtUp) -> dict:
     return {"valid_labels": lab.describe(lab.REPORT_LABELS)}
 
 

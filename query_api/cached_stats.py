@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime
 
-from litestar import Request, get, post
+from litestar import get, post
 from litestar.params import FromPath
 
+from command_api.auth import api_client, trusted_client
 from domain.errors import ErrorCode, OasstError
 from projections.message_tree import MessageTreeView
-from query_api.common import client_of, tree_view, views
+from query_api.common import CaughtUp, Views
 
 
 def _human_messages(view: MessageTreeView):
@@ -37,28 +38,25 @@ STATS = {
 }
 
 
-def all_stats(request: Request) -> dict[str, dict]:
-    runner = request.app.state.runner
-    cache = request.app.state.board_cache
+def all_stats(views: Views) -> dict[str, dict]:
+    runner, cache = views.runner, views.board_cache
     hit = cache.get("cached_stats")
     if hit and hit[0] == runner.position:
         return hit[1]
-    view, now = tree_view(runner), datetime.now(UTC).isoformat()
+    view, now = views.tree, datetime.now(UTC).isoformat()
     stats = {name: {"name": name, "last_updated": now, "stats": compute(view)} for name, compute in STATS.items()}
     cache["cached_stats"] = (runner.position, stats)
     return stats
 
 
-@get("/stats/cached", summary="OA's cached statistics, all of them (live)")
-async def cached_stats_all(request: Request) -> dict:
-    await views(request)
-    return {"stats_by_name": all_stats(request)}
+@get("/stats/cached", summary="OA's cached statistics, all of them (live)", guards=[api_client])
+async def cached_stats_all(views: CaughtUp) -> dict:
+    return {"stats_by_name": all_stats(views)}
 
 
-@get("/stats/cached/{name:str}", summary="One of OA's cached statistics (live)")
-async def cached_stats(request: Request, name: FromPath[str]) -> dict:
-    await views(request)
-    stats = all_stats(request)
+@get("/stats/cached/{name:str}", summary="One of OA's cached statistics (live)", guards=[api_client])
+async def cached_stats(views: CaughtUp, name: FromPath[str]) -> dict:
+    stats = all_stats(views)
     if name not in stats:
         # OA's path parameter is an enum: an unknown name fails validation
         raise OasstError(f"no cached statistic {name!r}; one of {', '.join(stats)}",
@@ -66,9 +64,10 @@ async def cached_stats(request: Request, name: FromPath[str]) -> dict:
     return stats[name]
 
 
-@post("/stats/cached/update", status_code=204, summary="Refresh the cached statistics (they are live: nothing to do)")
-async def update_cached_stats(request: Request) -> None:
-    client_of(request, trusted=True)
+@post("/stats/cached/update", status_code=204, summary="Refresh the cached statistics (they are live: nothing to do)",
+      guards=[trusted_client])
+async def update_cached_stats() -> None:
+    """Nothing to do (the guard is the whole route)."""
 
 
 cached_stats_handlers = [cached_stats_all, cached_stats, update_cached_stats]

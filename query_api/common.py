@@ -1,4 +1,5 @@
-"""What every read route needs: auth, the views, read-your-writes, OA's response shapes."""
+"""What every read route needs: the views, caught up with the caller (read-your-writes),
+and lookups shared by the routes. OA's response shapes are built in ``domain/shapes.py``."""
 
 from __future__ import annotations
 
@@ -8,12 +9,18 @@ from typing import Annotated
 from uuid import UUID
 
 from litestar import Request
+from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
+from domain import shapes
+from domain.config import TreeConfig
 from domain.errors import ErrorCode, OasstError
-from domain.model import ACTIVE_STATES, ApiClient
+from domain.model import ApiClient
+from projections.consensus import ConsensusView
+from projections.leaderboard import LeaderboardView
 from projections.message_tree import MessageRow, MessageTreeView, UserRow
 from projections.runner import ProjectionRunner
+from projections.trust import TrustCache
 
 READ_YOUR_WRITES_TIMEOUT = 2.0
 MAX_POSITION = 2**63 - 1  # the databases' 64-bit integers
@@ -29,32 +36,48 @@ class ViewsBehind(OasstError):
         )
 
 
-def runner_of(request: Request) -> ProjectionRunner:
-    return request.app.state.runner
+class Views:
+    """What the read routes answer from: the runner's views, the tree settings their answers
+    show, and caches of what is costly to recompute. One per app; the ``views`` dependency
+    (``caught_up``) hands it to a route once it has caught up with the caller."""
+
+    def __init__(self, runner: ProjectionRunner, tree_config: TreeConfig, last_writes: dict[UUID, int]):
+        self.runner = runner
+        self.tree_config = tree_config
+        self.last_writes = last_writes  # API client id -> its last acknowledged write (routes.respond)
+        self.board_cache: dict = {}
+        self.trust = TrustCache()
+
+    @property
+    def tree(self) -> MessageTreeView:
+        return self.runner.by_name["message_tree"]
+
+    @property
+    def board(self) -> LeaderboardView:
+        return self.runner.by_name["leaderboard"]
+
+    @property
+    def consensus(self) -> ConsensusView:
+        return self.runner.by_name["consensus"]
+
+    async def caught_up(self, client: NamedDependency[ApiClient], request: Request) -> Views:
+        """Wait (bounded) until the views reached the client's own last write on this server
+        (read-your-writes without asking) and any position the caller asks for with
+        ``?min_position=`` or ``X-Min-Log-Position``. A client that wrote nothing waits for nothing."""
+        runner = self.runner
+        if not runner.ready.is_set():  # a server just started: its stored views are being loaded
+            try:
+                await asyncio.wait_for(runner.ready.wait(), READ_YOUR_WRITES_TIMEOUT)
+            except TimeoutError:
+                raise OasstError("the views are being loaded after a start; retry shortly",
+                                 ErrorCode.VIEWS_BEHIND) from None
+        position = max(asked_position(request), self.last_writes.get(client.id, 0))
+        if position > runner.position and not await runner.wait_for(position, READ_YOUR_WRITES_TIMEOUT):
+            raise ViewsBehind(position, runner.position)
+        return self
 
 
-def client_of(request: Request, trusted: bool = False) -> ApiClient:
-    from command_api.routes import authorize
-
-    return authorize(request, trusted)
-
-
-async def views(request: Request, trusted: bool = False) -> tuple[ApiClient, ProjectionRunner]:
-    """Auth, then wait (bounded) until the views reached the client's own last write on this
-    server (read-your-writes without asking) and any position the caller asks for with
-    ``?min_position=`` or ``X-Min-Log-Position``. A client that wrote nothing waits for nothing."""
-    client = client_of(request, trusted)
-    runner = runner_of(request)
-    if not runner.ready.is_set():  # a server just started: its stored views are being loaded
-        try:
-            await asyncio.wait_for(runner.ready.wait(), READ_YOUR_WRITES_TIMEOUT)
-        except TimeoutError:
-            raise OasstError("the views are being loaded after a start; retry shortly",
-                             ErrorCode.VIEWS_BEHIND) from None
-    position = max(asked_position(request), request.app.state.last_writes.get(client.id, 0))
-    if position > runner.position and not await runner.wait_for(position, READ_YOUR_WRITES_TIMEOUT):
-        raise ViewsBehind(position, runner.position)
-    return client, runner
+CaughtUp = NamedDependency[Views]  # the ``views`` dependency: ``Views.caught_up``
 
 
 def asked_position(request: Request) -> int:
@@ -68,10 +91,6 @@ def asked_position(request: Request) -> int:
     except ValueError:
         raise OasstError("min_position must be an integer", ErrorCode.REQUEST_VALIDATION_FAILED, 422) from None
     return position
-
-
-def tree_view(runner: ProjectionRunner) -> MessageTreeView:
-    return runner.by_name["message_tree"]
 
 
 def message_or_404(view: MessageTreeView, message_id: str | UUID) -> MessageRow:
@@ -140,52 +159,14 @@ def acting_user(request: Request, view: MessageTreeView, client: ApiClient) -> U
     return view.users_by_name.get((client.id, auth_method, username))
 
 
-def iso(at: datetime | None) -> str | None:
-    return at.isoformat() if at else None
-
-
 def frontend_user(u: UserRow, streak: tuple[int, datetime | None] = (0, None)) -> dict:
-    return {
-        "id": u.username, "display_name": u.display_name, "auth_method": u.auth_method, "user_id": str(u.id),
-        "enabled": u.enabled, "deleted": u.deleted, "notes": u.notes, "created_date": iso(u.created_date),
-        "show_on_leaderboard": u.show_on_leaderboard, "streak_days": streak[0],
-        "streak_last_day_date": iso(streak[1]), "last_activity_date": iso(u.last_activity_date),
-        "tos_acceptance_date": iso(u.tos_acceptance_date),
-    }
+    """OA's FrontEndUser from a user row (``streak``: the leaderboard view's)."""
+    return shapes.frontend_user(u, created=u.created_date, last_activity=u.last_activity_date, streak=streak)
 
 
 def message_dict(view: MessageTreeView, m: MessageRow, me: UUID | None = None, include_user: bool = False) -> dict:
-    """OA's Message: a ConversationMessage with its place in the tree and its review."""
-    out = {
-        **conversation_message(m, me),
-        "parent_id": str(m.parent_id) if m.parent_id else None, "created_date": iso(m.created_date),
-        # deleted: itself or below a deleted ancestor (OA marks the whole subtree deleted)
-        "review_result": m.review_result, "review_count": m.review_count, "deleted": view.is_hidden(m),
-        "model_name": m.model_name, "message_tree_id": str(m.tree_id), "ranking_count": m.ranking_count,
-        "rank": m.rank, "edited": m.edited,
-    }
+    """OA's Message from the views; hidden (deleted) includes being below a deleted message."""
+    out = shapes.message(m, me, created=m.created_date, deleted=view.is_hidden(m), ranking_count=m.ranking_count)
     if include_user and m.user_id and m.user_id in view.users:
         out["user"] = frontend_user(view.users[m.user_id])
     return out
-
-
-def conversation_message(m: MessageRow, me: UUID | None = None) -> dict:
-    """OA's ConversationMessage."""
-    return {
-        "id": str(m.id), "user_id": str(m.user_id) if m.user_id else None,
-        "frontend_message_id": m.frontend_message_id, "text": m.text, "lang": m.lang,
-        "is_assistant": m.role == "assistant",
-        "emojis": {k: len(v) for k, v in sorted(m.emojis.items()) if v and not k.startswith("_")},
-        "user_emojis": sorted(k for k, v in m.emojis.items() if me is not None and me in v),
-        "user_is_author": me is not None and m.user_id == me, "synthetic": m.synthetic,
-    }
-
-
-def tree_state_dict(view: MessageTreeView, tree_id: UUID, settings) -> dict:
-    t = view.trees[tree_id]
-    return {
-        "message_tree_id": str(t.id), "state": t.state,
-        "goal_tree_size": t.goal_tree_size or settings.tree.goal_tree_size,
-        "max_depth": settings.tree.max_tree_depth, "max_children_count": settings.tree.max_children_count,
-        "active": t.state in ACTIVE_STATES, "origin": t.origin,
-    }

@@ -10,12 +10,14 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from litestar import Request, get
+from litestar import get
 from litestar.params import FromQuery, QueryParameter
 
+from command_api.auth import trusted_client
 from domain.errors import ErrorCode, OasstError
+from domain.shapes import iso
 from projections.message_tree import Flag, MessageTreeView
-from query_api.common import iso, tree_view, views
+from query_api.common import CaughtUp
 from query_api.messages import keyset_page
 
 
@@ -40,20 +42,20 @@ def _cursor_key(view: MessageTreeView, cursor: str) -> tuple[datetime, str]:
     return _key((mid, flag))
 
 
-@get("/admin/flagged_messages", summary="Flagged (reported) messages, oldest first (trusted clients)")
-async def flagged_messages(request: Request, max_count: FromQuery[int]) -> list[dict]:
-    _, runner = await views(request, trusted=True)
-    items = sorted(tree_view(runner).flagged.rows.items(), key=_key)
+@get("/admin/flagged_messages", summary="Flagged (reported) messages, oldest first (trusted clients)",
+     guards=[trusted_client])
+async def flagged_messages(views: CaughtUp, max_count: FromQuery[int]) -> list[dict]:
+    items = sorted(views.tree.flagged.rows.items(), key=_key)
     return [flagged_dict(mid, flag) for mid, flag in items[:max(max_count, 0)]]
 
 
-@get("/admin/flagged_messages/cursor", summary="Page through flagged messages (trusted clients)")
+@get("/admin/flagged_messages/cursor", summary="Page through flagged messages (trusted clients)",
+     guards=[trusted_client])
 async def flagged_messages_cursor(
-    request: Request, before: FromQuery[str | None] = None, after: FromQuery[str | None] = None,
+    views: CaughtUp, before: FromQuery[str | None] = None, after: FromQuery[str | None] = None,
     max_count: Annotated[int, QueryParameter(gt=0, le=1000)] = 10, desc: FromQuery[bool] = False,
 ) -> dict:
-    _, runner = await views(request, trusted=True)
-    view = tree_view(runner)
+    view = views.tree
     page, prev, nxt = keyset_page(list(view.flagged.rows.items()), _key, lambda c: _cursor_key(view, c),
                                   lambda item: str(item[0]), before=before, after=after, desc=desc,
                                   max_count=max_count)

@@ -6,21 +6,22 @@ import asyncio
 from typing import Annotated
 from uuid import UUID
 
-from litestar import Request, get
+from litestar import get
 from litestar.params import FromQuery, QueryParameter
 
+from command_api.auth import trusted_client
 from domain import events as ev
 from domain.errors import ErrorCode, OasstError
-from query_api.common import OptionalPosition, views
+from query_api.common import CaughtUp, OptionalPosition
 
 
-@get("/api/v1/history", tags=["history"], summary="Events concerning a user, tree or message (trusted)")
+@get("/api/v1/history", tags=["history"], summary="Events concerning a user, tree or message (trusted)",
+     guards=[trusted_client])
 async def history(
-    request: Request, user: FromQuery[str | None] = None, tree: FromQuery[str | None] = None,
+    views: CaughtUp, user: FromQuery[str | None] = None, tree: FromQuery[str | None] = None,
     message: FromQuery[str | None] = None, until: OptionalPosition = None,
     limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
 ) -> dict:
-    _, runner = await views(request, trusted=True)
     given = [v for v in (user, tree, message) if v]
     if len(given) != 1:
         raise OasstError("give exactly one of user, tree, message", ErrorCode.REQUEST_VALIDATION_FAILED, 422)
@@ -28,7 +29,7 @@ async def history(
         entity = str(UUID(given[0]))
     except ValueError:
         raise OasstError(f"{given[0]!r} is not an id", ErrorCode.REQUEST_VALIDATION_FAILED, 422) from None
-    events = await events_concerning(runner, entity, until, limit)
+    events = await events_concerning(views.runner, entity, until, limit)
     for item in events:
         del item["raw"]
     return {"entity": entity, "events": events}

@@ -5,22 +5,23 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from litestar import Request, Response, get
+from litestar import Response, get
 from litestar.params import QueryParameter
 
-from command_api.routes import authorize, service_of
+from command_api.auth import trusted_client
+from command_api.routes import Service
 from domain import events as ev
 from query_api.common import Position
 
 
-@get("/api/v1/events", tags=["log"], summary="Events after a position, in log order (trusted)")
+@get("/api/v1/events", tags=["log"], summary="Events after a position, in log order (trusted)",
+     guards=[trusted_client])
 async def list_events(
-    request: Request,
+    service: Service,
     after: Position = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
 ) -> Response:
-    authorize(request, trusted=True)
-    store = service_of(request).store
+    store = service.store
     notes = await asyncio.to_thread(store.read_stored, after, limit)
     items = [
         {

@@ -9,22 +9,23 @@ from uuid import UUID
 from litestar import Request, get
 from litestar.params import FromPath, FromQuery, QueryParameter
 
+from command_api.auth import Client, api_client, require_trusted
 from domain import events as ev
+from domain import shapes
 from domain.errors import ErrorCode, OasstError
+from domain.model import ApiClient
+from domain.shapes import conversation_message, iso
 from projections.message_tree import MessageRow, MessageTreeView
 from query_api.common import (
+    CaughtUp,
     OptionalPosition,
+    Views,
     acting_user,
-    conversation_message,
     frontend_message_or_404,
-    iso,
     message_dict,
     message_or_404,
     owner_filter,
     parse_id,
-    tree_state_dict,
-    tree_view,
-    views,
 )
 from query_api.history import events_concerning
 
@@ -56,57 +57,57 @@ def _descendants(view: MessageTreeView, m: MessageRow) -> list[MessageRow]:
     return out
 
 
-async def _resolve(request: Request, message_id: str, frontend: bool):
-    client, runner = await views(request)
-    view = tree_view(runner)
+def _resolve(request: Request, views: Views, client: ApiClient, message_id: str, frontend: bool):
+    view = views.tree
     m = frontend_message_or_404(view, client, message_id) if frontend else message_or_404(view, message_id)
     return view, m, acting_user(request, view, client)
 
 
 def _routes(frontend: bool):
-    prefix = "/frontend_messages" if frontend else "/messages"
     """The same reads, by our id (messages/) or by the frontend's id (frontend_messages/)."""
+    prefix = "/frontend_messages" if frontend else "/messages"
 
-    @get(prefix + "/{message_id:str}", summary="A message")
-    async def get_message(request: Request, message_id: FromPath[str]) -> dict:
-        view, m, me = await _resolve(request, message_id, frontend)
+    @get(prefix + "/{message_id:str}", summary="A message", guards=[api_client])
+    async def get_message(request: Request, message_id: FromPath[str], views: CaughtUp, client: Client) -> dict:
+        view, m, me = _resolve(request, views, client, message_id, frontend)
         return message_dict(view, m, me)
 
-    @get(prefix + "/{message_id:str}/conversation", summary="The thread from the prompt to this message")
-    async def conversation(request: Request, message_id: FromPath[str]) -> dict:
-        view, m, me = await _resolve(request, message_id, frontend)
+    @get(prefix + "/{message_id:str}/conversation", summary="The thread from the prompt to this message", guards=[api_client])
+    async def conversation(request: Request, message_id: FromPath[str], views: CaughtUp, client: Client) -> dict:
+        view, m, me = _resolve(request, views, client, message_id, frontend)
         return {"messages": [conversation_message(x, me) for x in view.thread(m)]}
 
-    @get(prefix + "/{message_id:str}/tree", summary="The whole tree of a message (trusted: ?at=POSITION replays it)")
-    async def tree(request: Request, message_id: FromPath[str], include_spam: FromQuery[bool] = True,
-                   include_deleted: FromQuery[bool] = False, at: OptionalPosition = None) -> dict:
+    @get(prefix + "/{message_id:str}/tree", summary="The whole tree of a message (trusted: ?at=POSITION replays it)", guards=[api_client])
+    async def tree(request: Request, message_id: FromPath[str], views: CaughtUp, client: Client,
+                   include_spam: FromQuery[bool] = True, include_deleted: FromQuery[bool] = False,
+                   at: OptionalPosition = None) -> dict:
         if at is not None:
-            return await _tree_at(request, message_id, frontend, at, include_spam, include_deleted)
-        view, m, me = await _resolve(request, message_id, frontend)
+            return await _tree_at(views, client, message_id, frontend, at, include_spam, include_deleted)
+        view, m, me = _resolve(request, views, client, message_id, frontend)
         messages = _tree_messages(view, view.messages[m.tree_id], include_deleted, include_spam)
         return {"id": str(m.tree_id), "messages": [message_dict(view, x, me) for x in messages]}
 
-    @get(prefix + "/{message_id:str}/children", summary="Direct replies")
-    async def children(request: Request, message_id: FromPath[str]) -> list[dict]:
-        view, m, me = await _resolve(request, message_id, frontend)
+    @get(prefix + "/{message_id:str}/children", summary="Direct replies", guards=[api_client])
+    async def children(request: Request, message_id: FromPath[str], views: CaughtUp, client: Client) -> list[dict]:
+        view, m, me = _resolve(request, views, client, message_id, frontend)
         return [message_dict(view, c, me) for c in _live_children(view, m)]
 
-    @get(prefix + "/{message_id:str}/descendants", summary="The subtree under a message")
-    async def descendants(request: Request, message_id: FromPath[str]) -> dict:
-        view, m, me = await _resolve(request, message_id, frontend)
+    @get(prefix + "/{message_id:str}/descendants", summary="The subtree under a message", guards=[api_client])
+    async def descendants(request: Request, message_id: FromPath[str], views: CaughtUp, client: Client) -> dict:
+        view, m, me = _resolve(request, views, client, message_id, frontend)
         return {"id": str(m.id), "messages": [message_dict(view, x, me) for x in _descendants(view, m)
                                               if not view.is_hidden(x)]}
 
-    @get(prefix + "/{message_id:str}/longest_conversation_in_tree", summary="The deepest thread of the tree")
-    async def longest(request: Request, message_id: FromPath[str]) -> dict:
-        view, m, me = await _resolve(request, message_id, frontend)
+    @get(prefix + "/{message_id:str}/longest_conversation_in_tree", summary="The deepest thread of the tree", guards=[api_client])
+    async def longest(request: Request, message_id: FromPath[str], views: CaughtUp, client: Client) -> dict:
+        view, m, me = _resolve(request, views, client, message_id, frontend)
         live = _tree_messages(view, view.messages[m.tree_id], False, True)
         deepest = max(live, key=lambda x: (x.depth, x.created_date), default=None)
         return {"messages": [conversation_message(x, me) for x in view.thread(deepest)] if deepest else []}
 
-    @get(prefix + "/{message_id:str}/max_children_in_tree", summary="The message with most replies, with them")
-    async def max_children(request: Request, message_id: FromPath[str]) -> dict:
-        view, m, me = await _resolve(request, message_id, frontend)
+    @get(prefix + "/{message_id:str}/max_children_in_tree", summary="The message with most replies, with them", guards=[api_client])
+    async def max_children(request: Request, message_id: FromPath[str], views: CaughtUp, client: Client) -> dict:
+        view, m, me = _resolve(request, views, client, message_id, frontend)
         live = _tree_messages(view, view.messages[m.tree_id], False, True)
         if not live:  # the whole tree is deleted
             return {"id": str(m.tree_id), "messages": []}
@@ -116,23 +117,23 @@ def _routes(frontend: bool):
     handlers = [get_message, conversation, tree, children, descendants, longest, max_children]
     if not frontend:
 
-        @get(prefix + "/{message_id:str}/tree/state", summary="The tree's state and settings")
-        async def tree_state(request: Request, message_id: FromPath[str]) -> dict:
-            view, m, _ = await _resolve(request, message_id, frontend)
-            return tree_state_dict(view, m.tree_id, request.app.state.settings)
+        @get(prefix + "/{message_id:str}/tree/state", summary="The tree's state and settings", guards=[api_client])
+        async def tree_state(request: Request, message_id: FromPath[str], views: CaughtUp, client: Client) -> dict:
+            view, m, _ = _resolve(request, views, client, message_id, frontend)
+            return shapes.tree_state(view.trees[m.tree_id], views.tree_config)
 
         handlers.append(tree_state)
     return handlers
 
 
-async def _tree_at(request: Request, message_id: str, frontend: bool, at: int, include_spam: bool,
+async def _tree_at(views: Views, client: ApiClient, message_id: str, frontend: bool, at: int, include_spam: bool,
                    include_deleted: bool) -> dict:
-    """Time travel: fold only this tree's events up to position ``at``."""
-    client, runner = await views(request, trusted=True)
-    view = tree_view(runner)
+    """Time travel (trusted clients): fold only this tree's events up to position ``at``."""
+    require_trusted(client)
+    view = views.tree
     m = frontend_message_or_404(view, client, message_id) if frontend else message_or_404(view, message_id)
     past = MessageTreeView()
-    for item in await events_concerning(runner, str(m.tree_id), at, limit=1_000_000):
+    for item in await events_concerning(views.runner, str(m.tree_id), at, limit=1_000_000):
         past.apply(item["position"], ev.decode(item["raw"]))
     if m.tree_id not in past.trees:
         raise OasstError(f"the tree did not exist at position {at}", ErrorCode.NO_MESSAGE_TREE_FOUND)
@@ -222,16 +223,15 @@ def cursor_page(view: MessageTreeView, me: UUID | None, *, before: str | None, a
     }
 
 
-@get("/messages/", summary="List messages")
+@get("/messages/", summary="List messages", guards=[api_client])
 async def messages_list(
-    request: Request, auth_method: FromQuery[str | None] = None, username: FromQuery[str | None] = None,
+    request: Request, views: CaughtUp, client: Client, auth_method: FromQuery[str | None] = None, username: FromQuery[str | None] = None,
     api_client_id: FromQuery[str | None] = None, max_count: MaxCount = 10,
     start_date: FromQuery[datetime | None] = None, end_date: FromQuery[datetime | None] = None,
     only_roots: FromQuery[bool] = False, desc: FromQuery[bool] = True, allow_deleted: FromQuery[bool] = False,
     lang: FromQuery[str | None] = None,
 ) -> list[dict]:
-    client, runner = await views(request)
-    view = tree_view(runner)
+    view = views.tree
     owner = owner_filter(client, api_client_id)
     user = None
     if username:
@@ -244,17 +244,16 @@ async def messages_list(
     return [message_dict(view, m, me) for m in rows]
 
 
-@get("/messages/cursor", summary="Page through messages")
+@get("/messages/cursor", summary="Page through messages", guards=[api_client])
 async def messages_cursor(
-    request: Request, before: FromQuery[str | None] = None, after: FromQuery[str | None] = None,
+    request: Request, views: CaughtUp, client: Client, before: FromQuery[str | None] = None, after: FromQuery[str | None] = None,
     user_id: FromQuery[str | None] = None, auth_method: FromQuery[str | None] = None,
     username: FromQuery[str | None] = None, only_roots: FromQuery[bool] = False,
     include_deleted: FromQuery[bool] = False, max_count: MaxCount = 10, desc: FromQuery[bool] = False,
     lang: FromQuery[str | None] = None, include_user: FromQuery[bool] = False,
     api_client_id: FromQuery[str | None] = None, search_query: FromQuery[str | None] = None,
 ) -> dict:
-    client, runner = await views(request)
-    view = tree_view(runner)
+    view = views.tree
     owner = owner_filter(client, api_client_id)
     user = parse_id(user_id, "user_id")
     if username and user is None:
@@ -267,10 +266,10 @@ async def messages_cursor(
                        search=search_terms(search_query))
 
 
-@get("/messages/{message_id:str}/history", summary="A message's revisions, the original first (once edited)")
-async def message_history(request: Request, message_id: FromPath[str]) -> list[dict]:
-    client, runner = await views(request)
-    view = tree_view(runner)
+@get("/messages/{message_id:str}/history", summary="A message's revisions, the original first (once edited)", guards=[api_client])
+async def message_history(request: Request, message_id: FromPath[str], views: CaughtUp,
+                          client: Client) -> list[dict]:
+    view = views.tree
     m = message_or_404(view, message_id)
     me = acting_user(request, view, client)
     revisions = view.revisions.get(m.id)

@@ -6,13 +6,15 @@ import asyncio
 from typing import Annotated, Literal
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import Response, get, post
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.response import File
 
-from command_api.routes import idempotency_key
+from command_api.auth import Client, IdempotencyKey, api_client, trusted_client
+from command_api.routes import Service
 from domain.errors import ErrorCode, OasstError
-from query_api.common import client_of
+from infra.settings import Settings
 
 
 class SnapshotRequest(msgspec.Struct, kw_only=True):
@@ -35,44 +37,43 @@ def _not_found(e: Exception) -> OasstError:
     return OasstError(str(e), ErrorCode.GENERIC_ERROR, 404)
 
 
-@get("/snapshots", summary="Snapshot manifests, oldest position first")
-async def list_snapshots(request: Request) -> list[dict]:
+@get("/snapshots", summary="Snapshot manifests, oldest position first", guards=[api_client])
+async def list_snapshots(settings: NamedDependency[Settings]) -> list[dict]:
     from projections.snapshot import list_snapshots
 
-    client_of(request)
-    return [s.manifest for s in list_snapshots(request.app.state.settings.data_dir)]
+    return [s.manifest for s in list_snapshots(settings.data_dir)]
 
 
-@get("/snapshots/{snapshot_id:str}", summary="One snapshot's manifest")
-async def get_snapshot(request: Request, snapshot_id: FromPath[str]) -> dict:
+@get("/snapshots/{snapshot_id:str}", summary="One snapshot's manifest", guards=[api_client])
+async def get_snapshot(settings: NamedDependency[Settings], snapshot_id: FromPath[str]) -> dict:
     from projections.snapshot import SnapshotError, load_manifest
 
-    client_of(request)
     try:
-        return load_manifest(request.app.state.settings.data_dir, snapshot_id)
+        return load_manifest(settings.data_dir, snapshot_id)
     except SnapshotError as e:
         raise _not_found(e) from None
 
 
-@get("/snapshots/{snapshot_id:str}/files/{name:str}", summary="Download a snapshot file (trusted)")
-async def get_snapshot_file(request: Request, snapshot_id: FromPath[str], name: FromPath[str]) -> File:
+# user ids and texts: moderators and pipelines only
+@get("/snapshots/{snapshot_id:str}/files/{name:str}", summary="Download a snapshot file (trusted)",
+     guards=[trusted_client])
+async def get_snapshot_file(settings: NamedDependency[Settings], snapshot_id: FromPath[str], name: FromPath[str]) -> File:
     from projections.snapshot import SnapshotError, snapshot_file
 
-    client_of(request, trusted=True)  # user ids and texts: moderators and pipelines only
     try:
-        path = snapshot_file(request.app.state.settings.data_dir, snapshot_id, name)
+        path = snapshot_file(settings.data_dir, snapshot_id, name)
     except SnapshotError as e:
         raise _not_found(e) from None
     return File(path=path, filename=name)
 
 
-@post("/snapshots", status_code=201, summary="Create a snapshot (trusted)")
-async def create_snapshot_route(request: Request, data: JSONBody[SnapshotRequest]) -> Response:
+@post("/snapshots", status_code=201, summary="Create a snapshot (trusted)", guards=[trusted_client])
+async def create_snapshot_route(data: JSONBody[SnapshotRequest], service: Service, client: Client,
+                                ikey: IdempotencyKey = None) -> Response:
     from projections.dataset import Selection
     from projections.snapshot import SnapshotError, SnapshotSpec, create_snapshot, load_manifest, spec_from_manifest
 
-    client = client_of(request, trusted=True)
-    settings = request.app.state.settings
+    settings = service.settings
     try:
         if data.from_id:
             spec = spec_from_manifest(load_manifest(settings.data_dir, data.from_id), data.exclusions)
@@ -88,8 +89,7 @@ async def create_snapshot_route(request: Request, data: JSONBody[SnapshotRequest
     except SnapshotError as e:
         raise OasstError(str(e), ErrorCode.REQUEST_VALIDATION_FAILED, 422) from None
     # recording it is a command: idempotent, and the runner and relay hear of it at once
-    recorded = await request.app.state.service.record_snapshot(
-        client.id, {k: v for k, v in manifest.items() if k != "timings"}, idempotency_key(request))
+    recorded = await service.record_snapshot(client.id, {k: v for k, v in manifest.items() if k != "timings"}, ikey)
     return Response(manifest, status_code=201, headers={"X-Log-Position": str(recorded.position)})
 
 

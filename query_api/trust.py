@@ -6,59 +6,53 @@ import time
 from typing import Annotated, Literal
 from uuid import UUID
 
-from litestar import Request, get
+from litestar import get
 from litestar.params import FromPath, FromQuery, QueryParameter
 
+from command_api.auth import api_client, trusted_client
 from domain.errors import ErrorCode, OasstError
 from projections.trust import POLICY, Trust
-from query_api.common import message_or_404, tree_view, views
+from query_api.common import CaughtUp, Views, message_or_404
 
 POLICIES = ("oa", "trust")
 
 
-def _consensus(request: Request):
-    return request.app.state.runner.by_name["consensus"]
+def trust_scores(views: Views) -> dict[UUID, Trust]:
+    return views.trust.get(views.consensus, time.monotonic())
 
 
-def trust_scores(request: Request) -> dict[UUID, Trust]:
-    return request.app.state.trust.get(_consensus(request), time.monotonic())
-
-
-@get("/trust", summary="Annotator trust scores (paged, sortable)")
+@get("/trust", summary="Annotator trust scores (paged, sortable)", guards=[api_client])
 async def list_trust(
-    request: Request, sort: FromQuery[Literal["score", "labels", "rankings"]] = "score",
+    views: CaughtUp, sort: FromQuery[Literal["score", "labels", "rankings"]] = "score",
     desc: FromQuery[bool] = False, offset: Annotated[int, QueryParameter(ge=0)] = 0,
     max_count: Annotated[int, QueryParameter(ge=1, le=10_000)] = 100,
 ) -> dict:
-    await views(request)
-    scores = sorted(trust_scores(request).values(), key=lambda t: (getattr(t, sort), str(t.user_id)), reverse=desc)
+    scores = sorted(trust_scores(views).values(), key=lambda t: (getattr(t, sort), str(t.user_id)), reverse=desc)
     return {"policy": POLICY, "total": len(scores), "items": [t.as_dict() for t in scores[offset:offset + max_count]]}
 
 
-@get("/trust/{user_id:str}", summary="One user's trust score and its evidence")
-async def get_trust(request: Request, user_id: FromPath[str]) -> dict:
-    await views(request)
+@get("/trust/{user_id:str}", summary="One user's trust score and its evidence", guards=[api_client])
+async def get_trust(views: CaughtUp, user_id: FromPath[str]) -> dict:
     try:
         uid = UUID(user_id)
     except ValueError:
         raise OasstError(f"user {user_id} not found", ErrorCode.USER_NOT_FOUND) from None
-    t = trust_scores(request).get(uid)
+    t = trust_scores(views).get(uid)
     if t is None:
-        if uid not in tree_view(request.app.state.runner).users:
+        if uid not in views.tree.users:
             raise OasstError(f"user {user_id} not found", ErrorCode.USER_NOT_FOUND)
         t = Trust(uid, 0.5, None, 0, None, 0, False)
     return t.as_dict()
 
 
-@get("/consensus/messages/{message_id:str}", summary="Label aggregates and ranking consensus under each policy")
-async def message_consensus(request: Request, message_id: FromPath[str],
+@get("/consensus/messages/{message_id:str}", summary="Label aggregates and ranking consensus under each policy",
+     guards=[api_client])
+async def message_consensus(views: CaughtUp, message_id: FromPath[str],
                             policy: FromQuery[Literal["oa", "trust"] | None] = None) -> dict:
-    _, runner = await views(request)
-    m = message_or_404(tree_view(runner), message_id)
-    consensus = _consensus(request)
-    weights = {u: t.score for u, t in trust_scores(request).items()}
-    settings = request.app.state.settings.tree
-    threshold = settings.acceptance_threshold(m.parent_id is None)
+    m = message_or_404(views.tree, message_id)
+    consensus = views.consensus
+    weights = {u: t.score for u, t in trust_scores(views).items()}
+    threshold = views.tree_config.acceptance_threshold(m.parent_id is None)
     out = {}
     for name in [policy] if policy else POLICIES:
         trust = weights if name == "trust" else None
@@ -79,18 +73,17 @@ async def message_consensus(request: Request, message_id: FromPath[str],
             "reports": facts.reports if facts else 0}
 
 
-@get("/consensus/agreement/{label:str}", summary="Krippendorff's alpha of one label")
-async def agreement(request: Request, label: FromPath[str]) -> dict:
-    await views(request)
-    return _consensus(request).agreement(label)
+@get("/consensus/agreement/{label:str}", summary="Krippendorff's alpha of one label", guards=[api_client])
+async def agreement(views: CaughtUp, label: FromPath[str]) -> dict:
+    return views.consensus.agreement(label)
 
 
-@get("/admin/suspected_spammers", summary="Users whose work disagrees with the consensus (trusted)")
-async def suspected_spammers(request: Request, max_count: Annotated[int, QueryParameter(ge=1, le=10_000)] = 100) -> dict:
-    _, runner = await views(request, trusted=True)
-    users = tree_view(runner).users
+@get("/admin/suspected_spammers", summary="Users whose work disagrees with the consensus (trusted)",
+     guards=[trusted_client])
+async def suspected_spammers(views: CaughtUp, max_count: Annotated[int, QueryParameter(ge=1, le=10_000)] = 100) -> dict:
+    users = views.tree.users
     items = []
-    for t in sorted(trust_scores(request).values(), key=lambda t: (t.score, str(t.user_id))):
+    for t in sorted(trust_scores(views).values(), key=lambda t: (t.score, str(t.user_id))):
         if t.suspected:
             u = users.get(t.user_id)
             items.append({**t.as_dict(), "username": u.username if u else None,

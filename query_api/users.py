@@ -8,26 +8,24 @@ from typing import Annotated
 from litestar import Request, get
 from litestar.params import FromPath, FromQuery, QueryParameter
 
+from command_api.auth import Client, api_client
 from domain.errors import ErrorCode, OasstError
+from domain.model import ApiClient
+from domain.shapes import iso
 from projections.leaderboard import TIME_FRAMES, LeaderboardView, leader_score, level
 from projections.message_tree import MessageTreeView, UserRow
 from query_api.common import (
+    CaughtUp,
+    Views,
     acting_user,
     frontend_user,
-    iso,
     message_dict,
     owner_filter,
-    tree_view,
     user_or_404,
-    views,
 )
 from query_api.messages import cursor_page, keyset_page, list_messages
 
 MaxCount = Annotated[int, QueryParameter(ge=1, le=10_000)]
-
-
-def _board(request) -> LeaderboardView:
-    return request.app.state.runner.by_name["leaderboard"]
 
 
 def _visible_users(view: MessageTreeView, client, api_client_id: str | None, auth_method: str | None,
@@ -59,56 +57,53 @@ def _sorted_page(users: list[UserRow], key: str, gte: str | None, lte: str | Non
 
 
 def _user_listing(key: str):
-    async def handler(request: Request, api_client_id: str | None, gte: str | None, gt_id: str | None,
-                      lte: str | None, lt_id: str | None, search_text: str | None, auth_method: str | None,
-                      max_count: int, desc: bool) -> list[dict]:
-        client, runner = await views(request)
-        view = tree_view(runner)
-        users = _visible_users(view, client, api_client_id, auth_method, search_text, key)
-        board = _board(request)
+    def listing(views: Views, client: ApiClient, api_client_id: str | None, gte: str | None, gt_id: str | None,
+                lte: str | None, lt_id: str | None, search_text: str | None, auth_method: str | None,
+                max_count: int, desc: bool) -> list[dict]:
+        users = _visible_users(views.tree, client, api_client_id, auth_method, search_text, key)
+        board = views.board
         now = datetime.now(UTC)
         return [frontend_user(u, board.streak(u.id, now))
                 for u in _sorted_page(users, key, gte, lte, gt_id, lt_id, desc, max_count)]
 
-    return handler
+    return listing
 
 
 _list_by_username = _user_listing("username")
 _list_by_display_name = _user_listing("display_name")
 
 
-@get("/users/by_username", summary="Users ordered by username")
+@get("/users/by_username", summary="Users ordered by username", guards=[api_client])
 async def users_by_username(
-    request: Request, api_client_id: FromQuery[str | None] = None, gte_username: FromQuery[str | None] = None,
+    views: CaughtUp, client: Client, api_client_id: FromQuery[str | None] = None, gte_username: FromQuery[str | None] = None,
     gt_id: FromQuery[str | None] = None, lte_username: FromQuery[str | None] = None,
     lt_id: FromQuery[str | None] = None, search_text: FromQuery[str | None] = None,
     auth_method: FromQuery[str | None] = None, max_count: MaxCount = 100, desc: FromQuery[bool] = False,
 ) -> list[dict]:
-    return await _list_by_username(request, api_client_id, gte_username, gt_id, lte_username, lt_id, search_text,
+    return _list_by_username(views, client, api_client_id, gte_username, gt_id, lte_username, lt_id, search_text,
                                    auth_method, max_count, desc)
 
 
-@get("/users/by_display_name", summary="Users ordered by display name")
+@get("/users/by_display_name", summary="Users ordered by display name", guards=[api_client])
 async def users_by_display_name(
-    request: Request, api_client_id: FromQuery[str | None] = None, gte_display_name: FromQuery[str | None] = None,
+    views: CaughtUp, client: Client, api_client_id: FromQuery[str | None] = None, gte_display_name: FromQuery[str | None] = None,
     gt_id: FromQuery[str | None] = None, lte_display_name: FromQuery[str | None] = None,
     lt_id: FromQuery[str | None] = None, auth_method: FromQuery[str | None] = None,
     search_text: FromQuery[str | None] = None, max_count: MaxCount = 100, desc: FromQuery[bool] = False,
 ) -> list[dict]:
-    return await _list_by_display_name(request, api_client_id, gte_display_name, gt_id, lte_display_name, lt_id,
+    return _list_by_display_name(views, client, api_client_id, gte_display_name, gt_id, lte_display_name, lt_id,
                                        search_text, auth_method, max_count, desc)
 
 
-@get("/users/cursor", summary="Page through users")
+@get("/users/cursor", summary="Page through users", guards=[api_client])
 async def users_cursor(
-    request: Request, before: FromQuery[str | None] = None, after: FromQuery[str | None] = None,
+    views: CaughtUp, client: Client, before: FromQuery[str | None] = None, after: FromQuery[str | None] = None,
     sort_key: FromQuery[str] = "username", max_count: MaxCount = 10, api_client_id: FromQuery[str | None] = None,
     search_text: FromQuery[str | None] = None, auth_method: FromQuery[str | None] = None,
 ) -> dict:
     if sort_key not in ("username", "display_name"):
         raise OasstError(f"unsupported sort key {sort_key!r}", ErrorCode.SORT_KEY_UNSUPPORTED)
-    client, runner = await views(request)
-    view = tree_view(runner)
+    view = views.tree
     users = _visible_users(view, client, api_client_id, auth_method, search_text, sort_key)
 
     def key(u: UserRow):
@@ -119,27 +114,26 @@ async def users_cursor(
 
     page, prev, nxt = keyset_page(users, key, cursor_key, lambda u: str(u.id), before=before, after=after,
                                   desc=False, max_count=max_count)
-    board, now = _board(request), datetime.now(UTC)
+    board, now = views.board, datetime.now(UTC)
     return {"prev": prev, "next": nxt, "sort_key": sort_key, "order": "asc",
             "items": [frontend_user(u, board.streak(u.id, now)) for u in page]}
 
 
-@get("/users/{user_id:str}", summary="A user")
-async def get_user(request: Request, user_id: FromPath[str], api_client_id: FromQuery[str | None] = None) -> dict:
-    client, runner = await views(request)
-    user = user_or_404(tree_view(runner), user_id, client, api_client_id)
-    return frontend_user(user, _board(request).streak(user.id, datetime.now(UTC)))
+@get("/users/{user_id:str}", summary="A user", guards=[api_client])
+async def get_user(views: CaughtUp, client: Client, user_id: FromPath[str],
+                   api_client_id: FromQuery[str | None] = None) -> dict:
+    user = user_or_404(views.tree, user_id, client, api_client_id)
+    return frontend_user(user, views.board.streak(user.id, datetime.now(UTC)))
 
 
-@get("/users/{user_id:str}/messages", summary="A user's messages")
+@get("/users/{user_id:str}/messages", summary="A user's messages", guards=[api_client])
 async def user_messages(
-    request: Request, user_id: FromPath[str], api_client_id: FromQuery[str | None] = None,
+    request: Request, views: CaughtUp, client: Client, user_id: FromPath[str], api_client_id: FromQuery[str | None] = None,
     max_count: MaxCount = 10, start_date: FromQuery[datetime | None] = None,
     end_date: FromQuery[datetime | None] = None, only_roots: FromQuery[bool] = False,
     desc: FromQuery[bool] = True, include_deleted: FromQuery[bool] = False, lang: FromQuery[str | None] = None,
 ) -> list[dict]:
-    client, runner = await views(request)
-    view = tree_view(runner)
+    view = views.tree
     user = user_or_404(view, user_id, client, api_client_id)
     rows = list_messages(view, user=user.id, only_roots=only_roots, include_deleted=include_deleted, lang=lang,
                          start=start_date, end=end_date, desc=desc, max_count=max_count)
@@ -147,15 +141,14 @@ async def user_messages(
     return [message_dict(view, m, me) for m in rows]
 
 
-@get("/users/{user_id:str}/messages/cursor", summary="Page through a user's messages")
+@get("/users/{user_id:str}/messages/cursor", summary="Page through a user's messages", guards=[api_client])
 async def user_messages_cursor(
-    request: Request, user_id: FromPath[str], before: FromQuery[str | None] = None,
+    request: Request, views: CaughtUp, client: Client, user_id: FromPath[str], before: FromQuery[str | None] = None,
     after: FromQuery[str | None] = None, only_roots: FromQuery[bool] = False,
     include_deleted: FromQuery[bool] = False, max_count: MaxCount = 10, desc: FromQuery[bool] = False,
     lang: FromQuery[str | None] = None,
 ) -> dict:
-    client, runner = await views(request)
-    view = tree_view(runner)
+    view = views.tree
     user = user_or_404(view, user_id, client)
     return cursor_page(view, acting_user(request, view, client), before=before, after=after, desc=desc,
                        max_count=max_count, include_user=False, user=user.id, only_roots=only_roots,
@@ -182,29 +175,26 @@ def _frame(time_frame: str) -> str:
     return time_frame
 
 
-@get("/users/{user_id:str}/stats", summary="A user's scores in every time frame")
-async def user_stats(request: Request, user_id: FromPath[str]) -> dict:
-    _, runner = await views(request)
-    user = user_or_404(tree_view(runner), user_id)
+@get("/users/{user_id:str}/stats", summary="A user's scores in every time frame", guards=[api_client])
+async def user_stats(views: CaughtUp, user_id: FromPath[str]) -> dict:
+    user = user_or_404(views.tree, user_id)
     now = datetime.now(UTC)
-    return {frame: user_score(_board(request), user, frame, now) for frame in TIME_FRAMES}
+    return {frame: user_score(views.board, user, frame, now) for frame in TIME_FRAMES}
 
 
-@get("/users/{user_id:str}/stats/{time_frame:str}", summary="A user's score in one time frame")
-async def user_stats_frame(request: Request, user_id: FromPath[str], time_frame: FromPath[str]) -> dict:
-    _, runner = await views(request)
-    user = user_or_404(tree_view(runner), user_id)
-    return user_score(_board(request), user, _frame(time_frame), datetime.now(UTC))
+@get("/users/{user_id:str}/stats/{time_frame:str}", summary="A user's score in one time frame", guards=[api_client])
+async def user_stats_frame(views: CaughtUp, user_id: FromPath[str], time_frame: FromPath[str]) -> dict:
+    user = user_or_404(views.tree, user_id)
+    return user_score(views.board, user, _frame(time_frame), datetime.now(UTC))
 
 
-@get("/users/{user_id:str}/stats/{time_frame:str}/window", summary="The leaderboard around a user")
-async def user_stats_window(request: Request, user_id: FromPath[str], time_frame: FromPath[str],
+@get("/users/{user_id:str}/stats/{time_frame:str}/window", summary="The leaderboard around a user", guards=[api_client])
+async def user_stats_window(views: CaughtUp, client: Client, user_id: FromPath[str], time_frame: FromPath[str],
                             window_size: Annotated[int, QueryParameter(ge=1, le=100)] = 5) -> dict:
     from query_api.boards import leaderboard_rows
 
-    client, runner = await views(request)
-    user = user_or_404(tree_view(runner), user_id, client)
-    rows, updated = leaderboard_rows(request, _frame(time_frame))
+    user = user_or_404(views.tree, user_id, client)
+    rows, updated = leaderboard_rows(views, _frame(time_frame))
     index = next((i for i, r in enumerate(rows) if r["user_id"] == str(user.id)), None)
     window = [] if index is None else rows[max(0, index - window_size):index + window_size + 1]
     for r in window:
@@ -220,50 +210,47 @@ def _frontend_user_or_404(view: MessageTreeView, client, auth_method: str, usern
     return view.users[uid]
 
 
-@get("/frontend_users/", summary="List a client's users")
+@get("/frontend_users/", summary="List a client's users", guards=[api_client])
 async def list_frontend_users(
-    request: Request, api_client_id: FromQuery[str | None] = None, gte_username: FromQuery[str | None] = None,
+    views: CaughtUp, client: Client, api_client_id: FromQuery[str | None] = None, gte_username: FromQuery[str | None] = None,
     gt_id: FromQuery[str | None] = None, lte_username: FromQuery[str | None] = None,
     lt_id: FromQuery[str | None] = None, search_text: FromQuery[str | None] = None,
     auth_method: FromQuery[str | None] = None, max_count: MaxCount = 100,
 ) -> list[dict]:
-    return await _list_by_username(request, api_client_id, gte_username, gt_id, lte_username, lt_id, search_text,
+    return _list_by_username(views, client, api_client_id, gte_username, gt_id, lte_username, lt_id, search_text,
                                    auth_method, max_count, False)
 
 
-@get("/frontend_users/{auth_method:str}/{username:str}", summary="A user by frontend identity")
-async def get_frontend_user(request: Request, auth_method: FromPath[str], username: FromPath[str],
+@get("/frontend_users/{auth_method:str}/{username:str}", summary="A user by frontend identity", guards=[api_client])
+async def get_frontend_user(views: CaughtUp, client: Client, auth_method: FromPath[str], username: FromPath[str],
                             api_client_id: FromQuery[str | None] = None) -> dict:
-    client, runner = await views(request)
-    user = _frontend_user_or_404(tree_view(runner), client, auth_method, username, api_client_id)
-    return frontend_user(user, _board(request).streak(user.id, datetime.now(UTC)))
+    user = _frontend_user_or_404(views.tree, client, auth_method, username, api_client_id)
+    return frontend_user(user, views.board.streak(user.id, datetime.now(UTC)))
 
 
-@get("/frontend_users/{auth_method:str}/{username:str}/messages", summary="A frontend user's messages")
+@get("/frontend_users/{auth_method:str}/{username:str}/messages", summary="A frontend user's messages", guards=[api_client])
 async def frontend_user_messages(
-    request: Request, auth_method: FromPath[str], username: FromPath[str],
+    request: Request, views: CaughtUp, client: Client, auth_method: FromPath[str], username: FromPath[str],
     api_client_id: FromQuery[str | None] = None, max_count: MaxCount = 10,
     start_date: FromQuery[datetime | None] = None, end_date: FromQuery[datetime | None] = None,
     only_roots: FromQuery[bool] = False, desc: FromQuery[bool] = True, include_deleted: FromQuery[bool] = False,
     lang: FromQuery[str | None] = None,
 ) -> list[dict]:
-    client, runner = await views(request)
-    view = tree_view(runner)
+    view = views.tree
     user = _frontend_user_or_404(view, client, auth_method, username, api_client_id)
     rows = list_messages(view, user=user.id, only_roots=only_roots, include_deleted=include_deleted, lang=lang,
                          start=start_date, end=end_date, desc=desc, max_count=max_count)
     return [message_dict(view, m, acting_user(request, view, client)) for m in rows]
 
 
-@get("/frontend_users/{auth_method:str}/{username:str}/messages/cursor", summary="Page a frontend user's messages")
+@get("/frontend_users/{auth_method:str}/{username:str}/messages/cursor", summary="Page a frontend user's messages", guards=[api_client])
 async def frontend_user_messages_cursor(
-    request: Request, auth_method: FromPath[str], username: FromPath[str], before: FromQuery[str | None] = None,
+    request: Request, views: CaughtUp, client: Client, auth_method: FromPath[str], username: FromPath[str], before: FromQuery[str | None] = None,
     after: FromQuery[str | None] = None, only_roots: FromQuery[bool] = False,
     include_deleted: FromQuery[bool] = False, max_count: MaxCount = 10, desc: FromQuery[bool] = False,
     lang: FromQuery[str | None] = None,
 ) -> dict:
-    client, runner = await views(request)
-    view = tree_view(runner)
+    view = views.tree
     user = _frontend_user_or_404(view, client, auth_method, username, None)
     return cursor_page(view, acting_user(request, view, client), before=before, after=after, desc=desc,
                        max_count=max_count, include_user=False, user=user.id, only_roots=only_roots,

@@ -12,9 +12,8 @@ import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from domain.config import TreeConfig
 from infra.app import create_app
-from infra.settings import Settings
+from tests.config import API_KEY, make_settings
 
 MACHINE_PG = os.environ.get("OASST_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -52,26 +51,6 @@ def store_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'oasst.sqlite3'}"
     return request.getfixturevalue("pg_url")
-
-
-SMALL_TREE = TreeConfig(
-    num_reviews_initial_prompt=2,
-    num_reviews_reply=2,
-    goal_tree_size=4,  # with depth 2 and 2 children: the root always gets two assistant replies to rank
-    num_required_rankings=2,
-    max_children_count=2,
-    max_tree_depth=2,
-    p_full_labeling_review_reply_prompter=1.0,
-    p_lonely_child_extension=0.0,
-)
-API_KEY = "test-key"
-ROOT_TOKEN = "test-root"
-
-
-def make_settings(url: str, tmp_path: Path, tree: TreeConfig = SMALL_TREE) -> Settings:
-    # rate limits off: tests drive many requests per user; tests/test_rate_limits.py turns them on
-    return Settings(database_url=url, data_dir=tmp_path, bootstrap_api_key=API_KEY, root_token=ROOT_TOKEN, tree=tree,
-                    rate_limits=False)
 
 
 @pytest.fixture

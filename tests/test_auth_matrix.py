@@ -10,7 +10,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from infra.app import create_app
-from tests.conftest import API_KEY, ROOT_TOKEN, make_settings
+from tests.config import API_KEY, ROOT_TOKEN, make_settings
 from tests.frontend import do_task, events, user
 
 ALICE = user("alice")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from bench.fuzz import fuzz_api, fuzz_server
+from devkit.fuzz import fuzz_api, fuzz_server
 from tests.frontend import acked_task, answer_for, do_task, user
 
 ALICE = user("alice")

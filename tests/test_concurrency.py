@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from tests.conftest import SMALL_TREE
+from tests.config import SMALL_TREE
 from tests.frontend import answer_for, do_task, events, request, user
 
 USERS = [user(f"u{i}") for i in range(24)]

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.crash import storm
 from devkit.brokers import tansu
+from devkit.crash import storm
 
 
 @pytest.mark.slow

@@ -4,76 +4,12 @@ code and emits nothing; accepted commands emit what they should."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from uuid import uuid4
-
-import pytest
 
 from domain import commands as c
 from domain import protocol as p
-from domain.config import TreeConfig
-from domain.decide import Batch, State, decide
-from domain.errors import ErrorCode, OasstError
-from domain.model import WriteModel
-from domain.tree_manager import TreeManager
-
-T0 = datetime(2026, 3, 1, tzinfo=UTC)
-CLIENT = uuid4()
-
-
-class Core:
-    """decide() with the tree manager's reactions, on a model in memory, at a clock of our own."""
-
-    def __init__(self, **config):
-        cfg = TreeConfig(**{"num_reviews_initial_prompt": 1, "num_reviews_reply": 1, "goal_tree_size": 3,
-                            "num_required_rankings": 1, "p_lonely_child_extension": 0.0, **config})
-        self.model = WriteModel(cfg)
-        self.state = State(self.model, TreeManager(self.model, cfg))
-        self.now = T0
-        self.emitted: list = []
-
-    def run(self, command: c.Command):
-        self.now += timedelta(seconds=1)
-        b = Batch(self.model, command.client_id, self.now)
-        reply = decide(command, self.state, b)
-        i = 0
-        while i < len(b.events):
-            self.state.manager.react(b.events[i][2], b.system)
-            i += 1
-        self.emitted = [type(e).__name__ for _, _, e in b.events]
-        return reply
-
-    def refused(self, command: c.Command, code: ErrorCode) -> None:
-        before = self.model.event_count
-        with pytest.raises(OasstError) as caught:
-            self.run(command)
-        assert caught.value.code == code
-        assert self.model.event_count == before  # a refused command emits nothing
-
-    def task(self, who: p.User, task_type: str) -> dict:
-        return self.run(c.RequestTask(client_id=CLIENT, user=who, task_type=task_type, lang="en"))
-
-    def do(self, who: p.User, task_type: str, **answer) -> dict:
-        """Request, ack and answer one task (text for text tasks, else the given labels or ranking)."""
-        task = self.task(who, task_type)
-        fid = f"fm-{uuid4()}"
-        self.run(c.AckTask(client_id=CLIENT, task_id=task["id"], frontend_message_id=fid))
-        if task_type.startswith("label_"):
-            body = p.TextLabels(user=who, text="", labels=answer.get("labels", {"spam": 0.0, "lang_mismatch": 0.0,
-                                                                                  "quality": 1.0}),
-                                message_id=task["message_id"], task_id=task["id"])
-        elif task_type.startswith("rank_"):
-            body = p.MessageRanking(user=who, message_id=fid, ranking=answer["ranking"])
-        else:
-            body = p.TextReplyToMessage(user=who, message_id=fid, user_message_id=f"um-{uuid4()}",
-                                        text=answer.get("text", f"text {uuid4()}"), lang="en")
-        self.run(c.SubmitInteraction(client_id=CLIENT, interaction=body))
-        return task
-
-
-def person(name: str) -> p.User:
-    return p.User(id=name, display_name=name.title(), auth_method="local")
-
+from domain.errors import ErrorCode
+from tests.models import CLIENT, Core, person
 
 ALICE, BOB, CAROL = person("alice"), person("bob"), person("carol")
 

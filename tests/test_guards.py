@@ -84,7 +84,7 @@ async def test_label_guards(client):
 
 
 async def test_ranking_must_be_a_permutation(client):
-    from tests.test_tree_flow import USERS
+    from tests.frontend import USERS
 
     # grow until a ranking task is available for someone
     await do_task(client, USERS[0], "initial_prompt")

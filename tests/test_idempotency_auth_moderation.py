@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar.testing import AsyncTestClient
 
 from infra.app import create_app
-from tests.conftest import API_KEY, ROOT_TOKEN, make_settings
+from tests.config import API_KEY, ROOT_TOKEN, make_settings
 from tests.frontend import acked_task, answer_for, do_task, events, log_position, request, user
 
 ALICE, BOB, CAROL = user("alice"), user("bob"), user("carol")

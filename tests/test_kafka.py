@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,6 +22,7 @@ from eventsourcing.persistence import StoredEvent
 from litestar.testing import AsyncTestClient
 
 from devkit import brokers
+from devkit.servers import OASST
 from devkit.simulator import seed_history
 from domain import events as ev
 from domain.model import snapshot_stream
@@ -35,13 +35,12 @@ from projections.message_tree import MessageTreeView
 from projections.runner import ProjectionRunner, all_views
 from projections.sharded import load_merged, merge, normalized_rows, shard_views
 from projections.storage import ViewStorage
-from tests.conftest import API_KEY, make_settings
+from tests.config import API_KEY, make_settings
 
 TREE_VIEW = f"{MessageTreeView.name}@{MessageTreeView.version}"  # the stored view's key
 
 pytestmark = pytest.mark.filterwarnings("ignore:read_text is deprecated", "ignore:open_text is deprecated")
 ROOT = Path(__file__).resolve().parent.parent
-OASST = str(Path(sys.executable).with_name("oasst"))
 
 
 # --- fixtures ------------------------------------------------------------------------------
@@ -219,7 +218,7 @@ def test_relay_resumes_after_sigkill_without_gaps(store_url, cfg, history):
     kafka.ensure_topics(cfg)
     copy_log(history[:300], store)
     env = env_for(store_url, cfg)
-    cmd = [OASST, "relay", "--page-size", "40", "--poll", "0.01"]
+    cmd = [*OASST, "relay", "--page-size", "40", "--poll", "0.01"]
     relay = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     killed_at = None
     try:
@@ -324,7 +323,7 @@ def test_two_projector_processes_in_one_group_equal_a_local_rebuild(store_url, c
     copy_log(history[:1200], store)
     relay.catch_up()
     group = f"g{uuid.uuid4().hex[:8]}"  # one group per test: the broker is shared by the session
-    cmd = [OASST, "project", "run", "--source", "kafka", "--group", group]
+    cmd = [*OASST, "project", "run", "--source", "kafka", "--group", group]
     spawn = lambda: subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,  # noqa: E731
                                      stderr=subprocess.STDOUT, text=True)
     first = Output(spawn())
@@ -367,7 +366,7 @@ def test_two_projector_processes_in_one_group_equal_a_local_rebuild(store_url, c
     # its heartbeats: an evicted member drops what it had not written, and that is folded again)
     assert sum(folded) >= len(history)
 
-    rebuild = subprocess.run([OASST, "project", "rebuild", "--all"], env=env, cwd=ROOT, capture_output=True,
+    rebuild = subprocess.run([*OASST, "project", "rebuild", "--all"], env=env, cwd=ROOT, capture_output=True,
                              text=True, timeout=120)
     assert rebuild.returncode == 0, rebuild.stderr
     local = ProjectionRunner(store)
@@ -427,7 +426,7 @@ def test_snapshot_followers_see_each_snapshot_once_per_group(tmp_path, cfg, hist
     assert [s["snapshot_id"] for s in follow("trainer-a")] == ["snap-3"]
 
     # the command line: one JSON line per snapshot
-    out = subprocess.run([OASST, "snapshots", "follow", "--group", "cli", "--count", "3", "--timeout", "10"],
+    out = subprocess.run([*OASST, "snapshots", "follow", "--group", "cli", "--count", "3", "--timeout", "10"],
                          env=env_for(url, cfg), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert [json.loads(line)["snapshot_id"] for line in out.stdout.splitlines()] == ["snap-1", "snap-2", "snap-3"]

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import itertools
 
-from tests.conftest import ROOT_TOKEN
+from tests.config import ROOT_TOKEN
 from tests.frontend import acked_task, answer_for, request, user
+from tests.histories import scripted_history
 from tests.oa_contract import CONTRACT, conforms, response_schema, success_status
-from tests.test_queries import scripted_history
 
 V1 = "/api/v1"
 LEFT_OUT = {("/api/v1/hf/text_toxicity", "get"), ("/api/v1/auth/check", "get")}  # see README: not served

@@ -12,11 +12,11 @@ import msgspec
 
 from domain import events as ev
 from projections.runner import all_views
-from tests.conftest import ROOT_TOKEN
+from tests.config import ROOT_TOKEN
 from tests.frontend import do_task, events, user
+from tests.histories import scripted_history
+from tests.models import fold, summary
 from tests.oa_contract import conforms
-from tests.test_queries import scripted_history
-from tests.test_write_model import fold, summary
 
 ALICE, BOB, CAROL, DAVE, MOD = (user(n) for n in ("alice", "bob", "carol", "dave", "mod"))
 
@@ -317,9 +317,9 @@ async def test_message_search_matches_every_word(client):
 
 def test_a_merged_authors_prompt_stays_filed_in_the_lottery():
     from domain import commands as c
-    from tests.test_decide import ALICE as alice
-    from tests.test_decide import BOB as bob
-    from tests.test_decide import CLIENT, Core
+    from tests.models import CLIENT, Core, person
+
+    alice, bob = person("alice"), person("bob")
 
     core = Core(max_active_trees=0)  # an accepted prompt waits in the lottery
     core.do(alice, "initial_prompt")

@@ -9,7 +9,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from infra.app import create_app
-from tests.conftest import API_KEY, ROOT_TOKEN, SMALL_TREE, make_settings
+from tests.config import API_KEY, ROOT_TOKEN, SMALL_TREE, make_settings
 from tests.frontend import acked_task, answer_for, do_task, events, log_position, request, user
 
 ALICE, BOB, CAROL = user("alice"), user("bob"), user("carol")
@@ -49,7 +49,7 @@ async def prompt_of(client, who: dict) -> dict:
 
 
 async def ranking_task(client) -> dict:
-    from tests.test_tree_flow import USERS
+    from tests.frontend import USERS
 
     await do_task(client, USERS[0], "initial_prompt")
     for _ in range(100):

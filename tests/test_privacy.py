@@ -11,7 +11,7 @@ from litestar.testing import AsyncTestClient
 from devkit.simulator import seed_history_async
 from infra.app import create_app
 from projections.snapshot import SnapshotSpec, create_snapshot, load_manifest, spec_from_manifest
-from tests.conftest import API_KEY, make_settings
+from tests.config import API_KEY, make_settings
 
 
 def rows(settings, manifest) -> pl.DataFrame:

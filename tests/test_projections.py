@@ -25,7 +25,7 @@ from projections.history import HistoryView
 from projections.leaderboard import LEVELS, STATS, LeaderboardView, leader_score, level, troll_score
 from projections.message_tree import MessageTreeView
 from projections.runner import ProjectionRunner
-from tests.test_views_property import make_history
+from tests.histories import make_history
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2024, 6, 15, 12, 30, tzinfo=UTC)
@@ -598,12 +598,11 @@ def test_ctrl_c_stops_oasst_project_run_between_pages_and_keeps_exactly_once(sql
     import os
     import signal
     import subprocess
-    import sys
-    from pathlib import Path
 
-    oasst = Path(sys.executable).with_name("oasst")
+    from devkit.servers import OASST
+
     env = {**os.environ, "OASST_DATABASE_URL": sqlite_history.url}
-    proc = subprocess.Popen([str(oasst), "project", "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([*OASST, "project", "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
         assert "following the log" in proc.stdout.readline()

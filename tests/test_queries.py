@@ -10,10 +10,9 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 from uuid import UUID, uuid4
 
-from tests.conftest import API_KEY, ROOT_TOKEN, make_settings
-from tests.frontend import acked_task, answer_for, do_task, events, user
-
-ALICE, BOB, CAROL, DAVE, ERIN = (user(n) for n in ("alice", "bob", "carol", "dave", "erin"))
+from tests.config import API_KEY, ROOT_TOKEN, make_settings
+from tests.frontend import acked_task, answer_for, events, user
+from tests.histories import ALICE, BOB, CAROL, DAVE, ERIN, must, scripted_history
 
 
 async def position(client) -> int:
@@ -29,58 +28,6 @@ async def get(client, path: str, status: int = 200, at_least: int | None = None,
     r = await client.get(path, params={k: v for k, v in params.items() if v is not None})
     assert r.status_code == status, (path, params, r.status_code, r.text)
     return r.json()
-
-
-async def must(client, who: dict, kind: str, **kw) -> dict:
-    task = await do_task(client, who, kind, **kw)
-    assert task is not None and task["type"] == kind, (who, kind)
-    return task
-
-
-async def rank(client, who: dict, first: str):
-    """A ranking task answered with the reply ``first`` placed first."""
-    task, fid = await acked_task(client, who, "rank_assistant_replies")
-    ids = [m["id"] for m in task["reply_messages"]]
-    order = [ids.index(first)] + [i for i, x in enumerate(ids) if x != first]
-    r = await client.post("/api/v1/tasks/interaction", json=answer_for(task, who, fid, ranking=order))
-    assert r.status_code == 200, r.text
-    return task
-
-
-async def scripted_history(client) -> dict:
-    """A small known tree (SMALL_TREE settings), every step chosen:
-
-    alice: prompt P; bob and carol review it (full labels) -> accepted, lottery -> growing;
-    bob and dave: assistant replies RB and RD to P; alice and carol review both;
-    erin: a prompter reply RE to one of them; alice and carol review it -> ranking;
-    alice ranks RB first, carol ranks RD first -> consensus: the lower id first -> ready_for_export.
-    """
-    await must(client, ALICE, "initial_prompt")
-    await must(client, BOB, "label_initial_prompt")
-    await must(client, CAROL, "label_initial_prompt")
-    await must(client, BOB, "assistant_reply")
-    await must(client, DAVE, "assistant_reply")
-    for who in (ALICE, ALICE, CAROL, CAROL):
-        await must(client, who, "label_assistant_reply")
-    await must(client, ERIN, "prompter_reply")
-    for who in (ALICE, CAROL):
-        await must(client, who, "label_prompter_reply")
-    log = await events(client)
-    msgs = {e["event"]["message_id"]: e["event"] for e in log
-            if e["type"] in ("initial_prompt_submitted", "reply_submitted")}
-    uid = {e["event"]["username"]: e["event"]["subject_id"] for e in log if e["type"] == "user_seen"}
-    by_author = {e["user_id"]: mid for mid, e in msgs.items()}
-    h = {"P": by_author[uid["alice"]], "RB": by_author[uid["bob"]], "RD": by_author[uid["dave"]],
-         "RE": by_author[uid["erin"]], "uid": uid}
-    await rank(client, ALICE, h["RB"])
-    await rank(client, CAROL, h["RD"])
-    log = await events(client)
-    assert [e["event"]["new_state"] for e in log if e["type"] == "tree_state_changed"][-1] == "ready_for_export"
-    h["log"] = log
-    h["msgs"] = msgs
-    h["fe"] = {mid: e["frontend_message_id"] for mid, e in msgs.items()}
-    h["position"] = log[-1]["position"]
-    return h
 
 
 # --- OA's response shapes (backend-openapi.json: required fields, property names) ----------

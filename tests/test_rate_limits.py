@@ -1,5 +1,6 @@
-"""Open-Assistant's rate limits (RULES.md): per user on task requests, tighter on reply
-tasks, per API client on every request; 429 with Retry-After, and nothing logged."""
+"""Open-Assistant's rate limits (docs/oa-rules.md, "Guards and rate limits"): per user on task
+requests, tighter on reply tasks, per API client on every request; 429 with Retry-After, and
+nothing logged."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from litestar.testing import AsyncTestClient
 from command_api import rate_limits
 from command_api.rate_limits import Limit, RateLimiter
 from infra.app import create_app
-from tests.conftest import API_KEY, make_settings
+from tests.config import API_KEY, make_settings
 from tests.frontend import user
 
 

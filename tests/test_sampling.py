@@ -27,7 +27,7 @@ from samplers import post_completions, sample_completions
 from samplers.backends import Request, VLLMBackend, check_backend, clean_text, vllm_sampling_kwargs
 from samplers.configs import CONFIGS, model_name
 from samplers.trees import build_trees, reply_id, select_replies, thread_ids
-from tests.conftest import API_KEY, make_settings
+from tests.config import API_KEY, make_settings
 from tests.frontend import user
 
 N, CONFIG_NAMES, MAX_NEW_TOKENS = 3, ("top_k_50", "greedy"), 12

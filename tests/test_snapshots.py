@@ -24,7 +24,7 @@ from infra.settings import Settings
 from infra.store import EventStore
 from projections.dataset import Selection
 from projections.snapshot import SnapshotSpec, create_snapshot, load_manifest, spec_from_manifest
-from tests.conftest import API_KEY, make_settings
+from tests.config import API_KEY, make_settings
 
 DATA = Path(__file__).parent / "data"
 TRAINING_FILES = ("sft.parquet", "rm.parquet", "dpo.parquet", "prompts.parquet", "messages.parquet")
@@ -338,7 +338,7 @@ async def test_import_route_rejects_bad_items_and_appends_nothing(client):
 async def test_imported_backlog_trees_fill_the_ranking_state_up_to_min_active_rankings(tmp_path):
     from dataclasses import replace
 
-    from tests.conftest import SMALL_TREE
+    from tests.config import SMALL_TREE
 
     settings = make_settings(f"sqlite:///{tmp_path / 'r.sqlite3'}", tmp_path,
                              replace(SMALL_TREE, min_active_rankings_per_lang=1, p_activate_backlog_tree=0.0))

@@ -8,10 +8,8 @@ from uuid import UUID
 from litestar.testing import AsyncTestClient
 
 from infra.app import create_app
-from tests.conftest import API_KEY, make_settings
-from tests.frontend import do_task, events, user
-
-USERS = [user(f"user{i}") for i in range(6)]
+from tests.config import API_KEY, make_settings
+from tests.frontend import USERS, do_task, events
 
 
 def tree_states(log: list[dict], tree_id: str) -> list[str]:

@@ -9,7 +9,7 @@ from litestar.testing import AsyncTestClient
 
 from infra.app import create_app
 from projections.trust import kendall_tau
-from tests.conftest import API_KEY, SMALL_TREE, make_settings
+from tests.config import API_KEY, SMALL_TREE, make_settings
 from tests.frontend import acked_task, answer_for, do_task, events, user
 
 ALICE, BOB, CAROL, DAVE, MALLORY = (user(n) for n in ("alice", "bob", "carol", "dave", "mallory"))

@@ -5,7 +5,6 @@ histories made through the command API."""
 from __future__ import annotations
 
 import asyncio
-import json
 import tempfile
 from pathlib import Path
 
@@ -13,16 +12,9 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from command_api.service import CommandService
-from domain import protocol as p
-from domain.errors import OasstError
-from infra.settings import Settings
-from infra.store import EventStore
 from projections.runner import ProjectionRunner
-from tests.conftest import SMALL_TREE
-from tests.frontend import answer_for
+from tests.histories import make_history
 
-USERS = [p.User(id=f"u{i}", display_name=f"U{i}", auth_method="local") for i in range(5)]
 action = st.one_of(
     st.tuples(st.just("task"), st.integers(0, 4), st.floats(0, 1)),
     st.tuples(st.just("nack"), st.integers(0, 4), st.just(0.0)),
@@ -32,45 +24,6 @@ action = st.one_of(
     st.tuples(st.just("spammer"), st.integers(0, 4), st.booleans()),
     st.tuples(st.just("report"), st.integers(0, 4), st.integers(0, 50)),
 )
-
-
-async def make_history(url: str, actions) -> EventStore:
-    store = EventStore(url)
-    service = CommandService(Settings(database_url=url, bootstrap_api_key="k", tree=SMALL_TREE), store)
-    await service.start()
-    client = service.client_for_key("k")
-    messages = lambda: sorted(service.model.messages, key=str)  # noqa: E731
-    users = lambda: sorted(service.model.users, key=str)  # noqa: E731
-    for n, (kind, a, b) in enumerate(actions):
-        try:
-            if kind in ("task", "nack"):
-                who = USERS[a]
-                r = await service.request_task(client, p.TaskRequest(user=who, type="random", lang="en"))
-                task = json.loads(r.body)
-                if kind == "nack":
-                    await service.nack(client, task["id"], p.TaskNAck("skip"))
-                    continue
-                await service.ack(client, task["id"], p.TaskAck(f"f{n}"))
-                body = answer_for(task, msgspec.to_builtins(who), f"f{n}", spam=round(b))
-                await service.interaction(client, msgspec.convert(body, p.Interaction))
-            elif kind == "emoji" and messages():
-                msg = messages()[n % len(messages())]
-                await service.emoji(client, str(msg), p.MessageEmojiRequest(user=USERS[a], emoji=b))
-            elif kind == "delete" and messages():
-                msg = str(messages()[a % len(messages())])
-                await (service.delete_message(client, msg) if b else service.undelete_message(client, msg))
-            elif kind == "halt" and messages():
-                await service.set_tree_halted(client, str(messages()[a % len(messages())]), b)
-            elif kind == "spammer" and users():
-                await service.set_spammer(client, str(users()[a % len(users())]), b)
-            elif kind == "report" and messages():
-                msg = messages()[b % len(messages())]
-                await service.free_labels(client, p.TextLabels(user=USERS[a], text="", labels={"spam": 1.0},
-                                                               message_id=str(msg), is_report=True))
-        except OasstError:
-            pass  # refused commands are part of life; they append nothing
-    await service.stop()
-    return store
 
 
 def snapshot(runner: ProjectionRunner) -> dict:

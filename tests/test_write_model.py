@@ -23,50 +23,16 @@ from litestar.testing import AsyncTestClient
 from command_api import api_keys
 from command_api.service import CommandService
 from devkit.simulator import seed_history_async
-from domain.model import WriteModel
 from infra.app import create_app
 from infra.checkpoints import Checkpoints
 from infra.settings import Settings
 from infra.store import EventStore
 from projections.dataset import Selection
 from projections.snapshot import SnapshotSpec, create_snapshot
-from tests.conftest import API_KEY, SMALL_TREE, make_settings
+from tests.config import API_KEY, SMALL_TREE, make_settings
+from tests.models import fold, summary
 
 DATA = Path(__file__).parent / "data"
-
-
-def summary(m: WriteModel) -> dict:
-    """What a write model holds, in a form two models can be compared by."""
-    return {
-        "position": m.position,
-        "events": m.event_count,
-        "versions": dict(m.versions),
-        "clients": sorted(m.clients_by_key),
-        "users": {u.id: (u.display_name, u.enabled, u.deleted, u.spammer) for u in m.users.values()},
-        "tasks": {t.id: (t.status, t.frontend_message_id, t.request_sha256) for t in m.tasks.values()},
-        "pending": {u: sorted(map(str, ts)) for u, ts in m.user_pending.items() if ts},
-        "messages": {x.id: (x.deleted, x.review_result, x.late, x.children, sorted(x.task_labels.items()),
-                            {k: sorted(v) for k, v in x.emojis.items() if v}, x.reports, x.rank, x.text)
-                     for x in m.messages.values()},
-        "trees": {t.id: (t.state, t.goal_tree_size, sorted(t.awaiting_review), sorted(t.reply_parents),
-                         t.message_ids, t.skip_replies, t.won_lottery, t.halted_from, t.spam_halted_from)
-                  for t in m.trees.values()},
-        "by_state": {s: sorted(ts) for s, ts in m.trees_by_state.items() if ts},
-        "lottery": {lang: {str(a): sorted(ts) for a, ts in authors.items()} for lang, authors in m.lottery.items()},
-        "replied": sorted(m.replied), "spammers": sorted(m.spammers), "user_texts": dict(m.user_texts),
-        "rank1": dict(m.rank1_recent), "lottery_authors": {k: sorted(map(str, v)) for k, v in m.lottery_authors.items()}, "labelled_by": {u: sorted(v) for u, v in m.labelled_by.items()},
-    }
-
-
-def fold(url: str, settings: Settings) -> WriteModel:
-    """The model folded from the whole log, without checkpoints."""
-    store = EventStore(url)
-    try:
-        service = CommandService(settings, store)
-        service.load()
-        return service.model
-    finally:
-        store.close()
 
 
 @pytest.fixture

@@ -15,35 +15,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+from infra.version import code_version
 from trainers.jobs import KINDS, SUMMARY, TRAINER_CLASS, TrainSpec, run_job, spec_settings
 from trainers.snapshots import FILES, Snapshot, open_snapshot
 
 LAUNCHERS = ("train", "task", "local")
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def code_version() -> str:
-    """``git describe`` of this checkout, else the installed package's version."""
-    try:
-        found = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=10)
-        if found.returncode == 0 and found.stdout.strip():
-            return found.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("oasst-data-engine")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:

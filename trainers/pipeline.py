@@ -5,8 +5,10 @@ step's lineage.
 
     .venv/bin/python -m trainers.pipeline [--workdir DIR] [--launcher train|task] [--seed 4]
 
-Everything talks to a real ``oasst serve`` (a subprocess on a free port with a SQLite store in
-the work dir), as a frontend and a training pipeline would. The simulated rankers prefer
+The work dir (default ``$OASST_DATA_DIR/pipeline``, i.e. ``var/pipeline``, emptied at the start)
+keeps the store, the snapshots, the samples and the models afterwards. Everything talks to a
+real ``oasst serve`` (a subprocess on a free port with a SQLite store in the work dir), as a
+frontend and a training pipeline would. The simulated rankers prefer
 longer replies (more words), so the reward model has something to learn.
 """
 
@@ -16,16 +18,17 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
 from devkit.brokers import free_port
+from infra.settings import Settings
 
 API_KEY = "pipeline-key"
 
@@ -137,7 +140,7 @@ def show(lineage: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", help="keep everything here (default: a temporary folder, removed)")
+    ap.add_argument("--workdir", help="keep everything here (default: $OASST_DATA_DIR/pipeline, emptied first)")
     ap.add_argument("--launcher", default="train", choices=["train", "task", "local"])
     ap.add_argument("--trees", type=int, default=20)
     ap.add_argument("--users", type=int, default=15)
@@ -145,11 +148,12 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if args.workdir:
-        Path(args.workdir).mkdir(parents=True, exist_ok=True)
-        run(Path(args.workdir), args)
+        work = Path(args.workdir)
     else:
-        with tempfile.TemporaryDirectory(prefix="oasst-pipeline-") as tmp:
-            run(Path(tmp), args)
+        work = Settings.from_env().data_dir / "pipeline"
+        shutil.rmtree(work, ignore_errors=True)  # each run seeds a new store: start from nothing
+    work.mkdir(parents=True, exist_ok=True)
+    run(work.resolve(), args)
 
 
 def run(work: Path, args) -> None:
@@ -216,7 +220,8 @@ def run(work: Path, args) -> None:
             show(grpo)
         finally:
             ray.shutdown()
-    say("done", f"in {time.perf_counter() - started:.0f} s; models and lineage.json under {work / 'models'}")
+    say("done", f"in {time.perf_counter() - started:.0f} s; everything is under {work}, the models and their "
+                f"lineage.json under {work / 'models'}")
 
 
 if __name__ == "__main__":
