@@ -21,7 +21,8 @@ run: install
 	OASST_ROOT_TOKEN=$${OASST_ROOT_TOKEN:-dev-root-token} \
 	$(BIN)/oasst serve
 
-test: install
+# Lint first: a formatting or complexity slip fails fast, before the 5-minute suite.
+test: install lint
 	$(BIN)/python -m pytest -q
 
 # Every benchmark under bench/; prints a table and writes var/bench/results.json.
@@ -45,6 +46,7 @@ pipeline: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

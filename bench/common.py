@@ -50,8 +50,9 @@ def postgres_cpu_seconds() -> float:
 
 
 @contextlib.contextmanager
-def server(cmd: list[str], env: dict[str, str], port: int, log_name: str,
-           ready_path: str = "/", timeout: float = 60) -> Iterator[subprocess.Popen]:
+def server(
+    cmd: list[str], env: dict[str, str], port: int, log_name: str, ready_path: str = "/", timeout: float = 60
+) -> Iterator[subprocess.Popen]:
     """Run an HTTP server subprocess (output to var/bench/<log_name>) until the block ends."""
     # Open-Assistant's per-user rate limits would throttle simulated users: off unless asked
     with servers.server(cmd, {"OASST_RATE_LIMITS": "off", **env}, port, OUT / log_name, ready_path, timeout) as proc:
@@ -79,7 +80,10 @@ def postgres_database(prefix: str = "oasst_bench") -> Iterator[str]:
         admin, url_of = MACHINE_PG, database_url
         if not machine_postgres():
             port = embedded_postgres(stack)
-            admin, url_of = f"postgresql://postgres@127.0.0.1:{port}/postgres", lambda db: f"postgresql://postgres@127.0.0.1:{port}/{db}"
+            admin, url_of = (
+                f"postgresql://postgres@127.0.0.1:{port}/postgres",
+                lambda db: f"postgresql://postgres@127.0.0.1:{port}/{db}",
+            )
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')

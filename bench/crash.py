@@ -59,8 +59,12 @@ def run(quick: bool) -> list[dict]:
         {"name": "crash.kills", "value": sum(r["kills"].values()), "unit": "SIGKILLs survived", "goal": None},
         {"name": "crash.lost", "value": r["lost"], "unit": "acknowledged commands lost", "goal": "0"},
         {"name": "crash.duplicates", "value": r["duplicates"], "unit": "duplicate events", "goal": "0"},
-        {"name": "crash.view_mismatches", "value": len(r["view_mismatches"]), "unit": "views != clean fold",
-         "goal": "0"},
+        {
+            "name": "crash.view_mismatches",
+            "value": len(r["view_mismatches"]),
+            "unit": "views != clean fold",
+            "goal": "0",
+        },
         {"name": "crash.topic_gaps", "value": r["topic_gaps"], "unit": "positions missing from the topic", "goal": "0"},
     ]
 

@@ -96,8 +96,11 @@ async def mark_most_active_spammer(url: str, truth: dict, runner: ProjectionRunn
     contributions = {}
     for uid in truth["spammers"]:
         u = UUID(uid)
-        contributions[uid] = (len(service.model.authored.get(u, ())) + len(service.model.labelled_by.get(u, ()))
-                              + len(service.model.ranked_by.get(u, ())))
+        contributions[uid] = (
+            len(service.model.authored.get(u, ()))
+            + len(service.model.labelled_by.get(u, ()))
+            + len(service.model.ranked_by.get(u, ()))
+        )
     target = max(contributions, key=contributions.get)
     client = service.client_for_key(DEFAULT_API_KEY)
     t = time.perf_counter()
@@ -116,8 +119,14 @@ def run(quick: bool) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'quality.sqlite3'}"
         t = time.perf_counter()
-        summary = seed_history(url, trees=trees, users=users, seed=7, params=params,
-                               tree_config=seed_tree_config(min(users, params.concurrency)))
+        summary = seed_history(
+            url,
+            trees=trees,
+            users=users,
+            seed=7,
+            params=params,
+            tree_config=seed_tree_config(min(users, params.concurrency)),
+        )
         common.console.print(f"history: {summary.get('events')} events in {time.perf_counter() - t:.0f} s")
         store = EventStore(url)
         runner = ProjectionRunner(store)
@@ -133,16 +142,24 @@ def run(quick: bool) -> list[dict]:
         f"{r['precision']:.2f}, {r['precision_bad_actors']:.2f} counting random rankers; recall {r['recall']:.2f}); random rankers flagged {r['random_rankers_flagged']} of "
         f"{r['random_rankers']}; mean trust diligent {r['trust_diligent']:.2f} vs random rankers "
         f"{r['trust_random_rankers']:.2f}; trust recompute {r['trust_seconds']:.2f} s; marking a spammer with "
-        f"{contributions} contributions visible in {mark_seconds:.2f} s")
+        f"{contributions} contributions visible in {mark_seconds:.2f} s"
+    )
 
     def row(name, value, unit, goal=None, baseline=None):
         ratio = value / baseline if baseline else None
-        return {"name": name, "value": round(value, 4), "unit": unit, "goal": goal, "baseline": baseline,
-                "ratio": ratio}
+        return {
+            "name": name,
+            "value": round(value, 4),
+            "unit": unit,
+            "goal": goal,
+            "baseline": baseline,
+            "ratio": ratio,
+        }
 
     return [
-        row("quality.acceptance_accuracy_gain_points", 100 * (r["trust_accuracy"] - r["oa_accuracy"]), "points",
-            ">= 5"),
+        row(
+            "quality.acceptance_accuracy_gain_points", 100 * (r["trust_accuracy"] - r["oa_accuracy"]), "points", ">= 5"
+        ),
         row("quality.acceptance_accuracy_trust", r["trust_accuracy"], "fraction", baseline=r["oa_accuracy"]),
         row("quality.spam_label_error_trust", r["trust_spam_error"], "mean abs error", baseline=r["oa_spam_error"]),
         row("quality.kendall_tau_gain", r["trust_tau"] - r["oa_tau"], "tau", ">= 0.1"),

@@ -46,8 +46,12 @@ def run(quick: bool) -> list[dict]:
     return [
         {"name": "fuzz.requests", "value": stats.requests, "unit": "generated requests", "goal": ">= 10000"},
         {"name": "fuzz.server_errors", "value": len(stats.server_errors), "unit": "5xx", "goal": "0"},
-        {"name": "fuzz.appended_by_rejected", "value": len(stats.appended_by_rejected),
-         "unit": "events appended by 4xx requests", "goal": "0"},
+        {
+            "name": "fuzz.appended_by_rejected",
+            "value": len(stats.appended_by_rejected),
+            "unit": "events appended by 4xx requests",
+            "goal": "0",
+        },
     ]
 
 

@@ -87,14 +87,16 @@ class Connection(asyncio.Protocol):
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(
             b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: %s\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.api_key, len(body), body))
+            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.api_key, len(body), body)
+        )
         return await self.waiter
 
     async def get(self, path: str, headers: bytes = b"") -> tuple[int, bytes, str | None]:
         self.body, self.position = [], None
         self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: %s\r\n%s\r\n"
-                             % (path.encode(), self.api_key, headers))
+        self.transport.write(
+            b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: %s\r\n%s\r\n" % (path.encode(), self.api_key, headers)
+        )
         return await self.waiter
 
     def close(self) -> None:
@@ -164,12 +166,24 @@ class User:
     def answer(self, task: dict, frontend_id: str) -> dict:
         kind = task["type"]
         if kind in TEXT_TASKS:
-            return {"type": "text_reply_to_message", "user": self.user, "message_id": frontend_id,
-                    "user_message_id": self.unique("um"), "text": self.unique(f"{kind} text"), "lang": "en"}
+            return {
+                "type": "text_reply_to_message",
+                "user": self.user,
+                "message_id": frontend_id,
+                "user_message_id": self.unique("um"),
+                "text": self.unique(f"{kind} text"),
+                "lang": "en",
+            }
         if kind.startswith("label_"):
             valid = task["valid_labels"]
-            return {"type": "text_labels", "user": self.user, "message_id": task["message_id"], "task_id": task["id"],
-                    "text": "", "labels": {k: v for k, v in LABELS.items() if k in valid}}
+            return {
+                "type": "text_labels",
+                "user": self.user,
+                "message_id": task["message_id"],
+                "task_id": task["id"],
+                "text": "",
+                "labels": {k: v for k, v in LABELS.items() if k in valid},
+            }
         if kind.startswith("rank_"):
             ranking = list(range(len(task["reply_messages"])))
             random.shuffle(ranking)
@@ -220,8 +234,12 @@ async def load(port: int, server_pid: int, users: int, warmup: float, duration: 
 
 def cpu_snapshot(server_pid: int) -> dict[str, float]:
     """CPU seconds so far of who shares the 2 cores: to see which one is the bottleneck."""
-    return {"server": common.cpu_seconds(server_pid), "load generator": common.cpu_seconds(os.getpid()),
-            "postgres": common.postgres_cpu_seconds(), "wall": time.perf_counter()}
+    return {
+        "server": common.cpu_seconds(server_pid),
+        "load generator": common.cpu_seconds(os.getpid()),
+        "postgres": common.postgres_cpu_seconds(),
+        "wall": time.perf_counter(),
+    }
 
 
 def summarize(stats: Stats) -> dict:
@@ -235,18 +253,21 @@ def summarize(stats: Stats) -> dict:
 
 
 def report(name: str, stats: Stats, s: dict) -> None:
-    console.print(f"[bold]{name}[/]: {s['count']} interactions in {stats.window:.0f}s = {s['rate']:.1f}/s, "
-                  f"p50 {s['p50']:.1f} ms, p99 {s['p99']:.1f} ms; no task available {stats.no_task}x; "
-                  f"errors {len(stats.errors)}; CPU (share of one core): "
-                  + ", ".join(f"{k} {v:.0%}" for k, v in stats.cpu.items()))
+    console.print(
+        f"[bold]{name}[/]: {s['count']} interactions in {stats.window:.0f}s = {s['rate']:.1f}/s, "
+        f"p50 {s['p50']:.1f} ms, p99 {s['p99']:.1f} ms; no task available {stats.no_task}x; "
+        f"errors {len(stats.errors)}; CPU (share of one core): "
+        + ", ".join(f"{k} {v:.0%}" for k, v in stats.cpu.items())
+    )
     if stats.kinds:
         console.print("  task types served: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.kinds.items())))
     for call, status, body in stats.errors[:5]:
         console.print(f"  [red]error[/] {call}: {status} {body}")
 
 
-def measure(cmd: list[str], env: dict[str, str], port: int, log_name: str, name: str,
-            users: int, warmup: float, duration: float) -> tuple[Stats, dict]:
+def measure(
+    cmd: list[str], env: dict[str, str], port: int, log_name: str, name: str, users: int, warmup: float, duration: float
+) -> tuple[Stats, dict]:
     with common.server(cmd, env, port, log_name) as proc:
         stats = asyncio.run(load(port, proc.pid, users, warmup, duration))
         if proc.poll() is not None:
@@ -260,20 +281,39 @@ def run(quick: bool) -> list[dict]:
     users, warmup, duration = (32, 2.0, 10.0) if quick else (64, 5.0, 30.0)
 
     port = common.free_port()
-    noop, n = measure([sys.executable, "bench/noop_server.py", "--port", str(port)], {}, port,
-                      "noop-server.log", "no-op server", users, warmup, duration)
+    noop, n = measure(
+        [sys.executable, "bench/noop_server.py", "--port", str(port)],
+        {},
+        port,
+        "noop-server.log",
+        "no-op server",
+        users,
+        warmup,
+        duration,
+    )
 
     with common.postgres_database() as db_url, tempfile.TemporaryDirectory(prefix="bench-data-") as data_dir:
         port = common.free_port()
-        env = {"OASST_DATABASE_URL": db_url, "OASST_BOOTSTRAP_API_KEY": API_KEY, "OASST_DATA_DIR": data_dir,
-               **TREE_ENV}
-        real, r = measure([*common.OASST, "serve", "--port", str(port)], env, port,
-                          "ingest-server.log", "oasst server (PostgreSQL)", users, warmup, duration)
+        env = {"OASST_DATABASE_URL": db_url, "OASST_BOOTSTRAP_API_KEY": API_KEY, "OASST_DATA_DIR": data_dir, **TREE_ENV}
+        real, r = measure(
+            [*common.OASST, "serve", "--port", str(port)],
+            env,
+            port,
+            "ingest-server.log",
+            "oasst server (PostgreSQL)",
+            users,
+            warmup,
+            duration,
+        )
     events = real.max_position
-    console.print(f"  events appended (max X-Log-Position): {events} for {real.total} interactions "
-                  f"(warm-up included), {events / max(1, real.total):.1f} per interaction")
+    console.print(
+        f"  events appended (max X-Log-Position): {events} for {real.total} interactions "
+        f"(warm-up included), {events / max(1, real.total):.1f} per interaction"
+    )
     if real.errors:
-        console.print("  server log tail (var/bench/ingest-server.log):\n" + common.tail(common.OUT / "ingest-server.log"))
+        console.print(
+            "  server log tail (var/bench/ingest-server.log):\n" + common.tail(common.OUT / "ingest-server.log")
+        )
 
     return [
         row("ingest.interactions_per_s", r["rate"], "interactions/s (goal on ratio to noop)", ">= 0.5", n["rate"]),

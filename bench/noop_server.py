@@ -22,11 +22,22 @@ from domain import protocol as p  # noqa: E402
 # A plausible assistant_reply task, about the size of a real one.
 TASK = {
     "type": "assistant_reply",
-    "conversation": {"messages": [{
-        "id": str(uuid.uuid4()), "user_id": str(uuid.uuid4()), "frontend_message_id": "fm-0",
-        "text": "What is the capital of France, and why did it become the capital?", "lang": "en",
-        "is_assistant": False, "emojis": {}, "user_emojis": [], "user_is_author": False, "synthetic": False,
-    }]},
+    "conversation": {
+        "messages": [
+            {
+                "id": str(uuid.uuid4()),
+                "user_id": str(uuid.uuid4()),
+                "frontend_message_id": "fm-0",
+                "text": "What is the capital of France, and why did it become the capital?",
+                "lang": "en",
+                "is_assistant": False,
+                "emojis": {},
+                "user_emojis": [],
+                "user_is_author": False,
+                "synthetic": False,
+            }
+        ]
+    },
 }
 
 
@@ -51,5 +62,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=8099)
     args = parser.parse_args()
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning",
-                loop="uvloop", http="httptools", access_log=False)
+    uvicorn.run(
+        app, host="127.0.0.1", port=args.port, log_level="warning", loop="uvloop", http="httptools", access_log=False
+    )

@@ -26,8 +26,14 @@ from infra.settings import Settings
 from infra.store import EventStore, Pending
 from projections.runner import ProjectionRunner
 
-TREE = TreeConfig(num_reviews_initial_prompt=2, num_reviews_reply=2, goal_tree_size=5, num_required_rankings=2,
-                  max_active_trees=50, max_pending_tasks_per_user=100)
+TREE = TreeConfig(
+    num_reviews_initial_prompt=2,
+    num_reviews_reply=2,
+    goal_tree_size=5,
+    num_required_rankings=2,
+    max_active_trees=50,
+    max_pending_tasks_per_user=100,
+)
 
 
 async def base_history(url: str, interactions: int, users: int = 40) -> None:
@@ -122,18 +128,50 @@ def run(quick: bool) -> list[dict]:
         restored.restore()
         restore_seconds = time.perf_counter() - t
         store.close()
-    common.console.print(f"read+decode {read_rate:,.0f} events/s; catch-up of all views {catch_up_rate:,.0f} "
-                         f"events/s ({catch_up_seconds:.1f} s); restoring the views from storage {restore_seconds:.1f} s")
+    common.console.print(
+        f"read+decode {read_rate:,.0f} events/s; catch-up of all views {catch_up_rate:,.0f} "
+        f"events/s ({catch_up_seconds:.1f} s); restoring the views from storage {restore_seconds:.1f} s"
+    )
     return [
-        {"name": "views.catch_up_events_per_s", "value": round(catch_up_rate), "unit": "events/s",
-         "goal": ">= 150000", "baseline": round(read_rate), "ratio": catch_up_rate / read_rate},
-        {"name": "views.catch_up_ratio_to_read_decode", "value": round(catch_up_rate / read_rate, 3),
-         "unit": "ratio (goal on ratio)", "goal": ">= 0.7", "baseline": None, "ratio": catch_up_rate / read_rate},
-        {"name": "views.read_decode_events_per_s", "value": round(read_rate), "unit": "events/s", "goal": None,
-         "baseline": None, "ratio": None},
+        {
+            "name": "views.catch_up_events_per_s",
+            "value": round(catch_up_rate),
+            "unit": "events/s",
+            "goal": ">= 150000",
+            "baseline": round(read_rate),
+            "ratio": catch_up_rate / read_rate,
+        },
+        {
+            "name": "views.catch_up_ratio_to_read_decode",
+            "value": round(catch_up_rate / read_rate, 3),
+            "unit": "ratio (goal on ratio)",
+            "goal": ">= 0.7",
+            "baseline": None,
+            "ratio": catch_up_rate / read_rate,
+        },
+        {
+            "name": "views.read_decode_events_per_s",
+            "value": round(read_rate),
+            "unit": "events/s",
+            "goal": None,
+            "baseline": None,
+            "ratio": None,
+        },
         {"name": "views.log_events", "value": total, "unit": "events", "goal": None, "baseline": None, "ratio": None},
-        {"name": "views.catch_up_seconds", "value": round(catch_up_seconds, 1), "unit": "s", "goal": None,
-         "baseline": None, "ratio": None},
-        {"name": "views.restore_seconds", "value": round(restore_seconds, 1), "unit": "s", "goal": None,
-         "baseline": None, "ratio": None},
+        {
+            "name": "views.catch_up_seconds",
+            "value": round(catch_up_seconds, 1),
+            "unit": "s",
+            "goal": None,
+            "baseline": None,
+            "ratio": None,
+        },
+        {
+            "name": "views.restore_seconds",
+            "value": round(restore_seconds, 1),
+            "unit": "s",
+            "goal": None,
+            "baseline": None,
+            "ratio": None,
+        },
     ]

@@ -33,8 +33,9 @@ decode = msgspec.json.Decoder().decode
 ROOT_TOKEN = "read-side-root"
 
 
-async def paced_commands(port: int, rate: float, stop_at: float, positions: list[tuple[float, int]],
-                         stats: Stats, users: int = 64) -> None:
+async def paced_commands(
+    port: int, rate: float, stop_at: float, positions: list[tuple[float, int]], stats: Stats, users: int = 64
+) -> None:
     """Interactions at ``rate`` commands/s; remembers (answer time, position) of each."""
     tag = f"rs{int(rate)}"  # a phase's users and frontend ids are its own
     sims = [User(port, tag, n, stats) for n in range(users)]
@@ -65,8 +66,10 @@ async def probe_queries(port: int, stop_at: float, latencies: dict[str, list[flo
             refreshed = time.perf_counter()
             status, raw, _ = await conn.get("/api/v1/stats/tree_manager/message_counts?only_active=false")
             trees = [t["message_tree_id"] for t in decode(raw)] if status == 200 else []
-        for name, path in (("tree", f"/api/v1/messages/{random.choice(trees)}/tree" if trees else None),
-                           ("leaderboard", "/api/v1/leaderboards/week?max_count=20")):
+        for name, path in (
+            ("tree", f"/api/v1/messages/{random.choice(trees)}/tree" if trees else None),
+            ("leaderboard", "/api/v1/leaderboards/week?max_count=20"),
+        ):
             if path:
                 t = time.perf_counter()
                 status, _, _ = await conn.get(path)
@@ -98,8 +101,9 @@ async def probe_read_your_writes(port: int, stop_at: float, tries: int, api_key:
     latencies = []
     while done < tries and time.perf_counter() < stop_at:
         name = f"ryw-{port}-{done}"
-        status, _, _ = await conn.post("/api/v1/frontend_users/", msgspec.json.encode(
-            {"id": name, "display_name": name, "auth_method": "local"}))
+        status, _, _ = await conn.post(
+            "/api/v1/frontend_users/", msgspec.json.encode({"id": name, "display_name": name, "auth_method": "local"})
+        )
         if status != 200:
             out.setdefault("write_errors", 0)
             out["write_errors"] += 1
@@ -115,8 +119,9 @@ async def probe_read_your_writes(port: int, stop_at: float, tries: int, api_key:
     out.update(tries=done, misses=misses, read_p99=common.percentile(latencies, 99) * 1000)
 
 
-async def phase(port: int, rate: float, warmup: float, duration: float, keys: dict[str, str],
-                ryw_tries: int = 0) -> dict:
+async def phase(
+    port: int, rate: float, warmup: float, duration: float, keys: dict[str, str], ryw_tries: int = 0
+) -> dict:
     stats, positions = Stats(), []
     latencies: dict[str, list[float]] = {"tree": [], "leaderboard": []}
     lags: list[float] = []
@@ -126,13 +131,14 @@ async def phase(port: int, rate: float, warmup: float, duration: float, keys: di
     await asyncio.sleep(warmup)
     probe_end = stop_at
     ryw: dict = {}
-    await asyncio.gather(probe_queries(port, probe_end, latencies, keys["reader"]),
-                         probe_lag(port, probe_end, positions, lags),
-                         probe_read_your_writes(port, probe_end, ryw_tries, keys["writer"], ryw))
+    await asyncio.gather(
+        probe_queries(port, probe_end, latencies, keys["reader"]),
+        probe_lag(port, probe_end, positions, lags),
+        probe_read_your_writes(port, probe_end, ryw_tries, keys["writer"], ryw),
+    )
     await commands
     achieved = 3 * stats.total / (time.perf_counter() - start)
-    out = {"rate": achieved, "errors": len(stats.errors), "no_task": stats.no_task, "done": stats.total,
-           "ryw": ryw}
+    out = {"rate": achieved, "errors": len(stats.errors), "no_task": stats.no_task, "done": stats.total, "ryw": ryw}
     for call, status, body in stats.errors[:3]:
         common.console.print(f"  [red]error[/] {call}: {status} {body}")
     for name, values in (*latencies.items(), ("lag", lags)):
@@ -147,9 +153,11 @@ def api_keys(port: int) -> dict[str, str]:
     """Two API clients besides the load's: one that only reads, one that reads its writes."""
     keys = {}
     for name in ("reader", "writer"):
-        r = httpx.post(f"http://127.0.0.1:{port}/api/v1/admin/api_client",
-                       json={"description": f"read-side bench {name}", "frontend_type": "bench", "trusted": True},
-                       headers={"Authorization": f"Bearer {ROOT_TOKEN}"})
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/admin/api_client",
+            json={"description": f"read-side bench {name}", "frontend_type": "bench", "trusted": True},
+            headers={"Authorization": f"Bearer {ROOT_TOKEN}"},
+        )
         r.raise_for_status()
         keys[name] = r.json()
     return keys
@@ -161,10 +169,14 @@ def run(quick: bool) -> list[dict]:
     results = {}
     with common.postgres_database("oasst_bench_read") as db_url, tempfile.TemporaryDirectory() as data_dir:
         port = common.free_port()
-        env = {"OASST_DATABASE_URL": db_url, "OASST_BOOTSTRAP_API_KEY": API_KEY, "OASST_DATA_DIR": data_dir,
-               "OASST_ROOT_TOKEN": ROOT_TOKEN, **TREE_ENV}
-        with common.server([*common.OASST, "serve", "--port", str(port)], env, port,
-                           "read-side-server.log"):
+        env = {
+            "OASST_DATABASE_URL": db_url,
+            "OASST_BOOTSTRAP_API_KEY": API_KEY,
+            "OASST_DATA_DIR": data_dir,
+            "OASST_ROOT_TOKEN": ROOT_TOKEN,
+            **TREE_ENV,
+        }
+        with common.server([*common.OASST, "serve", "--port", str(port)], env, port, "read-side-server.log"):
             keys = api_keys(port)
             for rate in (500, 1000):
                 r = asyncio.run(phase(port, rate, warmup, duration, keys, ryw_tries if rate == 500 else 0))
@@ -173,10 +185,13 @@ def run(quick: bool) -> list[dict]:
                     f"[bold]{rate} commands/s target[/] (achieved {r['rate']:.0f}/s, {r['done']} interactions, no task {r['no_task']}x, errors {r['errors']}): "
                     f"tree p50/p99 {r['tree_p50']:.1f}/{r['tree_p99']:.1f} ms (n={r['tree_n']}), "
                     f"leaderboard {r['leaderboard_p50']:.1f}/{r['leaderboard_p99']:.1f} ms, "
-                    f"lag {r['lag_p50']:.0f}/{r['lag_p99']:.0f} ms (n={r['lag_n']})")
+                    f"lag {r['lag_p50']:.0f}/{r['lag_p99']:.0f} ms (n={r['lag_n']})"
+                )
                 if r["ryw"].get("tries"):
-                    common.console.print(f"  read-your-writes: {r['ryw']['misses']} misses in {r['ryw']['tries']} "
-                                         f"tries, read p99 {r['ryw']['read_p99']:.1f} ms")
+                    common.console.print(
+                        f"  read-your-writes: {r['ryw']['misses']} misses in {r['ryw']['tries']} "
+                        f"tries, read p99 {r['ryw']['read_p99']:.1f} ms"
+                    )
     r500, r1000 = results[500], results[1000]
 
     def row(name, value, unit, goal=None):

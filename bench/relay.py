@@ -38,8 +38,12 @@ TREE_VIEW = f"{MessageTreeView.name}@{MessageTreeView.version}"  # the stored vi
 
 
 def relay_throughput(store: EventStore, bootstrap: str, compression: str) -> dict:
-    cfg = KafkaSettings(bootstrap=bootstrap, events_topic=f"bench-{compression}", snapshots_topic=f"bench-s-{compression}",
-                        compression=compression)
+    cfg = KafkaSettings(
+        bootstrap=bootstrap,
+        events_topic=f"bench-{compression}",
+        snapshots_topic=f"bench-s-{compression}",
+        compression=compression,
+    )
     relay = Relay(store, cfg)
     started = time.perf_counter()
     events = relay.catch_up()
@@ -60,13 +64,22 @@ def kafka_python_baseline(store: EventStore, bootstrap: str, events: int = 50_00
         rows += page
         after = page[-1].id
     index = KeyIndex()
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=900_000, compression_type="gzip",
-                             max_request_size=8_000_000)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=20,
+        batch_size=900_000,
+        compression_type="gzip",
+        max_request_size=8_000_000,
+    )
     started = time.perf_counter()
     for n in rows[:events]:
         key, schema = index.key(n.topic, str(n.originator_id), n.state)
-        producer.send(cfg.events_topic, key=key.encode(), value=n.state,
-                      headers=[("position", b"%d" % n.id), ("type", n.topic.encode()), ("schema", b"%d" % schema)])
+        producer.send(
+            cfg.events_topic,
+            key=key.encode(),
+            value=n.state,
+            headers=[("position", b"%d" % n.id), ("type", n.topic.encode()), ("schema", b"%d" % schema)],
+        )
     producer.flush()
     rate = len(rows[:events]) / (time.perf_counter() - started)
     producer.close()
@@ -142,10 +155,17 @@ async def lag_phase(port: int, url: str, cfg: KafkaSettings, rate: float, warmup
     for call, status, body in stats.errors[:3]:
         console.print(f"  [red]error[/] {call}: {status} {body}")
     lags, relay_lags = sorted(probe.lags), sorted(probe.relay_lags)
-    return {"rate": 3 * stats.total / (time.perf_counter() - start), "errors": len(stats.errors),
-            "p50": common.percentile(lags, 50) * 1000, "p99": common.percentile(lags, 99) * 1000, "n": len(lags),
-            "relay_p50": common.percentile(relay_lags, 50) * 1000, "relay_p99": common.percentile(relay_lags, 99) * 1000,
-            "lags": [round(x * 1000) for x in probe.lags], "relay_lags": [round(x * 1000) for x in probe.relay_lags]}
+    return {
+        "rate": 3 * stats.total / (time.perf_counter() - start),
+        "errors": len(stats.errors),
+        "p50": common.percentile(lags, 50) * 1000,
+        "p99": common.percentile(lags, 99) * 1000,
+        "n": len(lags),
+        "relay_p50": common.percentile(relay_lags, 50) * 1000,
+        "relay_p99": common.percentile(relay_lags, 99) * 1000,
+        "lags": [round(x * 1000) for x in probe.lags],
+        "relay_lags": [round(x * 1000) for x in probe.relay_lags],
+    }
 
 
 def wait_until_projecting(url: str, cfg: KafkaSettings, group: str, timeout: float = 60) -> None:
@@ -166,8 +186,14 @@ def wait_until_projecting(url: str, cfg: KafkaSettings, group: str, timeout: flo
 def process(cmd: list[str], env: dict[str, str], log_name: str):
     """A background process (output to var/bench/<log_name>) until the block ends."""
     with open(common.OUT / log_name, "wb") as log:
-        proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=common.ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            env={**os.environ, **env},
+            cwd=common.ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             yield proc
         finally:
@@ -185,31 +211,53 @@ def run(quick: bool) -> list[dict]:
             plain = relay_throughput(store, bootstrap, "none")
             baseline = kafka_python_baseline(store, bootstrap)
             store.close()
-        console.print(f"relay: gzip {gzip['rate']:,.0f} events/s ({gzip['seconds']:.1f} s), uncompressed "
-                      f"{plain['rate']:,.0f} events/s; kafka-python KafkaProducer.send {baseline:,.0f} events/s")
+        console.print(
+            f"relay: gzip {gzip['rate']:,.0f} events/s ({gzip['seconds']:.1f} s), uncompressed "
+            f"{plain['rate']:,.0f} events/s; kafka-python KafkaProducer.send {baseline:,.0f} events/s"
+        )
 
         common.OUT.mkdir(parents=True, exist_ok=True)
         cfg = KafkaSettings(bootstrap=bootstrap, events_topic="lag-events", snapshots_topic="lag-snapshots")
         with common.postgres_database("oasst_bench_lag") as url, tempfile.TemporaryDirectory() as data_dir:
             port = common.free_port()
-            env = {"OASST_DATABASE_URL": url, "OASST_BOOTSTRAP_API_KEY": API_KEY, "OASST_DATA_DIR": data_dir,
-                   "OASST_KAFKA_BOOTSTRAP": bootstrap, "OASST_KAFKA_EVENTS_TOPIC": cfg.events_topic,
-                   "OASST_KAFKA_SNAPSHOTS_TOPIC": cfg.snapshots_topic, **TREE_ENV}
+            env = {
+                "OASST_DATABASE_URL": url,
+                "OASST_BOOTSTRAP_API_KEY": API_KEY,
+                "OASST_DATA_DIR": data_dir,
+                "OASST_KAFKA_BOOTSTRAP": bootstrap,
+                "OASST_KAFKA_EVENTS_TOPIC": cfg.events_topic,
+                "OASST_KAFKA_SNAPSHOTS_TOPIC": cfg.snapshots_topic,
+                **TREE_ENV,
+            }
             EventStore(url).close()  # the tables exist before the projector looks
-            with common.server([*common.OASST, "serve", "--only", "commands", "--port", str(port)],
-                               env, port, "relay-server.log"), \
-                    process([*common.OASST, "project", "run", "--source", "kafka", "--group", "bench"],
-                            env, "relay-projector.log"):
+            with (
+                common.server(
+                    [*common.OASST, "serve", "--only", "commands", "--port", str(port)], env, port, "relay-server.log"
+                ),
+                process(
+                    [*common.OASST, "project", "run", "--source", "kafka", "--group", "bench"],
+                    env,
+                    "relay-projector.log",
+                ),
+            ):
                 wait_until_projecting(url, cfg, "bench")
                 lag = asyncio.run(lag_phase(port, url, cfg, 1000, warmup, duration))
-        console.print(f"lag at {lag['rate']:.0f} commands/s: p50 {lag['p50']:.0f} ms, p99 {lag['p99']:.0f} ms "
-                      f"(n={lag['n']}, errors {lag['errors']}); of which the relay: p50 {lag['relay_p50']:.0f} ms, "
-                      f"p99 {lag['relay_p99']:.0f} ms")
+        console.print(
+            f"lag at {lag['rate']:.0f} commands/s: p50 {lag['p50']:.0f} ms, p99 {lag['p99']:.0f} ms "
+            f"(n={lag['n']}, errors {lag['errors']}); of which the relay: p50 {lag['relay_p50']:.0f} ms, "
+            f"p99 {lag['relay_p99']:.0f} ms"
+        )
 
     def row(name, value, unit, goal=None, baseline=None):
         ratio = value / baseline if baseline else None
-        return {"name": name, "value": round(value, 2), "unit": unit, "goal": goal, "baseline": baseline and round(baseline),
-                "ratio": ratio}
+        return {
+            "name": name,
+            "value": round(value, 2),
+            "unit": unit,
+            "goal": goal,
+            "baseline": baseline and round(baseline),
+            "ratio": ratio,
+        }
 
     return [
         row("kafka.relay_events_per_s", gzip["rate"], "events/s", ">= 50000", baseline),

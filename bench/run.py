@@ -27,8 +27,11 @@ HELPERS = {"run", "common", "noop_server", "__init__"}
 
 
 def names() -> list[str]:
-    return [path.stem for path in sorted(Path(__file__).parent.glob("*.py"))
-            if path.stem not in HELPERS and not path.stem.startswith("_")]
+    return [
+        path.stem
+        for path in sorted(Path(__file__).parent.glob("*.py"))
+        if path.stem not in HELPERS and not path.stem.startswith("_")
+    ]
 
 
 def _terminate(signum, frame):

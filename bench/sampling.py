@@ -44,16 +44,27 @@ def measure(threads: int, n: int, max_new_tokens: int, actors: int = 1) -> dict:
         load = time.perf_counter() - t
         t = time.perf_counter()
         generated = sampler(prompts).to_pylist()
-        local = {"load_s": load, "generate_s": time.perf_counter() - t,
-                 "tokens": sum(s["tokens"] for g in generated for s in g["samples"])}
+        local = {
+            "load_s": load,
+            "generate_s": time.perf_counter() - t,
+            "tokens": sum(s["tokens"] for g in generated for s in g["samples"]),
+        }
         del sampler
 
         t = time.perf_counter()
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning")
         ray_init = time.perf_counter() - t
         try:
-            job = sample_completions(snapshot, model, n=n, configs=(CONFIG,), seed=0, max_new_tokens=max_new_tokens,
-                                     out=Path(tmp) / "out", actors=actors)
+            job = sample_completions(
+                snapshot,
+                model,
+                n=n,
+                configs=(CONFIG,),
+                seed=0,
+                max_new_tokens=max_new_tokens,
+                out=Path(tmp) / "out",
+                actors=actors,
+            )
         finally:
             ray.shutdown()
     job["seconds"]["ray_init"] = ray_init
@@ -63,14 +74,40 @@ def measure(threads: int, n: int, max_new_tokens: int, actors: int = 1) -> dict:
 def table(m: dict, title: str) -> Table:
     local, job = m["local"], m["job"]
     s = job["seconds"]
-    out = Table("", "model load s", "generate s", "tokens", "tokens/s (generation)", "ray.init s",
-                "job s (Ray Data)", "Ray overhead s", "tokens/s (whole job)", title=title)
-    out.add_row("in process, no Ray", f"{local['load_s']:.1f}", f"{local['generate_s']:.2f}", f"{local['tokens']:,}",
-                f"{local['tokens'] / local['generate_s']:,.0f}", "-", "-", "-",
-                f"{local['tokens'] / (local['load_s'] + local['generate_s']):,.0f}")
-    out.add_row(f"Ray job, {job['actors']} actor(s)", f"{s['model_load']:.1f}", f"{s['generate']:.2f}",
-                f"{job['tokens']:,}", f"{job['tokens_per_s']:,.0f}", f"{s['ray_init']:.1f}", f"{s['job']:.1f}",
-                f"{s['ray_overhead']:.1f}", f"{job['tokens'] / (s['ray_init'] + s['job']):,.0f}")
+    out = Table(
+        "",
+        "model load s",
+        "generate s",
+        "tokens",
+        "tokens/s (generation)",
+        "ray.init s",
+        "job s (Ray Data)",
+        "Ray overhead s",
+        "tokens/s (whole job)",
+        title=title,
+    )
+    out.add_row(
+        "in process, no Ray",
+        f"{local['load_s']:.1f}",
+        f"{local['generate_s']:.2f}",
+        f"{local['tokens']:,}",
+        f"{local['tokens'] / local['generate_s']:,.0f}",
+        "-",
+        "-",
+        "-",
+        f"{local['tokens'] / (local['load_s'] + local['generate_s']):,.0f}",
+    )
+    out.add_row(
+        f"Ray job, {job['actors']} actor(s)",
+        f"{s['model_load']:.1f}",
+        f"{s['generate']:.2f}",
+        f"{job['tokens']:,}",
+        f"{job['tokens_per_s']:,.0f}",
+        f"{s['ray_init']:.1f}",
+        f"{s['job']:.1f}",
+        f"{s['ray_overhead']:.1f}",
+        f"{job['tokens'] / (s['ray_init'] + s['job']):,.0f}",
+    )
     return out
 
 
@@ -79,8 +116,7 @@ def rows(m: dict) -> list[dict]:
     s = job["seconds"]
 
     def row(name, value, unit):
-        return {"name": f"sampling.{name}", "value": value, "unit": unit, "goal": None, "baseline": None,
-                "ratio": None}
+        return {"name": f"sampling.{name}", "value": value, "unit": unit, "goal": None, "baseline": None, "ratio": None}
 
     return [
         row("tokens_per_s_no_ray", round(local["tokens"] / local["generate_s"]), "tokens/s (tiny Llama, 1 CPU thread)"),
@@ -108,8 +144,13 @@ def main() -> None:
     ap.add_argument("--actors", type=int, default=1)
     args = ap.parse_args()
     m = measure(args.threads, args.n, args.max_new_tokens, args.actors)
-    console.print(table(m, f"sampling: {args.threads} threads x {args.n} samples ({CONFIG}), "
-                           f"max {args.max_new_tokens} new tokens, {args.actors} actor(s)"))
+    console.print(
+        table(
+            m,
+            f"sampling: {args.threads} threads x {args.n} samples ({CONFIG}), "
+            f"max {args.max_new_tokens} new tokens, {args.actors} actor(s)",
+        )
+    )
 
 
 if __name__ == "__main__":

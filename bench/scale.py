@@ -63,15 +63,23 @@ QUICK_SIZES, FULL_SIZES = ["empty", "oa/100"], ["empty", "oa/20", "oa/4", "oa"]
 # prompts in the lottery than the default cap (250); with ingest's 50 active trees no waiting tree
 # would start and no prompt task be offered, and the load ran dry within seconds (measured).
 _OA_RULES = oa_scale()[2]
-SERVER_ENV = {**TREE_ENV, "OASST_TREE_MAX_ACTIVE_TREES": str(_OA_RULES.max_active_trees),
-              "OASST_TREE_MAX_PROMPT_LOTTERY_WAITING": str(_OA_RULES.max_prompt_lottery_waiting)}
+SERVER_ENV = {
+    **TREE_ENV,
+    "OASST_TREE_MAX_ACTIVE_TREES": str(_OA_RULES.max_active_trees),
+    "OASST_TREE_MAX_PROMPT_LOTTERY_WAITING": str(_OA_RULES.max_prompt_lottery_waiting),
+}
 
 
 def log_files() -> list[Path]:
     """What decides the generated log (and how it is stored): the seeder, the command side,
     the settings, the store, and the seeder's prompts."""
-    files = [ROOT / "devkit" / "simulator.py", ROOT / "infra" / "settings.py", ROOT / "infra" / "store.py",
-             *sorted((ROOT / "command_api").glob("*.py")), *sorted((ROOT / "domain").glob("*.py"))]
+    files = [
+        ROOT / "devkit" / "simulator.py",
+        ROOT / "infra" / "settings.py",
+        ROOT / "infra" / "store.py",
+        *sorted((ROOT / "command_api").glob("*.py")),
+        *sorted((ROOT / "domain").glob("*.py")),
+    ]
     return files + [PROMPTS_FILE] * PROMPTS_FILE.exists()
 
 
@@ -115,8 +123,12 @@ def cached(size: str) -> tuple[str, dict]:
     tag = size.replace("/", "_")
     name = f"oasst_scale_{tag}_{fingerprint(log_files())}"
     known = records()
-    present = {r[0] for r in common.admin_sql("SELECT datname FROM pg_database WHERE datname ~ %s",
-                                              [f"^oasst_scale_{tag}_[0-9a-f]{{8}}$"])}
+    present = {
+        r[0]
+        for r in common.admin_sql(
+            "SELECT datname FROM pg_database WHERE datname ~ %s", [f"^oasst_scale_{tag}_[0-9a-f]{{8}}$"]
+        )
+    }
     stale = present - {name}  # other fingerprints
     if name in present and name not in known:
         stale.add(name)  # its seeding never finished
@@ -131,11 +143,26 @@ def cached(size: str) -> tuple[str, dict]:
         shutil.rmtree(CHECKPOINTS / name, ignore_errors=True)
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             # In a child process: the generator's write model (millions of objects) dies with it.
-            subprocess.run([sys.executable, "-m", "bench.scale", common.database_url(name), size, out.name,
-                            str(CHECKPOINTS / name)], cwd=ROOT, check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.scale",
+                    common.database_url(name),
+                    size,
+                    out.name,
+                    str(CHECKPOINTS / name),
+                ],
+                cwd=ROOT,
+                check=True,
+            )
             summary = json.loads(Path(out.name).read_text())
-        known[name] = {"size": size, **summary, "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                       "checkpoint": any((CHECKPOINTS / name).glob("*"))}
+        known[name] = {
+            "size": size,
+            **summary,
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "checkpoint": any((CHECKPOINTS / name).glob("*")),
+        }
         save(known)
         console.print(f"  seeded {size}: {summary['events']:,} events in {summary['seconds']:.1f} s")
     record = known[name]
@@ -143,8 +170,12 @@ def cached(size: str) -> tuple[str, dict]:
     if record.get("views_fingerprint") != views:
         console.print(f"building the views of {name} (oasst project rebuild --all), then VACUUM ANALYZE")
         started = time.monotonic()
-        subprocess.run([*OASST, "project", "rebuild", "--all"], cwd=ROOT, check=True,
-                       env={**os.environ, "OASST_DATABASE_URL": common.database_url(name)})
+        subprocess.run(
+            [*OASST, "project", "rebuild", "--all"],
+            cwd=ROOT,
+            check=True,
+            env={**os.environ, "OASST_DATABASE_URL": common.database_url(name)},
+        )
         common.admin_sql("VACUUM (ANALYZE)", database=name)
         record.update(views_fingerprint=views, views_seconds=round(time.monotonic() - started, 1))
         save(known)
@@ -164,8 +195,16 @@ def seed_child(url: str, size: str, out: str, checkpoint_dir: str) -> None:
             last[:] = now, done
             print(f"  seeding {size}: {done:,}/{total:,} prompts, {now:.0f} s", flush=True)
 
-    s = seed_history(url, trees=1, users=1, seed=0, scale=size, progress=progress, api_key=API_KEY,
-                     checkpoint_dir=Path(checkpoint_dir))
+    s = seed_history(
+        url,
+        trees=1,
+        users=1,
+        seed=0,
+        scale=size,
+        progress=progress,
+        api_key=API_KEY,
+        checkpoint_dir=Path(checkpoint_dir),
+    )
     Path(out).write_text(json.dumps({k: s[k] for k in ("events", "messages", "trees", "users", "seconds")}))
 
 
@@ -176,8 +215,9 @@ def seed_child(url: str, size: str, out: str, checkpoint_dir: str) -> None:
 VARIANTS = {"serve": [], "commands only": ["--only", "commands"]}
 
 
-def serve_and_load(size: str, variant: str, db_url: str, checkpoints: Path | None, users: int, warmup: float,
-                   duration: float) -> dict:
+def serve_and_load(
+    size: str, variant: str, db_url: str, checkpoints: Path | None, users: int, warmup: float, duration: float
+) -> dict:
     """Serve the store at ``db_url`` (its write-model checkpoints in ``checkpoints``, linked into a
     throwaway data dir: what the server writes there goes with it) and load it."""
     log_name = f"scale-server-{size.replace('/', '_')}-{variant.split()[0]}.log"
@@ -190,10 +230,16 @@ def serve_and_load(size: str, variant: str, db_url: str, checkpoints: Path | Non
             except OSError:
                 shutil.copy2(path, mine / path.name)
         port = common.free_port()
-        env = {"OASST_DATABASE_URL": db_url, "OASST_BOOTSTRAP_API_KEY": API_KEY, "OASST_DATA_DIR": data_dir,
-               "OASST_CHECKPOINT_DIR": str(mine), **SERVER_ENV}
-        with common.server([*OASST, "serve", "--port", str(port), *VARIANTS[variant]], env, port, log_name,
-                           timeout=900) as proc:
+        env = {
+            "OASST_DATABASE_URL": db_url,
+            "OASST_BOOTSTRAP_API_KEY": API_KEY,
+            "OASST_DATA_DIR": data_dir,
+            "OASST_CHECKPOINT_DIR": str(mine),
+            **SERVER_ENV,
+        }
+        with common.server(
+            [*OASST, "serve", "--port", str(port), *VARIANTS[variant]], env, port, log_name, timeout=900
+        ) as proc:
             startup, rss_start = proc.startup_s, common.rss_mb(proc.pid)
             stats = asyncio.run(load(port, proc.pid, users, warmup, duration))
             rss_load = common.rss_mb(proc.pid)
@@ -203,8 +249,14 @@ def serve_and_load(size: str, variant: str, db_url: str, checkpoints: Path | Non
     report(f"oasst {variant}, {size} store", stats, s)
     started = re.search(r"write model at position .*", common.tail(common.OUT / log_name, 1000))
     console.print(f"  start-up {startup:.2f} s; the server's log: {started.group(0) if started else '-'}")
-    return {**{k: round(v, 1) for k, v in s.items()}, "startup_s": round(startup, 2), "rss_start_mb": round(rss_start, 1),
-            "rss_load_mb": round(rss_load, 1), "errors": len(stats.errors), "no_task": stats.no_task}
+    return {
+        **{k: round(v, 1) for k, v in s.items()},
+        "startup_s": round(startup, 2),
+        "rss_start_mb": round(rss_start, 1),
+        "rss_load_mb": round(rss_load, 1),
+        "errors": len(stats.errors),
+        "no_task": stats.no_task,
+    }
 
 
 def run(quick: bool) -> list[dict]:
@@ -216,32 +268,75 @@ def run(quick: bool) -> list[dict]:
     seeded = {size: cached(size) for size in sizes if size != "empty"}
 
     port = common.free_port()
-    noop_stats, noop = measure([sys.executable, "bench/noop_server.py", "--port", str(port)], {}, port,
-                               "noop-server.log", "no-op server", users, warmup, duration)
+    noop_stats, noop = measure(
+        [sys.executable, "bench/noop_server.py", "--port", str(port)],
+        {},
+        port,
+        "noop-server.log",
+        "no-op server",
+        users,
+        warmup,
+        duration,
+    )
     results = {}
     for size in sizes:
         for variant in VARIANTS:
-            copy = common.database_copy(seeded[size][0], "oasst_scale_copy") if size in seeded \
+            copy = (
+                common.database_copy(seeded[size][0], "oasst_scale_copy")
+                if size in seeded
                 else common.postgres_database("oasst_scale_copy")
+            )
             with copy as db_url:
                 r = results[size, variant] = serve_and_load(
-                    size, variant, db_url, CHECKPOINTS / seeded[size][0] if size in seeded else None, users, warmup,
-                    duration)
+                    size,
+                    variant,
+                    db_url,
+                    CHECKPOINTS / seeded[size][0] if size in seeded else None,
+                    users,
+                    warmup,
+                    duration,
+                )
             r["events"] = seeded[size][1]["events"] if size in seeded else 0
             r["seed_s"] = seeded[size][1]["seconds"] if size in seeded else None
 
     largest = next((size for size in reversed(sizes) if size != "empty"), None)
-    table = Table("size", "served", "events in store", "seed s", "start-up s", "RSS start MB", "RSS load MB",
-                  "interactions/s", "p50 ms", "p99 ms", "ratio to empty", "errors",
-                  title=f"oasst serve by store size ({users} users, {warmup:.0f} s + {duration:.0f} s of load; "
-                        f"no-op server {noop['rate']:.0f} interactions/s; goals on {largest or '-'})")
-    out = [row("scale.noop.interactions_per_s", noop["rate"], "interactions/s"),
-           row("scale.noop.errors", len(noop_stats.errors), "count")]
+    table = Table(
+        "size",
+        "served",
+        "events in store",
+        "seed s",
+        "start-up s",
+        "RSS start MB",
+        "RSS load MB",
+        "interactions/s",
+        "p50 ms",
+        "p99 ms",
+        "ratio to empty",
+        "errors",
+        title=f"oasst serve by store size ({users} users, {warmup:.0f} s + {duration:.0f} s of load; "
+        f"no-op server {noop['rate']:.0f} interactions/s; goals on {largest or '-'})",
+    )
+    out = [
+        row("scale.noop.interactions_per_s", noop["rate"], "interactions/s"),
+        row("scale.noop.errors", len(noop_stats.errors), "count"),
+    ]
     for (size, variant), r in results.items():
         empty_rate = results["empty", variant]["rate"] if ("empty", variant) in results else None
         ratio = r["rate"] / empty_rate if empty_rate else None
-        table.add_row(size, variant, f"{r['events']:,}", fmt(r["seed_s"]), fmt(r["startup_s"]), fmt(r["rss_start_mb"]),
-                      fmt(r["rss_load_mb"]), fmt(r["rate"]), fmt(r["p50"]), fmt(r["p99"]), fmt(ratio), str(r["errors"]))
+        table.add_row(
+            size,
+            variant,
+            f"{r['events']:,}",
+            fmt(r["seed_s"]),
+            fmt(r["startup_s"]),
+            fmt(r["rss_start_mb"]),
+            fmt(r["rss_load_mb"]),
+            fmt(r["rate"]),
+            fmt(r["p50"]),
+            fmt(r["p99"]),
+            fmt(ratio),
+            str(r["errors"]),
+        )
         # The issue's goals are for OA's size: they go on the largest size measured, labelled so.
         on = size == largest
         at = f"; goal for oa, at {size}" if on and size != "oa" else ""
@@ -250,22 +345,46 @@ def run(quick: bool) -> list[dict]:
             out.append(row(f"{name}.events", r["events"], "events in store"))
         if r["seed_s"] is not None and variant == "serve":
             out.append(row(f"{name}.seed_s", r["seed_s"], f"s (when seeded{at})", "<= 600" if on else None))
-        out += [row(f"{name}.startup_s", r["startup_s"], f"s (to the first answer{at})", "<= 5" if on else None),
-                row(f"{name}.rss_after_start_mb", r["rss_start_mb"], "MB (server process, no children)"),
-                row(f"{name}.rss_after_load_mb", r["rss_load_mb"], f"MB (server process, no children{at})",
-                    "<= 1536" if on else None)]
+        out += [
+            row(f"{name}.startup_s", r["startup_s"], f"s (to the first answer{at})", "<= 5" if on else None),
+            row(f"{name}.rss_after_start_mb", r["rss_start_mb"], "MB (server process, no children)"),
+            row(
+                f"{name}.rss_after_load_mb",
+                r["rss_load_mb"],
+                f"MB (server process, no children{at})",
+                "<= 1536" if on else None,
+            ),
+        ]
         if size == "empty":
-            out.append(row(f"{name}.interactions_per_s", r["rate"], "interactions/s (goal on ratio to noop)",
-                           ">= 0.5", noop["rate"]))
+            out.append(
+                row(
+                    f"{name}.interactions_per_s",
+                    r["rate"],
+                    "interactions/s (goal on ratio to noop)",
+                    ">= 0.5",
+                    noop["rate"],
+                )
+            )
         elif on and empty_rate:
-            out.append(row(f"{name}.interactions_per_s", r["rate"], f"interactions/s (goal on ratio to empty{at})",
-                           ">= 0.9", empty_rate))
+            out.append(
+                row(
+                    f"{name}.interactions_per_s",
+                    r["rate"],
+                    f"interactions/s (goal on ratio to empty{at})",
+                    ">= 0.9",
+                    empty_rate,
+                )
+            )
         else:
-            out.append(row(f"{name}.interactions_per_s", r["rate"], "interactions/s (ratio to empty)", None, empty_rate))
-        out += [row(f"{name}.p50_ms", r["p50"], "ms"),
-                row(f"{name}.p99_ms", r["p99"], "ms", "<= 50" if size == "empty" else None),
-                row(f"{name}.errors", r["errors"], "count"),
-                row(f"{name}.no_task_503", r["no_task"], "count (the load ran dry when high)")]
+            out.append(
+                row(f"{name}.interactions_per_s", r["rate"], "interactions/s (ratio to empty)", None, empty_rate)
+            )
+        out += [
+            row(f"{name}.p50_ms", r["p50"], "ms"),
+            row(f"{name}.p99_ms", r["p99"], "ms", "<= 50" if size == "empty" else None),
+            row(f"{name}.errors", r["errors"], "count"),
+            row(f"{name}.no_task_503", r["no_task"], "count (the load ran dry when high)"),
+        ]
     console.print(table)
     return out
 

@@ -47,10 +47,22 @@ def run(quick: bool) -> list[dict]:
     rate = s["events_per_second"]
     console.print(f"oasst seed --trees {trees} --users {users}: {s['events']:,} events in {s['seconds']:.1f} s")
     return [
-        {"name": "seed.events_per_s", "value": round(rate), "unit": "events/s (PostgreSQL)", "goal": None,
-         "baseline": None, "ratio": None},
-        {"name": "seed.oa_scale_minutes_estimated", "value": round(OA_EVENTS / rate / 60, 1), "unit": "min",
-         "goal": None, "baseline": None, "ratio": None},
+        {
+            "name": "seed.events_per_s",
+            "value": round(rate),
+            "unit": "events/s (PostgreSQL)",
+            "goal": None,
+            "baseline": None,
+            "ratio": None,
+        },
+        {
+            "name": "seed.oa_scale_minutes_estimated",
+            "value": round(OA_EVENTS / rate / 60, 1),
+            "unit": "min",
+            "goal": None,
+            "baseline": None,
+            "ratio": None,
+        },
     ]
 
 
@@ -63,16 +75,37 @@ def main() -> None:
     ap.add_argument("--scale", default=None, help="'oa' or 'oa/N' (overrides --trees and --users)")
     args = ap.parse_args()
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    table = Table("store", "events", "trees", "messages", "labels", "rankings", "tasks", "commands", "s",
-                  "events/s", "5M events at this rate",
-                  title=f"oasst seed --trees {args.trees} --users {args.users} --seed {args.seed}"
-                        + (f" --scale {args.scale}" if args.scale else ""))
+    table = Table(
+        "store",
+        "events",
+        "trees",
+        "messages",
+        "labels",
+        "rankings",
+        "tasks",
+        "commands",
+        "s",
+        "events/s",
+        "5M events at this rate",
+        title=f"oasst seed --trees {args.trees} --users {args.users} --seed {args.seed}"
+        + (f" --scale {args.scale}" if args.scale else ""),
+    )
     for backend in backends:
         s = generate(backend, args.trees, args.users, args.seed, args.scale)
         rate = s["events_per_second"]
-        table.add_row(backend, f"{s['events']:,}", f"{s['trees']:,}", f"{s['messages']:,}", f"{s['labels']:,}",
-                      f"{s['rankings']:,}", f"{s['tasks']:,}", f"{s['commands']:,}", f"{s['seconds']:.1f}",
-                      f"{rate:,.0f}", f"~{OA_EVENTS / rate / 60:,.0f} min" if rate else "-")
+        table.add_row(
+            backend,
+            f"{s['events']:,}",
+            f"{s['trees']:,}",
+            f"{s['messages']:,}",
+            f"{s['labels']:,}",
+            f"{s['rankings']:,}",
+            f"{s['tasks']:,}",
+            f"{s['commands']:,}",
+            f"{s['seconds']:.1f}",
+            f"{rate:,.0f}",
+            f"~{OA_EVENTS / rate / 60:,.0f} min" if rate else "-",
+        )
         console.print(f"{backend}: trees by state {s['trees_by_state']}")
     console.print(table)
 

@@ -31,8 +31,10 @@ def measure(scale: str) -> list[dict]:
         url = f"sqlite:///{tmp}/snap.sqlite3"
         t = time.perf_counter()
         summary = seed_history(url, trees=0, users=0, seed=0, scale=scale)
-        console.print(f"history --scale {scale}: {summary['events']:,} events, {summary['messages']:,} messages "
-                      f"(generated in {time.perf_counter() - t:.0f} s)")
+        console.print(
+            f"history --scale {scale}: {summary['events']:,} events, {summary['messages']:,} messages "
+            f"(generated in {time.perf_counter() - t:.0f} s)"
+        )
         settings = Settings(database_url=url, data_dir=Path(tmp))
         rows = []
         for policy in ("oa", "trust"):
@@ -46,14 +48,30 @@ def measure(scale: str) -> list[dict]:
             console.print(table)
             at_oa = total * OA_EVENTS / summary["events"]
             rows += [
-                {"name": f"snapshot.{policy}.seconds", "value": round(total, 2),
-                 "unit": f"s for {summary['events']:,} events", "goal": None},
-                {"name": f"snapshot.{policy}.events_per_s", "value": round(summary["events"] / total),
-                 "unit": "events/s (whole snapshot)", "goal": None},
-                {"name": f"snapshot.{policy}.fold_events_per_s", "value": manifest["timings"]["fold"]["rows_per_second"],
-                 "unit": "events/s folded", "goal": None},
-                {"name": f"snapshot.{policy}.oa_scale_seconds", "value": round(at_oa, 1),
-                 "unit": f"s extrapolated to {OA_EVENTS:,} events", "goal": f"<= {GOAL_SECONDS:.0f}"},
+                {
+                    "name": f"snapshot.{policy}.seconds",
+                    "value": round(total, 2),
+                    "unit": f"s for {summary['events']:,} events",
+                    "goal": None,
+                },
+                {
+                    "name": f"snapshot.{policy}.events_per_s",
+                    "value": round(summary["events"] / total),
+                    "unit": "events/s (whole snapshot)",
+                    "goal": None,
+                },
+                {
+                    "name": f"snapshot.{policy}.fold_events_per_s",
+                    "value": manifest["timings"]["fold"]["rows_per_second"],
+                    "unit": "events/s folded",
+                    "goal": None,
+                },
+                {
+                    "name": f"snapshot.{policy}.oa_scale_seconds",
+                    "value": round(at_oa, 1),
+                    "unit": f"s extrapolated to {OA_EVENTS:,} events",
+                    "goal": f"<= {GOAL_SECONDS:.0f}",
+                },
             ]
         return rows
 

@@ -58,12 +58,26 @@ def measure(quick: bool) -> dict:
         def run(name, kind, options, steps, launcher, **more):
             extra = {"reward_model": root / "local-rm-1"} if kind in ("grpo", "rloo") else {}
             out = root / f"{launcher}-{name.replace(' ', '_')}-{more.get('num_workers', 1)}"
-            return train(kind, "toy", lm, out, data_dir=root, launcher=launcher, max_steps=steps, lr=1e-3,
-                         seed=0, **extra, **options, **more)["metrics"]
+            return train(
+                kind,
+                "toy",
+                lm,
+                out,
+                data_dir=root,
+                launcher=launcher,
+                max_steps=steps,
+                lr=1e-3,
+                seed=0,
+                **extra,
+                **options,
+                **more,
+            )["metrics"]
 
         for name, kind, options, steps in JOBS:
-            results["jobs"][name] = {"steps": steps[not quick], "local": run(name, kind, options, steps[not quick],
-                                                                             "local")}
+            results["jobs"][name] = {
+                "steps": steps[not quick],
+                "local": run(name, kind, options, steps[not quick], "local"),
+            }
         t = time.perf_counter()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
         results["ray_init_s"] = time.perf_counter() - t
@@ -87,40 +101,94 @@ def _overhead(job: dict, launcher: str) -> float | None:
 
 
 def table(m: dict, title: str) -> Table:
-    t = Table("trainer", "steps", "steps/s", "train s", "local wall s", "ray task wall s", "task overhead s",
-              "TorchTrainer wall s", "TorchTrainer overhead s", title=title)
+    t = Table(
+        "trainer",
+        "steps",
+        "steps/s",
+        "train s",
+        "local wall s",
+        "ray task wall s",
+        "task overhead s",
+        "TorchTrainer wall s",
+        "TorchTrainer overhead s",
+        title=title,
+    )
     fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
     for name, job in m["jobs"].items():
         local = job["local"]
-        t.add_row(name, str(job["steps"]), fmt(local["train_steps_per_second"]), fmt(local["train_seconds"]),
-                  fmt(local["wall_seconds"]), fmt(job["task"]["wall_seconds"]), fmt(_overhead(job, "task")),
-                  fmt(job.get("train", {}).get("wall_seconds")), fmt(_overhead(job, "train")))
+        t.add_row(
+            name,
+            str(job["steps"]),
+            fmt(local["train_steps_per_second"]),
+            fmt(local["train_seconds"]),
+            fmt(local["wall_seconds"]),
+            fmt(job["task"]["wall_seconds"]),
+            fmt(_overhead(job, "task")),
+            fmt(job.get("train", {}).get("wall_seconds")),
+            fmt(_overhead(job, "train")),
+        )
     if "ddp" in m:
         d = m["ddp"]
-        t.add_row("sft, 2 DDP workers", str(d["steps"]), fmt(d["train_steps_per_second"]), fmt(d["train_seconds"]),
-                  "", "", "", fmt(d["wall_seconds"]), "")
-    t.caption = (f"ray.init {m['ray_init_s']:.1f} s once; a fresh task worker imports TRL in "
-                 f"{m['task_worker_import_s']:.1f} s (paid once, workers are reused; every TorchTrainer run "
-                 "starts new workers and pays it again). Local runs use one torch thread, as a one-CPU worker.")
+        t.add_row(
+            "sft, 2 DDP workers",
+            str(d["steps"]),
+            fmt(d["train_steps_per_second"]),
+            fmt(d["train_seconds"]),
+            "",
+            "",
+            "",
+            fmt(d["wall_seconds"]),
+            "",
+        )
+    t.caption = (
+        f"ray.init {m['ray_init_s']:.1f} s once; a fresh task worker imports TRL in "
+        f"{m['task_worker_import_s']:.1f} s (paid once, workers are reused; every TorchTrainer run "
+        "starts new workers and pays it again). Local runs use one torch thread, as a one-CPU worker."
+    )
     if "ddp" in m:  # a DDP step takes one batch per worker: compare examples/s
-        t.caption += (f" SFT examples/s: {m['ddp']['train_steps_per_second'] * 16:.0f} with 2 DDP workers, "
-                      f"{m['jobs']['sft']['train']['train_steps_per_second'] * 8:.0f} with one (TorchTrainer).")
+        t.caption += (
+            f" SFT examples/s: {m['ddp']['train_steps_per_second'] * 16:.0f} with 2 DDP workers, "
+            f"{m['jobs']['sft']['train']['train_steps_per_second'] * 8:.0f} with one (TorchTrainer)."
+        )
     return t
 
 
 def rows(m: dict) -> list[dict]:
-    out = [{"name": "training.ray_init_s", "value": round(m["ray_init_s"], 2), "unit": "s", "goal": None,
-            "baseline": None, "ratio": None}]
+    out = [
+        {
+            "name": "training.ray_init_s",
+            "value": round(m["ray_init_s"], 2),
+            "unit": "s",
+            "goal": None,
+            "baseline": None,
+            "ratio": None,
+        }
+    ]
     for name, job in m["jobs"].items():
         key = name.split(" ")[0] + ("_oa" if "oa" in name else "")
-        out.append({"name": f"training.{key}.steps_per_s", "value": round(job["local"]["train_steps_per_second"], 2),
-                    "unit": "steps/s (CPU, tiny Llama, batch 8)", "goal": None, "baseline": None, "ratio": None})
+        out.append(
+            {
+                "name": f"training.{key}.steps_per_s",
+                "value": round(job["local"]["train_steps_per_second"], 2),
+                "unit": "steps/s (CPU, tiny Llama, batch 8)",
+                "goal": None,
+                "baseline": None,
+                "ratio": None,
+            }
+        )
         for launcher, label in (("task", "ray_task"), ("train", "torch_trainer")):
             extra = _overhead(job, launcher)
             if extra is not None:
-                out.append({"name": f"training.{key}.{label}_overhead_s", "value": round(extra, 2),
-                            "unit": "s per job beside the same run without Ray",
-                            "goal": None, "baseline": round(job["local"]["wall_seconds"], 2), "ratio": None})
+                out.append(
+                    {
+                        "name": f"training.{key}.{label}_overhead_s",
+                        "value": round(extra, 2),
+                        "unit": "s per job beside the same run without Ray",
+                        "goal": None,
+                        "baseline": round(job["local"]["wall_seconds"], 2),
+                        "ratio": None,
+                    }
+                )
     return out
 
 

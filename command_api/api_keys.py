@@ -32,8 +32,9 @@ class ApiKeyIndex:
             page = self.store.read_topics(self.position, upto, ["api_client_created"])
             for n in page:
                 e = ev.decode(n.state)
-                self.by_key[e.key_sha256] = ApiClient(e.client_id, e.key_sha256, e.trusted, e.description,
-                                                      e.frontend_type)
+                self.by_key[e.key_sha256] = ApiClient(
+                    e.client_id, e.key_sha256, e.trusted, e.description, e.frontend_type
+                )
             self.position = page[-1].id if page else upto
         self._refreshed = time.monotonic()
 

@@ -27,8 +27,9 @@ REQUESTS_PER_API_CLIENT = Limit(10_000, 60)
 
 class RateLimited(OasstError):
     def __init__(self, what: str, retry_after: float):
-        super().__init__(f"rate limit exceeded: {what}; retry in {math.ceil(retry_after)} s",
-                         ErrorCode.TOO_MANY_REQUESTS, 429)
+        super().__init__(
+            f"rate limit exceeded: {what}; retry in {math.ceil(retry_after)} s", ErrorCode.TOO_MANY_REQUESTS, 429
+        )
         self.retry_after = max(1, math.ceil(retry_after))
 
 

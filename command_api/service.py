@@ -101,10 +101,19 @@ class CommandService:
                 model.apply(ev.decode(n.state), n.originator_id, n.originator_version)
             after, folded = page[-1].id, folded + len(page)
         model.position = after
-        self.loaded = {"checkpoint": checkpoint, "folded": folded, "position": after,
-                       "seconds": round(time.perf_counter() - started, 3)}
-        log.info("write model at position %d: checkpoint %s, %d events folded, %.1f s", after, checkpoint,
-                 folded, self.loaded["seconds"])
+        self.loaded = {
+            "checkpoint": checkpoint,
+            "folded": folded,
+            "position": after,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        log.info(
+            "write model at position %d: checkpoint %s, %d events folded, %.1f s",
+            after,
+            checkpoint,
+            folded,
+            self.loaded["seconds"],
+        )
         return model, TreeManager(model, self.settings.tree)
 
     def _event_id_at(self, position: int) -> UUID | None:
@@ -159,8 +168,12 @@ class CommandService:
         await self.committer.drain()
         if self._checkpointing:
             await self._checkpointing
-        if self.checkpoints and self.settings.checkpoint_every and self._recovering is None \
-                and self.model.event_count - self._checkpointed[1] >= self._worth_saving:
+        if (
+            self.checkpoints
+            and self.settings.checkpoint_every
+            and self._recovering is None
+            and self.model.event_count - self._checkpointed[1] >= self._worth_saving
+        ):
             await asyncio.to_thread(self._save_checkpoint_here)
 
     # --- checkpoints ----------------------------------------------------------------
@@ -209,8 +222,12 @@ class CommandService:
         since, count = self._checkpointed
         logged = self.store.count_events(since, self.model.position)
         if logged != self.model.event_count - count:
-            log.warning("not checkpointing: the log has %d events since %d, the model folded %d", logged,
-                        since, self.model.event_count - count)
+            log.warning(
+                "not checkpointing: the log has %d events since %d, the model folded %d",
+                logged,
+                since,
+                self.model.event_count - count,
+            )
             return False
         return True
 
@@ -240,8 +257,9 @@ class CommandService:
         while self._paused is not None:  # a checkpoint is being taken (milliseconds)
             await asyncio.shield(self._paused)
         if self._recovering is not None:
-            raise OasstError("the write model is being rebuilt after a failed append; retry shortly",
-                             ErrorCode.STORE_UNAVAILABLE)
+            raise OasstError(
+                "the write model is being rebuilt after a failed append; retry shortly", ErrorCode.STORE_UNAVAILABLE
+            )
         batch = Batch(self.model, client_id, self.clock())
         try:
             body = decide(command, self.state, batch)
@@ -301,12 +319,17 @@ class CommandService:
     # --- Open-Assistant's request bodies as commands (the routes and the seeder call these) ---
 
     async def request_task(self, client: ApiClient, req: p.TaskRequest, ikey: str | None = None) -> Result:
-        return await self.execute(c.RequestTask(client_id=client.id, user=req.user, task_type=req.type, lang=req.lang,
-                                                collective=req.collective), ikey)
+        return await self.execute(
+            c.RequestTask(
+                client_id=client.id, user=req.user, task_type=req.type, lang=req.lang, collective=req.collective
+            ),
+            ikey,
+        )
 
     async def ack(self, client: ApiClient, task_id: str, req: p.TaskAck, ikey: str | None = None) -> Result:
-        return await self.execute(c.AckTask(client_id=client.id, task_id=task_id, frontend_message_id=req.message_id),
-                                  ikey)
+        return await self.execute(
+            c.AckTask(client_id=client.id, task_id=task_id, frontend_message_id=req.message_id), ikey
+        )
 
     async def nack(self, client: ApiClient, task_id: str, req: p.TaskNAck, ikey: str | None = None) -> Result:
         return await self.execute(c.NackTask(client_id=client.id, task_id=task_id, reason=req.reason), ikey)
@@ -322,9 +345,12 @@ class CommandService:
     async def close(self, client: ApiClient, req: p.TaskClose, ikey: str | None = None) -> Result:
         return await self.execute(c.CloseTask(client_id=client.id, frontend_message_id=req.message_id), ikey)
 
-    async def emoji(self, client: ApiClient, message_id: str, req: p.MessageEmojiRequest, ikey: str | None = None) -> Result:
-        return await self.execute(c.React(client_id=client.id, message_id=message_id, user=req.user, emoji=req.emoji,
-                                          op=req.op), ikey)
+    async def emoji(
+        self, client: ApiClient, message_id: str, req: p.MessageEmojiRequest, ikey: str | None = None
+    ) -> Result:
+        return await self.execute(
+            c.React(client_id=client.id, message_id=message_id, user=req.user, emoji=req.emoji, op=req.op), ikey
+        )
 
     async def delete_message(self, client: ApiClient, message_id: str, ikey: str | None = None) -> Result:
         return await self.execute(c.DeleteMessage(client_id=client.id, message_id=message_id), ikey)
@@ -335,18 +361,37 @@ class CommandService:
     async def set_tree_halted(self, client: ApiClient, message_id: str, halt: bool, ikey: str | None = None) -> Result:
         return await self.execute(c.SetTreeHalted(client_id=client.id, message_id=message_id, halt=halt), ikey)
 
-    async def update_user(self, client: ApiClient, user_id: str, enabled: bool | None, notes: str | None,
-                          show_on_leaderboard: bool | None, tos_acceptance: bool | None, ikey: str | None = None,
-                          *, display_name: str | None = None) -> Result:
-        return await self.execute(c.UpdateUser(client_id=client.id, user_id=user_id, enabled=enabled, notes=notes,
-                                               show_on_leaderboard=show_on_leaderboard, tos_accepted=tos_acceptance,
-                                               display_name=display_name), ikey)
+    async def update_user(
+        self,
+        client: ApiClient,
+        user_id: str,
+        enabled: bool | None,
+        notes: str | None,
+        show_on_leaderboard: bool | None,
+        tos_acceptance: bool | None,
+        ikey: str | None = None,
+        *,
+        display_name: str | None = None,
+    ) -> Result:
+        return await self.execute(
+            c.UpdateUser(
+                client_id=client.id,
+                user_id=user_id,
+                enabled=enabled,
+                notes=notes,
+                show_on_leaderboard=show_on_leaderboard,
+                tos_accepted=tos_acceptance,
+                display_name=display_name,
+            ),
+            ikey,
+        )
 
     async def delete_user(self, client: ApiClient, user_id: str, ikey: str | None = None) -> Result:
         return await self.execute(c.DeleteUser(client_id=client.id, user_id=user_id), ikey)
 
-    async def set_spammer(self, client: ApiClient, user_id: str, spammer: bool, ban: bool = False,
-                          ikey: str | None = None) -> Result:
+    async def set_spammer(
+        self, client: ApiClient, user_id: str, spammer: bool, ban: bool = False, ikey: str | None = None
+    ) -> Result:
         return await self.execute(c.SetSpammer(client_id=client.id, user_id=user_id, spammer=spammer, ban=ban), ikey)
 
     async def import_trees(self, client: ApiClient, origin: str, trees: list, ikey: str | None = None) -> Result:
@@ -357,18 +402,39 @@ class CommandService:
 
     async def create_api_client(self, req: p.CreateApiClientRequest, key: str | None = None) -> Result:
         api_key = key or secrets.token_urlsafe(32)
-        result = await self.execute(c.CreateApiClient(
-            client_id=None, key_sha256=key_digest(api_key), description=req.description,
-            frontend_type=req.frontend_type, trusted=bool(req.trusted), admin_email=req.admin_email))
+        result = await self.execute(
+            c.CreateApiClient(
+                client_id=None,
+                key_sha256=key_digest(api_key),
+                description=req.description,
+                frontend_type=req.frontend_type,
+                trusted=bool(req.trusted),
+                admin_email=req.admin_email,
+            )
+        )
         return Result(_json.encode(api_key), result.position)
 
-    async def create_frontend_user(self, client: ApiClient, req: p.CreateFrontendUserRequest, ikey: str | None = None) -> Result:
-        return await self.execute(c.UpsertFrontendUser(
-            client_id=client.id, auth_method=req.auth_method, username=req.id, display_name=req.display_name,
-            enabled=req.enabled, show_on_leaderboard=req.show_on_leaderboard, notes=req.notes,
-            tos_accepted=req.tos_acceptance, trusted=client.trusted), ikey)
+    async def create_frontend_user(
+        self, client: ApiClient, req: p.CreateFrontendUserRequest, ikey: str | None = None
+    ) -> Result:
+        return await self.execute(
+            c.UpsertFrontendUser(
+                client_id=client.id,
+                auth_method=req.auth_method,
+                username=req.id,
+                display_name=req.display_name,
+                enabled=req.enabled,
+                show_on_leaderboard=req.show_on_leaderboard,
+                notes=req.notes,
+                tos_accepted=req.tos_acceptance,
+                trusted=client.trusted,
+            ),
+            ikey,
+        )
 
-    async def purge_user(self, client: ApiClient, user_id: str, preview: bool, ban: bool, ikey: str | None = None) -> Result:
+    async def purge_user(
+        self, client: ApiClient, user_id: str, preview: bool, ban: bool, ikey: str | None = None
+    ) -> Result:
         """OA's purge: counts before and after (``preview``: nothing else); else a spam mark,
         which hides the user's messages and takes their votes back (events, nothing destroyed)."""
         started = utcnow()
@@ -377,47 +443,73 @@ class CommandService:
         position = self.model.position
         if not preview:
             position = (await self.set_spammer(client, user_id, True, ban, ikey)).position
-        body = {"before": before, "after": after, "preview": preview,
-                "duration": (utcnow() - started).total_seconds()}
+        body = {"before": before, "after": after, "preview": preview, "duration": (utcnow() - started).total_seconds()}
         return Result(_json.encode(body), position)
 
     # --- moderation (issue #14) ----------------------------------------------------------------------
 
-    async def edit_message(self, client: ApiClient, message_id: str, req: p.MessageEditRequest,
-                           ikey: str | None = None) -> Result:
-        return await self.execute(c.EditMessage(client_id=client.id, message_id=message_id, user=req.user,
-                                                new_content=req.new_content), ikey)
+    async def edit_message(
+        self, client: ApiClient, message_id: str, req: p.MessageEditRequest, ikey: str | None = None
+    ) -> Result:
+        return await self.execute(
+            c.EditMessage(client_id=client.id, message_id=message_id, user=req.user, new_content=req.new_content), ikey
+        )
 
-    async def delete_user_messages(self, client: ApiClient, user_id: str | None = None, auth_method: str | None = None,
-                                   username: str | None = None, ikey: str | None = None) -> Result:
+    async def delete_user_messages(
+        self,
+        client: ApiClient,
+        user_id: str | None = None,
+        auth_method: str | None = None,
+        username: str | None = None,
+        ikey: str | None = None,
+    ) -> Result:
         """All of a user's messages, by our id or by the client's frontend identity."""
-        return await self.execute(c.DeleteUserMessages(client_id=client.id, user_id=user_id, auth_method=auth_method,
-                                                       username=username), ikey)
+        return await self.execute(
+            c.DeleteUserMessages(client_id=client.id, user_id=user_id, auth_method=auth_method, username=username), ikey
+        )
 
-    async def purge_user_messages(self, client: ApiClient, user_id: str, purge_initial_prompts: bool,
-                                  min_date: datetime | None, max_date: datetime | None, preview: bool,
-                                  ikey: str | None = None) -> Result:
+    async def purge_user_messages(
+        self,
+        client: ApiClient,
+        user_id: str,
+        purge_initial_prompts: bool,
+        min_date: datetime | None,
+        max_date: datetime | None,
+        preview: bool,
+        ikey: str | None = None,
+    ) -> Result:
         """OA's purge of a user's messages: counts before and after (``preview``: nothing else);
         else the picked messages are marked deleted (events; OA destroys them and their
         subtrees, which is what ``after`` counts)."""
         started = utcnow()
-        command = c.DeleteUserMessages(client_id=client.id, user_id=user_id, initial_prompts=purge_initial_prompts,
-                                       min_date=min_date, max_date=max_date, reason="user_messages_purged")
+        command = c.DeleteUserMessages(
+            client_id=client.id,
+            user_id=user_id,
+            initial_prompts=purge_initial_prompts,
+            min_date=min_date,
+            max_date=max_date,
+            reason="user_messages_purged",
+        )
         picked = {m.id for m in user_messages_to_delete(self.state, command)}
         before, after = system_stats(self.state), system_stats(self.state, exclude_messages=picked)
         position = self.model.position
         if not preview:
             position = (await self.execute(command, ikey)).position
-        body = {"before": before, "after": after, "preview": preview,
-                "duration": (utcnow() - started).total_seconds()}
+        body = {"before": before, "after": after, "preview": preview, "duration": (utcnow() - started).total_seconds()}
         return Result(_json.encode(body), position)
 
     async def process_flagged(self, client: ApiClient, message_id: str, ikey: str | None = None) -> Result:
         return await self.execute(c.ProcessFlaggedMessage(client_id=client.id, message_id=message_id), ikey)
 
     async def merge_users(self, client: ApiClient, req: p.MergeUsersRequest, ikey: str | None = None) -> Result:
-        return await self.execute(c.MergeUsers(client_id=client.id, destination_user_id=str(req.destination_user_id),
-                                               source_user_ids=[str(u) for u in req.source_user_ids]), ikey)
+        return await self.execute(
+            c.MergeUsers(
+                client_id=client.id,
+                destination_user_id=str(req.destination_user_id),
+                source_user_ids=[str(u) for u in req.source_user_ids],
+            ),
+            ikey,
+        )
 
     # --- questions the command side answers from its model ----------------------------------------
 

@@ -48,8 +48,15 @@ def table(rows: list[dict], title: str) -> Table:
     out = Table(*KEYS, "ok", title=title)
     for row in rows:
         ok = {True: "[green]yes[/]", False: "[red]NO[/]", None: ""}[met(row)]
-        out.add_row(row["name"], fmt(row.get("value")), row.get("unit") or "", row.get("goal") or "",
-                    fmt(row.get("baseline")), fmt(row.get("ratio")), ok)
+        out.add_row(
+            row["name"],
+            fmt(row.get("value")),
+            row.get("unit") or "",
+            row.get("goal") or "",
+            fmt(row.get("baseline")),
+            fmt(row.get("ratio")),
+            ok,
+        )
     return out
 
 

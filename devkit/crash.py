@@ -40,8 +40,14 @@ class Proc:
 
     def start(self) -> None:
         out = open(self.log, "ab")
-        self.proc = subprocess.Popen(self.cmd, env={**os.environ, **self.env}, cwd=ROOT, stdout=out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            env={**os.environ, **self.env},
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         out.close()
 
     def kill(self) -> None:
@@ -94,8 +100,9 @@ async def _user(base: str, name: str, outcome: Outcome, deadline: float) -> None
     who = {"id": name, "display_name": name, "auth_method": "local"}
     async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": API_KEY}) as client:
         while time.monotonic() < deadline:
-            r = await _send(client, outcome, "POST", "/api/v1/tasks/", {"type": "random", "user": who, "lang": "en"},
-                            deadline)
+            r = await _send(
+                client, outcome, "POST", "/api/v1/tasks/", {"type": "random", "user": who, "lang": "en"}, deadline
+            )
             if r is None or r.status_code != 200:
                 await asyncio.sleep(0.05)
                 continue
@@ -167,7 +174,7 @@ def verify(store_url: str, outcome: Outcome, topic_positions: set[int] | None) -
         stored.restore()
         fresh = ProjectionRunner(store, all_views())
         for start in range(0, len(log), 10_000):
-            fresh.fold(log[start:start + 10_000])
+            fresh.fold(log[start : start + 10_000])
         view_mismatches = []
         for a, b in zip(stored.views, fresh.views, strict=True):
             if a.position != b.position:
@@ -180,9 +187,15 @@ def verify(store_url: str, outcome: Outcome, topic_positions: set[int] | None) -
         gaps = None
         if topic_positions is not None:
             gaps = len({n.id for n in log} - topic_positions)
-        return {"events": len(log), "acknowledged": len(outcome.acknowledged), "lost": len(lost),
-                "lost_examples": lost[:5], "duplicates": duplicates, "view_mismatches": view_mismatches,
-                "topic_gaps": gaps}
+        return {
+            "events": len(log),
+            "acknowledged": len(outcome.acknowledged),
+            "lost": len(lost),
+            "lost_examples": lost[:5],
+            "duplicates": duplicates,
+            "view_mismatches": view_mismatches,
+            "topic_gaps": gaps,
+        }
     finally:
         store.close()
 
@@ -190,8 +203,14 @@ def verify(store_url: str, outcome: Outcome, topic_positions: set[int] | None) -
 def topic_positions(bootstrap: str, topic: str, expected: int, timeout: float = 60) -> set[int]:
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             enable_auto_commit=False, consumer_timeout_ms=3000)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=3000,
+    )
     seen: set[int] = set()
     end = time.monotonic() + timeout
     try:
@@ -204,18 +223,38 @@ def topic_positions(bootstrap: str, topic: str, expected: int, timeout: float = 
     return seen
 
 
-def storm(store_url: str, tmp: Path, seconds: float, users: int, relay_bootstrap: str | None,
-          every: tuple[float, float] = (1.5, 4.0), seed: int = 0) -> dict:
+def storm(
+    store_url: str,
+    tmp: Path,
+    seconds: float,
+    users: int,
+    relay_bootstrap: str | None,
+    every: tuple[float, float] = (1.5, 4.0),
+    seed: int = 0,
+) -> dict:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {"OASST_DATABASE_URL": store_url, "OASST_DATA_DIR": str(tmp), "OASST_BOOTSTRAP_API_KEY": API_KEY,
-           "OASST_RATE_LIMITS": "off", "OASST_TREE_GOAL_TREE_SIZE": "4", "OASST_TREE_NUM_REVIEWS_INITIAL_PROMPT": "2",
-           "OASST_TREE_NUM_REVIEWS_REPLY": "2", "OASST_TREE_NUM_REQUIRED_RANKINGS": "2"}
-    procs = [Proc("server", [*OASST, "serve", "--only", "commands", "--port", str(port)], env, tmp / "server.log"),
-             Proc("runner", [*OASST, "project", "run", "--poll", "0.05"], env, tmp / "runner.log")]
+    env = {
+        "OASST_DATABASE_URL": store_url,
+        "OASST_DATA_DIR": str(tmp),
+        "OASST_BOOTSTRAP_API_KEY": API_KEY,
+        "OASST_RATE_LIMITS": "off",
+        "OASST_TREE_GOAL_TREE_SIZE": "4",
+        "OASST_TREE_NUM_REVIEWS_INITIAL_PROMPT": "2",
+        "OASST_TREE_NUM_REVIEWS_REPLY": "2",
+        "OASST_TREE_NUM_REQUIRED_RANKINGS": "2",
+    }
+    procs = [
+        Proc("server", [*OASST, "serve", "--only", "commands", "--port", str(port)], env, tmp / "server.log"),
+        Proc("runner", [*OASST, "project", "run", "--poll", "0.05"], env, tmp / "runner.log"),
+    ]
     if relay_bootstrap:
-        kenv = {**env, "OASST_KAFKA_BOOTSTRAP": relay_bootstrap, "OASST_KAFKA_EVENTS_TOPIC": "crash-events",
-                "OASST_KAFKA_SNAPSHOTS_TOPIC": "crash-snapshots"}
+        kenv = {
+            **env,
+            "OASST_KAFKA_BOOTSTRAP": relay_bootstrap,
+            "OASST_KAFKA_EVENTS_TOPIC": "crash-events",
+            "OASST_KAFKA_SNAPSHOTS_TOPIC": "crash-snapshots",
+        }
         procs.append(Proc("relay", [*OASST, "relay"], kenv, tmp / "relay.log"))
     for p in procs:
         p.start()
@@ -251,6 +290,11 @@ def storm(store_url: str, tmp: Path, seconds: float, users: int, relay_bootstrap
     time.sleep(5)
     runner.stop()
     result = verify(store_url, outcome, positions)
-    result.update(seconds=round(time.monotonic() - started, 1), commands=outcome.commands, retries=outcome.retries,
-                  gave_up=outcome.gave_up, kills={p.name: p.kills for p in procs})
+    result.update(
+        seconds=round(time.monotonic() - started, 1),
+        commands=outcome.commands,
+        retries=outcome.retries,
+        gave_up=outcome.gave_up,
+        kills={p.name: p.kills for p in procs},
+    )
     return result

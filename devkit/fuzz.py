@@ -36,10 +36,17 @@ def fuzz_server(tmp: Path) -> Iterator[tuple[str, str]]:
     """A real ``oasst serve`` on a fresh SQLite store: (base url, store url)."""
     port = free_port()
     store_url = f"sqlite:///{tmp / 'fuzz.sqlite3'}"
-    env = {"OASST_DATABASE_URL": store_url, "OASST_DATA_DIR": str(tmp), "OASST_BOOTSTRAP_API_KEY": API_KEY,
-           "OASST_ROOT_TOKEN": "fuzz-root", "OASST_PORT": str(port), "OASST_RATE_LIMITS": "off"}
-    with server([*OASST, "serve", "--port", str(port)], env, port, tmp / "fuzz-server.log",
-                ready_path="/schema/openapi.json"):
+    env = {
+        "OASST_DATABASE_URL": store_url,
+        "OASST_DATA_DIR": str(tmp),
+        "OASST_BOOTSTRAP_API_KEY": API_KEY,
+        "OASST_ROOT_TOKEN": "fuzz-root",
+        "OASST_PORT": str(port),
+        "OASST_RATE_LIMITS": "off",
+    }
+    with server(
+        [*OASST, "serve", "--port", str(port)], env, port, tmp / "fuzz-server.log", ready_path="/schema/openapi.json"
+    ):
         yield f"http://127.0.0.1:{port}", store_url
 
 
@@ -73,9 +80,15 @@ def fuzz_api(base_url: str, store_url: str, examples: int, seed: int = 0) -> Fuz
         for result in schema.get_all_operations():
             operation = result.ok()
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
                 @hseed(seed)
-                @settings(max_examples=examples, deadline=None, database=None, derandomize=False,
-                          suppress_health_check=list(HealthCheck))
+                @settings(
+                    max_examples=examples,
+                    deadline=None,
+                    database=None,
+                    derandomize=False,
+                    suppress_health_check=list(HealthCheck),
+                )
                 @given(case=operation.as_strategy(generation_mode=mode))
                 def probe(case) -> None:
                     before = store.max_position()

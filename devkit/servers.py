@@ -20,16 +20,18 @@ OASST = [sys.executable, "-m", "infra.cli"]
 
 
 @contextlib.contextmanager
-def server(cmd: list[str], env: dict[str, str], port: int, log: Path, ready_path: str = "/",
-           timeout: float = 60) -> Iterator[subprocess.Popen]:
+def server(
+    cmd: list[str], env: dict[str, str], port: int, log: Path, ready_path: str = "/", timeout: float = 60
+) -> Iterator[subprocess.Popen]:
     """Run an HTTP server subprocess (stdout+stderr to ``log``) until the block ends; it is
     ready once any HTTP answer comes back on ``ready_path``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "wb")
     spawned = time.monotonic()
     # Own process group, so that stopping it also stops anything it spawned.
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **env}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + timeout
         while True:

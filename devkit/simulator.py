@@ -62,8 +62,15 @@ from infra.checkpoints import Checkpoints
 from infra.settings import Settings
 from infra.store import EventStore, Pending
 
-__all__ = ["DEFAULT_BEHAVIOURS", "PROFILES", "SeedParams", "seed_command", "seed_history", "seed_history_async",
-           "seed_tree_config"]
+__all__ = [
+    "DEFAULT_BEHAVIOURS",
+    "PROFILES",
+    "SeedParams",
+    "seed_command",
+    "seed_history",
+    "seed_history_async",
+    "seed_tree_config",
+]
 
 START = datetime(2023, 2, 1, tzinfo=UTC)  # Open-Assistant's data collection began in early 2023
 DEFAULT_API_KEY = "oasst-seed-key"
@@ -152,24 +159,51 @@ def oa_scale() -> tuple[int, int, TreeConfig, SeedParams]:
         goal_tree_size=12,
         max_pending_tasks_per_user=1000,
     )
-    params = SeedParams(concurrency=64, seconds_per_command=2.0, task_expire_minutes=2880, prompt_rate=0.08,
-                        prompt_backlog=1_000_000, finish_fraction=1.0, drain_factor=0.05)
+    params = SeedParams(
+        concurrency=64,
+        seconds_per_command=2.0,
+        task_expire_minutes=2880,
+        prompt_rate=0.08,
+        prompt_backlog=1_000_000,
+        finish_fraction=1.0,
+        drain_factor=0.05,
+    )
     return 66_000, 13_500, cfg, params
 
 
 # --- text -------------------------------------------------------------------------------
 
 _FALLBACK_PROMPTS = [
-    "How do I make a good cup of coffee?", "What is the difference between a virus and a bacterium?",
-    "Can you explain how a transistor works?", "Write a short poem about autumn.",
-    "What are some tips for learning a new language?", "Why is the sky blue?",
-    "How does compound interest work?", "What should I consider when buying a used car?",
+    "How do I make a good cup of coffee?",
+    "What is the difference between a virus and a bacterium?",
+    "Can you explain how a transistor works?",
+    "Write a short poem about autumn.",
+    "What are some tips for learning a new language?",
+    "Why is the sky blue?",
+    "How does compound interest work?",
+    "What should I consider when buying a used car?",
 ]
 _PROMPT_PREFIX = ["", "", "", "Hi! ", "Quick question: ", "Hello, ", "I was wondering: ", "Please help. "]
-_PROMPT_SUFFIX = ["", "", "", " Thanks!", " Please keep it short.", " Explain it like I'm five.",
-                  " Give me an example.", " I need this for school."]
-_OPENERS = ["Sure!", "Good question.", "Here is a short answer.", "Let me explain.", "Of course.",
-            "There are a few things to consider.", "Happy to help.", "In short:"]
+_PROMPT_SUFFIX = [
+    "",
+    "",
+    "",
+    " Thanks!",
+    " Please keep it short.",
+    " Explain it like I'm five.",
+    " Give me an example.",
+    " I need this for school.",
+]
+_OPENERS = [
+    "Sure!",
+    "Good question.",
+    "Here is a short answer.",
+    "Let me explain.",
+    "Of course.",
+    "There are a few things to consider.",
+    "Happy to help.",
+    "In short:",
+]
 _SENTENCES = [
     "The key idea is to start from the basics and build up step by step.",
     "Most experts agree that context matters a lot here.",
@@ -186,20 +220,62 @@ _SENTENCES = [
     "Another way to see it is as a balance between two forces.",
     "Practice regularly and the improvement comes quickly.",
 ]
-_CLOSERS = ["I hope this helps!", "Let me know if you have more questions.", "In summary, take it one step at a time.",
-            "Good luck!", ""]
-_FOLLOW_UPS = [
-    "Thanks! Can you give me an example?", "Could you explain that in simpler terms?", "Why is that the case?",
-    "What would you recommend for a beginner?", "Can you elaborate on the second point?",
-    "Interesting. Are there any downsides?", "How long does that usually take?", "Is there a cheaper way?",
-    "That makes sense. What should I do next?", "Could you summarize that in one sentence?",
+_CLOSERS = [
+    "I hope this helps!",
+    "Let me know if you have more questions.",
+    "In summary, take it one step at a time.",
+    "Good luck!",
+    "",
 ]
-_TROLL = ["This is a dumb question.", "Google it yourself.", "Nobody cares about this.", "Whatever, this is pointless.",
-          "Lol, you really don't know that?", "Ask someone who cares.", "Wrong, and you know it."]
+_FOLLOW_UPS = [
+    "Thanks! Can you give me an example?",
+    "Could you explain that in simpler terms?",
+    "Why is that the case?",
+    "What would you recommend for a beginner?",
+    "Can you elaborate on the second point?",
+    "Interesting. Are there any downsides?",
+    "How long does that usually take?",
+    "Is there a cheaper way?",
+    "That makes sense. What should I do next?",
+    "Could you summarize that in one sentence?",
+]
+_TROLL = [
+    "This is a dumb question.",
+    "Google it yourself.",
+    "Nobody cares about this.",
+    "Whatever, this is pointless.",
+    "Lol, you really don't know that?",
+    "Ask someone who cares.",
+    "Wrong, and you know it.",
+]
 _JUNK = ["asdf", "lol", "ok", "....", "test test test", "k", "hmm", "no", "???", "xD"]
 _SPAM_LINKS = ["Buy cheap followers now!!! ", "Click here for free crypto: ", "Best casino bonus at "]
-_NAMES = ["alex", "sam", "kim", "jo", "lee", "max", "ana", "ben", "eva", "li", "noa", "omar", "ivy", "raj", "mia",
-          "yuki", "tom", "zoe", "luca", "nina", "owen", "pia", "ravi", "sara"]
+_NAMES = [
+    "alex",
+    "sam",
+    "kim",
+    "jo",
+    "lee",
+    "max",
+    "ana",
+    "ben",
+    "eva",
+    "li",
+    "noa",
+    "omar",
+    "ivy",
+    "raj",
+    "mia",
+    "yuki",
+    "tom",
+    "zoe",
+    "luca",
+    "nina",
+    "owen",
+    "pia",
+    "ravi",
+    "sara",
+]
 
 
 def _load_prompts() -> list[str]:
@@ -303,8 +379,17 @@ class _CountingStore(EventStore):
 
 
 class Simulation:
-    def __init__(self, service: CommandService, client, *, trees: int, users: int, seed: int,
-                 params: SeedParams, progress: Callable[[int, int], None] | None):
+    def __init__(
+        self,
+        service: CommandService,
+        client,
+        *,
+        trees: int,
+        users: int,
+        seed: int,
+        params: SeedParams,
+        progress: Callable[[int, int], None] | None,
+    ):
         self.service, self.client, self.params, self.progress = service, client, params, progress
         self.cfg = service.settings.tree
         self.trees = trees
@@ -487,8 +572,9 @@ class Simulation:
         if not a.registered:
             a.registered = True
             if a.auth_method != "discord":  # web users are created by the website; the bot's implicitly
-                req = p.CreateFrontendUserRequest(id=a.username, display_name=a.display_name,
-                                                  auth_method=a.auth_method, tos_acceptance=True)
+                req = p.CreateFrontendUserRequest(
+                    id=a.username, display_name=a.display_name, auth_method=a.auth_method, tos_acceptance=True
+                )
                 return svc.create_frontend_user(client, req), self._ignore
         prof, r = a.profile, self.rng.random()
         if a.seen:
@@ -511,8 +597,12 @@ class Simulation:
         if left <= 0:
             return 0
         m = self.model
-        backlog = (len(m.trees_by_state.get("initial_prompt_review", ())) + self.prompt_tasks_open
-                   + len(m.trees_by_state.get("prompt_lottery_waiting", ())) + self.prompt_reserved)
+        backlog = (
+            len(m.trees_by_state.get("initial_prompt_review", ()))
+            + self.prompt_tasks_open
+            + len(m.trees_by_state.get("prompt_lottery_waiting", ()))
+            + self.prompt_reserved
+        )
         return min(left, self.prompt_backlog - backlog)
 
     def _request(self, a: Actor) -> Command:
@@ -524,9 +614,17 @@ class Simulation:
             if a.behaviour == "random_ranker":
                 kind = "rank_assistant_replies"
             else:
-                kind = self.rng.choice(["label_initial_prompt", "label_assistant_reply", "label_prompter_reply",
-                                        "assistant_reply", "prompter_reply", "rank_assistant_replies",
-                                        "rank_prompter_replies"])
+                kind = self.rng.choice(
+                    [
+                        "label_initial_prompt",
+                        "label_assistant_reply",
+                        "label_prompter_reply",
+                        "assistant_reply",
+                        "prompter_reply",
+                        "rank_assistant_replies",
+                        "rank_prompter_replies",
+                    ]
+                )
         a.requests += 1
         if a.requests == a.rename_at:
             a.display_name = f"{self.rng.choice(_NAMES).title()} {self.rng.randint(1, 99)}"  # a rename
@@ -642,8 +740,12 @@ class Simulation:
         junk = q < JUNK_BELOW
         rude = self.actors[self.author[mid]].behaviour == "troll" if mid in self.author else False
         if b == "spammer":  # random labels; spam-votes good messages
-            labels = {n: float(rng.choice([0, 0.25, 0.5, 0.75, 1])) if n not in ("spam", "lang_mismatch") else
-                      float(rng.random() < 0.3) for n in names}
+            labels = {
+                n: float(rng.choice([0, 0.25, 0.5, 0.75, 1]))
+                if n not in ("spam", "lang_mismatch")
+                else float(rng.random() < 0.3)
+                for n in names
+            }
             labels["spam"] = 0.0 if junk else float(rng.random() < 0.6)
             return labels
         if b == "troll":
@@ -779,7 +881,11 @@ class Simulation:
         if self.author.get(mid) == a.index:
             return None
         q = self.quality.get(mid, 0.5)
-        labels = {"quality": _likert(q + self.rng.gauss(0, 0.1)), "helpfulness": _likert(q), "spam": float(q < JUNK_BELOW)}
+        labels = {
+            "quality": _likert(q + self.rng.gauss(0, 0.1)),
+            "helpfulness": _likert(q),
+            "spam": float(q < JUNK_BELOW),
+        }
         body = p.TextLabels(user=a.ref(), text="", labels=labels, message_id=str(mid))
         return self.service.free_labels(self.client, body), lambda res: None
 
@@ -814,8 +920,9 @@ class Simulation:
                 self.mistakes += good
                 out.append((svc.delete_message(client, str(mid)), self._ignore))
                 if good:
-                    self._later(rng.randint(8, 30), lambda mid=mid: (svc.undelete_message(client, str(mid)),
-                                                                       self._ignore))
+                    self._later(
+                        rng.randint(8, 30), lambda mid=mid: (svc.undelete_message(client, str(mid)), self._ignore)
+                    )
         # authors of many rejected messages get marked (and the worst banned)
         for _ in range(3):
             a = self.actors[self.mod_cursor % len(self.actors)]
@@ -837,8 +944,10 @@ class Simulation:
                     self.stuck_halted += 1
                     out.append((svc.set_tree_halted(client, str(tree.id), True), self._ignore))
         # halts, spread over the run; a few are undone
-        if self.halts_done < self.halts_planned and \
-                self.prompts_submitted >= (self.halts_done + 0.5) * self.trees / self.halts_planned:
+        if (
+            self.halts_done < self.halts_planned
+            and self.prompts_submitted >= (self.halts_done + 0.5) * self.trees / self.halts_planned
+        ):
             growing = list(m.trees_in("growing")) or list(m.trees_in("initial_prompt_review"))
             if growing:
                 tree = rng.choice(growing)
@@ -846,8 +955,10 @@ class Simulation:
                 out.append((svc.set_tree_halted(client, str(tree.id), True), self._ignore))
                 if self.resumes_left > 0 and self.halts_done % 2 == 0:
                     self.resumes_left -= 1
-                    self._later(rng.randint(10, 40), lambda tid=tree.id: (svc.set_tree_halted(client, str(tid), False),
-                                                                           self._ignore))
+                    self._later(
+                        rng.randint(10, 40),
+                        lambda tid=tree.id: (svc.set_tree_halted(client, str(tid), False), self._ignore),
+                    )
         return out
 
     def _can_progress(self, tree) -> bool:
@@ -860,8 +971,13 @@ class Simulation:
     def _appeal(self, a: Actor, banned: bool) -> Command:
         svc, client = self.service, self.client
         if banned:  # and the account is enabled again on the moderator's next round
-            self._later(1, lambda: (svc.update_user(client, str(a.user_id), True, "appeal accepted", None, None),
-                                    lambda res: setattr(a, "banned", False)))
+            self._later(
+                1,
+                lambda: (
+                    svc.update_user(client, str(a.user_id), True, "appeal accepted", None, None),
+                    lambda res: setattr(a, "banned", False),
+                ),
+            )
         return svc.set_spammer(client, str(a.user_id), False), self._ignore
 
     # --- the result ---------------------------------------------------------------------------
@@ -873,8 +989,11 @@ class Simulation:
             by[a.behaviour].append(str(a.user_id))
         return {
             "behaviour_of": {str(a.user_id): a.behaviour for a in present},
-            "spammers": by["spammer"], "random_rankers": by["random_ranker"], "trolls": by["troll"],
-            "lazy": by["lazy"], "diligent": by["diligent"],
+            "spammers": by["spammer"],
+            "random_rankers": by["random_ranker"],
+            "trolls": by["troll"],
+            "lazy": by["lazy"],
+            "diligent": by["diligent"],
             "message_quality": {str(mid): q for mid, q in self.quality.items()},
             "junk_below": JUNK_BELOW,
         }
@@ -883,8 +1002,9 @@ class Simulation:
 # --- entry points ---------------------------------------------------------------------------
 
 
-def _resolve(trees: int, users: int, scale: str | None, tree_config: TreeConfig | None,
-             params: SeedParams | None) -> tuple[int, int, TreeConfig, SeedParams]:
+def _resolve(
+    trees: int, users: int, scale: str | None, tree_config: TreeConfig | None, params: SeedParams | None
+) -> tuple[int, int, TreeConfig, SeedParams]:
     if scale is None:
         params = params or SeedParams()
         return trees, users, tree_config or seed_tree_config(min(users, params.concurrency)), params
@@ -896,11 +1016,19 @@ def _resolve(trees: int, users: int, scale: str | None, tree_config: TreeConfig 
     return max(1, oa_trees // n), max(1, oa_users // n), tree_config or oa_cfg, params or oa_params
 
 
-async def seed_history_async(database_url: str, *, trees: int, users: int, seed: int, scale: str | None = None,
-                             tree_config: TreeConfig | None = None,
-                             progress: Callable[[int, int], None] | None = None,
-                             params: SeedParams | None = None, api_key: str = DEFAULT_API_KEY,
-                             checkpoint_dir: Path | None = None) -> dict:
+async def seed_history_async(
+    database_url: str,
+    *,
+    trees: int,
+    users: int,
+    seed: int,
+    scale: str | None = None,
+    tree_config: TreeConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    params: SeedParams | None = None,
+    api_key: str = DEFAULT_API_KEY,
+    checkpoint_dir: Path | None = None,
+) -> dict:
     """``seed_history`` inside a running event loop."""
     trees, users, cfg, params = _resolve(trees, users, scale, tree_config, params)
     if trees < 1 or users < 1:
@@ -917,8 +1045,12 @@ async def seed_history_async(database_url: str, *, trees: int, users: int, seed:
             now[0] += timedelta(milliseconds=clock_rng.randint(max(1, mean_ms // 5), mean_ms * 9 // 5))
             return now[0]
 
-        settings = Settings(database_url=database_url, bootstrap_api_key=api_key, tree=cfg,
-                            task_expire_minutes=params.task_expire_minutes)
+        settings = Settings(
+            database_url=database_url,
+            bootstrap_api_key=api_key,
+            tree=cfg,
+            task_expire_minutes=params.task_expire_minutes,
+        )
         ev.seed_ids(seed)
         service = CommandService(settings, store, clock=clock)
         started = time.perf_counter()
@@ -936,26 +1068,65 @@ async def seed_history_async(database_url: str, *, trees: int, users: int, seed:
         seconds = time.perf_counter() - started
         if checkpoint_dir and service.model.position:  # so that the first `oasst serve` folds no log
             Checkpoints(checkpoint_dir).save(service.model, service.store_id())
-        return _summary(sim, store, cfg, params, seed=seed, trees=trees, users=users, seconds=seconds,
-                        simulated=(params.start, now[0]))
+        return _summary(
+            sim,
+            store,
+            cfg,
+            params,
+            seed=seed,
+            trees=trees,
+            users=users,
+            seconds=seconds,
+            simulated=(params.start, now[0]),
+        )
     finally:
         store.close()
 
 
-def seed_history(database_url: str, *, trees: int, users: int, seed: int, scale: str | None = None,
-                 tree_config: TreeConfig | None = None, progress: Callable[[int, int], None] | None = None,
-                 params: SeedParams | None = None, api_key: str = DEFAULT_API_KEY,
-                 checkpoint_dir: Path | None = None) -> dict:
+def seed_history(
+    database_url: str,
+    *,
+    trees: int,
+    users: int,
+    seed: int,
+    scale: str | None = None,
+    tree_config: TreeConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    params: SeedParams | None = None,
+    api_key: str = DEFAULT_API_KEY,
+    checkpoint_dir: Path | None = None,
+) -> dict:
     """Generate a synthetic history of ``trees`` prompts by ``users`` simulated users into
     an empty store; returns a summary (counts, timings, and the planted truth). With
     ``checkpoint_dir`` it leaves a checkpoint of the write model there (infra.checkpoints)."""
-    return asyncio.run(seed_history_async(database_url, trees=trees, users=users, seed=seed, scale=scale,
-                                          tree_config=tree_config, progress=progress, params=params,
-                                          api_key=api_key, checkpoint_dir=checkpoint_dir))
+    return asyncio.run(
+        seed_history_async(
+            database_url,
+            trees=trees,
+            users=users,
+            seed=seed,
+            scale=scale,
+            tree_config=tree_config,
+            progress=progress,
+            params=params,
+            api_key=api_key,
+            checkpoint_dir=checkpoint_dir,
+        )
+    )
 
 
-def _summary(sim: Simulation, store: _CountingStore, cfg: TreeConfig, params: SeedParams, *, seed: int, trees: int,
-             users: int, seconds: float, simulated: tuple[datetime, datetime]) -> dict:
+def _summary(
+    sim: Simulation,
+    store: _CountingStore,
+    cfg: TreeConfig,
+    params: SeedParams,
+    *,
+    seed: int,
+    trees: int,
+    users: int,
+    seconds: float,
+    simulated: tuple[datetime, datetime],
+) -> dict:
     c, m = store.counts, sim.model
     events = sum(c.values())
     behaviours = Counter(a.behaviour for a in sim.actors if a.user_id in m.users)  # those in the log
@@ -977,8 +1148,11 @@ def _summary(sim: Simulation, store: _CountingStore, cfg: TreeConfig, params: Se
         "reactions_removed": c["emoji_removed"],
         "skip_markers": sum(n for e, n in store.emojis.items() if is_skip_marker(e)),
         "tasks": c["task_assigned"],
-        "tasks_by_outcome": {"completed": c["task_completed"], "skipped": c["task_skipped"],
-                             "expired": c["task_expired"]},
+        "tasks_by_outcome": {
+            "completed": c["task_completed"],
+            "skipped": c["task_skipped"],
+            "expired": c["task_expired"],
+        },
         "users": c["user_seen"],
         "users_by_behaviour": dict(sorted(behaviours.items())),
         "stuck_trees_halted": sim.stuck_halted,
@@ -1003,12 +1177,20 @@ def seed_command(trees: int = 100, users: int = 50, seed: int = 0, scale: Option
     settings = Settings.from_env()
     console = Console()
     api_key = settings.bootstrap_api_key or DEFAULT_API_KEY  # serve with this key to act as the seeded frontend
-    with Progress(TextColumn("[bold]seeding[/] prompts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as bar:
+    with Progress(
+        TextColumn("[bold]seeding[/] prompts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
         job = bar.add_task("seed", total=None)
-        summary = seed_history(settings.database_url, trees=trees, users=users, seed=seed, scale=scale,
-                               progress=lambda done, total: bar.update(job, completed=done, total=total),
-                               api_key=api_key, checkpoint_dir=settings.checkpoints_folder)
+        summary = seed_history(
+            settings.database_url,
+            trees=trees,
+            users=users,
+            seed=seed,
+            scale=scale,
+            progress=lambda done, total: bar.update(job, completed=done, total=total),
+            api_key=api_key,
+            checkpoint_dir=settings.checkpoints_folder,
+        )
     table = Table("", "count", title=f"seeded {settings.database_url.split(':', 1)[0]} store (seed {seed})")
     for key in ("events", "trees", "messages", "labels", "rankings", "reactions", "tasks", "users", "commands"):
         table.add_row(key, f"{summary[key]:,}")
@@ -1023,8 +1205,13 @@ def seed_command(trees: int = 100, users: int = 50, seed: int = 0, scale: Option
     truth_path.parent.mkdir(parents=True, exist_ok=True)
     truth_path.write_text(json.dumps({k: v for k, v in summary.items()}, indent=1))
     console.print(f"summary and planted truth: [cyan]{truth_path}[/]")
-    console.print(f"the simulated users belong to the API client with key [green]{api_key}[/] "
-                  "(OASST_BOOTSTRAP_API_KEY); the tree rules used (serve with the same OASST_TREE_* to continue "
-                  "this history under them):")
-    console.print(" ".join(f"OASST_TREE_{k.upper()}={int(v) if isinstance(v, bool) else v}"
-                           for k, v in summary["tree_config"].items()))
+    console.print(
+        f"the simulated users belong to the API client with key [green]{api_key}[/] "
+        "(OASST_BOOTSTRAP_API_KEY); the tree rules used (serve with the same OASST_TREE_* to continue "
+        "this history under them):"
+    )
+    console.print(
+        " ".join(
+            f"OASST_TREE_{k.upper()}={int(v) if isinstance(v, bool) else v}" for k, v in summary["tree_config"].items()
+        )
+    )

@@ -76,8 +76,14 @@ class Batch:
 
     def ensure_user(self, user: User, display_name: str | None = None) -> None:
         if not user.exists:
-            self.emit(ev.UserSeen, user_id=user.id, subject_id=user.id, auth_method=user.auth_method,
-                      username=user.username, display_name=display_name or user.display_name)
+            self.emit(
+                ev.UserSeen,
+                user_id=user.id,
+                subject_id=user.id,
+                auth_method=user.auth_method,
+                username=user.username,
+                display_name=display_name or user.display_name,
+            )
         elif display_name and display_name != user.display_name and not user.deleted:
             self.emit(ev.UserRenamed, user_id=user.id, subject_id=user.id, display_name=display_name)
 
@@ -206,10 +212,20 @@ def _request_task(cmd: c.RequestTask, s: State, b: Batch) -> dict:
             b.emit(ev.TaskExpired, user_id=user.id, task_id=tid)
     payload = {"id": str(task_id), **plan.payload}
     expires = None if cmd.collective else b.now + timedelta(minutes=s.task_expire_minutes)
-    b.emit(ev.TaskAssigned, user_id=user.id, task_id=task_id, task_type=plan.task_type,
-           collective=cmd.collective, lang=cmd.lang, expires_at=expires, payload=payload,
-           target_message_id=plan.target_message_id, tree_id=plan.tree_id,
-           label_mode=plan.label_mode, ranked_message_ids=plan.ranked_message_ids or [])
+    b.emit(
+        ev.TaskAssigned,
+        user_id=user.id,
+        task_id=task_id,
+        task_type=plan.task_type,
+        collective=cmd.collective,
+        lang=cmd.lang,
+        expires_at=expires,
+        payload=payload,
+        target_message_id=plan.target_message_id,
+        tree_id=plan.tree_id,
+        label_mode=plan.label_mode,
+        ranked_message_ids=plan.ranked_message_ids or [],
+    )
     return payload
 
 
@@ -260,8 +276,13 @@ def _interaction(cmd: c.SubmitInteraction, s: State, b: Batch) -> dict:
     emit_result = _decide_result(s, task, user, body, b.now)
     b.ensure_user(user, body.user.display_name)
     emit_result(b)
-    b.emit(ev.TaskCompleted, user_id=user.id, task_id=task.id, request_sha256=digest,
-           user_message_id=getattr(body, "user_message_id", None))
+    b.emit(
+        ev.TaskCompleted,
+        user_id=user.id,
+        task_id=task.id,
+        request_sha256=digest,
+        user_message_id=getattr(body, "user_message_id", None),
+    )
     return done
 
 
@@ -307,14 +328,28 @@ def _decide_result(s: State, task: Task, user: User, body, now: datetime):
         if msg.user_id == user.id:
             raise OasstError("you cannot label your own message", ErrorCode.TEXT_LABELS_NO_SELF_LABELING)
         check_labels(body.labels, task.valid_labels, lab.MANDATORY_LABELS)
-        return lambda b: b.emit(ev.LabelsSubmitted, user_id=user.id, message_id=msg.id, labels=body.labels,
-                                kind="task", task_id=task.id, mode=task.label_mode, text=body.text)
+        return lambda b: b.emit(
+            ev.LabelsSubmitted,
+            user_id=user.id,
+            message_id=msg.id,
+            labels=body.labels,
+            kind="task",
+            task_id=task.id,
+            mode=task.label_mode,
+            text=body.text,
+        )
     n = len(task.ranked_message_ids)
     if sorted(body.ranking) != list(range(n)):
         raise OasstError(f"ranking must be a permutation of 0..{n - 1}", ErrorCode.INVALID_RANKING_VALUE)
     order = [task.ranked_message_ids[i] for i in body.ranking]
-    return lambda b: b.emit(ev.RankingSubmitted, user_id=user.id, parent_id=task.target_message_id,
-                            task_id=task.id, ranked_message_ids=order, not_rankable=bool(body.not_rankable))
+    return lambda b: b.emit(
+        ev.RankingSubmitted,
+        user_id=user.id,
+        parent_id=task.target_message_id,
+        task_id=task.id,
+        ranked_message_ids=order,
+        not_rankable=bool(body.not_rankable),
+    )
 
 
 def _decide_text(s: State, task: Task, user: User, body: p.TextReplyToMessage, now: datetime):
@@ -324,8 +359,12 @@ def _decide_text(s: State, task: Task, user: User, body: p.TextReplyToMessage, n
     message_id = ev.new_id()
     if task.type == "initial_prompt":
         return lambda b: b.emit(
-            ev.InitialPromptSubmitted, user_id=user.id, message_id=message_id,
-            frontend_message_id=body.user_message_id, task_id=task.id, text=body.text,
+            ev.InitialPromptSubmitted,
+            user_id=user.id,
+            message_id=message_id,
+            frontend_message_id=body.user_message_id,
+            task_id=task.id,
+            text=body.text,
             lang=body.lang or task.lang or "en",
         )
     parent = s.model.messages.get(task.target_message_id)
@@ -336,9 +375,17 @@ def _decide_text(s: State, task: Task, user: User, body: p.TextReplyToMessage, n
         raise OasstError("you already replied to this message", ErrorCode.TASK_MESSAGE_DUPLICATE_REPLY)
     role = "assistant" if task.type == "assistant_reply" else "prompter"
     return lambda b: b.emit(
-        ev.ReplySubmitted, user_id=user.id, message_id=message_id, frontend_message_id=body.user_message_id,
-        task_id=task.id, parent_id=parent.id, tree_id=tree.id, role=role, depth=parent.depth + 1,
-        text=body.text, lang=body.lang or task.lang or parent.lang,
+        ev.ReplySubmitted,
+        user_id=user.id,
+        message_id=message_id,
+        frontend_message_id=body.user_message_id,
+        task_id=task.id,
+        parent_id=parent.id,
+        tree_id=tree.id,
+        role=role,
+        depth=parent.depth + 1,
+        text=body.text,
+        lang=body.lang or task.lang or parent.lang,
     )
 
 
@@ -373,8 +420,14 @@ def _label(cmd: c.LabelMessage, s: State, b: Batch) -> None:
     report = bool(body.is_report)
     check_labels(body.labels, lab.REPORT_LABELS if report else None, [])
     b.ensure_user(user, body.user.display_name)
-    b.emit(ev.LabelsSubmitted, user_id=user.id, message_id=msg.id, labels=body.labels,
-           kind="report" if report else "free", text=body.text)
+    b.emit(
+        ev.LabelsSubmitted,
+        user_id=user.id,
+        message_id=msg.id,
+        labels=body.labels,
+        kind="report" if report else "free",
+        text=body.text,
+    )
     return None
 
 
@@ -401,8 +454,9 @@ def message_dict(s: State, msg: Message, viewer: User) -> dict:
     tree = s.model.trees[msg.tree_id]
     rankings = tree.rankings.get(msg.parent_id, ()) if msg.parent_id else ()
     ranking_count = sum(1 for _, order in rankings if msg.id in order)
-    out = shapes.message(msg, viewer.id, created=msg.created_at, deleted=s.model.is_hidden(msg),
-                         ranking_count=ranking_count)
+    out = shapes.message(
+        msg, viewer.id, created=msg.created_at, deleted=s.model.is_hidden(msg), ranking_count=ranking_count
+    )
     out["user"] = None  # (OA's emoji answer has no user either)
     return out
 
@@ -442,8 +496,12 @@ def _update_user(cmd: c.UpdateUser, s: State, b: Batch) -> None:
     if cmd.enabled is not None and cmd.enabled != user.enabled:
         b.emit(ev.UserEnabled if cmd.enabled else ev.UserDisabled, subject_id=user.id)
     changes = {
-        k: v for k, v in (("notes", cmd.notes), ("show_on_leaderboard", cmd.show_on_leaderboard),
-                          ("tos_accepted", cmd.tos_accepted))
+        k: v
+        for k, v in (
+            ("notes", cmd.notes),
+            ("show_on_leaderboard", cmd.show_on_leaderboard),
+            ("tos_accepted", cmd.tos_accepted),
+        )
         if v is not None and v != getattr(user, k)
     }
     if changes:
@@ -487,7 +545,9 @@ def system_stats(s: State, exclude_user: UUID | None = None, exclude_messages: C
     for x in active:
         by_lang[x.lang] = by_lang.get(x.lang, 0) + 1
     return {
-        "all": len(live), "active": len(active), "active_by_lang": dict(sorted(by_lang.items())),
+        "all": len(live),
+        "active": len(active),
+        "active_by_lang": dict(sorted(by_lang.items())),
         "deleted": len(live) - len(active),
         "message_trees": sum(1 for x in live if x.parent_id is None),
     }
@@ -514,8 +574,15 @@ def _import(cmd: c.ImportTrees, s: State, b: Batch) -> dict:
         if not user.exists:
             b.ensure_user(user, "Imported data")
             user = s.model.users[user.id]
-        b.emit(ev.TreeImported, user_id=user.id, tree_id=tree.tree_id, state=tree.state,
-               origin=tree.origin or cmd.origin, lang=tree.lang, messages=tree.messages)
+        b.emit(
+            ev.TreeImported,
+            user_id=user.id,
+            tree_id=tree.tree_id,
+            state=tree.state,
+            origin=tree.origin or cmd.origin,
+            lang=tree.lang,
+            messages=tree.messages,
+        )
         imported += 1
         messages += len(tree.messages)
     return {"trees_imported": imported, "trees_skipped": skipped, "messages_imported": messages}
@@ -526,8 +593,14 @@ def _snapshot(cmd: c.RecordSnapshot, s: State, b: Batch) -> None:
     """A snapshot whose files were written is recorded once per id."""
     manifest = cmd.manifest
     if not s.model.has_stream(snapshot_stream(manifest["id"])):
-        b.emit(ev.SnapshotCreated, snapshot_id=manifest["id"], position=manifest["position"],
-               policy=manifest["policy"]["name"], manifest=manifest, parent_id=manifest["parent"])
+        b.emit(
+            ev.SnapshotCreated,
+            snapshot_id=manifest["id"],
+            position=manifest["position"],
+            policy=manifest["policy"]["name"],
+            manifest=manifest,
+            parent_id=manifest["parent"],
+        )
     return None
 
 
@@ -537,8 +610,15 @@ def _snapshot(cmd: c.RecordSnapshot, s: State, b: Batch) -> None:
 @decide.register
 def _api_client(cmd: c.CreateApiClient, s: State, b: Batch) -> None:
     if cmd.key_sha256 not in s.model.clients_by_key:
-        b.emit(ev.ApiClientCreated, client_id=ev.new_id(), key_sha256=cmd.key_sha256, description=cmd.description,
-               frontend_type=cmd.frontend_type, trusted=cmd.trusted, admin_email=cmd.admin_email)
+        b.emit(
+            ev.ApiClientCreated,
+            client_id=ev.new_id(),
+            key_sha256=cmd.key_sha256,
+            description=cmd.description,
+            frontend_type=cmd.frontend_type,
+            trusted=cmd.trusted,
+            admin_email=cmd.admin_email,
+        )
     return None
 
 
@@ -553,15 +633,27 @@ def _frontend_user(cmd: c.UpsertFrontendUser, s: State, b: Batch) -> dict:
         enabled, show, notes, tos = user.enabled, user.show_on_leaderboard, user.notes, user.tos_accepted
     else:
         enabled, show, notes, tos = True, not system, "", system
-    update = (cmd.enabled != enabled or cmd.show_on_leaderboard != show
-              or (cmd.notes is not None and cmd.notes != notes) or bool(cmd.tos_accepted and not tos))
+    update = (
+        cmd.enabled != enabled
+        or cmd.show_on_leaderboard != show
+        or (cmd.notes is not None and cmd.notes != notes)
+        or bool(cmd.tos_accepted and not tos)
+    )
     if update and not cmd.trusted:
         raise OasstError("only trusted API clients may update users", ErrorCode.API_CLIENT_NOT_AUTHORIZED)
     if not user.exists:  # created and updated at once: one event with the values OA ends with
-        b.emit(ev.UserSeen, user_id=user.id, subject_id=user.id, auth_method=cmd.auth_method,
-               username=cmd.username, display_name=cmd.display_name, enabled=cmd.enabled,
-               show_on_leaderboard=cmd.show_on_leaderboard, notes=cmd.notes or "",
-               tos_accepted=tos or bool(cmd.tos_accepted))
+        b.emit(
+            ev.UserSeen,
+            user_id=user.id,
+            subject_id=user.id,
+            auth_method=cmd.auth_method,
+            username=cmd.username,
+            display_name=cmd.display_name,
+            enabled=cmd.enabled,
+            show_on_leaderboard=cmd.show_on_leaderboard,
+            notes=cmd.notes or "",
+            tos_accepted=tos or bool(cmd.tos_accepted),
+        )
         return frontend_user(s.model.users[user.id], b.now)
     b.ensure_user(user, cmd.display_name)
     if update:
@@ -579,8 +671,9 @@ def _frontend_user(cmd: c.UpsertFrontendUser, s: State, b: Batch) -> dict:
 
 def frontend_user(user: User, now: datetime) -> dict:
     """OA's FrontEndUser, with the user's stored values (streak and activity as the views count them)."""
-    return shapes.frontend_user(user, created=user.created_at, last_activity=user.last_activity,
-                                streak=user.streak(now))
+    return shapes.frontend_user(
+        user, created=user.created_at, last_activity=user.last_activity, streak=user.streak(now)
+    )
 
 
 # --- moderation: edits, a user's messages, the flagged queue, merging users (issue #14) -----------------
@@ -613,9 +706,11 @@ def user_messages_to_delete(s: State, cmd: c.DeleteUserMessages) -> list[Message
     picked = []
     for mid in s.model.authored.get(user.id, ()):
         m = s.model.messages[mid]
-        if ((cmd.initial_prompts or m.parent_id is not None)
-                and (cmd.min_date is None or m.created_at >= cmd.min_date)
-                and (cmd.max_date is None or m.created_at <= cmd.max_date)):
+        if (
+            (cmd.initial_prompts or m.parent_id is not None)
+            and (cmd.min_date is None or m.created_at >= cmd.min_date)
+            and (cmd.max_date is None or m.created_at <= cmd.max_date)
+        ):
             picked.append(m)
     return picked
 

@@ -51,11 +51,27 @@ def stream_of(event: ev.Event) -> UUID:
     match event:
         case ev.ApiClientCreated():
             return event.client_id
-        case ev.UserSeen() | ev.UserRenamed() | ev.UserEnabled() | ev.UserDisabled() | ev.UserSettingsChanged() | ev.UserDeleted() | ev.UserMarkedSpammer() | ev.UserUnmarkedSpammer():  # noqa: E501
+        case (
+            ev.UserSeen()
+            | ev.UserRenamed()
+            | ev.UserEnabled()
+            | ev.UserDisabled()
+            | ev.UserSettingsChanged()
+            | ev.UserDeleted()
+            | ev.UserMarkedSpammer()
+            | ev.UserUnmarkedSpammer()
+        ):  # noqa: E501
             return event.subject_id
         case ev.UsersMerged():
             return event.subject_id
-        case ev.TaskAssigned() | ev.TaskAcked() | ev.TaskSkipped() | ev.TaskExpired() | ev.TaskCompleted() | ev.RankingSubmitted():  # noqa: E501
+        case (
+            ev.TaskAssigned()
+            | ev.TaskAcked()
+            | ev.TaskSkipped()
+            | ev.TaskExpired()
+            | ev.TaskCompleted()
+            | ev.RankingSubmitted()
+        ):  # noqa: E501
             return event.task_id
         case ev.LabelsSubmitted():
             return uuid5(event.message_id, f"labels:{event.user_id}")
@@ -368,9 +384,17 @@ class WriteModel:
 
     def _on_user_seen(self, e: ev.UserSeen) -> None:
         self.users[e.subject_id] = User(
-            e.subject_id, e.api_client_id, e.auth_method, e.username, e.display_name, e.at,
-            enabled=e.enabled, notes=e.notes, show_on_leaderboard=e.show_on_leaderboard,
-            tos_accepted=e.tos_accepted, tos_acceptance_date=e.at if e.tos_accepted else None,
+            e.subject_id,
+            e.api_client_id,
+            e.auth_method,
+            e.username,
+            e.display_name,
+            e.at,
+            enabled=e.enabled,
+            notes=e.notes,
+            show_on_leaderboard=e.show_on_leaderboard,
+            tos_accepted=e.tos_accepted,
+            tos_acceptance_date=e.at if e.tos_accepted else None,
         )
 
     def _on_user_renamed(self, e: ev.UserRenamed) -> None:
@@ -430,9 +454,18 @@ class WriteModel:
 
     def _on_task_assigned(self, e: ev.TaskAssigned) -> None:
         task = Task(
-            e.task_id, e.task_type, self._ref(self.users, e.user_id), self._ref(self.clients, e.api_client_id), e.collective,
-            e.lang, e.at, e.expires_at, self._ref(self.messages, e.target_message_id),
-            self._ref(self.messages, e.tree_id), e.label_mode, [self._ref(self.messages, r) for r in e.ranked_message_ids],
+            e.task_id,
+            e.task_type,
+            self._ref(self.users, e.user_id),
+            self._ref(self.clients, e.api_client_id),
+            e.collective,
+            e.lang,
+            e.at,
+            e.expires_at,
+            self._ref(self.messages, e.target_message_id),
+            self._ref(self.messages, e.tree_id),
+            e.label_mode,
+            [self._ref(self.messages, r) for r in e.ranked_message_ids],
         )
         self.tasks[task.id] = task
         if task.user_id:
@@ -492,11 +525,23 @@ class WriteModel:
 
     def _on_initial_prompt_submitted(self, e: ev.InitialPromptSubmitted) -> None:
         self._active(e)
-        self._add_message(Message(
-            e.message_id, e.message_id, None, self._ref(self.users, e.user_id), self._ref(self.clients, e.api_client_id),
-            e.frontend_message_id,
-            "prompter", 0, e.text, e.lang, e.at, e.synthetic, e.model_name,
-        ))
+        self._add_message(
+            Message(
+                e.message_id,
+                e.message_id,
+                None,
+                self._ref(self.users, e.user_id),
+                self._ref(self.clients, e.api_client_id),
+                e.frontend_message_id,
+                "prompter",
+                0,
+                e.text,
+                e.lang,
+                e.at,
+                e.synthetic,
+                e.model_name,
+            )
+        )
         tree = Tree(e.message_id, e.lang, None, e.at, self.cfg.goal_tree_size, e.origin)
         tree.message_ids.append(e.message_id)
         tree.awaiting_review[e.message_id] = self.messages[e.message_id]
@@ -507,9 +552,19 @@ class WriteModel:
         self._active(e)
         tree = self.trees[e.tree_id]
         m = Message(
-            e.message_id, tree.id, self.messages[e.parent_id].id, self._ref(self.users, e.user_id),
-            self._ref(self.clients, e.api_client_id), e.frontend_message_id,
-            e.role, e.depth, e.text, e.lang, e.at, e.synthetic, e.model_name,
+            e.message_id,
+            tree.id,
+            self.messages[e.parent_id].id,
+            self._ref(self.users, e.user_id),
+            self._ref(self.clients, e.api_client_id),
+            e.frontend_message_id,
+            e.role,
+            e.depth,
+            e.text,
+            e.lang,
+            e.at,
+            e.synthetic,
+            e.model_name,
             late=tree.state != "growing",
         )
         self._add_message(m)
@@ -528,10 +583,24 @@ class WriteModel:
         depth: dict[UUID, int] = {}
         for im in e.messages:
             depth[im.message_id] = 0 if im.parent_id is None else depth[im.parent_id] + 1
-            m = Message(im.message_id, tree.id, self._ref(self.messages, im.parent_id), self._ref(self.users, e.user_id),
-                        self._ref(self.clients, e.api_client_id), str(im.message_id),
-                        im.role, depth[im.message_id], im.text, im.lang, im.created_date or e.at, im.synthetic,
-                        im.model_name, deleted=im.deleted, review_result=im.review_result, rank=im.rank)
+            m = Message(
+                im.message_id,
+                tree.id,
+                self._ref(self.messages, im.parent_id),
+                self._ref(self.users, e.user_id),
+                self._ref(self.clients, e.api_client_id),
+                str(im.message_id),
+                im.role,
+                depth[im.message_id],
+                im.text,
+                im.lang,
+                im.created_date or e.at,
+                im.synthetic,
+                im.model_name,
+                deleted=im.deleted,
+                review_result=im.review_result,
+                rank=im.rank,
+            )
             self._add_message(m)
             tree.message_ids.append(m.id)
             if m.parent_id:
@@ -657,8 +726,9 @@ class WriteModel:
 
     def _merge_authorship(self, src: UUID, dest: UUID, touched: set[UUID]) -> None:
         mine = self.authored.pop(src, [])
-        waiting = [self.trees[mid] for mid in mine if mid in self.trees
-                   and self.trees[mid].state == "prompt_lottery_waiting"]
+        waiting = [
+            self.trees[mid] for mid in mine if mid in self.trees and self.trees[mid].state == "prompt_lottery_waiting"
+        ]
         for tree in waiting:  # the lottery files trees by author
             self._lottery_remove(tree)
         for mid in mine:

@@ -9,13 +9,34 @@ import msgspec
 
 AuthMethod = Literal["discord", "google", "local", "system"]
 TaskRequestType = Literal[
-    "random", "summarize_story", "rate_summary", "initial_prompt", "prompter_reply",
-    "assistant_reply", "rank_initial_prompts", "rank_prompter_replies", "rank_assistant_replies",
-    "label_initial_prompt", "label_assistant_reply", "label_prompter_reply",
+    "random",
+    "summarize_story",
+    "rate_summary",
+    "initial_prompt",
+    "prompter_reply",
+    "assistant_reply",
+    "rank_initial_prompts",
+    "rank_prompter_replies",
+    "rank_assistant_replies",
+    "label_initial_prompt",
+    "label_assistant_reply",
+    "label_prompter_reply",
 ]
 EmojiCode = Literal[
-    "+1", "-1", "red_flag", "100", "rofl", "clap", "diamond", "heart_eyes", "disappointed",
-    "poop", "skull", "_skip_reply", "_skip_ranking", "_skip_labeling",
+    "+1",
+    "-1",
+    "red_flag",
+    "100",
+    "rofl",
+    "clap",
+    "diamond",
+    "heart_eyes",
+    "disappointed",
+    "poop",
+    "skull",
+    "_skip_reply",
+    "_skip_ranking",
+    "_skip_labeling",
 ]
 NonEmptyId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 

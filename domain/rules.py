@@ -71,10 +71,7 @@ def ranked_pairs(rankings: Sequence[Sequence[Hashable]], weights: Sequence[float
             for b in order[i + 1 :]:
                 wins[a][b] += weight
     pairs = [
-        (wins[a][b] - wins[b][a], a, b)
-        for a in range(n)
-        for b in range(n)
-        if a != b and wins[a][b] - wins[b][a] >= 0
+        (wins[a][b] - wins[b][a], a, b) for a in range(n) for b in range(n) if a != b and wins[a][b] - wins[b][a] >= 0
     ]
     # stable sort by margin descending: equal margins keep sorted-id (a, b) order
     pairs.sort(key=lambda p: -p[0])

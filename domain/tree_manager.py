@@ -107,12 +107,18 @@ class TreeManager:
             parent = m.messages[mid]
             if parent.role == "assistant" and not cfg.rank_prompter_replies:
                 continue
-            replies = [c for c in parent.children
-                       if m.messages[c].review_result and not m.messages[c].late and not hidden[c]]
+            replies = [
+                c for c in parent.children if m.messages[c].review_result and not m.messages[c].late and not hidden[c]
+            ]
             if len(replies) > 1:
                 rank_parents[mid] = replies
         return TreeWork(
-            tree.revision, m.spam_epoch, size, to_label, [x for x in tree.reply_parents.values() if not hidden[x.id]], rank_parents,
+            tree.revision,
+            m.spam_epoch,
+            size,
+            to_label,
+            [x for x in tree.reply_parents.values() if not hidden[x.id]],
+            rank_parents,
             {p: len(self.honest_rankings(tree, p)) for p in rank_parents},
         )
 
@@ -136,12 +142,20 @@ class TreeManager:
             ok = in_review < cfg.max_initial_prompt_review and waiting < cfg.max_prompt_lottery_waiting
             return [(None,)] if ok else []
         if task_type == "label_initial_prompt":
-            return [(tree.id, msg, honest) for tree in m.trees_in("initial_prompt_review", lang)
-                    for msg, honest in self.work(tree).to_label if msg.parent_id is None]
+            return [
+                (tree.id, msg, honest)
+                for tree in m.trees_in("initial_prompt_review", lang)
+                for msg, honest in self.work(tree).to_label
+                if msg.parent_id is None
+            ]
         if task_type in ("label_assistant_reply", "label_prompter_reply"):
             role = task_type.split("_")[1]
-            return [(msg.id, msg, honest) for tree in m.trees_in("growing", lang)
-                    for msg, honest in self.work(tree).to_label if msg.role == role and msg.parent_id]
+            return [
+                (msg.id, msg, honest)
+                for tree in m.trees_in("growing", lang)
+                for msg, honest in self.work(tree).to_label
+                if msg.role == role and msg.parent_id
+            ]
         if task_type in ("assistant_reply", "prompter_reply"):
             parent_role = "prompter" if task_type == "assistant_reply" else "assistant"
             pool = []
@@ -155,9 +169,11 @@ class TreeManager:
             pool = []
             for tree in m.trees_in("ranking", lang):
                 work = self.work(tree)
-                pool.extend((parent_id, tree, replies, work.rankings[parent_id])
-                            for parent_id, replies in work.rank_parents.items()
-                            if m.messages[replies[0]].role == role)
+                pool.extend(
+                    (parent_id, tree, replies, work.rankings[parent_id])
+                    for parent_id, replies in work.rank_parents.items()
+                    if m.messages[replies[0]].role == role
+                )
             return pool
         return []
 
@@ -260,8 +276,15 @@ class TreeManager:
     def conversation(self, msg: Message, user: User) -> dict:
         return {"messages": [conversation_message(x, user.id) for x in self.model.thread(msg)]}
 
-    def _build(self, task_type: str, target: UUID | None, user: User, lang: str | None, rng: random.Random,
-               random_request: bool = True) -> TaskPlan:
+    def _build(
+        self,
+        task_type: str,
+        target: UUID | None,
+        user: User,
+        lang: str | None,
+        rng: random.Random,
+        random_request: bool = True,
+    ) -> TaskPlan:
         m = self.model
         if task_type == "initial_prompt":
             return TaskPlan(task_type, {"type": task_type, "hint": None})
@@ -328,22 +351,42 @@ class TreeManager:
                 self._auto_moderate_flags(m.messages[event.message_id], emit)
             case ev.EmojiAdded(emoji="_skip_reply"):
                 tree = m.trees[m.messages[event.message_id].tree_id]
-                if (self.cfg.auto_mod_enabled and tree.skip_replies >= self.cfg.auto_mod_max_skip_reply
-                        and tree.state in ("initial_prompt_review", "growing")):
-                    emit(ev.TreeStateChanged, tree_id=tree.id, old_state=tree.state,
-                         new_state="halted_by_moderator", reason="auto_mod_skip_reply")
+                if (
+                    self.cfg.auto_mod_enabled
+                    and tree.skip_replies >= self.cfg.auto_mod_max_skip_reply
+                    and tree.state in ("initial_prompt_review", "growing")
+                ):
+                    emit(
+                        ev.TreeStateChanged,
+                        tree_id=tree.id,
+                        old_state=tree.state,
+                        new_state="halted_by_moderator",
+                        reason="auto_mod_skip_reply",
+                    )
             case ev.MessageReviewed() | ev.MessageDeleted():
                 msg = m.messages[event.message_id]
                 tree = m.trees[msg.tree_id]
-                if isinstance(event, ev.MessageDeleted) and msg.parent_id is None and tree.state not in (
-                    "halted_by_moderator", "aborted_low_grade", "ready_for_export"
+                if (
+                    isinstance(event, ev.MessageDeleted)
+                    and msg.parent_id is None
+                    and tree.state not in ("halted_by_moderator", "aborted_low_grade", "ready_for_export")
                 ):
-                    emit(ev.TreeStateChanged, tree_id=tree.id, old_state=tree.state,
-                         new_state="halted_by_moderator", reason="all_messages_deleted")
+                    emit(
+                        ev.TreeStateChanged,
+                        tree_id=tree.id,
+                        old_state=tree.state,
+                        new_state="halted_by_moderator",
+                        reason="all_messages_deleted",
+                    )
                 elif tree.state == "initial_prompt_review" and isinstance(event, ev.MessageReviewed):
                     new = "prompt_lottery_waiting" if event.accepted else "aborted_low_grade"
-                    emit(ev.TreeStateChanged, tree_id=tree.id, old_state=tree.state, new_state=new,
-                         reason="initial_prompt_review")
+                    emit(
+                        ev.TreeStateChanged,
+                        tree_id=tree.id,
+                        old_state=tree.state,
+                        new_state=new,
+                        reason="initial_prompt_review",
+                    )
                 elif isinstance(event, ev.MessageReviewed) and msg.parent_id is None:
                     self._prompt_review_changed(tree, event, emit)
                 elif tree.state == "growing":
@@ -358,8 +401,13 @@ class TreeManager:
                 self._after_state_change(event, emit)
             case ev.InitialPromptSubmitted() if event.user_id in m.spammers:
                 # nobody will review it (it is hidden): do not let it hold a review slot
-                emit(ev.TreeStateChanged, tree_id=event.message_id, old_state="initial_prompt_review",
-                     new_state="halted_by_moderator", reason="author_marked_spammer")
+                emit(
+                    ev.TreeStateChanged,
+                    tree_id=event.message_id,
+                    old_state="initial_prompt_review",
+                    new_state="halted_by_moderator",
+                    reason="author_marked_spammer",
+                )
             case ev.UserMarkedSpammer() | ev.UserUnmarkedSpammer():
                 self._apply_spam_mark(event.subject_id, isinstance(event, ev.UserMarkedSpammer), emit)
             case ev.TreeHalted():
@@ -380,8 +428,11 @@ class TreeManager:
         """OA's acceptance over the review labels of users not marked spammers. ``again``:
         re-decide a message reviewed before (a spam mark changed whose labels count)."""
         needed = self.cfg.num_reviews_initial_prompt if msg.parent_id is None else self.cfg.num_reviews_reply
-        labels = [{k: v for k, v in zip(("spam", "lang_mismatch"), msg.task_labels[u], strict=True) if v is not None}
-                  for u in sorted(msg.task_labels) if u not in self.model.spammers]
+        labels = [
+            {k: v for k, v in zip(("spam", "lang_mismatch"), msg.task_labels[u], strict=True) if v is not None}
+            for u in sorted(msg.task_labels)
+            if u not in self.model.spammers
+        ]
         if msg.late or (len(labels) < needed and not (again and labels)):
             return
         threshold = self.cfg.acceptance_threshold(msg.parent_id is None)
@@ -394,11 +445,21 @@ class TreeManager:
         """A prompt's acceptance changed after its review (a spam mark changed whose labels
         count): a prompt rejected by its review comes back, one accepted goes out again."""
         if event.accepted and tree.state == "aborted_low_grade" and tree.aborted_by_review:
-            emit(ev.TreeStateChanged, tree_id=tree.id, old_state=tree.state, new_state="prompt_lottery_waiting",
-                 reason="review_changed")
+            emit(
+                ev.TreeStateChanged,
+                tree_id=tree.id,
+                old_state=tree.state,
+                new_state="prompt_lottery_waiting",
+                reason="review_changed",
+            )
         elif not event.accepted and tree.state in ("prompt_lottery_waiting", "growing"):
-            emit(ev.TreeStateChanged, tree_id=tree.id, old_state=tree.state, new_state="aborted_low_grade",
-                 reason="review_changed")
+            emit(
+                ev.TreeStateChanged,
+                tree_id=tree.id,
+                old_state=tree.state,
+                new_state="aborted_low_grade",
+                reason="review_changed",
+            )
 
     def _apply_spam_mark(self, user_id: UUID, marked: bool, emit: Emit) -> None:
         """Re-decide what the user's contributions decided: acceptance of the messages they
@@ -413,23 +474,39 @@ class TreeManager:
             tree = m.trees[parent.tree_id]
             if tree.state != "ready_for_export":
                 continue
-            current = sorted((c for c in parent.children if m.messages[c].rank is not None),
-                             key=lambda c: m.messages[c].rank)
+            current = sorted(
+                (c for c in parent.children if m.messages[c].rank is not None), key=lambda c: m.messages[c].rank
+            )
             rankings = self.honest_rankings(tree, parent_id)
             order = ranked_pairs(rankings)
             if order != current:
-                emit(ev.RanksComputed, tree_id=tree.id, parent_id=parent_id, ranked_message_ids=order,
-                     ranking_count=len(rankings))
+                emit(
+                    ev.RanksComputed,
+                    tree_id=tree.id,
+                    parent_id=parent_id,
+                    ranked_message_ids=order,
+                    ranking_count=len(rankings),
+                )
         for mid in m.authored.get(user_id, ()):
             tree = m.trees.get(mid)  # a tree's id is its prompt's id
             if tree is None:
                 continue
             if marked and tree.state in ("initial_prompt_review", "prompt_lottery_waiting", "growing", "ranking"):
-                emit(ev.TreeStateChanged, tree_id=tree.id, old_state=tree.state, new_state="halted_by_moderator",
-                     reason="author_marked_spammer")
+                emit(
+                    ev.TreeStateChanged,
+                    tree_id=tree.id,
+                    old_state=tree.state,
+                    new_state="halted_by_moderator",
+                    reason="author_marked_spammer",
+                )
             elif not marked and tree.state == "halted_by_moderator" and tree.spam_halted_from:
-                emit(ev.TreeStateChanged, tree_id=tree.id, old_state=tree.state, new_state=tree.spam_halted_from,
-                     reason="author_unmarked_spammer")
+                emit(
+                    ev.TreeStateChanged,
+                    tree_id=tree.id,
+                    old_state=tree.state,
+                    new_state=tree.spam_halted_from,
+                    reason="author_unmarked_spammer",
+                )
 
     def _auto_moderate_flags(self, msg: Message, emit: Emit) -> None:
         tree = self.model.trees[msg.tree_id]
@@ -438,8 +515,13 @@ class TreeManager:
         if tree.state not in ("initial_prompt_review", "growing"):
             return
         if msg.parent_id is None:
-            emit(ev.TreeStateChanged, tree_id=tree.id, old_state=tree.state,
-                 new_state="aborted_low_grade", reason="auto_mod_red_flags")
+            emit(
+                ev.TreeStateChanged,
+                tree_id=tree.id,
+                old_state=tree.state,
+                new_state="aborted_low_grade",
+                reason="auto_mod_red_flags",
+            )
         elif not msg.deleted:
             emit(ev.MessageDeleted, message_id=msg.id, reason="auto_mod_red_flags")
 
@@ -449,27 +531,52 @@ class TreeManager:
         if any(x.review_result is None for x in live):
             return
         if sum(1 for x in live if x.review_result) >= tree.goal_tree_size:
-            emit(ev.TreeStateChanged, tree_id=tree.id, old_state="growing", new_state="ranking",
-                 reason="goal_tree_size_reached")
+            emit(
+                ev.TreeStateChanged,
+                tree_id=tree.id,
+                old_state="growing",
+                new_state="ranking",
+                reason="goal_tree_size_reached",
+            )
 
     def _check_ranking(self, tree: Tree, emit: Emit) -> None:
         parents = self.rank_parents(tree)
         needed = self.cfg.num_required_rankings
         if any(len(self.honest_rankings(tree, p)) < needed for p in parents):
             return
-        emit(ev.TreeStateChanged, tree_id=tree.id, old_state="ranking", new_state="ready_for_scoring",
-             reason="rankings_complete")
+        emit(
+            ev.TreeStateChanged,
+            tree_id=tree.id,
+            old_state="ranking",
+            new_state="ready_for_scoring",
+            reason="rankings_complete",
+        )
         try:
             results = {p: ranked_pairs(self.honest_rankings(tree, p)) for p in sorted(parents)}
         except Exception:  # noqa: BLE001 - OA's scoring_failed state exists for this
-            emit(ev.TreeStateChanged, tree_id=tree.id, old_state="ready_for_scoring",
-                 new_state="scoring_failed", reason="ranking_consensus_failed")
+            emit(
+                ev.TreeStateChanged,
+                tree_id=tree.id,
+                old_state="ready_for_scoring",
+                new_state="scoring_failed",
+                reason="ranking_consensus_failed",
+            )
             return
         for parent_id, order in results.items():
-            emit(ev.RanksComputed, tree_id=tree.id, parent_id=parent_id, ranked_message_ids=order,
-                 ranking_count=len(self.honest_rankings(tree, parent_id)))
-        emit(ev.TreeStateChanged, tree_id=tree.id, old_state="ready_for_scoring",
-             new_state="ready_for_export", reason="scored")
+            emit(
+                ev.RanksComputed,
+                tree_id=tree.id,
+                parent_id=parent_id,
+                ranked_message_ids=order,
+                ranking_count=len(self.honest_rankings(tree, parent_id)),
+            )
+        emit(
+            ev.TreeStateChanged,
+            tree_id=tree.id,
+            old_state="ready_for_scoring",
+            new_state="ready_for_export",
+            reason="scored",
+        )
 
     def _after_state_change(self, event: ev.TreeStateChanged, emit: Emit) -> None:
         tree = self.model.trees[event.tree_id]
@@ -494,8 +601,14 @@ class TreeManager:
             goal = self.cfg.goal_tree_size
             if self.cfg.random_goal_tree_size and self.cfg.min_goal_tree_size < goal:
                 goal = rng.randint(self.cfg.min_goal_tree_size, goal)
-            emit(ev.TreeStateChanged, tree_id=winner.id, old_state="prompt_lottery_waiting",
-                 new_state="growing", reason="lottery", goal_tree_size=goal)
+            emit(
+                ev.TreeStateChanged,
+                tree_id=winner.id,
+                old_state="prompt_lottery_waiting",
+                new_state="growing",
+                reason="lottery",
+                goal_tree_size=goal,
+            )
 
     def _draw_author(self, lang: str, by_author: dict, rng: random.Random) -> UUID | None:
         """OA's weighted pick among authors with waiting prompts: weight 1 + their replies
@@ -518,8 +631,13 @@ class TreeManager:
         rng = random.Random(trigger.id.int ^ 0xB4C)
         if backlog and rng.random() < self.cfg.p_activate_backlog_tree:
             tree = rng.choice(list(backlog))
-            emit(ev.TreeStateChanged, tree_id=tree.id, old_state="backlog_ranking", new_state="ranking",
-                 reason="backlog_activated")
+            emit(
+                ev.TreeStateChanged,
+                tree_id=tree.id,
+                old_state="backlog_ranking",
+                new_state="ranking",
+                reason="backlog_activated",
+            )
         self._keep_rankings_active(lang, trigger, emit)
 
     def _keep_rankings_active(self, lang: str, trigger: ev.Event, emit: Emit) -> None:
@@ -529,5 +647,10 @@ class TreeManager:
         if missing <= 0:
             return
         for tree in list(itertools.islice(self.model.trees_in("backlog_ranking", lang), missing)):
-            emit(ev.TreeStateChanged, tree_id=tree.id, old_state="backlog_ranking", new_state="ranking",
-                 reason="backlog_activated")
+            emit(
+                ev.TreeStateChanged,
+                tree_id=tree.id,
+                old_state="backlog_ranking",
+                new_state="ranking",
+                reason="backlog_activated",
+            )

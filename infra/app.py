@@ -144,8 +144,20 @@ def create_app(settings: Settings | None = None, only: str | None = None) -> Lit
 
     # One router for /api/v1: Litestar cannot merge two routers that share a path.
     commands = [*command_handlers, *snapshot_commands] if keeps_model else []
-    queries = [*message_handlers, *user_handlers, *board_handlers, *trust_handlers, *snapshot_handlers,
-               *flagged_handlers, *settings_handlers, *cached_stats_handlers] if runner else []
+    queries = (
+        [
+            *message_handlers,
+            *user_handlers,
+            *board_handlers,
+            *trust_handlers,
+            *snapshot_handlers,
+            *flagged_handlers,
+            *settings_handlers,
+            *cached_stats_handlers,
+        ]
+        if runner
+        else []
+    )
     handlers = [Router(path="/api/v1", route_handlers=[*commands, *queries]), list_events, metrics_route, landing]
     if runner:
         handlers.append(history)
@@ -162,7 +174,9 @@ def create_app(settings: Settings | None = None, only: str | None = None) -> Lit
             Exception: _server_error,
         },
         openapi_config=OpenAPIConfig(
-            title="oasst data engine", version="0.1.0", path="/schema",
+            title="oasst data engine",
+            version="0.1.0",
+            path="/schema",
             render_plugins=[SwaggerRenderPlugin()],
         ),
         request_max_body_size=settings.max_body_bytes,

@@ -68,7 +68,7 @@ class Checkpoints:
         """The newest usable checkpoint's model under ``cfg``, or None. ``store_id`` is the id
         of the store's first event; ``event_id_at(position)`` gives the id of the store's
         event at a position (None if there is none)."""
-        for path in reversed(self._files(store_id, self.version)[-self.TRIES:]):
+        for path in reversed(self._files(store_id, self.version)[-self.TRIES :]):
             model = self._load(path, event_id_at, cfg)
             if model is not None:
                 return model
@@ -92,7 +92,9 @@ class Checkpoints:
         try:
             model.reconfigure(cfg)
         except Exception as exc:  # noqa: BLE001 - e.g. a model pickled by other code under the same version
-            log.warning("ignoring the checkpoint %s, which does not fit this code (%s): folding the log", path.name, exc)
+            log.warning(
+                "ignoring the checkpoint %s, which does not fit this code (%s): folding the log", path.name, exc
+            )
             return None
         return model
 
@@ -113,7 +115,7 @@ class Checkpoints:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         mine = self._files(store_id, self.version)
-        for old in [p for p in self._files(store_id) if p not in mine] + mine[:-self.KEEP]:
+        for old in [p for p in self._files(store_id) if p not in mine] + mine[: -self.KEEP]:
             with contextlib.suppress(OSError):
                 old.unlink()
         return path
@@ -151,4 +153,3 @@ def wait_for(pid: int) -> bool:
     """Wait for a checkpoint child; True if it saved."""
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status) == 0
-

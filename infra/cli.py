@@ -34,8 +34,15 @@ def serve(
     console.print(f"API docs: [cyan]http://{host}:{port}/schema/swagger[/]  (OpenAPI: /schema/openapi.json)")
     if settings.bootstrap_api_key:
         console.print(f"API key: [green]{settings.bootstrap_api_key}[/] (send it as X-API-Key)")
-    uvicorn.run(create_app(settings, only=only), host=host, port=port, log_level="warning",
-                loop="uvloop", http="httptools", access_log=False)
+    uvicorn.run(
+        create_app(settings, only=only),
+        host=host,
+        port=port,
+        log_level="warning",
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+    )
 
 
 @app.command()
@@ -193,10 +200,18 @@ def replay(
             event = ev.decode(n.state)
             index.apply(n.id, event)
             if any(str(e) == entity for e, _ in index.take_entries()):
-                details = {k: v for k, v in ev.to_builtins(event).items()
-                           if k not in ("type", "id", "at", "user_id", "api_client_id", "schema", "payload")}
-                table.add_row(str(n.id), event.at.strftime("%Y-%m-%d %H:%M:%S"), n.topic,
-                              str(event.user_id or "system")[:8], json.dumps(details, default=str)[:120])
+                details = {
+                    k: v
+                    for k, v in ev.to_builtins(event).items()
+                    if k not in ("type", "id", "at", "user_id", "api_client_id", "schema", "payload")
+                }
+                table.add_row(
+                    str(n.id),
+                    event.at.strftime("%Y-%m-%d %H:%M:%S"),
+                    n.topic,
+                    str(event.user_id or "system")[:8],
+                    json.dumps(details, default=str)[:120],
+                )
         after = page[-1].id
     console.print(table)
 
@@ -206,7 +221,9 @@ def seed(
     trees: int = typer.Option(100, help="Initial prompts to write."),
     users: int = typer.Option(50, help="Simulated users (diligent, lazy, spammer, random ranker, troll)."),
     seed: int = typer.Option(0, help="Same seed, same history (ids, times, order)."),
-    scale: str | None = typer.Option(None, help="'oa' for an Open-Assistant-sized history (~5M events), 'oa/N' for 1/N."),
+    scale: str | None = typer.Option(
+        None, help="'oa' for an Open-Assistant-sized history (~5M events), 'oa/N' for 1/N."
+    ),
 ) -> None:
     """Generate a realistic synthetic history through the domain rules into an empty store."""
     from devkit.simulator import seed_command

@@ -20,8 +20,14 @@ POLICY = typer.Option("oa", help="oa (Open-Assistant's rules) or trust (trust-we
 SYNTHETIC = typer.Option("exclude", help="Trees with synthetic messages: exclude, include or only.")
 
 
-def _selection(state: list[str], lang: list[str], deleted: str = "exclude", spam: str = "exclude",
-               synthetic: str = "exclude", **more):
+def _selection(
+    state: list[str],
+    lang: list[str],
+    deleted: str = "exclude",
+    spam: str = "exclude",
+    synthetic: str = "exclude",
+    **more,
+):
     from projections.dataset import Selection
 
     for name, mode in (("deleted", deleted), ("spam", spam), ("synthetic", synthetic)):
@@ -39,7 +45,10 @@ def _settings():
 
 @snapshot_app.command("create")
 def snapshot_create(
-    at: int | None = AT, policy: str = POLICY, state: list[str] = STATES, lang: list[str] = LANGS,
+    at: int | None = AT,
+    policy: str = POLICY,
+    state: list[str] = STATES,
+    lang: list[str] = LANGS,
     deleted: str = typer.Option("exclude", help="Deleted messages: exclude or include."),
     spam: str = typer.Option("exclude", help="Messages not accepted by review: exclude or include."),
     synthetic: str = SYNTHETIC,
@@ -56,13 +65,19 @@ def snapshot_create(
         if from_id:
             spec = spec_from_manifest(load_manifest(settings.data_dir, from_id), exclusions)
         else:
-            spec = SnapshotSpec(position=at, policy=policy, exclusions=exclusions, sft_max_rank=sft_max_rank,
-                                selection=_selection(state, lang, deleted, spam, synthetic,
-                                                     min_review_count=min_review_count))
+            spec = SnapshotSpec(
+                position=at,
+                policy=policy,
+                exclusions=exclusions,
+                sft_max_rank=sft_max_rank,
+                selection=_selection(state, lang, deleted, spam, synthetic, min_review_count=min_review_count),
+            )
         manifest = create_snapshot(settings, spec)
     except SnapshotError as e:
         raise typer.BadParameter(str(e)) from None
-    table = Table("stage", "rows", "seconds", "rows/s", title=f"snapshot {manifest['id']} at position {manifest['position']}")
+    table = Table(
+        "stage", "rows", "seconds", "rows/s", title=f"snapshot {manifest['id']} at position {manifest['position']}"
+    )
     for stage, t in manifest["timings"].items():
         table.add_row(stage, str(t["rows"]), f"{t['seconds']:.3f}", str(t["rows_per_second"] or ""))
     console.print(table)
@@ -77,8 +92,15 @@ def snapshot_list() -> None:
     table = Table("id", "position", "policy", "trees", "sft", "dpo", "parent")
     for m in (s.manifest for s in list_snapshots(_settings().data_dir)):
         c = m["counts"]
-        table.add_row(m["id"], str(m["position"]), m["policy"]["version"], str(c["trees"]),
-                      str(c["sft.parquet"]), str(c["dpo.parquet"]), m["parent"] or "")
+        table.add_row(
+            m["id"],
+            str(m["position"]),
+            m["policy"]["version"],
+            str(c["trees"]),
+            str(c["sft.parquet"]),
+            str(c["dpo.parquet"]),
+            m["parent"] or "",
+        )
     console.print(table)
 
 
@@ -95,7 +117,10 @@ def snapshot_show(snapshot_id: str) -> None:
 
 def export(
     out: Path | None = typer.Argument(None, help="Output file: .jsonl or .jsonl.gz (or --export-file)."),
-    at: int | None = AT, policy: str = POLICY, state: list[str] = STATES, lang: list[str] = LANGS,
+    at: int | None = AT,
+    policy: str = POLICY,
+    state: list[str] = STATES,
+    lang: list[str] = LANGS,
     deleted: str = typer.Option("exclude", help="Deleted messages: exclude, include or only."),
     spam: str = typer.Option("exclude", help="Messages not accepted by review: exclude, include or only."),
     synthetic: str = SYNTHETIC,
@@ -133,9 +158,16 @@ def export(
         state_at = fold_at(store, at)
     finally:
         store.close()
-    dataset = Dataset(state_at, policy, state_at.spammers, state_at.deleted_users, settings.tree,
-                      anonymiser_seed=anonymizer_seed,
-                      with_labels=labels, with_events=events)
+    dataset = Dataset(
+        state_at,
+        policy,
+        state_at.spammers,
+        state_at.deleted_users,
+        settings.tree,
+        anonymiser_seed=anonymizer_seed,
+        with_labels=labels,
+        with_events=events,
+    )
     n = 0
     with open_text(out, "wt") as f:
         for item in dataset.items(sel):
@@ -165,8 +197,9 @@ def _alias(name: str, value: str, include: bool, only: bool) -> str:
 def import_(
     path: Path = typer.Argument(..., help="An oasst file: trees or flat messages, .jsonl or .jsonl.gz."),
     origin: str | None = typer.Option(None, help="Origin recorded on the trees (default: the file name)."),
-    api_url: str | None = typer.Option(None, envvar="OASST_API_URL",
-                                       help="Import through a running server (else straight into the store)."),
+    api_url: str | None = typer.Option(
+        None, envvar="OASST_API_URL", help="Import through a running server (else straight into the store)."
+    ),
     api_key: str | None = typer.Option(None, envvar="OASST_API_KEY", help="A trusted API key (with --api-url)."),
     batch: int = typer.Option(500, help="Trees per request (with --api-url)."),
 ) -> None:
@@ -184,8 +217,10 @@ def import_(
         totals = _import_over_http(api_url, api_key, origin, [i for _, i in items], batch)
     else:
         totals = asyncio.run(_import_direct(origin, trees))
-    typer.echo(f"{path}: {totals['trees_imported']} trees imported ({totals['messages_imported']} messages), "
-                  f"{totals['trees_skipped']} already there")
+    typer.echo(
+        f"{path}: {totals['trees_imported']} trees imported ({totals['messages_imported']} messages), "
+        f"{totals['trees_skipped']} already there"
+    )
 
 
 def _import_over_http(api_url: str, api_key: str | None, origin: str, items: list[dict], batch: int) -> dict:
@@ -194,7 +229,7 @@ def _import_over_http(api_url: str, api_key: str | None, origin: str, items: lis
     totals = {"trees_imported": 0, "trees_skipped": 0, "messages_imported": 0}
     with httpx.Client(base_url=api_url.rstrip("/"), headers={"X-API-Key": api_key or ""}, timeout=120) as client:
         for start in range(0, len(items), batch):
-            r = client.post("/api/v1/admin/import", json={"origin": origin, "items": items[start:start + batch]})
+            r = client.post("/api/v1/admin/import", json={"origin": origin, "items": items[start : start + batch]})
             if r.status_code != 200:
                 raise typer.BadParameter(f"the server refused the import: {r.status_code} {r.text}")
             for k, v in r.json().items():
@@ -219,8 +254,9 @@ async def _import_direct(origin: str, trees: list) -> dict:
         client = next((c for c in service.model.clients.values() if c.frontend_type == "oasst-import"), None)
         if client is None:
             key = secrets.token_urlsafe(32)
-            await service.create_api_client(p.CreateApiClientRequest("oasst import (CLI)", "oasst-import", trusted=True),
-                                            key)
+            await service.create_api_client(
+                p.CreateApiClientRequest("oasst import (CLI)", "oasst-import", trusted=True), key
+            )
             client = service.client_for_key(key)
         return json.loads((await service.import_trees(client, origin, trees)).body)
     finally:

@@ -40,8 +40,9 @@ def follow(
     from infra.kafka import follow_snapshots
 
     settings = _settings()
-    for n, snapshot in enumerate(follow_snapshots(settings.kafka, group, timeout=timeout,
-                                                  from_beginning=not new_only), start=1):
+    for n, snapshot in enumerate(
+        follow_snapshots(settings.kafka, group, timeout=timeout, from_beginning=not new_only), start=1
+    ):
         typer.echo(json.dumps(snapshot, sort_keys=True))
         if count is not None and n >= count:
             break

@@ -93,11 +93,12 @@ class BatchProducer:
         attempt = 0
         while failed:
             attempt += 1
-            retriable = all(getattr(e, "retriable", False) or isinstance(e, Errors.KafkaConnectionError)
-                            for e in failed.values())
+            retriable = all(
+                getattr(e, "retriable", False) or isinstance(e, Errors.KafkaConnectionError) for e in failed.values()
+            )
             if attempt > self.retries or not retriable:
                 raise ProduceError(f"produce failed: {sorted((tp, repr(e)) for tp, e in failed.items())[:5]}")
-            time.sleep(min(0.05 * 2 ** attempt, 2.0))
+            time.sleep(min(0.05 * 2**attempt, 2.0))
             self._client.poll(timeout_ms=100, future=self._client.cluster.request_update())
             failed = self._collect(*self._dispatch({tp: batches[tp] for tp in failed}))
 
@@ -118,8 +119,13 @@ class BatchProducer:
             by_leader.setdefault(leader, {}).setdefault(topic, []).append(Partition(index=partition, records=data))
         futures = []
         for leader, topics in by_leader.items():
-            request = ProduceRequest(transactional_id=None, acks=-1, timeout_ms=self.timeout_ms, max_version=9,
-                                     topic_data=[Topic(name=t, partition_data=ps) for t, ps in topics.items()])
+            request = ProduceRequest(
+                transactional_id=None,
+                acks=-1,
+                timeout_ms=self.timeout_ms,
+                max_version=9,
+                topic_data=[Topic(name=t, partition_data=ps) for t, ps in topics.items()],
+            )
             try:
                 self._client.await_ready(leader, timeout_ms=self.timeout_ms)
             except Errors.KafkaError as exc:
@@ -158,8 +164,10 @@ def ensure_topics(cfg: KafkaSettings) -> None:
     admin = KafkaAdminClient(client_id="oasst-admin", **client_options(cfg))
     try:
         existing = set(admin.list_topics())
-        wanted = [NewTopic(cfg.events_topic, cfg.partitions, cfg.replication),
-                  NewTopic(cfg.snapshots_topic, 1, cfg.replication)]
+        wanted = [
+            NewTopic(cfg.events_topic, cfg.partitions, cfg.replication),
+            NewTopic(cfg.snapshots_topic, 1, cfg.replication),
+        ]
         missing = [t for t in wanted if t.name not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
@@ -185,17 +193,25 @@ def consumer(cfg: KafkaSettings, group: str | None, **options):
     _fast_crc()
     heartbeat = max(500, cfg.session_timeout_ms // 3)
     settings = {
-        "group_id": group, "enable_auto_commit": False, "auto_offset_reset": "earliest",
-        "session_timeout_ms": cfg.session_timeout_ms, "heartbeat_interval_ms": heartbeat,
-        "max_poll_interval_ms": max(30_000, cfg.session_timeout_ms), "fetch_max_wait_ms": 50,
+        "group_id": group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": cfg.session_timeout_ms,
+        "heartbeat_interval_ms": heartbeat,
+        "max_poll_interval_ms": max(30_000, cfg.session_timeout_ms),
+        "fetch_max_wait_ms": 50,
         "client_id": f"oasst-{group or 'reader'}",
-        **client_options(cfg), **options,
+        **client_options(cfg),
+        **options,
     }
     return KafkaConsumer(**settings)
 
 
-def Listener(assigned: Callable[[list], None], revoked: Callable[[list], None],  # noqa: N802 - a class factory
-             lost: Callable[[list], None] | None = None):
+def Listener(
+    assigned: Callable[[list], None],
+    revoked: Callable[[list], None],  # noqa: N802 - a class factory
+    lost: Callable[[list], None] | None = None,
+):
     """A rebalance listener calling ``assigned``/``revoked``/``lost`` with TopicPartitions
     (partitions lost to an eviction go to ``revoked`` unless ``lost`` is given)."""
     from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -218,14 +234,23 @@ def Listener(assigned: Callable[[list], None], revoked: Callable[[list], None], 
 
 def snapshot_message(event) -> bytes:
     """What ``oasst.snapshots`` carries for a SnapshotCreated event (JSON)."""
-    return json.dumps({
-        "snapshot_id": event.snapshot_id, "position": event.position, "policy": event.policy,
-        "parent_id": event.parent_id, "created_at": event.at.isoformat(), "manifest": event.manifest,
-    }, sort_keys=True, default=str).encode()
+    return json.dumps(
+        {
+            "snapshot_id": event.snapshot_id,
+            "position": event.position,
+            "policy": event.policy,
+            "parent_id": event.parent_id,
+            "created_at": event.at.isoformat(),
+            "manifest": event.manifest,
+        },
+        sort_keys=True,
+        default=str,
+    ).encode()
 
 
-def follow_snapshots(cfg: KafkaSettings | str, group: str, timeout: float | None = None,
-                     from_beginning: bool = True) -> Iterator[dict]:
+def follow_snapshots(
+    cfg: KafkaSettings | str, group: str, timeout: float | None = None, from_beginning: bool = True
+) -> Iterator[dict]:
     """Yield each new snapshot (its manifest and where it was taken) once per ``group``:
     a training job waits here for the next dataset. The group's offset is committed when
     the next one is asked for or the loop ends (a follower killed while handling one gets
@@ -279,5 +304,3 @@ def die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-

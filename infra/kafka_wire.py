@@ -79,8 +79,12 @@ def _level(k: int) -> np.ndarray:
 
 def _move(tables: np.ndarray, s: np.ndarray) -> np.ndarray:
     m = np.uint32(0xFF)
-    return (tables[0][s & m] ^ tables[1][(s >> np.uint32(8)) & m] ^ tables[2][(s >> np.uint32(16)) & m]
-            ^ tables[3][s >> np.uint32(24)])
+    return (
+        tables[0][s & m]
+        ^ tables[1][(s >> np.uint32(8)) & m]
+        ^ tables[2][(s >> np.uint32(16)) & m]
+        ^ tables[3][s >> np.uint32(24)]
+    )
 
 
 @functools.cache
@@ -107,7 +111,7 @@ def crc32c(data: bytes | bytearray | memoryview) -> int:
     columns = np.ascontiguousarray(words.T)
     states = np.zeros(width, dtype=np.uint32)
     states[width - lanes] = crc
-    ours = states[width - lanes:]
+    ours = states[width - lanes :]
     low = ours.view(np.uint16)[0::2]  # each register's low half, in place
     index = np.empty(lanes, dtype=np.uint16)
     looked = np.empty(lanes, dtype=np.uint32)
@@ -153,8 +157,18 @@ def header(name: str, value: bytes) -> bytes:
 
 def record(offset_delta: int, key: bytes, value: bytes, headers: bytes, header_count: int) -> bytes:
     """One encoded record (attributes 0, timestamp delta 0) with pre-encoded headers."""
-    body = b"".join((b"\x00\x00", varint(offset_delta), varint(len(key)), key, varint(len(value)), value,
-                     varint(header_count), headers))
+    body = b"".join(
+        (
+            b"\x00\x00",
+            varint(offset_delta),
+            varint(len(key)),
+            key,
+            varint(len(value)),
+            value,
+            varint(header_count),
+            headers,
+        )
+    )
     return varint(len(body)) + body
 
 
@@ -175,9 +189,24 @@ def record_batch(records: list[bytes], timestamp_ms: int, compression: str = "no
     elif compression != "none":
         raise ValueError(f"compression {compression!r}: use none or gzip")
     buf = bytearray(_BATCH_HEADER.size + len(body))
-    _BATCH_HEADER.pack_into(buf, 0, 0, len(buf) - 12, 0, 2, 0, attributes, len(records) - 1, timestamp_ms,
-                            timestamp_ms, -1, -1, -1, len(records))
-    buf[_BATCH_HEADER.size:] = body
+    _BATCH_HEADER.pack_into(
+        buf,
+        0,
+        0,
+        len(buf) - 12,
+        0,
+        2,
+        0,
+        attributes,
+        len(records) - 1,
+        timestamp_ms,
+        timestamp_ms,
+        -1,
+        -1,
+        -1,
+        len(records),
+    )
+    buf[_BATCH_HEADER.size :] = body
     struct.pack_into(">I", buf, _CRC_AT, crc32c(memoryview(buf)[_CRC_FROM:]))
     return bytes(buf)
 

@@ -47,8 +47,9 @@ class ServiceFigures(Collector):
             yield model
         runner = self.state.runner
         if runner is not None:
-            lag = GaugeMetricFamily("oasst_view_lag_events", "Events in the log a view has not folded yet",
-                                    labels=["view"])
+            lag = GaugeMetricFamily(
+                "oasst_view_lag_events", "Events in the log a view has not folded yet", labels=["view"]
+            )
             for view in runner.views:
                 lag.add_metric([view.name], max(0, self.log_position - view.position))
             yield lag
@@ -67,8 +68,13 @@ def _relay_position(state) -> int:
 class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry()
-        self.latency = Histogram("oasst_http_request_duration_seconds", "Time to answer a request, by route",
-                                 ["method", "route", "status"], registry=self.registry, buckets=BUCKETS)
+        self.latency = Histogram(
+            "oasst_http_request_duration_seconds",
+            "Time to answer a request, by route",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=BUCKETS,
+        )
         self.figures = ServiceFigures()
         self.registry.register(self.figures)
 

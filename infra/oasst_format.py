@@ -110,8 +110,10 @@ def _counts(value, where: str, what: str) -> dict:
         raise FormatError(where, f"{what} must be an object")
     if isinstance(value.get("name"), list):
         keys = [k for k in value if k != "name"]
-        return {n: tuple(value[k][i] for k in keys) if len(keys) > 1 else value[keys[0]][i]
-                for i, n in enumerate(value["name"])}
+        return {
+            n: tuple(value[k][i] for k in keys) if len(keys) > 1 else value[keys[0]][i]
+            for i, n in enumerate(value["name"])
+        }
     return value
 
 
@@ -137,11 +139,21 @@ def _message(item: dict, parent: UUID | None, where: str) -> ImportedMessage:
         raise FormatError(where, f"created_date {created!r} is not ISO 8601") from None
     try:
         return ImportedMessage(
-            message_id=mid, parent_id=parent, text=text, role=role, lang=str(lang), created_date=created_date,
+            message_id=mid,
+            parent_id=parent,
+            text=text,
+            role=role,
+            lang=str(lang),
+            created_date=created_date,
             user_ref=None if item.get("user_id") is None else str(item["user_id"]),
-            review_count=int(item.get("review_count") or 0), review_result=item.get("review_result"),
-            deleted=bool(item.get("deleted", False)), rank=item.get("rank"), synthetic=bool(item.get("synthetic", False)),
-            model_name=item.get("model_name"), emojis=emojis, labels=labels,
+            review_count=int(item.get("review_count") or 0),
+            review_result=item.get("review_result"),
+            deleted=bool(item.get("deleted", False)),
+            rank=item.get("rank"),
+            synthetic=bool(item.get("synthetic", False)),
+            model_name=item.get("model_name"),
+            emojis=emojis,
+            labels=labels,
         )
     except (TypeError, ValueError) as e:
         raise FormatError(where, str(e)) from None
@@ -169,7 +181,11 @@ def _tree_from_nested(number: int, item: dict) -> ParsedTree:
         if not isinstance(node, dict):
             raise FormatError(where, "a message node must be an object")
         m = _message(node, parent, where)
-        if node.get("parent_id") is not None and parent is not None and _uuid(node["parent_id"], where, "parent_id") != parent:
+        if (
+            node.get("parent_id") is not None
+            and parent is not None
+            and _uuid(node["parent_id"], where, "parent_id") != parent
+        ):
             raise FormatError(where, f"message {m.message_id} names parent {node['parent_id']} but sits under {parent}")
         messages.append(m)
         replies = node.get("replies") or []
@@ -177,8 +193,9 @@ def _tree_from_nested(number: int, item: dict) -> ParsedTree:
             raise FormatError(where, "replies must be a list")
         stack.extend((r, m.message_id) for r in reversed(replies))
     tree_id = _uuid(item.get("message_tree_id") or messages[0].message_id, where, "message_tree_id")
-    return ParsedTree(tree_id, _state(item.get("tree_state"), where, messages), messages[0].lang,
-                      item.get("origin"), messages)
+    return ParsedTree(
+        tree_id, _state(item.get("tree_state"), where, messages), messages[0].lang, item.get("origin"), messages
+    )
 
 
 def _tree_from_flat(rows: list[tuple[int, dict]]) -> ParsedTree:
@@ -204,8 +221,13 @@ def _tree_from_flat(rows: list[tuple[int, dict]]) -> ParsedTree:
         raise FormatError(f"line {first_line}", "messages that no path from the root reaches (a cycle)")
     root = roots[0][1]
     tree_id = _uuid(root.get("message_tree_id") or root["message_id"], f"line {roots[0][0]}", "message_tree_id")
-    return ParsedTree(tree_id, _state(root.get("tree_state"), f"line {roots[0][0]}", messages), messages[0].lang,
-                      root.get("origin"), messages)
+    return ParsedTree(
+        tree_id,
+        _state(root.get("tree_state"), f"line {roots[0][0]}", messages),
+        messages[0].lang,
+        root.get("origin"),
+        messages,
+    )
 
 
 # --- writing -------------------------------------------------------------------------

@@ -70,8 +70,13 @@ _NEEDS = {  # tag -> the fields its key needs (ids stay strings: no UUID objects
     "tree_imported": {"tree_id": str, "messages": list[_ImportedId]},
 }
 _LIGHT = {
-    tag: msgspec.defstruct(f"_Light_{tag}", [(f, t, None) if t == str | None else (f, t) for f, t in
-                                              _NEEDS.get(tag, {}).items()], bases=(_Light,), tag=tag, kw_only=True)
+    tag: msgspec.defstruct(
+        f"_Light_{tag}",
+        [(f, t, None) if t == str | None else (f, t) for f, t in _NEEDS.get(tag, {}).items()],
+        bases=(_Light,),
+        tag=tag,
+        kw_only=True,
+    )
     for tag in ev.EVENT_TYPES
 }
 _decode_light = msgspec.msgpack.Decoder(Union[tuple(_LIGHT.values())]).decode
@@ -80,8 +85,10 @@ _decode_light = msgspec.msgpack.Decoder(Union[tuple(_LIGHT.values())]).decode
 _STREAM, _MESSAGE_STREAM, _REPLY, _ON_MESSAGE, _RANKING, _TASK, _TREE, _IMPORT = range(8)
 _KIND = {
     **dict.fromkeys(ev.EVENT_TYPES, _STREAM),
-    **dict.fromkeys(("message_edited", "message_deleted", "message_undeleted", "message_reviewed",
-                     "flagged_message_processed"), _MESSAGE_STREAM),
+    **dict.fromkeys(
+        ("message_edited", "message_deleted", "message_undeleted", "message_reviewed", "flagged_message_processed"),
+        _MESSAGE_STREAM,
+    ),
     "reply_submitted": _REPLY,
     **dict.fromkeys(("labels_submitted", "emoji_added", "emoji_removed"), _ON_MESSAGE),
     "ranking_submitted": _RANKING,
@@ -102,8 +109,12 @@ class KeyIndex:
     def load(self, store: EventStore, upto: int) -> None:
         """Learn the trees of every reply and imported message up to ``upto`` (one scan
         that returns only those events' rows)."""
-        for topic, state in _select(store, "SELECT topic, {state} FROM {table} WHERE {id} <= ? AND topic IN "
-                                           "('reply_submitted', 'tree_imported') ORDER BY {id}", (upto,)):
+        for topic, state in _select(
+            store,
+            "SELECT topic, {state} FROM {table} WHERE {id} <= ? AND topic IN "
+            "('reply_submitted', 'tree_imported') ORDER BY {id}",
+            (upto,),
+        ):
             self.key(topic, "", bytes(state))
 
     def key(self, topic: str, stream: str, state: bytes) -> tuple[str, int]:
@@ -136,9 +147,11 @@ class KeyIndex:
 # --- storage of the relay's position --------------------------------------------------------
 
 
-_SQLITE_DASHED = ("substr(originator_id, 1, 8) || '-' || substr(originator_id, 9, 4) || '-' || "
-                  "substr(originator_id, 13, 4) || '-' || substr(originator_id, 17, 4) || '-' || "
-                  "substr(originator_id, 21)")  # SQLite keeps 32 hex digits
+_SQLITE_DASHED = (
+    "substr(originator_id, 1, 8) || '-' || substr(originator_id, 9, 4) || '-' || "
+    "substr(originator_id, 13, 4) || '-' || substr(originator_id, 17, 4) || '-' || "
+    "substr(originator_id, 21)"
+)  # SQLite keeps 32 hex digits
 
 
 def _select(store: EventStore, sql: str, params: tuple) -> list:
@@ -149,8 +162,9 @@ def _select(store: EventStore, sql: str, params: tuple) -> list:
         text = sql.format(table=table, id="rowid", stream=_SQLITE_DASHED, state="state")
         query, args = text, params
     else:
-        text = sql.replace("?", "%s").format(table="{t}", id="notification_id", stream="originator_id::text",
-                                             state="state")
+        text = sql.replace("?", "%s").format(
+            table="{t}", id="notification_id", stream="originator_id::text", state="state"
+        )
         query = SQL(text).format(t=SQL("{}.{}").format(Identifier(store.recorder.datastore.schema), Identifier(table)))
         args = params
     with store.recorder.datastore.transaction(commit=False) as c:
@@ -167,8 +181,9 @@ class RelayPositions:
     def __init__(self, store: EventStore):
         self.store = store
         self.pg = store.backend == "postgresql"
-        self.table = SQL("{}.kafka_relay").format(Identifier(store.recorder.datastore.schema)) if self.pg \
-            else "kafka_relay"
+        self.table = (
+            SQL("{}.kafka_relay").format(Identifier(store.recorder.datastore.schema)) if self.pg else "kafka_relay"
+        )
         with store.recorder.datastore.transaction(commit=True) as c:
             c.execute(self._sql("CREATE TABLE IF NOT EXISTS {t} (topic TEXT PRIMARY KEY, position BIGINT NOT NULL)"))
 
@@ -226,8 +241,11 @@ class Relay:
 
     def read(self, after: int, limit: int) -> list[tuple[int, str, str, bytes]]:
         """(position, stream id, topic, stored state) of the events after ``after``."""
-        return _select(self.store, "SELECT {id}, {stream}, topic, {state} FROM {table} WHERE {id} > ? "
-                                   "ORDER BY {id} LIMIT ?", (after, limit))
+        return _select(
+            self.store,
+            "SELECT {id}, {stream}, topic, {state} FROM {table} WHERE {id} > ? ORDER BY {id} LIMIT ?",
+            (after, limit),
+        )
 
     def partitions_of(self, keys: list[str]) -> list[int]:
         cache = self._partition_cache
@@ -269,8 +287,19 @@ class Relay:
                 headers = _headers(topic, schema)
             # one record, inlined (the relay's hot path): attributes 0, timestamp delta 0,
             # offset delta; key, value; 3 headers: position, type, schema
-            tail = b"".join((vcache[len(kb)], kb, vcache[n] if n < limit else varint(n), state, b"\x06",
-                             _H_POSITION, vcache[len(pos)], pos, headers))
+            tail = b"".join(
+                (
+                    vcache[len(kb)],
+                    kb,
+                    vcache[n] if n < limit else varint(n),
+                    state,
+                    b"\x06",
+                    _H_POSITION,
+                    vcache[len(pos)],
+                    pos,
+                    headers,
+                )
+            )
             size = len(tail) + 8
             recs = parts[p]
             if sizes[p] + size > MAX_BATCH_BYTES and recs:
@@ -282,8 +311,15 @@ class Relay:
             sizes[p] += size
             if topic == "snapshot_created":
                 snapshot = ev.decode(state)
-                snapshots.append(wire.record(len(snapshots), snapshot.snapshot_id.encode(),
-                                              kafka.snapshot_message(snapshot), wire.header("position", pos), 1))
+                snapshots.append(
+                    wire.record(
+                        len(snapshots),
+                        snapshot.snapshot_id.encode(),
+                        kafka.snapshot_message(snapshot),
+                        wire.header("position", pos),
+                        1,
+                    )
+                )
         if any(parts) or snapshots:
             cut()
         return out
@@ -292,8 +328,10 @@ class Relay:
         """Record batches of a request: gzip and CRC32C, C and numpy code that lets go of the
         GIL, so the relay runs it in a thread while it encodes the next page."""
         now = int(time.time() * 1000)
-        return {(topic, p): wire.record_batch(recs, now, self.cfg.compression if topic == self.cfg.events_topic
-                                               else "none") for (topic, p), recs in request.items()}
+        return {
+            (topic, p): wire.record_batch(recs, now, self.cfg.compression if topic == self.cfg.events_topic else "none")
+            for (topic, p), recs in request.items()
+        }
 
     def publish(self, rows) -> None:
         """Send a page and wait until the broker has all of it (its position not yet stored)."""
@@ -312,8 +350,13 @@ class Relay:
         self.positions.set(self.cfg.events_topic, position)
         self.position = position
 
-    def run(self, stop: Callable[[], bool] = lambda: False, poll: float = 0.2,
-            progress: Callable[[int], None] | None = None, until_idle: bool = False) -> int:
+    def run(
+        self,
+        stop: Callable[[], bool] = lambda: False,
+        poll: float = 0.2,
+        progress: Callable[[int], None] | None = None,
+        until_idle: bool = False,
+    ) -> int:
         """Follow the log until ``stop()`` (or, with ``until_idle``, until it is all out);
         when there is nothing new, wait ``poll`` s. Pipelined, one page ahead: while page k
         is compressed and checksummed (in a thread), page k+1 is read and encoded; while
@@ -372,8 +415,11 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     store = EventStore(settings.database_url)
     relay = Relay(store, settings.kafka, page_size=args.page_size)
-    print(f"relay: log at {store.max_position()}, published up to {relay.position}; to "
-          f"{settings.kafka.events_topic} ({relay.partitions} partitions) on {settings.kafka.bootstrap}", flush=True)
+    print(
+        f"relay: log at {store.max_position()}, published up to {relay.position}; to "
+        f"{settings.kafka.events_topic} ({relay.partitions} partitions) on {settings.kafka.bootstrap}",
+        flush=True,
+    )
     started = time.monotonic()
     try:
         done = relay.run(stop=lambda: bool(stopping), poll=args.poll, until_idle=args.once)
@@ -381,8 +427,9 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         relay.close()
         store.close()
-    print(f"relay: published {done} events in {time.monotonic() - started:.1f} s, position {relay.position}",
-          flush=True)
+    print(
+        f"relay: published {done} events in {time.monotonic() - started:.1f} s, position {relay.position}", flush=True
+    )
 
 
 class RelayProcess:
@@ -406,8 +453,15 @@ class RelayProcess:
         while not self._stopping:
             self._ready.clear()
             self._proc = await asyncio.create_subprocess_exec(  # it dies with the server, even by SIGKILL
-                sys.executable, "-m", "infra.relay", "--poll", str(self.poll), env=self.env,
-                stdout=asyncio.subprocess.PIPE, preexec_fn=kafka.die_with_parent)
+                sys.executable,
+                "-m",
+                "infra.relay",
+                "--poll",
+                str(self.poll),
+                env=self.env,
+                stdout=asyncio.subprocess.PIPE,
+                preexec_fn=kafka.die_with_parent,
+            )
             while line := await self._proc.stdout.readline():
                 self._ready.set()
                 log.info(line.decode().rstrip())

@@ -102,29 +102,33 @@ class _PostgresRecorder(PostgresApplicationRecorder):
             "table": Identifier(self.events_table_name),
             "channel": Identifier(self.channel_name),
         }
-        self.sql_create_statements.append(SQL(
-            "CREATE TABLE IF NOT EXISTS {schema}.command_responses (api_client_id text, "
-            "key text, status int, body bytea, position bigint, PRIMARY KEY (api_client_id, key))"
-        ).format(**names))
-        self.sql_create_statements.append(SQL(
-            "CREATE OR REPLACE FUNCTION {schema}.oasst_append_events("
-            "ids uuid[], versions bigint[], topics text[], states bytea[], "
-            "r_clients text[], r_keys text[], r_status int[], r_bodies bytea[], r_last int[]) "
-            "RETURNS SETOF bigint LANGUAGE plpgsql AS $$ "
-            "DECLARE positions bigint[]; "
-            "BEGIN "
-            "  SET LOCAL lock_timeout = '10s'; "
-            "  LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; "
-            "  NOTIFY {channel}; "
-            "  WITH ins AS (INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
-            "    SELECT * FROM unnest(ids, versions, topics, states) RETURNING notification_id) "
-            "  SELECT array_agg(notification_id ORDER BY notification_id) INTO positions FROM ins; "
-            "  INSERT INTO {schema}.command_responses "
-            "    SELECT c, k, s, b, positions[i] FROM unnest(r_clients, r_keys, r_status, r_bodies, r_last) "
-            "    AS r(c, k, s, b, i); "
-            "  RETURN QUERY SELECT unnest(positions); "
-            "END $$"
-        ).format(**names))
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.command_responses (api_client_id text, "
+                "key text, status int, body bytea, position bigint, PRIMARY KEY (api_client_id, key))"
+            ).format(**names)
+        )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE OR REPLACE FUNCTION {schema}.oasst_append_events("
+                "ids uuid[], versions bigint[], topics text[], states bytea[], "
+                "r_clients text[], r_keys text[], r_status int[], r_bodies bytea[], r_last int[]) "
+                "RETURNS SETOF bigint LANGUAGE plpgsql AS $$ "
+                "DECLARE positions bigint[]; "
+                "BEGIN "
+                "  SET LOCAL lock_timeout = '10s'; "
+                "  LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; "
+                "  NOTIFY {channel}; "
+                "  WITH ins AS (INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
+                "    SELECT * FROM unnest(ids, versions, topics, states) RETURNING notification_id) "
+                "  SELECT array_agg(notification_id ORDER BY notification_id) INTO positions FROM ins; "
+                "  INSERT INTO {schema}.command_responses "
+                "    SELECT c, k, s, b, positions[i] FROM unnest(r_clients, r_keys, r_status, r_bodies, r_last) "
+                "    AS r(c, k, s, b, i); "
+                "  RETURN QUERY SELECT unnest(positions); "
+                "END $$"
+            ).format(**names)
+        )
         self.append_call = SQL(
             "SELECT {schema}.oasst_append_events(%s, %s, %s, %s, %s, %s, %s, %s, %s) AS position"
         ).format(**names)
@@ -192,9 +196,7 @@ class EventStore:
 
     def read(self, after: int = 0, limit: int = 1000) -> list[tuple[int, ev.Event]]:
         """Events with position > after, in log order."""
-        notes = self.recorder.select_notifications(
-            start=after, limit=limit, inclusive_of_start=False
-        )
+        notes = self.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)
         return [(n.id, self.transcoder.decode(n.state)) for n in notes]
 
     def read_stored(self, after: int = 0, limit: int = 1000):
@@ -224,8 +226,10 @@ class EventStore:
         table = self.recorder.events_table_name
         if self.backend == "sqlite":
             marks = ",".join("?" * len(topics))
-            sql = (f"SELECT rowid AS id, originator_id, originator_version, topic, state FROM {table} "
-                   f"WHERE rowid > ? AND rowid <= ? AND topic IN ({marks}) ORDER BY rowid LIMIT ?")
+            sql = (
+                f"SELECT rowid AS id, originator_id, originator_version, topic, state FROM {table} "
+                f"WHERE rowid > ? AND rowid <= ? AND topic IN ({marks}) ORDER BY rowid LIMIT ?"
+            )
             params = [after, upto, *topics, limit]
         else:
             sql = SQL(
@@ -240,8 +244,13 @@ class EventStore:
         with self.recorder.datastore.transaction(commit=False) as c:
             c.execute(sql, params)
             return [
-                Notification(id=r["id"], originator_id=r["originator_id"], originator_version=r["originator_version"],
-                             topic=r["topic"], state=bytes(r["state"]))
+                Notification(
+                    id=r["id"],
+                    originator_id=r["originator_id"],
+                    originator_version=r["originator_version"],
+                    topic=r["topic"],
+                    state=bytes(r["state"]),
+                )
                 for r in c.fetchall()
             ]
 
@@ -252,7 +261,8 @@ class EventStore:
             sql, params = f"SELECT count(*) AS n FROM {table} WHERE rowid > ? AND rowid <= ?", [after, upto]
         else:
             sql = SQL("SELECT count(*) AS n FROM {}.{} WHERE notification_id > %s AND notification_id <= %s").format(
-                Identifier(self.recorder.datastore.schema), Identifier(table))
+                Identifier(self.recorder.datastore.schema), Identifier(table)
+            )
             params = [after, upto]
         with self.recorder.datastore.transaction(commit=False) as c:
             c.execute(sql, params)
@@ -266,8 +276,7 @@ class EventStore:
             sql = "SELECT status, body, position FROM command_responses WHERE api_client_id=? AND key=?"
         else:
             sql = SQL(
-                "SELECT status, body, position FROM {schema}.command_responses "
-                "WHERE api_client_id=%s AND key=%s"
+                "SELECT status, body, position FROM {schema}.command_responses WHERE api_client_id=%s AND key=%s"
             ).format(schema=Identifier(self.recorder.datastore.schema))
         with self.recorder.datastore.transaction(commit=False) as c:
             c.execute(sql, (str(client_id), key))

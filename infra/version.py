@@ -20,8 +20,9 @@ def package_version() -> str:
 def code_version() -> str:
     """``git describe`` of this checkout, else the installed package's version."""
     try:
-        found = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=10)
+        found = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        )
         if found.returncode == 0 and found.stdout.strip():
             return found.stdout.strip()
     except (OSError, subprocess.SubprocessError):

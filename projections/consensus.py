@@ -100,8 +100,9 @@ class ConsensusView(View):
     def _out(self, exclude: frozenset) -> frozenset:
         return exclude | self.spammers.frozen()
 
-    def label_aggregates(self, message_id: UUID, exclude: frozenset = frozenset(),
-                         trust: dict[UUID, float] | None = None) -> dict[str, dict]:
+    def label_aggregates(
+        self, message_id: UUID, exclude: frozenset = frozenset(), trust: dict[UUID, float] | None = None
+    ) -> dict[str, dict]:
         """{label: {value: (weighted) mean, count}} over every user's labels (not reports)."""
         facts = self.labels.get(message_id)
         if facts is None:
@@ -122,8 +123,9 @@ class ConsensusView(View):
                     acc[2] += 1
         return {name: {"value": vw / (w or 1.0), "count": n} for name, (vw, w, n) in sorted(sums.items())}
 
-    def acceptance(self, message_id: UUID, exclude: frozenset = frozenset(),
-                   trust: dict[UUID, float] | None = None) -> float | None:
+    def acceptance(
+        self, message_id: UUID, exclude: frozenset = frozenset(), trust: dict[UUID, float] | None = None
+    ) -> float | None:
         """OA's score over the review-task labels (trust-weighted with ``trust``), None without any."""
         facts = self.labels.get(message_id)
         if facts is None:
@@ -137,8 +139,9 @@ class ConsensusView(View):
             weights = None  # nobody trusted at all: fall back to equal votes
         return acceptance_score([facts.task_labels[u] for u in users], weights)
 
-    def ranking_consensus(self, parent_id: UUID, exclude: frozenset = frozenset(),
-                          trust: dict[UUID, float] | None = None) -> list[UUID]:
+    def ranking_consensus(
+        self, parent_id: UUID, exclude: frozenset = frozenset(), trust: dict[UUID, float] | None = None
+    ) -> list[UUID]:
         facts = self.rankings.get(parent_id)
         if facts is None:
             return []

@@ -128,8 +128,7 @@ class Dataset:
         view.spammers = set(self.exclusions)
         consensus.spammer_rows.rows = {u: SpammerRow() for u in self.exclusions}
         self.extra = self.exclusions - self.state.spammers  # excluded only since the position
-        self.weights = ({u: t.score for u, t in compute_trust(consensus).items()}
-                        if self.policy == "trust" else None)
+        self.weights = {u: t.score for u, t in compute_trust(consensus).items()} if self.policy == "trust" else None
         self._ranks: dict[UUID, dict[UUID, int]] = {}
         self._accepted: dict[UUID, bool | None] = {}
 
@@ -192,15 +191,24 @@ class Dataset:
 
     def events(self, m: MessageRow) -> dict:
         out = {}
-        emoji = [{"user_id": self._voter(u), "emoji": code}
-                 for code, users in sorted(m.emojis.items()) if not is_skip_marker(code) for u in users]
+        emoji = [
+            {"user_id": self._voter(u), "emoji": code}
+            for code, users in sorted(m.emojis.items())
+            if not is_skip_marker(code)
+            for u in users
+        ]
         facts = self.state.consensus.labels.get(m.id)
-        rating = [{"user_id": self._voter(u), "labels": labels}
-                  for u, labels in (facts.by_user.items() if facts else ()) if u not in self.exclusions]
+        rating = [
+            {"user_id": self._voter(u), "labels": labels}
+            for u, labels in (facts.by_user.items() if facts else ())
+            if u not in self.exclusions
+        ]
         ranks = self.state.consensus.rankings.get(m.id)
-        ranking = [{"user_id": self._voter(u),
-                    "ranking": [anonymise("message", str(x), self.anonymiser_seed) for x in order]}
-                   for u, order in (ranks.rankings if ranks else ()) if u not in self.exclusions]
+        ranking = [
+            {"user_id": self._voter(u), "ranking": [anonymise("message", str(x), self.anonymiser_seed) for x in order]}
+            for u, order in (ranks.rankings if ranks else ())
+            if u not in self.exclusions
+        ]
         for name, items in (("emoji", emoji), ("rating", rating), ("ranking", ranking)):
             if items:
                 out[name] = items
@@ -245,9 +253,15 @@ class Dataset:
             "parent_id": anonymise("message", str(m.parent_id), seed) if m.parent_id else None,
             "user_id": anonymise("user", self.user_ref(m), seed),
             "created_date": m.created_date.isoformat(),
-            "text": m.text, "role": m.role, "lang": m.lang,
-            "review_count": m.review_count, "review_result": self.accepted(m),
-            "deleted": m.deleted, "rank": self.rank(m), "synthetic": m.synthetic, "model_name": m.model_name,
+            "text": m.text,
+            "role": m.role,
+            "lang": m.lang,
+            "review_count": m.review_count,
+            "review_result": self.accepted(m),
+            "deleted": m.deleted,
+            "rank": self.rank(m),
+            "synthetic": m.synthetic,
+            "model_name": m.model_name,
             "emojis": self.emojis(m),
             "labels": self.labels(m) if self.with_labels else None,
             "events": self.events(m) if self.with_events else None,
@@ -266,8 +280,11 @@ class Dataset:
             children.sort(key=lambda c: (self.rank(c) is None, self.rank(c) or 0, c.created_date, str(c.id)))
             if children:
                 nodes[m.id]["replies"] = [nodes[c.id] for c in children]
-        item = {"message_tree_id": anonymise("message", str(t.id), self.anonymiser_seed), "tree_state": t.state,
-                "prompt": nodes[kept[0].id]}
+        item = {
+            "message_tree_id": anonymise("message", str(t.id), self.anonymiser_seed),
+            "tree_state": t.state,
+            "prompt": nodes[kept[0].id],
+        }
         if t.origin:
             item["origin"] = t.origin
         return item
@@ -275,8 +292,15 @@ class Dataset:
     def flat_messages(self, sel: Selection) -> Iterator[dict]:
         """Messages one by one (for a user's messages or "only" modes), oldest first."""
         view = self.state.tree
-        wide = Selection(**{**asdict(sel), "deleted": "include" if sel.deleted != "exclude" else "exclude",
-                            "spam": "include" if sel.spam != "exclude" else "exclude", "user": None, "limit": None})
+        wide = Selection(
+            **{
+                **asdict(sel),
+                "deleted": "include" if sel.deleted != "exclude" else "exclude",
+                "spam": "include" if sel.spam != "exclude" else "exclude",
+                "user": None,
+                "limit": None,
+            }
+        )
         for t, kept in self.trees(wide):
             for m in sorted(kept, key=lambda m: (m.created_date, str(m.id))):
                 if sel.user is not None and sel.user not in (self.user_ref(m), str(m.user_id)):

@@ -82,8 +82,12 @@ class KafkaProjector:
             if tp.partition in self.shards:
                 continue
             views = restore_shard(self.storage, self.group, tp.partition)
-            shard = Shard(tp.partition, views, min(v.position for v in views),
-                          self.storage.position(self.offset_key(tp.partition)))
+            shard = Shard(
+                tp.partition,
+                views,
+                min(v.position for v in views),
+                self.storage.position(self.offset_key(tp.partition)),
+            )
             self.shards[tp.partition] = shard
             self.consumer.seek(TopicPartition(tp.topic, tp.partition), shard.offset)
         log.info("group %s: partitions %s", self.group, sorted(self.shards))
@@ -201,13 +205,25 @@ def _write_pg(storage: ViewStorage, changes: list, history: tuple[str, list]) ->
                 for entity, position in entries:
                     copy.write_row((view, entity, position))
         if upserts:
-            c.execute(SQL("INSERT INTO {} SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[]) "
-                          "ON CONFLICT (view, tbl, key) DO UPDATE SET value = excluded.value").format(storage.rows_table),
-                      columns(upserts, 4))
+            c.execute(
+                SQL(
+                    "INSERT INTO {} SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[]) "
+                    "ON CONFLICT (view, tbl, key) DO UPDATE SET value = excluded.value"
+                ).format(storage.rows_table),
+                columns(upserts, 4),
+            )
         if deletes:
-            c.execute(SQL("DELETE FROM {} WHERE (view, tbl, key) IN "
-                          "(SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))").format(storage.rows_table),
-                      columns(deletes, 3))
-        c.execute(SQL("INSERT INTO {} SELECT * FROM unnest(%s::text[], %s::bigint[]) "
-                      "ON CONFLICT (view) DO UPDATE SET position = excluded.position").format(storage.positions_table),
-                  columns(positions, 2))
+            c.execute(
+                SQL(
+                    "DELETE FROM {} WHERE (view, tbl, key) IN "
+                    "(SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))"
+                ).format(storage.rows_table),
+                columns(deletes, 3),
+            )
+        c.execute(
+            SQL(
+                "INSERT INTO {} SELECT * FROM unnest(%s::text[], %s::bigint[]) "
+                "ON CONFLICT (view) DO UPDATE SET position = excluded.position"
+            ).format(storage.positions_table),
+            columns(positions, 2),
+        )

@@ -18,14 +18,38 @@ from domain.rules import current_streak
 from projections.base import View
 
 STATS = (
-    "prompts", "replies_assistant", "replies_prompter", "labels_simple", "labels_full", "rankings_total",
-    "rankings_good", "accepted_prompts", "accepted_replies_assistant", "accepted_replies_prompter",
-    "reply_ranked_1", "reply_ranked_2", "reply_ranked_3",
+    "prompts",
+    "replies_assistant",
+    "replies_prompter",
+    "labels_simple",
+    "labels_full",
+    "rankings_total",
+    "rankings_good",
+    "accepted_prompts",
+    "accepted_replies_assistant",
+    "accepted_replies_prompter",
+    "reply_ranked_1",
+    "reply_ranked_2",
+    "reply_ranked_3",
 )
 INDEX = {name: i for i, name in enumerate(STATS)}
 TROLL = (
-    "red_flags", "upvotes", "downvotes", "spam_prompts", "spam", "lang_mismatch", "not_appropriate", "pii",
-    "hate_speech", "sexual_content", "political_content", "quality", "humor", "toxicity", "violence", "helpfulness",
+    "red_flags",
+    "upvotes",
+    "downvotes",
+    "spam_prompts",
+    "spam",
+    "lang_mismatch",
+    "not_appropriate",
+    "pii",
+    "hate_speech",
+    "sexual_content",
+    "political_content",
+    "quality",
+    "humor",
+    "toxicity",
+    "violence",
+    "helpfulness",
 )
 TROLL_INDEX = {name: i for i, name in enumerate(TROLL)}
 TIME_FRAMES = ("day", "week", "month", "total")
@@ -36,10 +60,19 @@ LEVELS = [0] + [round(sum(k * 1.1521 + 3 for k in range(1, n + 1))) for n in ran
 def leader_score(s: dict[str, int]) -> int:
     """OA's formula (docs/oa-rules.md, "Leaderboards")."""
     return (
-        int(0.1 * s["prompts"]) + 4 * s["replies_assistant"] + s["replies_prompter"] + s["labels_simple"]
-        + 2 * s["labels_full"] + s["rankings_total"] + s["rankings_good"] + int(0.1 * s["accepted_prompts"])
-        + 4 * s["accepted_replies_assistant"] + s["accepted_replies_prompter"] + 9 * s["reply_ranked_1"]
-        + 3 * s["reply_ranked_2"] + s["reply_ranked_3"]
+        int(0.1 * s["prompts"])
+        + 4 * s["replies_assistant"]
+        + s["replies_prompter"]
+        + s["labels_simple"]
+        + 2 * s["labels_full"]
+        + s["rankings_total"]
+        + s["rankings_good"]
+        + int(0.1 * s["accepted_prompts"])
+        + 4 * s["accepted_replies_assistant"]
+        + s["accepted_replies_prompter"]
+        + 9 * s["reply_ranked_1"]
+        + 3 * s["reply_ranked_2"]
+        + s["reply_ranked_3"]
     )
 
 
@@ -49,8 +82,16 @@ def level(score: int) -> int:
 
 def troll_score(t: dict[str, float]) -> int:
     return int(
-        3 * t["red_flags"] - t["upvotes"] + t["downvotes"] + t["spam_prompts"] + t["lang_mismatch"]
-        + t["not_appropriate"] + t["pii"] + t["hate_speech"] + t["sexual_content"] + t["political_content"]
+        3 * t["red_flags"]
+        - t["upvotes"]
+        + t["downvotes"]
+        + t["spam_prompts"]
+        + t["lang_mismatch"]
+        + t["not_appropriate"]
+        + t["pii"]
+        + t["hate_speech"]
+        + t["sexual_content"]
+        + t["political_content"]
     )
 
 
@@ -112,8 +153,7 @@ class UserCounts(msgspec.Struct, array_like=True):
 class LeaderboardView(View):
     name = "leaderboard"
     version = "oa-v3"  # v2: undelete restores ancestors; v3: spammers' contributions taken back
-    key_types = {"messages": UUID, "rankings": UUID, "users": UUID, "parents": UUID, "given": UUID,
-                 "spammers": UUID}
+    key_types = {"messages": UUID, "rankings": UUID, "users": UUID, "parents": UUID, "given": UUID, "spammers": UUID}
 
     def __init__(self) -> None:
         super().__init__()

@@ -114,11 +114,21 @@ class MessageTreeView(View):
         return self.users[subject]
 
     def on_user_seen(self, e: ev.UserSeen) -> None:
-        self.users.put(e.subject_id, UserRow(
-            id=e.subject_id, api_client_id=e.api_client_id, auth_method=e.auth_method, username=e.username,
-            display_name=e.display_name, created_date=e.at, enabled=e.enabled, notes=e.notes,
-            show_on_leaderboard=e.show_on_leaderboard, tos_acceptance_date=e.at if e.tos_accepted else None,
-        ))
+        self.users.put(
+            e.subject_id,
+            UserRow(
+                id=e.subject_id,
+                api_client_id=e.api_client_id,
+                auth_method=e.auth_method,
+                username=e.username,
+                display_name=e.display_name,
+                created_date=e.at,
+                enabled=e.enabled,
+                notes=e.notes,
+                show_on_leaderboard=e.show_on_leaderboard,
+                tos_acceptance_date=e.at if e.tos_accepted else None,
+            ),
+        )
         self.users_by_name[(e.api_client_id, e.auth_method, e.username)] = e.subject_id
 
     def on_user_renamed(self, e: ev.UserRenamed) -> None:
@@ -171,23 +181,54 @@ class MessageTreeView(View):
         self.by_frontend_id[(m.api_client_id, m.frontend_message_id)] = m.id
 
     def on_initial_prompt_submitted(self, e: ev.InitialPromptSubmitted) -> None:
-        self._add(MessageRow(
-            id=e.message_id, tree_id=e.message_id, parent_id=None, user_id=e.user_id, api_client_id=e.api_client_id,
-            frontend_message_id=e.frontend_message_id, role="prompter", depth=0, lang=e.lang, text=e.text,
-            created_date=e.at, synthetic=e.synthetic, model_name=e.model_name,
-        ))
-        self.trees.put(e.message_id, TreeRow(
-            id=e.message_id, state="initial_prompt_review", lang=e.lang, created_date=e.at, origin=e.origin,
-            message_ids=[e.message_id],
-        ))
+        self._add(
+            MessageRow(
+                id=e.message_id,
+                tree_id=e.message_id,
+                parent_id=None,
+                user_id=e.user_id,
+                api_client_id=e.api_client_id,
+                frontend_message_id=e.frontend_message_id,
+                role="prompter",
+                depth=0,
+                lang=e.lang,
+                text=e.text,
+                created_date=e.at,
+                synthetic=e.synthetic,
+                model_name=e.model_name,
+            )
+        )
+        self.trees.put(
+            e.message_id,
+            TreeRow(
+                id=e.message_id,
+                state="initial_prompt_review",
+                lang=e.lang,
+                created_date=e.at,
+                origin=e.origin,
+                message_ids=[e.message_id],
+            ),
+        )
         self._active(e)
 
     def on_reply_submitted(self, e: ev.ReplySubmitted) -> None:
-        self._add(MessageRow(
-            id=e.message_id, tree_id=e.tree_id, parent_id=e.parent_id, user_id=e.user_id,
-            api_client_id=e.api_client_id, frontend_message_id=e.frontend_message_id, role=e.role, depth=e.depth,
-            lang=e.lang, text=e.text, created_date=e.at, synthetic=e.synthetic, model_name=e.model_name,
-        ))
+        self._add(
+            MessageRow(
+                id=e.message_id,
+                tree_id=e.tree_id,
+                parent_id=e.parent_id,
+                user_id=e.user_id,
+                api_client_id=e.api_client_id,
+                frontend_message_id=e.frontend_message_id,
+                role=e.role,
+                depth=e.depth,
+                lang=e.lang,
+                text=e.text,
+                created_date=e.at,
+                synthetic=e.synthetic,
+                model_name=e.model_name,
+            )
+        )
         self.messages[e.parent_id].children.append(e.message_id)
         self.messages.touch(e.parent_id)
         self.trees[e.tree_id].message_ids.append(e.message_id)
@@ -201,8 +242,9 @@ class MessageTreeView(View):
     def on_message_edited(self, e: ev.MessageEdited) -> None:
         m = self._message(e.message_id)
         # as OA: the first edit keeps the original as a revision (its author, its date)
-        revisions = self.revisions.get(m.id) or Revisions([Revision(uuid5(m.id, "original"), m.text, m.user_id,
-                                                                     m.created_date)])
+        revisions = self.revisions.get(m.id) or Revisions(
+            [Revision(uuid5(m.id, "original"), m.text, m.user_id, m.created_date)]
+        )
         revisions.items = [*revisions.items, Revision(e.id, e.text, e.user_id, e.at)]
         self.revisions.put(m.id, revisions)
         m.text, m.edited = e.text, True
@@ -254,20 +296,43 @@ class MessageTreeView(View):
         depth: dict[UUID, int] = {}
         for im in e.messages:
             depth[im.message_id] = 0 if im.parent_id is None else depth[im.parent_id] + 1
-            self._add(MessageRow(
-                id=im.message_id, tree_id=e.tree_id, parent_id=im.parent_id, user_id=e.user_id,
-                api_client_id=e.api_client_id, frontend_message_id=str(im.message_id), role=im.role,
-                depth=depth[im.message_id], lang=im.lang, text=im.text, created_date=im.created_date or e.at,
-                synthetic=im.synthetic, model_name=im.model_name, deleted=im.deleted, review_count=im.review_count,
-                review_result=im.review_result, rank=im.rank, user_ref=im.user_ref, emoji_counts=im.emojis,
-                imported_labels=im.labels,
-            ))
+            self._add(
+                MessageRow(
+                    id=im.message_id,
+                    tree_id=e.tree_id,
+                    parent_id=im.parent_id,
+                    user_id=e.user_id,
+                    api_client_id=e.api_client_id,
+                    frontend_message_id=str(im.message_id),
+                    role=im.role,
+                    depth=depth[im.message_id],
+                    lang=im.lang,
+                    text=im.text,
+                    created_date=im.created_date or e.at,
+                    synthetic=im.synthetic,
+                    model_name=im.model_name,
+                    deleted=im.deleted,
+                    review_count=im.review_count,
+                    review_result=im.review_result,
+                    rank=im.rank,
+                    user_ref=im.user_ref,
+                    emoji_counts=im.emojis,
+                    imported_labels=im.labels,
+                )
+            )
             if im.parent_id is not None:
                 self.messages[im.parent_id].children.append(im.message_id)
-        self.trees.put(e.tree_id, TreeRow(
-            id=e.tree_id, state=e.state, lang=e.lang, created_date=e.messages[0].created_date or e.at, origin=e.origin,
-            message_ids=[im.message_id for im in e.messages],
-        ))
+        self.trees.put(
+            e.tree_id,
+            TreeRow(
+                id=e.tree_id,
+                state=e.state,
+                lang=e.lang,
+                created_date=e.messages[0].created_date or e.at,
+                origin=e.origin,
+                message_ids=[im.message_id for im in e.messages],
+            ),
+        )
 
     # --- trees ---------------------------------------------------------------------
 
@@ -301,16 +366,20 @@ class MessageTreeView(View):
                 self.messages.touch(m.id)
         for key, revisions in self.revisions.rows.items():
             if any(r.user_id in sources for r in revisions.items):
-                revisions.items = [Revision(r.id, r.text, dest, r.created_date) if r.user_id in sources else r
-                                   for r in revisions.items]
+                revisions.items = [
+                    Revision(r.id, r.text, dest, r.created_date) if r.user_id in sources else r for r in revisions.items
+                ]
                 self.revisions.touch(key)
         into = self.users.get(dest)
         for source in sources:
             row = self.users.get(source)
             if row is None:
                 continue
-            if into is not None and row.last_activity_date and (
-                    into.last_activity_date is None or row.last_activity_date > into.last_activity_date):
+            if (
+                into is not None
+                and row.last_activity_date
+                and (into.last_activity_date is None or row.last_activity_date > into.last_activity_date)
+            ):
                 into.last_activity_date = row.last_activity_date
                 self.users.touch(dest)
             self.users.delete(source)

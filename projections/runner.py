@@ -70,8 +70,9 @@ def gc_paused():
 
 
 class ProjectionRunner:
-    def __init__(self, store: EventStore, views: list[View] | None = None, page_size: int = 10_000,
-                 flush_every: int = 50_000):
+    def __init__(
+        self, store: EventStore, views: list[View] | None = None, page_size: int = 10_000, flush_every: int = 50_000
+    ):
         self.store = store
         self.storage = ViewStorage(store)
         self.views = views if views is not None else all_views()
@@ -201,7 +202,7 @@ class ProjectionRunner:
         while True:
             page = await asyncio.to_thread(self.store.read_stored, self.position, self.page_size)
             for start in range(0, len(page), slice_events):
-                self.fold(page[start:start + slice_events])
+                self.fold(page[start : start + slice_events])
                 await asyncio.sleep(0)  # let queries in between slices
             if page:
                 async with self._reached:

@@ -199,11 +199,13 @@ def normalized_rows(view: View) -> dict:
     for table in view.tables.values():
         for key, row in table.rows.items():
             if isinstance(row, UserCounts):
-                row = UserCounts({h: v for h, v in sorted(row.hours.items()) if any(v)},
-                                 {h: v for h, v in sorted(row.troll.items()) if any(v)}, row.active_days,
-                                 row.last_activity)
+                row = UserCounts(
+                    {h: v for h, v in sorted(row.hours.items()) if any(v)},
+                    {h: v for h, v in sorted(row.troll.items()) if any(v)},
+                    row.active_days,
+                    row.last_activity,
+                )
             elif isinstance(row, Given):
                 row = Given(sorted(row.items, key=lambda i: (str(i[0]), i[1], i[2], i[3])))
             out[(table.name, str(key))] = enc.encode(row)
     return out
-

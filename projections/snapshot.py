@@ -39,22 +39,56 @@ TURN = pl.Struct({"role": pl.String, "content": pl.String})
 CONVERSATION = pl.List(TURN)
 SCHEMAS = {
     "messages.parquet": {
-        "message_id": pl.String, "parent_id": pl.String, "user_id": pl.String, "created_date": pl.String,
-        "text": pl.String, "role": pl.String, "lang": pl.String, "review_count": pl.Int32,
-        "review_result": pl.Boolean, "deleted": pl.Boolean, "rank": pl.Int32, "synthetic": pl.Boolean,
-        "model_name": pl.String, "message_tree_id": pl.String, "tree_state": pl.String,
+        "message_id": pl.String,
+        "parent_id": pl.String,
+        "user_id": pl.String,
+        "created_date": pl.String,
+        "text": pl.String,
+        "role": pl.String,
+        "lang": pl.String,
+        "review_count": pl.Int32,
+        "review_result": pl.Boolean,
+        "deleted": pl.Boolean,
+        "rank": pl.Int32,
+        "synthetic": pl.Boolean,
+        "model_name": pl.String,
+        "message_tree_id": pl.String,
+        "tree_state": pl.String,
         "emojis": pl.Struct({"name": pl.List(pl.String), "count": pl.List(pl.Int32)}),
         "labels": pl.Struct({"name": pl.List(pl.String), "value": pl.List(pl.Float64), "count": pl.List(pl.Int32)}),
     },
-    "sft.parquet": {"messages": CONVERSATION, "message_id": pl.String, "message_tree_id": pl.String,
-                    "lang": pl.String, "rank": pl.Int32},
-    "prompts.parquet": {"messages": CONVERSATION, "message_id": pl.String, "message_tree_id": pl.String,
-                        "lang": pl.String},
-    "rm.parquet": {"prompt": CONVERSATION, "replies": pl.List(pl.String), "chosen": CONVERSATION,
-                   "rejected": CONVERSATION, "parent_id": pl.String, "message_tree_id": pl.String, "lang": pl.String},
-    "dpo.parquet": {"prompt": CONVERSATION, "chosen": CONVERSATION, "rejected": CONVERSATION, "parent_id": pl.String,
-                    "message_tree_id": pl.String, "lang": pl.String, "chosen_rank": pl.Int32,
-                    "rejected_rank": pl.Int32},
+    "sft.parquet": {
+        "messages": CONVERSATION,
+        "message_id": pl.String,
+        "message_tree_id": pl.String,
+        "lang": pl.String,
+        "rank": pl.Int32,
+    },
+    "prompts.parquet": {
+        "messages": CONVERSATION,
+        "message_id": pl.String,
+        "message_tree_id": pl.String,
+        "lang": pl.String,
+    },
+    "rm.parquet": {
+        "prompt": CONVERSATION,
+        "replies": pl.List(pl.String),
+        "chosen": CONVERSATION,
+        "rejected": CONVERSATION,
+        "parent_id": pl.String,
+        "message_tree_id": pl.String,
+        "lang": pl.String,
+    },
+    "dpo.parquet": {
+        "prompt": CONVERSATION,
+        "chosen": CONVERSATION,
+        "rejected": CONVERSATION,
+        "parent_id": pl.String,
+        "message_tree_id": pl.String,
+        "lang": pl.String,
+        "chosen_rank": pl.Int32,
+        "rejected_rank": pl.Int32,
+    },
 }
 
 
@@ -188,8 +222,11 @@ def _emoji_columns(n: dict) -> dict:
 
 def _label_columns(n: dict) -> dict:
     labels = n.get("labels", {})
-    return {"name": list(labels), "value": [v["value"] for v in labels.values()],
-            "count": [v["count"] for v in labels.values()]}
+    return {
+        "name": list(labels),
+        "value": [v["value"] for v in labels.values()],
+        "count": [v["count"] for v in labels.values()],
+    }
 
 
 def training_rows(items: list[dict], sft_max_rank: int | None = None) -> dict[str, list[dict]]:
@@ -197,33 +234,56 @@ def training_rows(items: list[dict], sft_max_rank: int | None = None) -> dict[st
     for item in items:
         tree_id, state = item["message_tree_id"], item["tree_state"]
         for n, thread in _walk(item):
-            rows["messages.parquet"].append({
-                **{k: n.get(k) for k in SCHEMAS["messages.parquet"] if k not in ("emojis", "labels")},
-                "deleted": n.get("deleted", False), "synthetic": n.get("synthetic", False),
-                "message_tree_id": tree_id, "tree_state": state,
-                "emojis": _emoji_columns(n), "labels": _label_columns(n),
-            })
+            rows["messages.parquet"].append(
+                {
+                    **{k: n.get(k) for k in SCHEMAS["messages.parquet"] if k not in ("emojis", "labels")},
+                    "deleted": n.get("deleted", False),
+                    "synthetic": n.get("synthetic", False),
+                    "message_tree_id": tree_id,
+                    "tree_state": state,
+                    "emojis": _emoji_columns(n),
+                    "labels": _label_columns(n),
+                }
+            )
             base = {"message_tree_id": tree_id, "lang": n["lang"]}
             if n["role"] == "assistant":
                 if sft_max_rank is None or n.get("rank") is None or n["rank"] < sft_max_rank:
-                    rows["sft.parquet"].append({"messages": _turns(thread), "message_id": n["message_id"],
-                                                "rank": n.get("rank"), **base})
+                    rows["sft.parquet"].append(
+                        {"messages": _turns(thread), "message_id": n["message_id"], "rank": n.get("rank"), **base}
+                    )
                 continue
             rows["prompts.parquet"].append({"messages": _turns(thread), "message_id": n["message_id"], **base})
-            ranked = sorted((c for c in n.get("replies", ()) if c["role"] == "assistant" and c.get("rank") is not None),
-                            key=lambda c: c["rank"])
+            ranked = sorted(
+                (c for c in n.get("replies", ()) if c["role"] == "assistant" and c.get("rank") is not None),
+                key=lambda c: c["rank"],
+            )
             if len(ranked) < 2:
                 continue
             prompt = _turns(thread)
             reply = [[{"role": "assistant", "content": c["text"]}] for c in ranked]
-            rows["rm.parquet"].append({"prompt": prompt, "replies": [c["text"] for c in ranked], "chosen": reply[0],
-                                       "rejected": reply[-1], "parent_id": n["message_id"], **base})
+            rows["rm.parquet"].append(
+                {
+                    "prompt": prompt,
+                    "replies": [c["text"] for c in ranked],
+                    "chosen": reply[0],
+                    "rejected": reply[-1],
+                    "parent_id": n["message_id"],
+                    **base,
+                }
+            )
             for i in range(len(ranked)):
                 for j in range(i + 1, len(ranked)):
-                    rows["dpo.parquet"].append({
-                        "prompt": prompt, "chosen": reply[i], "rejected": reply[j], "parent_id": n["message_id"],
-                        "chosen_rank": ranked[i]["rank"], "rejected_rank": ranked[j]["rank"], **base,
-                    })
+                    rows["dpo.parquet"].append(
+                        {
+                            "prompt": prompt,
+                            "chosen": reply[i],
+                            "rejected": reply[j],
+                            "parent_id": n["message_id"],
+                            "chosen_rank": ranked[i]["rank"],
+                            "rejected_rank": ranked[j]["rank"],
+                            **base,
+                        }
+                    )
     return rows
 
 
@@ -243,13 +303,19 @@ def _exclusions(store: EventStore, state, spec: SnapshotSpec) -> tuple[frozenset
 def spec_from_manifest(manifest: dict, exclusions: str) -> SnapshotSpec:
     """Snapshot ``manifest``'s inputs again (same P, policy, selection), with other exclusions."""
     sel = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["filters"].items()}
-    return SnapshotSpec(position=manifest["position"], policy=manifest["policy"]["name"],
-                        selection=Selection(**sel), exclusions=exclusions,
-                        sft_max_rank=manifest.get("sft_max_rank"), parent=manifest["id"])
+    return SnapshotSpec(
+        position=manifest["position"],
+        policy=manifest["policy"]["name"],
+        selection=Selection(**sel),
+        exclusions=exclusions,
+        sft_max_rank=manifest.get("sft_max_rank"),
+        parent=manifest["id"],
+    )
 
 
-def create_snapshot(settings: Settings, spec: SnapshotSpec = SnapshotSpec(), *, store: EventStore | None = None,
-                    record: bool = True) -> dict:
+def create_snapshot(
+    settings: Settings, spec: SnapshotSpec = SnapshotSpec(), *, store: EventStore | None = None, record: bool = True
+) -> dict:
     """Build (or find) the snapshot; returns its manifest with ``timings`` added (seconds
     and rows/s of each stage, not part of the manifest on disk)."""
     if spec.policy not in POLICIES:
@@ -294,8 +360,11 @@ def _create(settings: Settings, spec: SnapshotSpec, store: EventStore, record: b
             "policy": {"name": spec.policy, "version": POLICIES[spec.policy]},
             "filters": spec.selection.as_dict(),
             "sft_max_rank": spec.sft_max_rank,
-            "exclusions": {"mode": spec.exclusions, "users": sorted(str(u) for u in exclusions),
-                           "deleted_users": len(deleted_users)},
+            "exclusions": {
+                "mode": spec.exclusions,
+                "users": sorted(str(u) for u in exclusions),
+                "deleted_users": len(deleted_users),
+            },
             "counts": {"trees": len(items), **{name: len(r) for name, r in rows.items()}},
             "files": files,
             "code_version": snapshot_code_version(),
@@ -325,7 +394,8 @@ def _write_files(work: Path, items: list[dict], rows: dict[str, list[dict]], tim
     for name, schema in SCHEMAS.items():
         t0 = time.perf_counter()
         pl.DataFrame(rows[name], schema=schema, orient="row" if not rows[name] else None).write_parquet(
-            work / name, compression="zstd", statistics=False)
+            work / name, compression="zstd", statistics=False
+        )
         timings[name] = {"seconds": time.perf_counter() - t0, "rows": len(rows[name])}
     for stage in timings.values():
         stage["rows_per_second"] = round(stage["rows"] / stage["seconds"]) if stage["seconds"] > 0 else None
@@ -335,9 +405,15 @@ def _write_files(work: Path, items: list[dict], rows: dict[str, list[dict]], tim
 def _record(store: EventStore, manifest: dict) -> None:
     """Append SnapshotCreated once per snapshot id (its stream's first version)."""
     stream = snapshot_stream(manifest["id"])
-    event = ev.SnapshotCreated(id=ev.new_id(), at=datetime.now(UTC),
-                               snapshot_id=manifest["id"], position=manifest["position"],
-                               policy=manifest["policy"]["name"], manifest=manifest, parent_id=manifest["parent"])
+    event = ev.SnapshotCreated(
+        id=ev.new_id(),
+        at=datetime.now(UTC),
+        snapshot_id=manifest["id"],
+        position=manifest["position"],
+        policy=manifest["policy"]["name"],
+        manifest=manifest,
+        parent_id=manifest["parent"],
+    )
     try:
         store.append([Pending([(stream, 1, event)])])
     except Exception as exc:  # noqa: BLE001 - the stream exists: this snapshot was recorded before

@@ -29,19 +29,25 @@ class ViewStorage:
         """One statement for both backends: ``{rows}``/``{positions}`` tables, ``?`` params."""
         if not self.pg:
             return text.format(rows="view_rows", positions="view_positions", history="history_index")
-        text = text.replace("?", "%s").replace("{rows}", "{0}").replace("{positions}", "{1}").replace("{history}", "{2}")
+        text = (
+            text.replace("?", "%s").replace("{rows}", "{0}").replace("{positions}", "{1}").replace("{history}", "{2}")
+        )
         return SQL(text).format(self.rows_table, self.positions_table, self.history_table)
 
     def _create(self) -> None:
         blob = "bytea" if self.pg else "BLOB"
         with self.datastore.transaction(commit=True) as c:
-            c.execute(self._sql(
-                "CREATE TABLE IF NOT EXISTS {rows} (view TEXT, tbl TEXT, key TEXT, value " + blob + ", "
-                "PRIMARY KEY (view, tbl, key))"
-            ))
+            c.execute(
+                self._sql(
+                    "CREATE TABLE IF NOT EXISTS {rows} (view TEXT, tbl TEXT, key TEXT, value " + blob + ", "
+                    "PRIMARY KEY (view, tbl, key))"
+                )
+            )
             c.execute(self._sql("CREATE TABLE IF NOT EXISTS {positions} (view TEXT PRIMARY KEY, position BIGINT)"))
             entity = "uuid" if self.pg else "TEXT"
-            c.execute(self._sql(f"CREATE TABLE IF NOT EXISTS {{history}} (view TEXT, entity {entity}, position BIGINT)"))
+            c.execute(
+                self._sql(f"CREATE TABLE IF NOT EXISTS {{history}} (view TEXT, entity {entity}, position BIGINT)")
+            )
             c.execute(self._sql("CREATE INDEX IF NOT EXISTS history_index_entity ON {history} (entity, position)"))
 
     def position(self, view: str) -> int:
@@ -56,8 +62,11 @@ class ViewStorage:
             for row in c.fetchall():
                 yield row["tbl"], row["key"], bytes(row["value"])
 
-    def write(self, changes: list[tuple[str, int, list[tuple[str, str, bytes | None]]]],
-              history: tuple[str, list[tuple[str, int]]] | None = None) -> None:
+    def write(
+        self,
+        changes: list[tuple[str, int, list[tuple[str, str, bytes | None]]]],
+        history: tuple[str, list[tuple[str, int]]] | None = None,
+    ) -> None:
         """For each (view, position, [(table, key, value or None)]): write the rows and the
         position; and the new history entries (view, [(entity, position)]); all in one
         transaction."""
@@ -69,23 +78,30 @@ class ViewStorage:
                         for entity, position in entries:
                             copy.write_row((view, entity, position))
                 else:
-                    c.executemany(self._sql("INSERT INTO {history} VALUES (?, ?, ?)"),
-                                  [(view, str(e), p) for e, p in entries])
+                    c.executemany(
+                        self._sql("INSERT INTO {history} VALUES (?, ?, ?)"), [(view, str(e), p) for e, p in entries]
+                    )
             for view, position, rows in changes:
                 upserts = [(view, t, k, v) for t, k, v in rows if v is not None]
                 deletes = [(view, t, k) for t, k, v in rows if v is None]
                 if self.pg:
                     if upserts:
                         cols = [list(x) for x in zip(*upserts, strict=True)]
-                        c.execute(self._sql(
-                            "INSERT INTO {rows} SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::bytea[]) "
-                            "ON CONFLICT (view, tbl, key) DO UPDATE SET value = excluded.value"
-                        ), cols)
+                        c.execute(
+                            self._sql(
+                                "INSERT INTO {rows} SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::bytea[]) "
+                                "ON CONFLICT (view, tbl, key) DO UPDATE SET value = excluded.value"
+                            ),
+                            cols,
+                        )
                     if deletes:
                         c.executemany(self._sql("DELETE FROM {rows} WHERE view = ? AND tbl = ? AND key = ?"), deletes)
-                    c.execute(self._sql(
-                        "INSERT INTO {positions} VALUES (?, ?) ON CONFLICT (view) DO UPDATE SET position = excluded.position"
-                    ), (view, position))
+                    c.execute(
+                        self._sql(
+                            "INSERT INTO {positions} VALUES (?, ?) ON CONFLICT (view) DO UPDATE SET position = excluded.position"
+                        ),
+                        (view, position),
+                    )
                 else:
                     c.executemany(self._sql("INSERT OR REPLACE INTO {rows} VALUES (?, ?, ?, ?)"), upserts)
                     c.executemany(self._sql("DELETE FROM {rows} WHERE view = ? AND tbl = ? AND key = ?"), deletes)
@@ -93,9 +109,12 @@ class ViewStorage:
 
     def history(self, view: str, entity: str, until: int | None = None, limit: int = 10_000) -> list[int]:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(self._sql(
-                "SELECT position FROM {history} WHERE entity = ? AND view = ? AND position <= ? ORDER BY position LIMIT ?"
-            ), (entity if not self.pg else UUID(entity), view, until if until is not None else 2**62, limit))
+            c.execute(
+                self._sql(
+                    "SELECT position FROM {history} WHERE entity = ? AND view = ? AND position <= ? ORDER BY position LIMIT ?"
+                ),
+                (entity if not self.pg else UUID(entity), view, until if until is not None else 2**62, limit),
+            )
             return [row["position"] for row in c.fetchall()]
 
     def drop(self, view: str) -> None:

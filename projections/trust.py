@@ -47,11 +47,14 @@ class Trust:
 
     def as_dict(self) -> dict:
         return {
-            "user_id": str(self.user_id), "score": round(self.score, 4), "policy": POLICY,
+            "user_id": str(self.user_id),
+            "score": round(self.score, 4),
+            "policy": POLICY,
             "label_accuracy": None if self.label_accuracy is None else round(self.label_accuracy, 4),
             "labels": self.labels,
             "ranking_tau": None if self.ranking_tau is None else round(self.ranking_tau, 4),
-            "rankings": self.rankings, "suspected_spammer": self.suspected,
+            "rankings": self.rankings,
+            "suspected_spammer": self.suspected,
         }
 
 
@@ -63,7 +66,7 @@ def kendall_tau(a: list, b: list) -> float | None:
     pos = {x: i for i, x in enumerate(b)}
     concordant = discordant = 0
     for i, x in enumerate(common):
-        for y in common[i + 1:]:
+        for y in common[i + 1 :]:
             if pos[x] < pos[y]:
                 concordant += 1
             else:
@@ -75,8 +78,11 @@ def label_accuracies(view: ConsensusView) -> tuple[dict[UUID, float], dict[UUID,
     """One-coin Dawid–Skene over binarised spam review labels."""
     items: list[list[tuple[UUID, int]]] = []
     for facts in view.labels.values():
-        votes = [(u, int(facts.task_labels[u]["spam"] >= 0.5)) for u in facts.task_users
-                 if "spam" in facts.task_labels.get(u, {})]
+        votes = [
+            (u, int(facts.task_labels[u]["spam"] >= 0.5))
+            for u in facts.task_users
+            if "spam" in facts.task_labels.get(u, {})
+        ]
         if len(votes) >= 2:
             items.append(sorted(votes, key=lambda v: str(v[0])))
     counts: dict[UUID, int] = {}
@@ -110,7 +116,9 @@ def _quality_order(view: ConsensusView, replies: list[UUID], ranker: UUID) -> li
     means = {}
     for r in replies:
         facts = view.labels.get(r)
-        values = [lab["quality"] for u, lab in facts.by_user.items() if u != ranker and "quality" in lab] if facts else []
+        values = (
+            [lab["quality"] for u, lab in facts.by_user.items() if u != ranker and "quality" in lab] if facts else []
+        )
         if values:
             means[r] = sum(values) / len(values)
     if len(means) < 2:
@@ -150,12 +158,12 @@ def compute_trust(view: ConsensusView) -> dict[UUID, Trust]:
         if user in taus:
             parts.append(_shrunk(min(max(taus[user], 0.0), 1.0), n_rankings[user]))
         score = min(parts)
-        suspected = (
-            (n_labels.get(user, 0) >= MIN_EVIDENCE and accuracy[user] < SUSPECT_ACCURACY)
-            or (n_rankings.get(user, 0) >= MIN_RANKINGS and taus[user] < SUSPECT_TAU)
+        suspected = (n_labels.get(user, 0) >= MIN_EVIDENCE and accuracy[user] < SUSPECT_ACCURACY) or (
+            n_rankings.get(user, 0) >= MIN_RANKINGS and taus[user] < SUSPECT_TAU
         )
-        out[user] = Trust(user, score, accuracy.get(user), n_labels.get(user, 0), taus.get(user),
-                          n_rankings.get(user, 0), suspected)
+        out[user] = Trust(
+            user, score, accuracy.get(user), n_labels.get(user, 0), taus.get(user), n_rankings.get(user, 0), suspected
+        )
     return out
 
 

@@ -50,20 +50,30 @@ async def leaderboard(views: CaughtUp, time_frame: FromPath[str], max_count: Max
     return {"time_frame": time_frame, "last_updated": updated, "leaderboard": rows[:max_count]}
 
 
-@post("/leaderboards/update", status_code=204, summary="Refresh all leaderboards (they are live: nothing to do)", guards=[trusted_client])
+@post(
+    "/leaderboards/update",
+    status_code=204,
+    summary="Refresh all leaderboards (they are live: nothing to do)",
+    guards=[trusted_client],
+)
 async def update_leaderboards(views: CaughtUp) -> None:
     """Nothing to do: declaring ``views`` is enough to answer once they caught up with the caller."""
 
 
-@post("/leaderboards/update/{time_frame:str}", status_code=204,
-      summary="Refresh one leaderboard (it is live: nothing to do)", guards=[trusted_client])
+@post(
+    "/leaderboards/update/{time_frame:str}",
+    status_code=204,
+    summary="Refresh one leaderboard (it is live: nothing to do)",
+    guards=[trusted_client],
+)
 async def update_leaderboard(views: CaughtUp, time_frame: FromPath[str]) -> None:
     _frame(time_frame)  # an unknown time frame is refused as OA does
 
 
 @get("/trollboards/{time_frame:str}", summary="Trollboard (trusted clients)", guards=[trusted_client])
-async def trollboard(views: CaughtUp, time_frame: FromPath[str], max_count: MaxCount = 100,
-                     enabled: FromQuery[bool | None] = None) -> dict:
+async def trollboard(
+    views: CaughtUp, time_frame: FromPath[str], max_count: MaxCount = 100, enabled: FromQuery[bool | None] = None
+) -> dict:
     frame = _frame(time_frame)
     now = datetime.now(UTC)
     view, board = views.tree, views.board
@@ -75,18 +85,38 @@ async def trollboard(views: CaughtUp, time_frame: FromPath[str], max_count: MaxC
         score = troll_score(t)
         if score <= 0:
             continue
-        rows.append({
-            "user_id": str(user.id), "highlighted": False, "username": user.username,
-            "auth_method": user.auth_method, "display_name": user.display_name,
-            "last_activity_date": iso(user.last_activity_date), "enabled": user.enabled, "deleted": user.deleted,
-            "show_on_leaderboard": user.show_on_leaderboard, "troll_score": score, "base_date": None,
-            "modified_date": iso(now), "red_flags": int(t["red_flags"]), "upvotes": int(t["upvotes"]),
-            "downvotes": int(t["downvotes"]), "spam_prompts": int(t["spam_prompts"]),
-            "quality": t["quality"], "humor": t["humor"], "toxicity": t["toxicity"], "violence": t["violence"],
-            "helpfulness": t["helpfulness"], "spam": int(t["spam"]), "lang_mismach": int(t["lang_mismatch"]),
-            "not_appropriate": int(t["not_appropriate"]), "pii": int(t["pii"]), "hate_speech": int(t["hate_speech"]),
-            "sexual_content": int(t["sexual_content"]), "political_content": int(t["political_content"]),
-        })
+        rows.append(
+            {
+                "user_id": str(user.id),
+                "highlighted": False,
+                "username": user.username,
+                "auth_method": user.auth_method,
+                "display_name": user.display_name,
+                "last_activity_date": iso(user.last_activity_date),
+                "enabled": user.enabled,
+                "deleted": user.deleted,
+                "show_on_leaderboard": user.show_on_leaderboard,
+                "troll_score": score,
+                "base_date": None,
+                "modified_date": iso(now),
+                "red_flags": int(t["red_flags"]),
+                "upvotes": int(t["upvotes"]),
+                "downvotes": int(t["downvotes"]),
+                "spam_prompts": int(t["spam_prompts"]),
+                "quality": t["quality"],
+                "humor": t["humor"],
+                "toxicity": t["toxicity"],
+                "violence": t["violence"],
+                "helpfulness": t["helpfulness"],
+                "spam": int(t["spam"]),
+                "lang_mismach": int(t["lang_mismatch"]),
+                "not_appropriate": int(t["not_appropriate"]),
+                "pii": int(t["pii"]),
+                "hate_speech": int(t["hate_speech"]),
+                "sexual_content": int(t["sexual_content"]),
+                "political_content": int(t["political_content"]),
+            }
+        )
     rows.sort(key=lambda r: (-r["troll_score"], r["user_id"]))
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
@@ -102,8 +132,13 @@ def system_stats(view) -> dict:
         if not view.is_hidden(m):
             active += 1
             active_by_lang[m.lang] += 1
-    return {"all": total, "active": active, "active_by_lang": dict(sorted(active_by_lang.items())),
-            "deleted": total - active, "message_trees": roots}
+    return {
+        "all": total,
+        "active": active,
+        "active_by_lang": dict(sorted(active_by_lang.items())),
+        "deleted": total - active,
+        "message_trees": roots,
+    }
 
 
 @get("/stats/", summary="Message counts", guards=[api_client])
@@ -121,10 +156,18 @@ def _message_counts(view, only_active: bool, default_goal: int) -> list[dict]:
         if only_active and t.state not in ACTIVE_STATES:
             continue
         live = [view.messages[i] for i in t.message_ids if not view.is_hidden(view.messages[i])]
-        out.append({"message_tree_id": str(t.id), "state": t.state, "depth": max((m.depth for m in live), default=0),
-                    "oldest": iso(t.created_date), "youngest": iso(max((m.created_date for m in live), default=None)),
-                    # a tree still in review has no goal yet: the configured one (OA stores it at creation)
-                    "count": len(live), "goal_tree_size": t.goal_tree_size or default_goal})
+        out.append(
+            {
+                "message_tree_id": str(t.id),
+                "state": t.state,
+                "depth": max((m.depth for m in live), default=0),
+                "oldest": iso(t.created_date),
+                "youngest": iso(max((m.created_date for m in live), default=None)),
+                # a tree still in review has no goal yet: the configured one (OA stores it at creation)
+                "count": len(live),
+                "goal_tree_size": t.goal_tree_size or default_goal,
+            }
+        )
     return sorted(out, key=lambda r: r["message_tree_id"])
 
 
@@ -141,8 +184,10 @@ async def message_counts(views: CaughtUp, only_active: FromQuery[bool] = True) -
 @get("/stats/tree_manager", summary="Tree manager statistics", guards=[api_client])
 async def tree_manager_stats(views: CaughtUp) -> dict:
     view = views.tree
-    return {"state_counts": _state_counts(view),
-            "message_counts": _message_counts(view, True, views.tree_config.goal_tree_size)}
+    return {
+        "state_counts": _state_counts(view),
+        "message_counts": _message_counts(view, True, views.tree_config.goal_tree_size),
+    }
 
 
 @get("/text_labels/valid_labels", summary="Label descriptions (for a message: what its task asks)", guards=[api_client])
@@ -160,5 +205,15 @@ async def report_labels(views: CaughtUp) -> dict:
     return {"valid_labels": lab.describe(lab.REPORT_LABELS)}
 
 
-
-board_handlers = [leaderboard, update_leaderboards, update_leaderboard, trollboard, stats, state_counts, message_counts, tree_manager_stats, valid_labels, report_labels]
+board_handlers = [
+    leaderboard,
+    update_leaderboards,
+    update_leaderboard,
+    trollboard,
+    stats,
+    state_counts,
+    message_counts,
+    tree_manager_stats,
+    valid_labels,
+    report_labels,
+]

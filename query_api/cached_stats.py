@@ -31,10 +31,12 @@ STATS = {
     "human_messages_by_role": lambda v: dict(sorted(Counter(m.role for m in _human_messages(v)).items())),
     "message_trees_by_state": lambda v: dict(sorted(Counter(t.state for t in v.trees.values()).items())),
     "message_trees_states_by_lang": _states_by_lang,
-    "prompt_lottery_waiting_by_lang": lambda v: dict(sorted(Counter(
-        t.lang for t in v.trees.values() if t.state == "prompt_lottery_waiting").items())),
-    "users_accepted_tos": lambda v: {"count": sum(
-        1 for u in v.users.values() if u.enabled and u.tos_acceptance_date is not None)},
+    "prompt_lottery_waiting_by_lang": lambda v: dict(
+        sorted(Counter(t.lang for t in v.trees.values() if t.state == "prompt_lottery_waiting").items())
+    ),
+    "users_accepted_tos": lambda v: {
+        "count": sum(1 for u in v.users.values() if u.enabled and u.tos_acceptance_date is not None)
+    },
 }
 
 
@@ -59,13 +61,18 @@ async def cached_stats(views: CaughtUp, name: FromPath[str]) -> dict:
     stats = all_stats(views)
     if name not in stats:
         # OA's path parameter is an enum: an unknown name fails validation
-        raise OasstError(f"no cached statistic {name!r}; one of {', '.join(stats)}",
-                         ErrorCode.REQUEST_VALIDATION_FAILED, 422)
+        raise OasstError(
+            f"no cached statistic {name!r}; one of {', '.join(stats)}", ErrorCode.REQUEST_VALIDATION_FAILED, 422
+        )
     return stats[name]
 
 
-@post("/stats/cached/update", status_code=204, summary="Refresh the cached statistics (they are live: nothing to do)",
-      guards=[trusted_client])
+@post(
+    "/stats/cached/update",
+    status_code=204,
+    summary="Refresh the cached statistics (they are live: nothing to do)",
+    guards=[trusted_client],
+)
 async def update_cached_stats() -> None:
     """Nothing to do (the guard is the whole route)."""
 

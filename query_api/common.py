@@ -32,7 +32,8 @@ class ViewsBehind(OasstError):
     def __init__(self, position: int, reached: int):
         super().__init__(
             f"views are at position {reached}, not yet {position}; retry shortly",
-            ErrorCode.VIEWS_BEHIND, 503,
+            ErrorCode.VIEWS_BEHIND,
+            503,
         )
 
 
@@ -69,8 +70,9 @@ class Views:
             try:
                 await asyncio.wait_for(runner.ready.wait(), READ_YOUR_WRITES_TIMEOUT)
             except TimeoutError:
-                raise OasstError("the views are being loaded after a start; retry shortly",
-                                 ErrorCode.VIEWS_BEHIND) from None
+                raise OasstError(
+                    "the views are being loaded after a start; retry shortly", ErrorCode.VIEWS_BEHIND
+                ) from None
         position = max(asked_position(request), self.last_writes.get(client.id, 0))
         if position > runner.position and not await runner.wait_for(position, READ_YOUR_WRITES_TIMEOUT):
             raise ViewsBehind(position, runner.position)
@@ -127,14 +129,16 @@ def owner_filter(client: ApiClient, api_client_id: str | None) -> UUID | None:
     wanted = parse_id(api_client_id, "api_client_id")
     if not client.trusted:
         if wanted is not None and wanted != client.id:
-            raise OasstError("an untrusted API client sees its own users and messages only",
-                             ErrorCode.API_CLIENT_NOT_AUTHORIZED, 403)
+            raise OasstError(
+                "an untrusted API client sees its own users and messages only", ErrorCode.API_CLIENT_NOT_AUTHORIZED, 403
+            )
         return client.id
     return wanted
 
 
-def user_or_404(view: MessageTreeView, user_id: str, client: ApiClient | None = None,
-                api_client_id: str | None = None) -> UserRow:
+def user_or_404(
+    view: MessageTreeView, user_id: str, client: ApiClient | None = None, api_client_id: str | None = None
+) -> UserRow:
     """A user by our id; with ``client``, only one that client may see (OA: untrusted
     clients resolve their own users only)."""
     try:

@@ -42,25 +42,44 @@ def _cursor_key(view: MessageTreeView, cursor: str) -> tuple[datetime, str]:
     return _key((mid, flag))
 
 
-@get("/admin/flagged_messages", summary="Flagged (reported) messages, oldest first (trusted clients)",
-     guards=[trusted_client])
+@get(
+    "/admin/flagged_messages",
+    summary="Flagged (reported) messages, oldest first (trusted clients)",
+    guards=[trusted_client],
+)
 async def flagged_messages(views: CaughtUp, max_count: FromQuery[int]) -> list[dict]:
     items = sorted(views.tree.flagged.rows.items(), key=_key)
-    return [flagged_dict(mid, flag) for mid, flag in items[:max(max_count, 0)]]
+    return [flagged_dict(mid, flag) for mid, flag in items[: max(max_count, 0)]]
 
 
-@get("/admin/flagged_messages/cursor", summary="Page through flagged messages (trusted clients)",
-     guards=[trusted_client])
+@get(
+    "/admin/flagged_messages/cursor", summary="Page through flagged messages (trusted clients)", guards=[trusted_client]
+)
 async def flagged_messages_cursor(
-    views: CaughtUp, before: FromQuery[str | None] = None, after: FromQuery[str | None] = None,
-    max_count: Annotated[int, QueryParameter(gt=0, le=1000)] = 10, desc: FromQuery[bool] = False,
+    views: CaughtUp,
+    before: FromQuery[str | None] = None,
+    after: FromQuery[str | None] = None,
+    max_count: Annotated[int, QueryParameter(gt=0, le=1000)] = 10,
+    desc: FromQuery[bool] = False,
 ) -> dict:
     view = views.tree
-    page, prev, nxt = keyset_page(list(view.flagged.rows.items()), _key, lambda c: _cursor_key(view, c),
-                                  lambda item: str(item[0]), before=before, after=after, desc=desc,
-                                  max_count=max_count)
-    return {"prev": prev, "next": nxt, "sort_key": "created_date", "order": "desc" if desc else "asc",
-            "items": [flagged_dict(mid, flag) for mid, flag in page]}
+    page, prev, nxt = keyset_page(
+        list(view.flagged.rows.items()),
+        _key,
+        lambda c: _cursor_key(view, c),
+        lambda item: str(item[0]),
+        before=before,
+        after=after,
+        desc=desc,
+        max_count=max_count,
+    )
+    return {
+        "prev": prev,
+        "next": nxt,
+        "sort_key": "created_date",
+        "order": "desc" if desc else "asc",
+        "items": [flagged_dict(mid, flag) for mid, flag in page],
+    }
 
 
 flagged_handlers = [flagged_messages, flagged_messages_cursor]

@@ -15,11 +15,18 @@ from domain.errors import ErrorCode, OasstError
 from query_api.common import CaughtUp, OptionalPosition
 
 
-@get("/api/v1/history", tags=["history"], summary="Events concerning a user, tree or message (trusted)",
-     guards=[trusted_client])
+@get(
+    "/api/v1/history",
+    tags=["history"],
+    summary="Events concerning a user, tree or message (trusted)",
+    guards=[trusted_client],
+)
 async def history(
-    views: CaughtUp, user: FromQuery[str | None] = None, tree: FromQuery[str | None] = None,
-    message: FromQuery[str | None] = None, until: OptionalPosition = None,
+    views: CaughtUp,
+    user: FromQuery[str | None] = None,
+    tree: FromQuery[str | None] = None,
+    message: FromQuery[str | None] = None,
+    until: OptionalPosition = None,
     limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
 ) -> dict:
     given = [v for v in (user, tree, message) if v]
@@ -44,10 +51,17 @@ async def events_concerning(runner, entity: str, until: int | None = None, limit
     out = []
     for n in notes:
         e = ev.decode(n.state)
-        out.append({
-            "position": n.id, "type": n.topic, "at": e.at.isoformat(),
-            "actor": {"user_id": str(e.user_id) if e.user_id else None,
-                      "api_client_id": str(e.api_client_id) if e.api_client_id else None},
-            "event": ev.to_builtins(e), "raw": n.state,
-        })
+        out.append(
+            {
+                "position": n.id,
+                "type": n.topic,
+                "at": e.at.isoformat(),
+                "actor": {
+                    "user_id": str(e.user_id) if e.user_id else None,
+                    "api_client_id": str(e.api_client_id) if e.api_client_id else None,
+                },
+                "event": ev.to_builtins(e),
+                "raw": n.state,
+            }
+        )
     return out

@@ -14,8 +14,7 @@ from domain import events as ev
 from query_api.common import Position
 
 
-@get("/api/v1/events", tags=["log"], summary="Events after a position, in log order (trusted)",
-     guards=[trusted_client])
+@get("/api/v1/events", tags=["log"], summary="Events after a position, in log order (trusted)", guards=[trusted_client])
 async def list_events(
     service: Service,
     after: Position = 0,

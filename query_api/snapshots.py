@@ -55,9 +55,14 @@ async def get_snapshot(settings: NamedDependency[Settings], snapshot_id: FromPat
 
 
 # user ids and texts: moderators and pipelines only
-@get("/snapshots/{snapshot_id:str}/files/{name:str}", summary="Download a snapshot file (trusted)",
-     guards=[trusted_client])
-async def get_snapshot_file(settings: NamedDependency[Settings], snapshot_id: FromPath[str], name: FromPath[str]) -> File:
+@get(
+    "/snapshots/{snapshot_id:str}/files/{name:str}",
+    summary="Download a snapshot file (trusted)",
+    guards=[trusted_client],
+)
+async def get_snapshot_file(
+    settings: NamedDependency[Settings], snapshot_id: FromPath[str], name: FromPath[str]
+) -> File:
     from projections.snapshot import SnapshotError, snapshot_file
 
     try:
@@ -68,8 +73,9 @@ async def get_snapshot_file(settings: NamedDependency[Settings], snapshot_id: Fr
 
 
 @post("/snapshots", status_code=201, summary="Create a snapshot (trusted)", guards=[trusted_client])
-async def create_snapshot_route(data: JSONBody[SnapshotRequest], service: Service, client: Client,
-                                ikey: IdempotencyKey = None) -> Response:
+async def create_snapshot_route(
+    data: JSONBody[SnapshotRequest], service: Service, client: Client, ikey: IdempotencyKey = None
+) -> Response:
     from projections.dataset import Selection
     from projections.snapshot import SnapshotError, SnapshotSpec, create_snapshot, load_manifest, spec_from_manifest
 
@@ -79,11 +85,20 @@ async def create_snapshot_route(data: JSONBody[SnapshotRequest], service: Servic
             spec = spec_from_manifest(load_manifest(settings.data_dir, data.from_id), data.exclusions)
         else:
             selection = Selection(
-                states=Selection.states if data.states is None else tuple(data.states), langs=tuple(data.langs),
-                deleted=data.deleted, spam=data.spam, synthetic=data.synthetic, min_review_count=data.min_review_count,
+                states=Selection.states if data.states is None else tuple(data.states),
+                langs=tuple(data.langs),
+                deleted=data.deleted,
+                spam=data.spam,
+                synthetic=data.synthetic,
+                min_review_count=data.min_review_count,
             )
-            spec = SnapshotSpec(position=data.at, policy=data.policy, selection=selection,
-                                exclusions=data.exclusions, sft_max_rank=data.sft_max_rank)
+            spec = SnapshotSpec(
+                position=data.at,
+                policy=data.policy,
+                selection=selection,
+                exclusions=data.exclusions,
+                sft_max_rank=data.sft_max_rank,
+            )
         # folding the log takes a while: off the event loop, with its own connection
         manifest = await asyncio.to_thread(create_snapshot, settings, spec, record=False)
     except SnapshotError as e:

@@ -23,12 +23,14 @@ def trust_scores(views: Views) -> dict[UUID, Trust]:
 
 @get("/trust", summary="Annotator trust scores (paged, sortable)", guards=[api_client])
 async def list_trust(
-    views: CaughtUp, sort: FromQuery[Literal["score", "labels", "rankings"]] = "score",
-    desc: FromQuery[bool] = False, offset: Annotated[int, QueryParameter(ge=0)] = 0,
+    views: CaughtUp,
+    sort: FromQuery[Literal["score", "labels", "rankings"]] = "score",
+    desc: FromQuery[bool] = False,
+    offset: Annotated[int, QueryParameter(ge=0)] = 0,
     max_count: Annotated[int, QueryParameter(ge=1, le=10_000)] = 100,
 ) -> dict:
     scores = sorted(trust_scores(views).values(), key=lambda t: (getattr(t, sort), str(t.user_id)), reverse=desc)
-    return {"policy": POLICY, "total": len(scores), "items": [t.as_dict() for t in scores[offset:offset + max_count]]}
+    return {"policy": POLICY, "total": len(scores), "items": [t.as_dict() for t in scores[offset : offset + max_count]]}
 
 
 @get("/trust/{user_id:str}", summary="One user's trust score and its evidence", guards=[api_client])
@@ -45,10 +47,14 @@ async def get_trust(views: CaughtUp, user_id: FromPath[str]) -> dict:
     return t.as_dict()
 
 
-@get("/consensus/messages/{message_id:str}", summary="Label aggregates and ranking consensus under each policy",
-     guards=[api_client])
-async def message_consensus(views: CaughtUp, message_id: FromPath[str],
-                            policy: FromQuery[Literal["oa", "trust"] | None] = None) -> dict:
+@get(
+    "/consensus/messages/{message_id:str}",
+    summary="Label aggregates and ranking consensus under each policy",
+    guards=[api_client],
+)
+async def message_consensus(
+    views: CaughtUp, message_id: FromPath[str], policy: FromQuery[Literal["oa", "trust"] | None] = None
+) -> dict:
     m = message_or_404(views.tree, message_id)
     consensus = views.consensus
     weights = {u: t.score for u, t in trust_scores(views).items()}
@@ -64,13 +70,26 @@ async def message_consensus(views: CaughtUp, message_id: FromPath[str],
             "ranking": [str(x) for x in consensus.ranking_consensus(m.id, trust=trust)],
         }
     facts = consensus.labels.get(m.id)
-    annotators = [
-        {"user_id": str(u), "labels": labels, "review": u in facts.task_labels, "trust": round(weights.get(u, 0.5), 4),
-         "excluded_as_spammer": u in consensus.spammers}
-        for u, labels in sorted(facts.by_user.items(), key=lambda x: str(x[0]))
-    ] if facts else []
-    return {"message_id": str(m.id), "policies": out, "annotators": annotators,
-            "reports": facts.reports if facts else 0}
+    annotators = (
+        [
+            {
+                "user_id": str(u),
+                "labels": labels,
+                "review": u in facts.task_labels,
+                "trust": round(weights.get(u, 0.5), 4),
+                "excluded_as_spammer": u in consensus.spammers,
+            }
+            for u, labels in sorted(facts.by_user.items(), key=lambda x: str(x[0]))
+        ]
+        if facts
+        else []
+    )
+    return {
+        "message_id": str(m.id),
+        "policies": out,
+        "annotators": annotators,
+        "reports": facts.reports if facts else 0,
+    }
 
 
 @get("/consensus/agreement/{label:str}", summary="Krippendorff's alpha of one label", guards=[api_client])
@@ -78,16 +97,25 @@ async def agreement(views: CaughtUp, label: FromPath[str]) -> dict:
     return views.consensus.agreement(label)
 
 
-@get("/admin/suspected_spammers", summary="Users whose work disagrees with the consensus (trusted)",
-     guards=[trusted_client])
+@get(
+    "/admin/suspected_spammers",
+    summary="Users whose work disagrees with the consensus (trusted)",
+    guards=[trusted_client],
+)
 async def suspected_spammers(views: CaughtUp, max_count: Annotated[int, QueryParameter(ge=1, le=10_000)] = 100) -> dict:
     users = views.tree.users
     items = []
     for t in sorted(trust_scores(views).values(), key=lambda t: (t.score, str(t.user_id))):
         if t.suspected:
             u = users.get(t.user_id)
-            items.append({**t.as_dict(), "username": u.username if u else None,
-                          "display_name": u.display_name if u else None, "marked_spammer": bool(u and u.spammer)})
+            items.append(
+                {
+                    **t.as_dict(),
+                    "username": u.username if u else None,
+                    "display_name": u.display_name if u else None,
+                    "marked_spammer": bool(u and u.spammer),
+                }
+            )
     return {"policy": POLICY, "items": items[:max_count]}
 
 

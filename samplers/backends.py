@@ -17,8 +17,13 @@ from samplers.configs import config_args, samples_for
 BACKENDS = ("transformers", "vllm")
 
 # transformers generate() argument -> vLLM SamplingParams argument
-VLLM_ARGS = {"top_k": "top_k", "top_p": "top_p", "temperature": "temperature",
-             "repetition_penalty": "repetition_penalty", "min_new_tokens": "min_tokens"}
+VLLM_ARGS = {
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "temperature": "temperature",
+    "repetition_penalty": "repetition_penalty",
+    "min_new_tokens": "min_tokens",
+}
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # NUL breaks PostgreSQL text; the rest is noise
 
 
@@ -102,10 +107,16 @@ class TransformersBackend:
         torch.manual_seed(r.seed)
         ids = torch.tensor([r.prompt_ids])
         with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **config_args(r.config),
-                                      num_return_sequences=r.n, max_new_tokens=r.max_new_tokens, pad_token_id=self.pad)
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                **config_args(r.config),
+                num_return_sequences=r.n,
+                max_new_tokens=r.max_new_tokens,
+                pad_token_id=self.pad,
+            )
         samples = []
-        for row in out[:, ids.shape[1]:].tolist():
+        for row in out[:, ids.shape[1] :].tolist():
             end = row.index(self.eos) + 1 if self.eos in row else len(row)
             samples.append(Sample(self.tokenizer.decode(row[:end], skip_special_tokens=False), end))
         return samples

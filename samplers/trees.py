@@ -42,8 +42,10 @@ def select_replies(samples: list[dict], *, seed: int, key: str, limit: int = MAX
         if s["text"] and s["text"] not in seen:
             seen.add(s["text"])
             unique.append(s)
-    stats = {"empty": sum(1 for s in samples if not s["text"]),
-             "duplicates": sum(1 for s in samples if s["text"]) - len(unique)}
+    stats = {
+        "empty": sum(1 for s in samples if not s["text"]),
+        "duplicates": sum(1 for s in samples if s["text"]) - len(unique),
+    }
     if len(unique) < 2:
         return [], stats
     if len(unique) > limit:
@@ -58,17 +60,35 @@ def build_tree(rows: list[dict]) -> dict:
     messages, lang = first["messages"], first["lang"]
     ids = thread_ids(first["tree_id"], len(messages))
     replies = [
-        {"message_id": r["reply_id"], "parent_id": ids[-1], "text": r["text"], "role": "assistant", "lang": lang,
-         "review_count": 0, "review_result": True, "synthetic": True, "model_name": r["model_name"], "replies": []}
+        {
+            "message_id": r["reply_id"],
+            "parent_id": ids[-1],
+            "text": r["text"],
+            "role": "assistant",
+            "lang": lang,
+            "review_count": 0,
+            "review_result": True,
+            "synthetic": True,
+            "model_name": r["model_name"],
+            "replies": [],
+        }
         for r in rows
     ]
     node = None
     for i in reversed(range(len(messages))):
         m = messages[i]
-        node = {"message_id": ids[i], "parent_id": ids[i - 1] if i else None, "text": m["content"],
-                "role": "prompter" if m["role"] == "user" else "assistant", "lang": lang,
-                "review_count": 0, "review_result": True, "synthetic": False, "model_name": None,
-                "replies": [node] if node else replies}
+        node = {
+            "message_id": ids[i],
+            "parent_id": ids[i - 1] if i else None,
+            "text": m["content"],
+            "role": "prompter" if m["role"] == "user" else "assistant",
+            "lang": lang,
+            "review_count": 0,
+            "review_result": True,
+            "synthetic": False,
+            "model_name": None,
+            "replies": [node] if node else replies,
+        }
     return {"message_tree_id": first["tree_id"], "tree_state": IMPORT_STATE, "prompt": node}
 
 
@@ -80,8 +100,15 @@ def build_trees(rows: Iterable[dict]) -> list[dict]:
     return [build_tree(g) for g in groups.values()]
 
 
-def post_trees(trees: list[dict], *, origin: str, api_url: str | None = None, api_key: str | None = None,
-               client=None, batch_size: int = 50) -> dict:
+def post_trees(
+    trees: list[dict],
+    *,
+    origin: str,
+    api_url: str | None = None,
+    api_key: str | None = None,
+    client=None,
+    batch_size: int = 50,
+) -> dict:
     """POST the trees to ``{api_url}/admin/import`` in batches; ``client`` is any
     httpx-compatible client (a base URL of its own lets api_url be left out)."""
     import httpx
@@ -93,7 +120,7 @@ def post_trees(trees: list[dict], *, origin: str, api_url: str | None = None, ap
     totals = {"trees_imported": 0, "trees_skipped": 0, "messages_imported": 0, "requests": 0}
     try:
         for start in range(0, len(trees), batch_size):
-            r = client.post(url, json={"origin": origin, "items": trees[start:start + batch_size]}, headers=headers)
+            r = client.post(url, json={"origin": origin, "items": trees[start : start + batch_size]}, headers=headers)
             if r.status_code != 200:
                 raise RuntimeError(f"import of trees {start}..{start + batch_size} failed: {r.status_code} {r.text}")
             for k, v in r.json().items():

@@ -23,5 +23,11 @@ ROOT_TOKEN = "test-root"
 
 def make_settings(url: str, tmp_path: Path, tree: TreeConfig = SMALL_TREE) -> Settings:
     # rate limits off: tests drive many requests per user; tests/test_rate_limits.py turns them on
-    return Settings(database_url=url, data_dir=tmp_path, bootstrap_api_key=API_KEY, root_token=ROOT_TOKEN, tree=tree,
-                    rate_limits=False)
+    return Settings(
+        database_url=url,
+        data_dir=tmp_path,
+        bootstrap_api_key=API_KEY,
+        root_token=ROOT_TOKEN,
+        tree=tree,
+        rate_limits=False,
+    )

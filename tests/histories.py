@@ -53,12 +53,20 @@ async def scripted_history(client) -> dict:
     for who in (ALICE, CAROL):
         await must(client, who, "label_prompter_reply")
     log = await events(client)
-    msgs = {e["event"]["message_id"]: e["event"] for e in log
-            if e["type"] in ("initial_prompt_submitted", "reply_submitted")}
+    msgs = {
+        e["event"]["message_id"]: e["event"]
+        for e in log
+        if e["type"] in ("initial_prompt_submitted", "reply_submitted")
+    }
     uid = {e["event"]["username"]: e["event"]["subject_id"] for e in log if e["type"] == "user_seen"}
     by_author = {e["user_id"]: mid for mid, e in msgs.items()}
-    h = {"P": by_author[uid["alice"]], "RB": by_author[uid["bob"]], "RD": by_author[uid["dave"]],
-         "RE": by_author[uid["erin"]], "uid": uid}
+    h = {
+        "P": by_author[uid["alice"]],
+        "RB": by_author[uid["bob"]],
+        "RD": by_author[uid["dave"]],
+        "RE": by_author[uid["erin"]],
+        "uid": uid,
+    }
     await rank(client, ALICE, h["RB"])
     await rank(client, CAROL, h["RD"])
     log = await events(client)
@@ -104,8 +112,10 @@ async def make_history(url: str, actions) -> EventStore:
                 await service.set_spammer(client, str(users()[a % len(users())]), b)
             elif kind == "report" and messages():
                 msg = messages()[b % len(messages())]
-                await service.free_labels(client, p.TextLabels(user=PEOPLE[a], text="", labels={"spam": 1.0},
-                                                               message_id=str(msg), is_report=True))
+                await service.free_labels(
+                    client,
+                    p.TextLabels(user=PEOPLE[a], text="", labels={"spam": 1.0}, message_id=str(msg), is_report=True),
+                )
         except OasstError:
             pass  # refused commands are part of life; they append nothing
     await service.stop()

@@ -27,8 +27,16 @@ class Core:
     """decide() with the tree manager's reactions, on a model in memory, at a clock of our own."""
 
     def __init__(self, **config):
-        cfg = TreeConfig(**{"num_reviews_initial_prompt": 1, "num_reviews_reply": 1, "goal_tree_size": 3,
-                            "num_required_rankings": 1, "p_lonely_child_extension": 0.0, **config})
+        cfg = TreeConfig(
+            **{
+                "num_reviews_initial_prompt": 1,
+                "num_reviews_reply": 1,
+                "goal_tree_size": 3,
+                "num_required_rankings": 1,
+                "p_lonely_child_extension": 0.0,
+                **config,
+            }
+        )
         self.model = WriteModel(cfg)
         self.state = State(self.model, TreeManager(self.model, cfg))
         self.now = T0
@@ -61,14 +69,23 @@ class Core:
         fid = f"fm-{uuid4()}"
         self.run(c.AckTask(client_id=CLIENT, task_id=task["id"], frontend_message_id=fid))
         if task_type.startswith("label_"):
-            body = p.TextLabels(user=who, text="", labels=answer.get("labels", {"spam": 0.0, "lang_mismatch": 0.0,
-                                                                                  "quality": 1.0}),
-                                message_id=task["message_id"], task_id=task["id"])
+            body = p.TextLabels(
+                user=who,
+                text="",
+                labels=answer.get("labels", {"spam": 0.0, "lang_mismatch": 0.0, "quality": 1.0}),
+                message_id=task["message_id"],
+                task_id=task["id"],
+            )
         elif task_type.startswith("rank_"):
             body = p.MessageRanking(user=who, message_id=fid, ranking=answer["ranking"])
         else:
-            body = p.TextReplyToMessage(user=who, message_id=fid, user_message_id=f"um-{uuid4()}",
-                                        text=answer.get("text", f"text {uuid4()}"), lang="en")
+            body = p.TextReplyToMessage(
+                user=who,
+                message_id=fid,
+                user_message_id=f"um-{uuid4()}",
+                text=answer.get("text", f"text {uuid4()}"),
+                lang="en",
+            )
         self.run(c.SubmitInteraction(client_id=CLIENT, interaction=body))
         return task
 
@@ -87,16 +104,42 @@ def summary(m: WriteModel) -> dict:
         "users": {u.id: (u.display_name, u.enabled, u.deleted, u.spammer) for u in m.users.values()},
         "tasks": {t.id: (t.status, t.frontend_message_id, t.request_sha256) for t in m.tasks.values()},
         "pending": {u: sorted(map(str, ts)) for u, ts in m.user_pending.items() if ts},
-        "messages": {x.id: (x.deleted, x.review_result, x.late, x.children, sorted(x.task_labels.items()),
-                            {k: sorted(v) for k, v in x.emojis.items() if v}, x.reports, x.rank, x.text)
-                     for x in m.messages.values()},
-        "trees": {t.id: (t.state, t.goal_tree_size, sorted(t.awaiting_review), sorted(t.reply_parents),
-                         t.message_ids, t.skip_replies, t.won_lottery, t.halted_from, t.spam_halted_from)
-                  for t in m.trees.values()},
+        "messages": {
+            x.id: (
+                x.deleted,
+                x.review_result,
+                x.late,
+                x.children,
+                sorted(x.task_labels.items()),
+                {k: sorted(v) for k, v in x.emojis.items() if v},
+                x.reports,
+                x.rank,
+                x.text,
+            )
+            for x in m.messages.values()
+        },
+        "trees": {
+            t.id: (
+                t.state,
+                t.goal_tree_size,
+                sorted(t.awaiting_review),
+                sorted(t.reply_parents),
+                t.message_ids,
+                t.skip_replies,
+                t.won_lottery,
+                t.halted_from,
+                t.spam_halted_from,
+            )
+            for t in m.trees.values()
+        },
         "by_state": {s: sorted(ts) for s, ts in m.trees_by_state.items() if ts},
         "lottery": {lang: {str(a): sorted(ts) for a, ts in authors.items()} for lang, authors in m.lottery.items()},
-        "replied": sorted(m.replied), "spammers": sorted(m.spammers), "user_texts": dict(m.user_texts),
-        "rank1": dict(m.rank1_recent), "lottery_authors": {k: sorted(map(str, v)) for k, v in m.lottery_authors.items()}, "labelled_by": {u: sorted(v) for u, v in m.labelled_by.items()},
+        "replied": sorted(m.replied),
+        "spammers": sorted(m.spammers),
+        "user_texts": dict(m.user_texts),
+        "rank1": dict(m.rank1_recent),
+        "lottery_authors": {k: sorted(map(str, v)) for k, v in m.lottery_authors.items()},
+        "labelled_by": {u: sorted(v) for u, v in m.labelled_by.items()},
     }
 
 

@@ -22,8 +22,9 @@ def _strict(node):
     node = {k: _strict(v) for k, v in node.items()}
     if "properties" in node:
         required = set(node.get("required", ()))
-        node["properties"] = {k: v if k in required else {"anyOf": [v, {"type": "null"}]}
-                              for k, v in node["properties"].items()}
+        node["properties"] = {
+            k: v if k in required else {"anyOf": [v, {"type": "null"}]} for k, v in node["properties"].items()
+        }
         node.setdefault("additionalProperties", False)
     return node
 

@@ -19,10 +19,20 @@ from devkit.brokers import free_port
 def oasst_serve(data_dir: Path, api_key: str, timeout: float = 60) -> Iterator[str]:
     """Serve a SQLite store in ``data_dir`` until the block ends; yields the API's base URL."""
     port = free_port()
-    env = {**os.environ, "OASST_DATA_DIR": str(data_dir), "OASST_DATABASE_URL": f"sqlite:///{data_dir}/oasst.sqlite3",
-           "OASST_BOOTSTRAP_API_KEY": api_key, "OASST_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "serve"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {
+        **os.environ,
+        "OASST_DATA_DIR": str(data_dir),
+        "OASST_DATABASE_URL": f"sqlite:///{data_dir}/oasst.sqlite3",
+        "OASST_BOOTSTRAP_API_KEY": api_key,
+        "OASST_PORT": str(port),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}/api/v1"
         deadline = time.monotonic() + timeout

@@ -17,22 +17,35 @@ ALICE = user("alice")
 
 # (method, path template) that only trusted clients (moderators) may use
 TRUSTED = {
-    ("DELETE", "/api/v1/messages/{message_id}"), ("PUT", "/api/v1/messages/{message_id}/undelete"),
-    ("PUT", "/api/v1/messages/{message_id}/tree/state"), ("PUT", "/api/v1/users/{user_id}"),
-    ("DELETE", "/api/v1/users/{user_id}"), ("POST", "/api/v1/admin/purge_user/{user_id}"),
-    ("POST", "/api/v1/admin/users/{user_id}/spammer"), ("DELETE", "/api/v1/admin/users/{user_id}/spammer"),
-    ("POST", "/api/v1/admin/import"), ("GET", "/api/v1/trollboards/{time_frame}"),
-    ("GET", "/api/v1/admin/suspected_spammers"), ("POST", "/api/v1/snapshots"),
-    ("GET", "/api/v1/snapshots/{snapshot_id}/files/{name}"), ("GET", "/api/v1/events"), ("GET", "/api/v1/history"),
+    ("DELETE", "/api/v1/messages/{message_id}"),
+    ("PUT", "/api/v1/messages/{message_id}/undelete"),
+    ("PUT", "/api/v1/messages/{message_id}/tree/state"),
+    ("PUT", "/api/v1/users/{user_id}"),
+    ("DELETE", "/api/v1/users/{user_id}"),
+    ("POST", "/api/v1/admin/purge_user/{user_id}"),
+    ("POST", "/api/v1/admin/users/{user_id}/spammer"),
+    ("DELETE", "/api/v1/admin/users/{user_id}/spammer"),
+    ("POST", "/api/v1/admin/import"),
+    ("GET", "/api/v1/trollboards/{time_frame}"),
+    ("GET", "/api/v1/admin/suspected_spammers"),
+    ("POST", "/api/v1/snapshots"),
+    ("GET", "/api/v1/snapshots/{snapshot_id}/files/{name}"),
+    ("GET", "/api/v1/events"),
+    ("GET", "/api/v1/history"),
     # issue #14: edits, a user's messages, the flagged queue, merging users
-    ("POST", "/api/v1/messages/{message_id}/edit"), ("DELETE", "/api/v1/users/{user_id}/messages"),
+    ("POST", "/api/v1/messages/{message_id}/edit"),
+    ("DELETE", "/api/v1/users/{user_id}/messages"),
     ("DELETE", "/api/v1/frontend_users/{auth_method}/{username}/messages"),
-    ("POST", "/api/v1/admin/purge_user/{user_id}/messages"), ("GET", "/api/v1/admin/flagged_messages"),
-    ("GET", "/api/v1/admin/flagged_messages/cursor"), ("POST", "/api/v1/admin/flagged_messages/{message_id}/processed"),
+    ("POST", "/api/v1/admin/purge_user/{user_id}/messages"),
+    ("GET", "/api/v1/admin/flagged_messages"),
+    ("GET", "/api/v1/admin/flagged_messages/cursor"),
+    ("POST", "/api/v1/admin/flagged_messages/{message_id}/processed"),
     ("POST", "/api/v1/admin/merge_users"),
     # issue #14: OA's full settings, and its refresh routes (nothing to refresh: boards and stats are live)
-    ("GET", "/api/v1/admin/backend_settings/full"), ("POST", "/api/v1/leaderboards/update"),
-    ("POST", "/api/v1/leaderboards/update/{time_frame}"), ("POST", "/api/v1/stats/cached/update"),
+    ("GET", "/api/v1/admin/backend_settings/full"),
+    ("POST", "/api/v1/leaderboards/update"),
+    ("POST", "/api/v1/leaderboards/update/{time_frame}"),
+    ("POST", "/api/v1/stats/cached/update"),
 }
 ROOT_TOKEN_ROUTES = {("POST", "/api/v1/admin/api_client")}
 OPEN = {("GET", "/metrics")}  # as OA's: Prometheus scrapers send no key; counts and latencies only
@@ -42,11 +55,22 @@ BODIES = {
     "/api/v1/tasks/availability": ALICE,
     "/api/v1/tasks/{task_id}/ack": {"message_id": "fe-1"},
     "/api/v1/tasks/{task_id}/nack": {"reason": "x"},
-    "/api/v1/tasks/interaction": {"type": "text_reply_to_message", "user": ALICE, "message_id": "fe-1",
-                                  "user_message_id": "u-1", "text": "hello there", "lang": "en"},
+    "/api/v1/tasks/interaction": {
+        "type": "text_reply_to_message",
+        "user": ALICE,
+        "message_id": "fe-1",
+        "user_message_id": "u-1",
+        "text": "hello there",
+        "lang": "en",
+    },
     "/api/v1/tasks/close": {"message_id": "fe-1"},
-    "/api/v1/text_labels": {"type": "text_labels", "user": ALICE, "text": "", "labels": {"spam": 0.0},
-                            "message_id": "{message_id}"},
+    "/api/v1/text_labels": {
+        "type": "text_labels",
+        "user": ALICE,
+        "text": "",
+        "labels": {"spam": 0.0},
+        "message_id": "{message_id}",
+    },
     "/api/v1/messages/{message_id}/emoji": {"user": ALICE, "emoji": "+1", "op": "add"},
     "/api/v1/admin/api_client": {"description": "x", "frontend_type": "web"},
     "/api/v1/frontend_users": {**ALICE, "id": "alice"},
@@ -77,14 +101,22 @@ async def world(tmp_path):
         client.headers["X-API-Key"] = API_KEY
         task = await do_task(client, ALICE, "initial_prompt")
         log = await events(client)
-        r = await client.post("/api/v1/admin/api_client", json={"description": "web", "frontend_type": "web"},
-                              headers={"Authorization": f"Bearer {ROOT_TOKEN}"})
+        r = await client.post(
+            "/api/v1/admin/api_client",
+            json={"description": "web", "frontend_type": "web"},
+            headers={"Authorization": f"Bearer {ROOT_TOKEN}"},
+        )
         snapshot = (await client.post("/api/v1/snapshots", json={"states": []})).json()
         ids = {
             "message_id": next(e["event"]["message_id"] for e in log if e["type"] == "initial_prompt_submitted"),
             "user_id": next(e["event"]["subject_id"] for e in log if e["type"] == "user_seen"),
-            "task_id": task["id"], "time_frame": "day", "auth_method": "local", "username": "alice",
-            "label": "spam", "snapshot_id": snapshot["id"], "name": "dpo.parquet",
+            "task_id": task["id"],
+            "time_frame": "day",
+            "auth_method": "local",
+            "username": "alice",
+            "label": "spam",
+            "snapshot_id": snapshot["id"],
+            "name": "dpo.parquet",
         }
         yield client, ids, r.json()
 
@@ -98,9 +130,13 @@ def fill(template, ids: dict):
 
 
 async def call(client, method: str, path: str, ids: dict, headers: dict):
-    return await client.request(method, fill(path, ids), params=fill(QUERIES.get(path, {}), ids),
-                                json=fill(BODIES[path], ids) if method in ("POST", "PUT") and path in BODIES else None,
-                                headers=headers)
+    return await client.request(
+        method,
+        fill(path, ids),
+        params=fill(QUERIES.get(path, {}), ids),
+        json=fill(BODIES[path], ids) if method in ("POST", "PUT") and path in BODIES else None,
+        headers=headers,
+    )
 
 
 async def test_every_route_against_missing_unknown_and_untrusted_keys(world):
@@ -109,8 +145,11 @@ async def test_every_route_against_missing_unknown_and_untrusted_keys(world):
     assert TRUSTED <= set(ops) and len(ops) > 60
     store = client.app.state.service.store
     for method, path in ops:
-        for who, headers in (("missing", {"X-API-Key": ""}), ("unknown", {"X-API-Key": "not-a-key"}),
-                             ("untrusted", {"X-API-Key": untrusted_key})):
+        for who, headers in (
+            ("missing", {"X-API-Key": ""}),
+            ("unknown", {"X-API-Key": "not-a-key"}),
+            ("untrusted", {"X-API-Key": untrusted_key}),
+        ):
             before = store.max_position()
             r = await call(client, method, path, ids, headers)
             if (method, path) in OPEN:
@@ -132,8 +171,12 @@ async def test_every_route_against_missing_unknown_and_untrusted_keys(world):
 async def test_api_clients_need_the_root_token(world):
     client, _, untrusted_key = world
     spec = {"description": "x", "frontend_type": "web", "trusted": True}
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {API_KEY}"},
-                    {"X-API-Key": API_KEY, "Authorization": ""}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Bearer {API_KEY}"},
+        {"X-API-Key": API_KEY, "Authorization": ""},
+    ):
         r = await client.post("/api/v1/admin/api_client", json=spec, headers=headers)
         assert r.status_code == 403 and r.json()["error_code"] == 3, headers
 
@@ -144,9 +187,18 @@ async def test_a_client_cannot_act_for_another_clients_users_or_tasks(world):
     # the other client's "alice" is another user; alice's task is not theirs to ack or answer
     r = await client.post(f"/api/v1/tasks/{ids['task_id']}/ack", json={"message_id": "fe-x"}, headers=other)
     assert r.status_code == 404
-    r = await client.post("/api/v1/tasks/interaction", headers=other, json={
-        "type": "text_labels", "user": ALICE, "text": "", "labels": {"spam": 1.0}, "message_id": ids["message_id"],
-        "task_id": ids["task_id"]})
+    r = await client.post(
+        "/api/v1/tasks/interaction",
+        headers=other,
+        json={
+            "type": "text_labels",
+            "user": ALICE,
+            "text": "",
+            "labels": {"spam": 1.0},
+            "message_id": ids["message_id"],
+            "task_id": ids["task_id"],
+        },
+    )
     assert r.status_code == 400 and r.json()["error_code"] == 2100, r.text  # OA: not found among the client's
     mine = (await client.get("/api/v1/frontend_users/local/alice")).json()
     theirs = (await client.post("/api/v1/frontend_users/", json={**ALICE, "id": "alice"}, headers=other)).json()

@@ -25,8 +25,10 @@ def test_generated_requests_get_no_5xx_and_rejected_ones_append_nothing(tmp_path
 async def test_oversized_bodies_are_413(client):
     before = (await client.get("/api/v1/events")).json()["last_position"]
     text = "x" * 1_100_000  # over the 1 MB default of OASST_MAX_BODY_BYTES
-    r = await client.post("/api/v1/tasks/interaction", json={
-        "type": "text_reply_to_message", "user": ALICE, "message_id": "m", "user_message_id": "u", "text": text})
+    r = await client.post(
+        "/api/v1/tasks/interaction",
+        json={"type": "text_reply_to_message", "user": ALICE, "message_id": "m", "user_message_id": "u", "text": text},
+    )
     assert r.status_code == 413 and r.json()["error_code"] == 105
     assert (await client.get("/api/v1/events")).json()["last_position"] == before
 

@@ -11,8 +11,14 @@ from devkit.bench_results import met, table, write
 
 ROWS = [
     {"name": "only.value", "value": 3},  # no unit, goal, baseline or ratio
-    {"name": "rate", "value": 720.0, "unit": "interactions/s (goal on ratio to noop)", "goal": ">= 0.5",
-     "baseline": 3080.0, "ratio": 720.0 / 3080.0},
+    {
+        "name": "rate",
+        "value": 720.0,
+        "unit": "interactions/s (goal on ratio to noop)",
+        "goal": ">= 0.5",
+        "baseline": 3080.0,
+        "ratio": 720.0 / 3080.0,
+    },
     {"name": "p99", "value": 42.0, "unit": "ms", "goal": "<= 50"},
     {"name": "lost", "value": 0, "unit": "commands", "goal": "0"},
     {"name": "gone", "value": float("nan"), "unit": "ms", "goal": "<= 50", "ratio": float("nan")},
@@ -39,6 +45,5 @@ def test_the_results_file_has_every_key_and_no_nan(tmp_path):
     results = json.loads(path.read_text())
     assert [r["name"] for r in results] == [r["name"] for r in ROWS]
     assert all(set(r) == {"name", "value", "unit", "goal", "baseline", "ratio"} for r in results)
-    assert results[0] == {"name": "only.value", "value": 3, "unit": None, "goal": None, "baseline": None,
-                          "ratio": None}
+    assert results[0] == {"name": "only.value", "value": 3, "unit": None, "goal": None, "baseline": None, "ratio": None}
     assert results[4]["value"] is None and results[4]["ratio"] is None

@@ -58,8 +58,11 @@ async def test_one_task_answered_by_many_at_once(client):
         body = answer_for(task, who, "fe-own") | {"text": text}
         return await client.post("/api/v1/tasks/interaction", json=body)
 
-    results = await asyncio.gather(answer(owner, "the owner's prompt"), answer(owner, "the owner again, other text"),
-                                   *(answer(t, f"not yours {t['id']}") for t in thieves))
+    results = await asyncio.gather(
+        answer(owner, "the owner's prompt"),
+        answer(owner, "the owner again, other text"),
+        *(answer(t, f"not yours {t['id']}") for t in thieves),
+    )
     codes = [r.status_code for r in results]
     assert codes.count(200) == 1, codes
     assert all(c in (400, 403, 404) for c in codes if c != 200), codes

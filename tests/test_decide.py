@@ -27,16 +27,22 @@ def test_a_prompt_is_reviewed_and_wins_the_lottery():
 def test_a_user_is_required_and_a_disabled_one_refused():
     core = Core()
     core.refused(c.RequestTask(client_id=CLIENT, user=None, task_type="initial_prompt"), ErrorCode.USER_NOT_SPECIFIED)
-    core.run(c.UpsertFrontendUser(client_id=CLIENT, auth_method="local", username="alice", display_name="A",
-                                  enabled=False, trusted=True))  # OA: only trusted clients change a user
+    core.run(
+        c.UpsertFrontendUser(
+            client_id=CLIENT, auth_method="local", username="alice", display_name="A", enabled=False, trusted=True
+        )
+    )  # OA: only trusted clients change a user
     core.refused(c.RequestTask(client_id=CLIENT, user=ALICE, task_type="initial_prompt"), ErrorCode.USER_DISABLED)
 
 
 def test_text_guards():
     core = Core()
     core.do(ALICE, "initial_prompt", text="the same words")
-    for text, code in (("   ", ErrorCode.TASK_MESSAGE_TEXT_EMPTY), ("x" * 2001, ErrorCode.TASK_MESSAGE_TOO_LONG),
-                       ("the same words", ErrorCode.TASK_MESSAGE_DUPLICATED)):
+    for text, code in (
+        ("   ", ErrorCode.TASK_MESSAGE_TEXT_EMPTY),
+        ("x" * 2001, ErrorCode.TASK_MESSAGE_TOO_LONG),
+        ("the same words", ErrorCode.TASK_MESSAGE_DUPLICATED),
+    ):
         task = core.task(ALICE, "initial_prompt")
         fid = f"fm-{uuid4()}"
         core.run(c.AckTask(client_id=CLIENT, task_id=task["id"], frontend_message_id=fid))
@@ -54,9 +60,12 @@ def test_nobody_labels_their_own_message_and_labels_must_be_valid():
     core.refused(c.LabelMessage(client_id=CLIENT, labels=bad), ErrorCode.TEXT_LABELS_INVALID_LABEL)
     task = core.task(BOB, "label_initial_prompt")
     core.run(c.AckTask(client_id=CLIENT, task_id=task["id"], frontend_message_id="fm-b"))
-    missing = p.TextLabels(user=BOB, text="", labels={"quality": 1.0}, message_id=task["message_id"],
-                           task_id=task["id"])
-    core.refused(c.SubmitInteraction(client_id=CLIENT, interaction=missing), ErrorCode.TEXT_LABELS_MANDATORY_LABEL_MISSING)
+    missing = p.TextLabels(
+        user=BOB, text="", labels={"quality": 1.0}, message_id=task["message_id"], task_id=task["id"]
+    )
+    core.refused(
+        c.SubmitInteraction(client_id=CLIENT, interaction=missing), ErrorCode.TEXT_LABELS_MANDATORY_LABEL_MISSING
+    )
 
 
 def test_task_life_cycle_guards():
@@ -81,15 +90,19 @@ def test_pending_tasks_are_capped():
     core = Core(max_pending_tasks_per_user=2)
     core.task(ALICE, "initial_prompt")
     core.task(ALICE, "initial_prompt")
-    core.refused(c.RequestTask(client_id=CLIENT, user=ALICE, task_type="initial_prompt"), ErrorCode.TASK_TOO_MANY_PENDING)
+    core.refused(
+        c.RequestTask(client_id=CLIENT, user=ALICE, task_type="initial_prompt"), ErrorCode.TASK_TOO_MANY_PENDING
+    )
 
 
 def test_replies_rankings_and_reactions():
     core = Core(max_children_count=2, goal_tree_size=3)
     core.do(ALICE, "initial_prompt")
     core.do(BOB, "label_initial_prompt")
-    core.refused(c.RequestTask(client_id=CLIENT, user=ALICE, task_type="rank_assistant_replies"),
-                 ErrorCode.TASK_REQUESTED_TYPE_NOT_AVAILABLE)
+    core.refused(
+        c.RequestTask(client_id=CLIENT, user=ALICE, task_type="rank_assistant_replies"),
+        ErrorCode.TASK_REQUESTED_TYPE_NOT_AVAILABLE,
+    )
     core.do(BOB, "assistant_reply")
     core.do(CAROL, "assistant_reply")
     bobs = next(m for m in core.model.messages.values() if m.user_id == core.model.user(CLIENT, "local", "bob").id)
@@ -104,8 +117,11 @@ def test_replies_rankings_and_reactions():
     core.run(c.AckTask(client_id=CLIENT, task_id=task["id"], frontend_message_id="fm-rank"))
     bad = p.MessageRanking(user=ALICE, message_id="fm-rank", ranking=[0, 0])
     core.refused(c.SubmitInteraction(client_id=CLIENT, interaction=bad), ErrorCode.INVALID_RANKING_VALUE)
-    core.run(c.SubmitInteraction(client_id=CLIENT, interaction=p.MessageRanking(user=ALICE, message_id="fm-rank",
-                                                                                 ranking=[1, 0])))
+    core.run(
+        c.SubmitInteraction(
+            client_id=CLIENT, interaction=p.MessageRanking(user=ALICE, message_id="fm-rank", ranking=[1, 0])
+        )
+    )
     assert tree.state == "ready_for_export" and "RanksComputed" in core.emitted
 
 

@@ -50,8 +50,15 @@ class World:
 
     def prompt(self, author: UUID, lang: str = "en") -> UUID:
         mid = uuid4()
-        self.command(ev.InitialPromptSubmitted, author, message_id=mid, frontend_message_id=str(mid), task_id=None,
-                     text=f"prompt {mid}", lang=lang)
+        self.command(
+            ev.InitialPromptSubmitted,
+            author,
+            message_id=mid,
+            frontend_message_id=str(mid),
+            task_id=None,
+            text=f"prompt {mid}",
+            lang=lang,
+        )
         return mid
 
     def label(self, labeller: UUID, mid: UUID, spam: float) -> None:
@@ -100,8 +107,14 @@ def test_lottery_draw_is_seeded_by_the_triggering_event():
         prompts = [w.prompt(UUID(int=i + 1)) for i in range(4)]
         for p in prompts[:-1]:
             w.label(uuid4(), p, 1.0)  # rejected: nothing waits yet
-        trigger = ev.TreeStateChanged(id=seed_event_id, at=T0, tree_id=prompts[-1], old_state=None,
-                                      new_state="prompt_lottery_waiting", reason="test")
+        trigger = ev.TreeStateChanged(
+            id=seed_event_id,
+            at=T0,
+            tree_id=prompts[-1],
+            old_state=None,
+            new_state="prompt_lottery_waiting",
+            reason="test",
+        )
         chosen = []
         w.manager._lottery("en", trigger, lambda c, **f: chosen.append(f["tree_id"]))
         return set(chosen)
@@ -139,8 +152,19 @@ def test_growing_tree_moves_to_ranking_then_ready_for_export():
     replies = []
     for i in range(2):
         rid = uuid4()
-        w.command(ev.ReplySubmitted, uuid4(), message_id=rid, frontend_message_id=str(rid), task_id=None,
-                  parent_id=root, tree_id=root, role="assistant", depth=1, text=f"reply {i}", lang="en")
+        w.command(
+            ev.ReplySubmitted,
+            uuid4(),
+            message_id=rid,
+            frontend_message_id=str(rid),
+            task_id=None,
+            parent_id=root,
+            tree_id=root,
+            role="assistant",
+            depth=1,
+            text=f"reply {i}",
+            lang="en",
+        )
         replies.append(rid)
         w.label(reviewer, rid, 0.0)
     assert w.model.trees[root].state == "ranking"
@@ -172,8 +196,19 @@ def test_a_rejected_reply_gives_its_place_back():
     w.label(uuid4(), root, 0.0)
     bob = w.user("bob")
     rid = uuid4()
-    w.command(ev.ReplySubmitted, uuid4(), message_id=rid, frontend_message_id=str(rid), task_id=None,
-              parent_id=root, tree_id=root, role="assistant", depth=1, text="junk", lang="en")
+    w.command(
+        ev.ReplySubmitted,
+        uuid4(),
+        message_id=rid,
+        frontend_message_id=str(rid),
+        task_id=None,
+        parent_id=root,
+        tree_id=root,
+        role="assistant",
+        depth=1,
+        text="junk",
+        lang="en",
+    )
     assert "assistant_reply" not in w.manager.candidates(bob, None, w.clock)
     w.label(uuid4(), rid, 1.0)  # rejected as spam
     assert w.manager.candidates(bob, None, w.clock)["assistant_reply"] == [root]
@@ -185,8 +220,19 @@ def test_no_reply_tasks_once_the_tree_reaches_its_goal_size_with_replies_in_revi
     w.label(uuid4(), root, 0.0)
     for i in range(2):  # two replies, neither reviewed yet: 3 messages count toward the goal
         rid = uuid4()
-        w.command(ev.ReplySubmitted, uuid4(), message_id=rid, frontend_message_id=str(rid), task_id=None,
-                  parent_id=root, tree_id=root, role="assistant", depth=1, text=f"reply {i}", lang="en")
+        w.command(
+            ev.ReplySubmitted,
+            uuid4(),
+            message_id=rid,
+            frontend_message_id=str(rid),
+            task_id=None,
+            parent_id=root,
+            tree_id=root,
+            role="assistant",
+            depth=1,
+            text=f"reply {i}",
+            lang="en",
+        )
     assert "assistant_reply" not in w.manager.candidates(w.user("bob"), None, w.clock)
 
 
@@ -203,8 +249,13 @@ def test_lottery_favours_recent_first_ranks_and_keeps_its_author_list():
     picks = [w.manager._draw_author("en", w.model.lottery["en"], rng) for _ in range(6000)]
     assert abs(picks.count(a) / 6000 - 4 / 6) < 0.03 and abs(picks.count(b) / 6000 - 1 / 6) < 0.03
     for mid in prompts[b]:  # b's prompts leave the lottery: b leaves the list, the others keep their places
-        w.command(ev.TreeStateChanged, tree_id=mid, old_state="prompt_lottery_waiting", new_state="aborted_low_grade",
-                  reason="test")
+        w.command(
+            ev.TreeStateChanged,
+            tree_id=mid,
+            old_state="prompt_lottery_waiting",
+            new_state="aborted_low_grade",
+            reason="test",
+        )
     authors, places = w.model.lottery_authors["en"], w.model.lottery_places["en"]
     assert sorted(authors) == [a, c] and all(authors[places[x]] == x for x in authors)
 

@@ -29,8 +29,14 @@ async def test_text_guards(client):
     task, fid = await acked_task(client, ALICE, "initial_prompt")
 
     def reply(text: str, umid: str = "m-new") -> dict:
-        return {"type": "text_reply_to_message", "user": ALICE, "message_id": fid, "user_message_id": umid,
-                "text": text, "lang": "en"}
+        return {
+            "type": "text_reply_to_message",
+            "user": ALICE,
+            "message_id": fid,
+            "user_message_id": umid,
+            "text": text,
+            "lang": "en",
+        }
 
     await refused(client, "POST", "/api/v1/tasks/interaction", 400, 1010, json=reply("   "))
     await refused(client, "POST", "/api/v1/tasks/interaction", 400, 1008, json=reply("x" * 2001))
@@ -48,22 +54,35 @@ async def test_task_state_guards(client):
     task = r.json()
     unacked = answer_for(task, ALICE, "never-acked")
     await refused(client, "POST", "/api/v1/tasks/interaction", 400, 2100, json=unacked)  # OA: 404 only for an ack
-    await refused(client, "POST", "/api/v1/tasks/00000000-0000-0000-0000-000000000000/ack", 404, 2100,
-                  json={"message_id": "x"})
+    await refused(
+        client, "POST", "/api/v1/tasks/00000000-0000-0000-0000-000000000000/ack", 404, 2100, json={"message_id": "x"}
+    )
     await refused(client, "POST", "/api/v1/tasks/not-a-uuid/ack", 404, 2100, json={"message_id": "x"})
     r = await client.post(f"/api/v1/tasks/{task['id']}/ack", json={"message_id": "fe-a"})
     assert r.status_code == 204
     # somebody else answering Alice's task
     await refused(client, "POST", "/api/v1/tasks/interaction", 400, 2106, json=answer_for(task, BOB, "fe-a"))
     # a label answer to a prompt task
-    wrong = {"type": "text_labels", "user": ALICE, "message_id": "x", "task_id": task["id"], "text": "",
-             "labels": {"spam": 0}}
+    wrong = {
+        "type": "text_labels",
+        "user": ALICE,
+        "message_id": "x",
+        "task_id": task["id"],
+        "text": "",
+        "labels": {"spam": 0},
+    }
     await refused(client, "POST", "/api/v1/tasks/interaction", 400, 2102, json=wrong)
     r = await client.post("/api/v1/tasks/interaction", json=answer_for(task, ALICE, "fe-a"))
     assert r.status_code == 200
     # a different answer to a done task
-    await refused(client, "POST", "/api/v1/tasks/interaction", 400, 2105,
-                  json=answer_for(task, ALICE, "fe-a") | {"text": "changed my mind"})
+    await refused(
+        client,
+        "POST",
+        "/api/v1/tasks/interaction",
+        400,
+        2105,
+        json=answer_for(task, ALICE, "fe-a") | {"text": "changed my mind"},
+    )
     await refused(client, "POST", f"/api/v1/tasks/{task['id']}/ack", 400, 2103, json={"message_id": "fe-b"})
 
 
@@ -75,8 +94,14 @@ async def test_label_guards(client):
     await refused(client, "POST", url, 400, 2051, json=base | {"labels": {"spam": -0.1}})
     await refused(client, "POST", url, 400, 2051, json=base | {"labels": {"spam": 0, "no_such_label": 1}})
     await refused(client, "POST", url, 400, 2052, json=base | {"labels": {"quality": 0.5}})
-    await refused(client, "POST", url, 400, 2050,
-                  json=base | {"labels": {"spam": 0}, "message_id": "00000000-0000-0000-0000-000000000000"})
+    await refused(
+        client,
+        "POST",
+        url,
+        400,
+        2050,
+        json=base | {"labels": {"spam": 0}, "message_id": "00000000-0000-0000-0000-000000000000"},
+    )
     # nobody may review their own prompt: Alice gets no label task for it (free labels are OA's
     # exception: tests/test_oa_statuses.py)
     r = await request(client, ALICE, "label_initial_prompt")
@@ -123,17 +148,25 @@ async def test_one_reply_per_user_per_parent_and_pending_limit(client):
 async def test_too_many_pending_tasks(client):
     for _ in range(8):
         assert (await request(client, CAROL, "initial_prompt")).status_code == 200
-    await refused(client, "POST", "/api/v1/tasks/", 400, 1012,  # OA's status: 400, not 429
-                  json={"type": "initial_prompt", "user": CAROL, "lang": "en"})
+    await refused(
+        client,
+        "POST",
+        "/api/v1/tasks/",
+        400,
+        1012,  # OA's status: 400, not 429
+        json={"type": "initial_prompt", "user": CAROL, "lang": "en"},
+    )
 
 
 async def test_validation_errors_are_422_with_error_body(client):
     for body in ({"type": "nonsense", "user": ALICE}, {"type": "random", "user": {"id": "x"}}, ["not", "an", "object"]):
         await refused(client, "POST", "/api/v1/tasks/", 422, 102, json=body)
-    await refused(client, "POST", "/api/v1/tasks/", 400, 102, content=b"{not json",
-                  headers={"content-type": "application/json"})
-    await refused(client, "POST", "/api/v1/tasks/interaction", 422, 102,
-                  json={"type": "text_reply_to_message", "user": ALICE})
+    await refused(
+        client, "POST", "/api/v1/tasks/", 400, 102, content=b"{not json", headers={"content-type": "application/json"}
+    )
+    await refused(
+        client, "POST", "/api/v1/tasks/interaction", 422, 102, json={"type": "text_reply_to_message", "user": ALICE}
+    )
     await refused(client, "POST", "/api/v1/tasks/", 503, 1006, json={"type": "summarize_story", "user": ALICE})
 
 

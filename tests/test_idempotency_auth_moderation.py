@@ -61,17 +61,22 @@ async def test_auth(client):
     r = await client.post("/api/v1/admin/api_client", json=spec, headers={"Authorization": f"Bearer {ROOT_TOKEN}"})
     assert r.status_code == 200
     untrusted = {"X-API-Key": r.json()}
-    assert (await client.post("/api/v1/tasks/", json={"type": "initial_prompt", "user": ALICE},
-                              headers=untrusted)).status_code == 200
+    assert (
+        await client.post("/api/v1/tasks/", json={"type": "initial_prompt", "user": ALICE}, headers=untrusted)
+    ).status_code == 200
     # untrusted clients reach no moderation, admin or log route
     task = await do_task(client, ALICE, "initial_prompt")
     mid = next(e["event"]["message_id"] for e in await events(client) if e["type"] == "initial_prompt_submitted")
     uid = next(e["event"]["subject_id"] for e in await events(client) if e["type"] == "user_seen")
     for method, url in [
-        ("DELETE", f"/api/v1/messages/{mid}"), ("PUT", f"/api/v1/messages/{mid}/undelete"),
-        ("PUT", f"/api/v1/messages/{mid}/tree/state?halt=true"), ("PUT", f"/api/v1/users/{uid}?enabled=false"),
-        ("DELETE", f"/api/v1/users/{uid}"), ("POST", f"/api/v1/admin/purge_user/{uid}"),
-        ("POST", f"/api/v1/admin/users/{uid}/spammer"), ("DELETE", f"/api/v1/admin/users/{uid}/spammer"),
+        ("DELETE", f"/api/v1/messages/{mid}"),
+        ("PUT", f"/api/v1/messages/{mid}/undelete"),
+        ("PUT", f"/api/v1/messages/{mid}/tree/state?halt=true"),
+        ("PUT", f"/api/v1/users/{uid}?enabled=false"),
+        ("DELETE", f"/api/v1/users/{uid}"),
+        ("POST", f"/api/v1/admin/purge_user/{uid}"),
+        ("POST", f"/api/v1/admin/users/{uid}/spammer"),
+        ("DELETE", f"/api/v1/admin/users/{uid}/spammer"),
         ("GET", "/api/v1/events"),
     ]:
         before = await log_position(client)
@@ -84,8 +89,11 @@ async def test_auth(client):
 
 
 async def test_users_of_different_clients_are_different_users(client):
-    r = await client.post("/api/v1/admin/api_client", json={"description": "b", "frontend_type": "discord"},
-                          headers={"Authorization": f"Bearer {ROOT_TOKEN}"})
+    r = await client.post(
+        "/api/v1/admin/api_client",
+        json={"description": "b", "frontend_type": "discord"},
+        headers={"Authorization": f"Bearer {ROOT_TOKEN}"},
+    )
     other = {"X-API-Key": r.json()}
     await do_task(client, ALICE, "initial_prompt")
     r = await client.post("/api/v1/frontend_users/", json=ALICE, headers=other)
@@ -154,9 +162,17 @@ async def test_reports_auto_moderate_the_prompt(client):
     await do_task(client, ALICE, "initial_prompt")
     mid = next(e["event"]["message_id"] for e in await events(client) if e["type"] == "initial_prompt_submitted")
     for i in range(4):
-        r = await client.post("/api/v1/text_labels/", json={
-            "type": "text_labels", "user": user(f"rep{i}"), "message_id": mid, "text": "bad",
-            "labels": {"spam": 1.0}, "is_report": True})
+        r = await client.post(
+            "/api/v1/text_labels/",
+            json={
+                "type": "text_labels",
+                "user": user(f"rep{i}"),
+                "message_id": mid,
+                "text": "bad",
+                "labels": {"spam": 1.0},
+                "is_report": True,
+            },
+        )
         assert r.status_code == 204
     states = [e["event"] for e in await events(client) if e["type"] == "tree_state_changed"]
     assert [(s["new_state"], s["reason"]) for s in states] == [("aborted_low_grade", "auto_mod_red_flags")]

@@ -56,8 +56,13 @@ def broker(tmp_path_factory):
 def cfg(broker) -> KafkaSettings:
     """Topics of this test's own (the broker is shared by the session)."""
     tag = uuid.uuid4().hex[:8]
-    return KafkaSettings(bootstrap=broker, events_topic=f"events-{tag}", snapshots_topic=f"snapshots-{tag}",
-                         partitions=6, session_timeout_ms=2000)
+    return KafkaSettings(
+        bootstrap=broker,
+        events_topic=f"events-{tag}",
+        snapshots_topic=f"snapshots-{tag}",
+        partitions=6,
+        session_timeout_ms=2000,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -77,10 +82,15 @@ def copy_log(notes, store: EventStore) -> None:
 
 
 def env_for(url: str, cfg: KafkaSettings) -> dict:
-    return {**os.environ, "OASST_DATABASE_URL": url, "OASST_KAFKA_BOOTSTRAP": cfg.bootstrap,
-            "OASST_KAFKA_EVENTS_TOPIC": cfg.events_topic, "OASST_KAFKA_SNAPSHOTS_TOPIC": cfg.snapshots_topic,
-            "OASST_KAFKA_PARTITIONS": str(cfg.partitions),
-            "OASST_KAFKA_SESSION_TIMEOUT_MS": str(cfg.session_timeout_ms)}
+    return {
+        **os.environ,
+        "OASST_DATABASE_URL": url,
+        "OASST_KAFKA_BOOTSTRAP": cfg.bootstrap,
+        "OASST_KAFKA_EVENTS_TOPIC": cfg.events_topic,
+        "OASST_KAFKA_SNAPSHOTS_TOPIC": cfg.snapshots_topic,
+        "OASST_KAFKA_PARTITIONS": str(cfg.partitions),
+        "OASST_KAFKA_SESSION_TIMEOUT_MS": str(cfg.session_timeout_ms),
+    }
 
 
 def read_topic(cfg: KafkaSettings, topic: str, at_least: int, timeout: float = 30) -> list:
@@ -157,10 +167,20 @@ def test_crc32c_and_partitioner_agree_with_kafka_python():
 
 
 def test_kafka_settings_from_env():
-    s = Settings.from_env({"OASST_KAFKA_BOOTSTRAP": "k1:9092,k2:9092", "OASST_KAFKA_PARTITIONS": "12",
-                           "OASST_KAFKA_EVENTS_TOPIC": "prod.events", "OASST_KAFKA_CLIENT": '{"security_protocol": "SSL"}'})
+    s = Settings.from_env(
+        {
+            "OASST_KAFKA_BOOTSTRAP": "k1:9092,k2:9092",
+            "OASST_KAFKA_PARTITIONS": "12",
+            "OASST_KAFKA_EVENTS_TOPIC": "prod.events",
+            "OASST_KAFKA_CLIENT": '{"security_protocol": "SSL"}',
+        }
+    )
     assert (s.kafka.bootstrap, s.kafka.partitions, s.kafka.events_topic, s.kafka.snapshots_topic) == (
-        "k1:9092,k2:9092", 12, "prod.events", "oasst.snapshots")
+        "k1:9092,k2:9092",
+        12,
+        "prod.events",
+        "oasst.snapshots",
+    )
     assert s.kafka.client == {"security_protocol": "SSL"} and s.kafka.compression == "gzip"
     assert Settings.from_env({}).kafka.bootstrap is None
     with pytest.raises(SystemExit):
@@ -224,7 +244,7 @@ def test_relay_resumes_after_sigkill_without_gaps(store_url, cfg, history):
     try:
         _wait_for(lambda: _stored_position(store, cfg) >= 300)  # it is up and following
         for start in range(300, len(history), 100):
-            copy_log(history[start:start + 100], store)
+            copy_log(history[start : start + 100], store)
             time.sleep(0.03)
             if start == 1200:
                 relay.send_signal(signal.SIGKILL)
@@ -292,8 +312,10 @@ async def test_serve_runs_the_relay(store_url, tmp_path, cfg):
     settings = Settings(**{**settings.__dict__, "kafka": cfg})
     async with AsyncTestClient(create_app(settings)) as client:
         client.headers["X-API-Key"] = API_KEY
-        answer = await client.post("/api/v1/tasks/", json={
-            "type": "initial_prompt", "user": {"id": "alice", "display_name": "Alice", "auth_method": "local"}})
+        answer = await client.post(
+            "/api/v1/tasks/",
+            json={"type": "initial_prompt", "user": {"id": "alice", "display_name": "Alice", "auth_method": "local"}},
+        )
         assert answer.status_code == 200, answer.text
         last = int(answer.headers["X-Log-Position"])
     records = read_topic(cfg, cfg.events_topic, last)
@@ -324,8 +346,10 @@ def test_two_projector_processes_in_one_group_equal_a_local_rebuild(store_url, c
     relay.catch_up()
     group = f"g{uuid.uuid4().hex[:8]}"  # one group per test: the broker is shared by the session
     cmd = [*OASST, "project", "run", "--source", "kafka", "--group", group]
-    spawn = lambda: subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,  # noqa: E731
-                                     stderr=subprocess.STDOUT, text=True)
+
+    def spawn():
+        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
     first = Output(spawn())
     storage = ViewStorage(store)
     shard_positions = lambda: [storage.position(f"{TREE_VIEW}#{group}.p{p}") for p in range(cfg.partitions)]  # noqa: E731
@@ -341,7 +365,7 @@ def test_two_projector_processes_in_one_group_equal_a_local_rebuild(store_url, c
             assert time.monotonic() < deadline, "the second projector got no partition"
             time.sleep(0.05)
         for start in range(1200, len(history), 250):
-            copy_log(history[start:start + 250], store)
+            copy_log(history[start : start + 250], store)
             relay.catch_up()
             time.sleep(0.3)
         last = {}
@@ -366,8 +390,9 @@ def test_two_projector_processes_in_one_group_equal_a_local_rebuild(store_url, c
     # its heartbeats: an evicted member drops what it had not written, and that is folded again)
     assert sum(folded) >= len(history)
 
-    rebuild = subprocess.run([*OASST, "project", "rebuild", "--all"], env=env, cwd=ROOT, capture_output=True,
-                             text=True, timeout=120)
+    rebuild = subprocess.run(
+        [*OASST, "project", "rebuild", "--all"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert rebuild.returncode == 0, rebuild.stderr
     local = ProjectionRunner(store)
     local.restore()
@@ -389,8 +414,14 @@ def _history_entries(storage: ViewStorage, view: str) -> list:
 
 def _snapshot(store: EventStore, n: int) -> None:
     sid = f"snap-{n}"
-    event = ev.SnapshotCreated(id=ev.new_id(), at=datetime.now(UTC), snapshot_id=sid, position=store.max_position(),
-                               policy="oa", manifest={"id": sid, "files": {"sft.jsonl": "ab" * 32}, "rows": n})
+    event = ev.SnapshotCreated(
+        id=ev.new_id(),
+        at=datetime.now(UTC),
+        snapshot_id=sid,
+        position=store.max_position(),
+        policy="oa",
+        manifest={"id": sid, "files": {"sft.jsonl": "ab" * 32}, "rows": n},
+    )
     store.append([Pending([(snapshot_stream(sid), 1, event)])])
 
 
@@ -426,8 +457,14 @@ def test_snapshot_followers_see_each_snapshot_once_per_group(tmp_path, cfg, hist
     assert [s["snapshot_id"] for s in follow("trainer-a")] == ["snap-3"]
 
     # the command line: one JSON line per snapshot
-    out = subprocess.run([*OASST, "snapshots", "follow", "--group", "cli", "--count", "3", "--timeout", "10"],
-                         env=env_for(url, cfg), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*OASST, "snapshots", "follow", "--group", "cli", "--count", "3", "--timeout", "10"],
+        env=env_for(url, cfg),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert [json.loads(line)["snapshot_id"] for line in out.stdout.splitlines()] == ["snap-1", "snap-2", "snap-3"]
     store.close()

@@ -43,9 +43,17 @@ async def calls(client) -> list[tuple[str, str, dict]]:
     alice = await user_id(client, user("alice"))
     grace, heidi, ivan = [await user_id(client, w) for w in (GRACE, HEIDI, IVAN)]
     mine, _ = await a_prompt(client, HEIDI)  # heidi's prompt: edited, flagged, purged, merged
-    r = await client.post(f"{V1}/text_labels/", json={
-        "type": "text_labels", "message_id": mine, "labels": {"spam": 1.0}, "text": "", "is_report": True,
-        "user": FRANK})
+    r = await client.post(
+        f"{V1}/text_labels/",
+        json={
+            "type": "text_labels",
+            "message_id": mine,
+            "labels": {"spam": 1.0},
+            "text": "",
+            "is_report": True,
+            "user": FRANK,
+        },
+    )
     assert r.status_code == 204, r.text  # a report flags the message
     (task, task_fid), (skipped, _) = [await acked_task(client, FRANK, "random") for _ in range(2)]
     open_task = (await request(client, GRACE, "random")).json()
@@ -56,9 +64,18 @@ async def calls(client) -> list[tuple[str, str, dict]]:
         ("get", "/admin/backend_settings/public", {}),
         ("get", "/admin/flagged_messages", {"query": {"max_count": 10}}),  # required, as in OA
         ("get", "/admin/flagged_messages/cursor", {}),
-        *[("get", f"/frontend_messages/{{message_id}}{tail}", {"path": {"message_id": fe}})
-          for tail in ("", "/children", "/conversation", "/descendants", "/longest_conversation_in_tree",
-                       "/max_children_in_tree", "/tree")],
+        *[
+            ("get", f"/frontend_messages/{{message_id}}{tail}", {"path": {"message_id": fe}})
+            for tail in (
+                "",
+                "/children",
+                "/conversation",
+                "/descendants",
+                "/longest_conversation_in_tree",
+                "/max_children_in_tree",
+                "/tree",
+            )
+        ],
         ("get", "/frontend_users/", {}),
         ("get", "/frontend_users/{auth_method}/{username}", {"path": user_path}),
         ("get", "/frontend_users/{auth_method}/{username}/messages", {"path": user_path}),
@@ -66,9 +83,20 @@ async def calls(client) -> list[tuple[str, str, dict]]:
         ("get", "/leaderboards/{time_frame}", {"path": user_path}),
         ("get", "/messages/", {}),
         ("get", "/messages/cursor", {"query": {"search_query": "prompt"}}),
-        *[("get", f"/messages/{{message_id}}{tail}", {"path": {"message_id": P}})
-          for tail in ("", "/children", "/conversation", "/descendants", "/longest_conversation_in_tree",
-                       "/max_children_in_tree", "/tree", "/tree/state", "/history")],
+        *[
+            ("get", f"/messages/{{message_id}}{tail}", {"path": {"message_id": P}})
+            for tail in (
+                "",
+                "/children",
+                "/conversation",
+                "/descendants",
+                "/longest_conversation_in_tree",
+                "/max_children_in_tree",
+                "/tree",
+                "/tree/state",
+                "/history",
+            )
+        ],
         ("get", "/stats/", {}),
         ("get", "/stats/cached", {}),
         ("get", "/stats/cached/{name}", {"path": {"name": "human_messages_by_lang"}}),
@@ -88,24 +116,42 @@ async def calls(client) -> list[tuple[str, str, dict]]:
         ("get", "/users/{user_id}/stats/{time_frame}", {"path": user_path}),
         ("get", "/users/{user_id}/stats/{time_frame}/window", {"path": user_path}),
         # writes
-        ("post", "/admin/api_client", {"json": {"description": "contract", "frontend_type": "web"},
-                                       "headers": {"Authorization": f"Bearer {ROOT_TOKEN}"}}),
+        (
+            "post",
+            "/admin/api_client",
+            {
+                "json": {"description": "contract", "frontend_type": "web"},
+                "headers": {"Authorization": f"Bearer {ROOT_TOKEN}"},
+            },
+        ),
         ("post", "/frontend_users/", {"json": FRANK}),
         ("post", "/tasks/", {"json": {"type": "random", "user": FRANK, "lang": "en"}}),
         ("post", "/tasks/availability", {"json": FRANK}),
-        ("post", "/tasks/{task_id}/ack", {"path": {"task_id": open_task["id"]},
-                                          "json": {"message_id": f"fe-contract-{next(_n)}"}}),
+        (
+            "post",
+            "/tasks/{task_id}/ack",
+            {"path": {"task_id": open_task["id"]}, "json": {"message_id": f"fe-contract-{next(_n)}"}},
+        ),
         ("post", "/tasks/{task_id}/nack", {"path": {"task_id": skipped["id"]}, "json": {"reason": "skip"}}),
         ("post", "/tasks/interaction", {"json": answer_for(task, FRANK, task_fid)}),
         # OA closes collective tasks only and hands out none: an unknown one is 404/2100 (a personal one
         # 400/2106, tests/test_oa_statuses.py)
         ("post", "/tasks/close", {"json": {"message_id": "fe-none"}, "status": 404}),
-        ("post", "/text_labels/", {"json": {"type": "text_labels", "message_id": RB, "labels": {"spam": 0.0},
-                                            "text": "", "user": FRANK}}),
-        ("post", "/messages/{message_id}/emoji", {"path": {"message_id": RB},
-                                                  "json": {"op": "add", "emoji": "+1", "user": FRANK}}),
-        ("post", "/messages/{message_id}/edit", {"path": {"message_id": mine},
-                                                 "json": {"user": HEIDI, "new_content": "an edited prompt"}}),
+        (
+            "post",
+            "/text_labels/",
+            {"json": {"type": "text_labels", "message_id": RB, "labels": {"spam": 0.0}, "text": "", "user": FRANK}},
+        ),
+        (
+            "post",
+            "/messages/{message_id}/emoji",
+            {"path": {"message_id": RB}, "json": {"op": "add", "emoji": "+1", "user": FRANK}},
+        ),
+        (
+            "post",
+            "/messages/{message_id}/edit",
+            {"path": {"message_id": mine}, "json": {"user": HEIDI, "new_content": "an edited prompt"}},
+        ),
         ("post", "/admin/flagged_messages/{message_id}/processed", {"path": {"message_id": mine}}),
         ("put", "/messages/{message_id}/tree/state", {"path": {"message_id": P}, "query": {"halt": "false"}}),
         ("put", "/messages/{message_id}/undelete", {"path": {"message_id": P}}),
@@ -117,8 +163,11 @@ async def calls(client) -> list[tuple[str, str, dict]]:
         ("post", "/admin/purge_user/{user_id}/messages", {"path": {"user_id": heidi}, "query": {"preview": "true"}}),
         # what deletes or merges
         ("delete", "/messages/{message_id}", {"path": {"message_id": mine}}),
-        ("delete", "/frontend_users/{auth_method}/{username}/messages",
-         {"path": {"auth_method": "local", "username": "ivan"}}),
+        (
+            "delete",
+            "/frontend_users/{auth_method}/{username}/messages",
+            {"path": {"auth_method": "local", "username": "ivan"}},
+        ),
         ("delete", "/users/{user_id}/messages", {"path": {"user_id": ivan}}),
         ("post", "/admin/merge_users", {"json": {"destination_user_id": grace, "source_user_ids": [heidi]}}),
         ("delete", "/users/{user_id}", {"path": {"user_id": ivan}}),
@@ -130,8 +179,9 @@ async def test_every_route_of_oas_contract_answers_its_schema(client):
     for method, template, spec in await calls(client):
         path = V1 + template
         url = path.format(**spec.get("path", {}))
-        r = await client.request(method.upper(), url, params=spec.get("query"), json=spec.get("json"),
-                                 headers=spec.get("headers"))
+        r = await client.request(
+            method.upper(), url, params=spec.get("query"), json=spec.get("json"), headers=spec.get("headers")
+        )
         status = spec.get("status", success_status(path, method))
         assert r.status_code == status, (method, url, r.status_code, r.text)
         if 200 <= status < 300 and status != 204 and response_schema(path, method, status):

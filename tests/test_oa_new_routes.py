@@ -71,8 +71,9 @@ async def follows_a_fresh_fold(client) -> None:
     enc = msgspec.msgpack.Encoder()
     for live, new in zip(app.state.runner.views, fresh, strict=True):
         rows = {name: {str(k): enc.encode(r) for k, r in t.rows.items()} for name, t in live.tables.items()}
-        assert rows == {name: {str(k): enc.encode(r) for k, r in t.rows.items()} for name, t in new.tables.items()}, \
+        assert rows == {name: {str(k): enc.encode(r) for k, r in t.rows.items()} for name, t in new.tables.items()}, (
             live.name
+        )
 
 
 # --- edits and revision history ------------------------------------------------------------------
@@ -89,12 +90,25 @@ async def test_an_edit_is_a_revision_and_the_history_lists_them(client):
     assert m["edited"] is False
     assert await read(client, url + "/history") == []  # OA: no revision before the first edit
 
-    await refused(client, "POST", url + "/edit", 403, 2, json={"user": MOD, "new_content": "x"},
-                  headers=await untrusted_key(client))
+    await refused(
+        client,
+        "POST",
+        url + "/edit",
+        403,
+        2,
+        json={"user": MOD, "new_content": "x"},
+        headers=await untrusted_key(client),
+    )
     await refused(client, "POST", url + "/edit", 400, 1010, json={"user": MOD, "new_content": "  "})
     await refused(client, "POST", url + "/edit", 400, 1008, json={"user": MOD, "new_content": "x" * 2001})
-    await refused(client, "POST", "/api/v1/messages/00000000-0000-4000-8000-000000000000/edit", 404, 2001,
-                  json={"user": MOD, "new_content": "x"})
+    await refused(
+        client,
+        "POST",
+        "/api/v1/messages/00000000-0000-4000-8000-000000000000/edit",
+        404,
+        2001,
+        json={"user": MOD, "new_content": "x"},
+    )
 
     before = await position(client)
     r = await client.post(url + "/edit", json={"user": MOD, "new_content": "better wording"})
@@ -102,17 +116,28 @@ async def test_an_edit_is_a_revision_and_the_history_lists_them(client):
     r = await client.post(url + "/edit", json={"user": ALICE, "new_content": "best wording"})
     assert r.status_code == 200, r.text
     edits = await new_events(client, before, "message_edited")
-    mod_id = next(e["event"]["subject_id"] for e in await events(client) if e["type"] == "user_seen"
-                  and e["event"]["username"] == "mod")
+    mod_id = next(
+        e["event"]["subject_id"]
+        for e in await events(client)
+        if e["type"] == "user_seen" and e["event"]["username"] == "mod"
+    )
     assert [(e["event"]["message_id"], e["event"]["text"], e["event"]["user_id"]) for e in edits] == [
-        (mid, "better wording", mod_id), (mid, "best wording", alice_id)]
+        (mid, "better wording", mod_id),
+        (mid, "best wording", alice_id),
+    ]
 
     m = conforms(await read(client, url), "/api/v1/messages/{message_id}", "get")
     assert (m["text"], m["edited"]) == ("best wording", True)
-    history = conforms(await read(client, url + "/history", headers={"x-oasst-user": "local:mod"}),
-                       "/api/v1/messages/{message_id}/history", "get")
+    history = conforms(
+        await read(client, url + "/history", headers={"x-oasst-user": "local:mod"}),
+        "/api/v1/messages/{message_id}/history",
+        "get",
+    )
     assert [(h["text"], h["user_id"], h["message_id"], h["user_is_author"]) for h in history] == [
-        (original, alice_id, mid, False), ("better wording", mod_id, mid, True), ("best wording", alice_id, mid, False)]
+        (original, alice_id, mid, False),
+        ("better wording", mod_id, mid, True),
+        ("best wording", alice_id, mid, False),
+    ]
     assert history[0]["created_date"] == m["created_date"]  # the original keeps its date
     assert [h["id"] for h in history[1:]] == [e["event"]["id"] for e in edits]
     # every OA Message answer says whether it was edited
@@ -172,20 +197,24 @@ async def test_purging_a_users_messages(client):
     assert r.status_code == 200, r.text
     done = conforms(r.json(), "/api/v1/admin/purge_user/{user_id}/messages", "post")
     assert done["preview"] is False and done["after"] == preview["after"]
-    assert [(e["event"]["message_id"], e["event"]["reason"]) for e in await new_events(client, before, "message_deleted")
-            ] == [(h["RB"], "user_messages_purged")]
+    assert [
+        (e["event"]["message_id"], e["event"]["reason"]) for e in await new_events(client, before, "message_deleted")
+    ] == [(h["RB"], "user_messages_purged")]
     assert (await read(client, f"/api/v1/messages/{h['RB']}"))["deleted"] is True
 
     # the prompt stays unless purge_initial_prompts; dates narrow what is picked
     url = f"/api/v1/admin/purge_user/{alice}/messages"
     kept = await position(client)
-    for params in ({"preview": "false"},
-                   {"preview": "false", "purge_initial_prompts": "true", "max_date": "2000-01-01T00:00:00"}):
+    for params in (
+        {"preview": "false"},
+        {"preview": "false", "purge_initial_prompts": "true", "max_date": "2000-01-01T00:00:00"},
+    ):
         r = await client.post(url, params=params)
         assert r.status_code == 200 and r.json()["after"]["all"] == r.json()["before"]["all"], r.text
     assert await position(client) == kept
-    r = await client.post(url, params={"preview": "false", "purge_initial_prompts": "true",
-                                       "min_date": "2000-01-01T00:00:00Z"})
+    r = await client.post(
+        url, params={"preview": "false", "purge_initial_prompts": "true", "min_date": "2000-01-01T00:00:00Z"}
+    )
     assert r.status_code == 200 and (r.json()["after"]["all"], r.json()["after"]["message_trees"]) == (0, 0)
     assert [e["event"]["message_id"] for e in await new_events(client, kept, "message_deleted")] == [h["P"]]
     assert (await read(client, f"/api/v1/messages/{h['RD']}"))["deleted"] is True  # below the deleted prompt
@@ -203,13 +232,20 @@ async def test_reports_and_red_flags_fill_the_moderation_queue(client):
     await refused(client, "POST", f"/api/v1/admin/flagged_messages/{h['RB']}/processed", 403, 2, headers=untrusted)
     assert await read(client, "/api/v1/admin/flagged_messages", max_count=10) == []
 
-    report = {"type": "text_labels", "user": CAROL, "message_id": h["RB"], "text": "rude", "labels": {"spam": 1.0},
-              "is_report": True}
+    report = {
+        "type": "text_labels",
+        "user": CAROL,
+        "message_id": h["RB"],
+        "text": "rude",
+        "labels": {"spam": 1.0},
+        "is_report": True,
+    }
     assert (await client.post("/api/v1/text_labels/", json=report)).status_code == 204
     r = await client.post(f"/api/v1/messages/{h['RD']}/emoji", json={"user": ALICE, "emoji": "red_flag", "op": "add"})
     assert r.status_code == 202, r.text
-    listed = conforms(await read(client, "/api/v1/admin/flagged_messages", max_count=10),
-                      "/api/v1/admin/flagged_messages", "get")
+    listed = conforms(
+        await read(client, "/api/v1/admin/flagged_messages", max_count=10), "/api/v1/admin/flagged_messages", "get"
+    )
     assert [(f["message_id"], f["processed"]) for f in listed] == [(h["RB"], False), (h["RD"], False)]
     assert [f["message_id"] for f in await read(client, "/api/v1/admin/flagged_messages", max_count=1)] == [h["RB"]]
 
@@ -227,7 +263,9 @@ async def test_reports_and_red_flags_fill_the_moderation_queue(client):
     assert r.status_code == 200, r.text
     done = conforms(r.json(), "/api/v1/admin/flagged_messages/{message_id}/processed", "post")
     assert (done["message_id"], done["processed"], done["created_date"]) == (h["RB"], True, listed[0]["created_date"])
-    assert [e["event"]["message_id"] for e in await new_events(client, before, "flagged_message_processed")] == [h["RB"]]
+    assert [e["event"]["message_id"] for e in await new_events(client, before, "flagged_message_processed")] == [
+        h["RB"]
+    ]
     again = await position(client)
     assert (await client.post(f"/api/v1/admin/flagged_messages/{h['RB']}/processed")).json() == done
     assert await position(client) == again  # processed once
@@ -250,7 +288,9 @@ async def test_merging_users_moves_their_messages_and_scores(client):
     url = "/api/v1/admin/merge_users"
     body = {"destination_user_id": bob, "source_user_ids": [dave, bob]}
     await refused(client, "POST", url, 403, 2, json=body, headers=await untrusted_key(client))
-    await refused(client, "POST", url, 404, 4002, json={**body, "source_user_ids": ["00000000-0000-4000-8000-000000000000"]})
+    await refused(
+        client, "POST", url, 404, 4002, json={**body, "source_user_ids": ["00000000-0000-4000-8000-000000000000"]}
+    )
     await refused(client, "POST", url, 422, 102, json={**body, "destination_user_id": "not-an-id"})
     board = await read(client, "/api/v1/leaderboards/total")
     score = {r["user_id"]: r for r in board["leaderboard"]}
@@ -287,8 +327,15 @@ async def test_merging_users_moves_their_messages_and_scores(client):
 async def test_a_moderator_renames_a_user(client):
     await do_task(client, ALICE, "initial_prompt")
     alice = next(e["event"]["subject_id"] for e in await events(client) if e["type"] == "user_seen")
-    await refused(client, "PUT", f"/api/v1/users/{alice}", 403, 2, params={"display_name": "A."},
-                  headers=await untrusted_key(client))
+    await refused(
+        client,
+        "PUT",
+        f"/api/v1/users/{alice}",
+        403,
+        2,
+        params={"display_name": "A."},
+        headers=await untrusted_key(client),
+    )
     before = await position(client)
     r = await client.put(f"/api/v1/users/{alice}", params={"display_name": "Alice Smith"})
     assert r.status_code == 204, r.text

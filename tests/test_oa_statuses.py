@@ -16,15 +16,41 @@ ALICE, BOB, CAROL = user("alice"), user("bob"), user("carol")
 INTERACTION = "/api/v1/tasks/interaction"
 # OA's TaskRequestType (oasst_shared/schemas/protocol.py)
 TASK_REQUEST_TYPES = [
-    "random", "summarize_story", "rate_summary", "initial_prompt", "prompter_reply", "assistant_reply",
-    "rank_initial_prompts", "rank_prompter_replies", "rank_assistant_replies", "label_initial_prompt",
-    "label_assistant_reply", "label_prompter_reply",
+    "random",
+    "summarize_story",
+    "rate_summary",
+    "initial_prompt",
+    "prompter_reply",
+    "assistant_reply",
+    "rank_initial_prompts",
+    "rank_prompter_replies",
+    "rank_assistant_replies",
+    "label_initial_prompt",
+    "label_assistant_reply",
+    "label_prompter_reply",
 ]
 # OA's Message (backend-openapi-head.json), all of it but `user`
 MESSAGE_KEYS = {
-    "id", "user_id", "frontend_message_id", "text", "lang", "is_assistant", "emojis", "user_emojis", "user_is_author",
-    "synthetic", "parent_id", "created_date", "review_result", "review_count", "deleted", "model_name",
-    "message_tree_id", "ranking_count", "rank", "edited",
+    "id",
+    "user_id",
+    "frontend_message_id",
+    "text",
+    "lang",
+    "is_assistant",
+    "emojis",
+    "user_emojis",
+    "user_is_author",
+    "synthetic",
+    "parent_id",
+    "created_date",
+    "review_result",
+    "review_count",
+    "deleted",
+    "model_name",
+    "message_tree_id",
+    "ranking_count",
+    "rank",
+    "edited",
 }
 
 
@@ -87,7 +113,8 @@ async def test_emoji_answers_oas_message(client):
     assert (answer["emojis"], answer["user_emojis"], answer["user_is_author"]) == ({"+1": 1}, ["+1"], False)
     got = await read(client, f"/api/v1/messages/{prompt['message_id']}", r.headers["X-Log-Position"])
     assert {k: answer[k] for k in MESSAGE_KEYS if k not in ("user_emojis", "user_is_author")} == {
-        k: got[k] for k in MESSAGE_KEYS if k not in ("user_emojis", "user_is_author")}
+        k: got[k] for k in MESSAGE_KEYS if k not in ("user_emojis", "user_is_author")
+    }
 
 
 async def test_goal_tree_size_is_an_integer_in_review(client):
@@ -117,7 +144,11 @@ async def test_frontend_user_answers_the_stored_user_and_updates_it(client):
     assert made.status_code == 200
     bob = made.json()
     assert (bob["notes"], bob["show_on_leaderboard"], bob["streak_days"], bob["last_activity_date"]) == (
-        "new", False, 0, None)
+        "new",
+        False,
+        0,
+        None,
+    )
     assert bob["tos_acceptance_date"] and bob["created_date"]
     assert await read(client, "/api/v1/frontend_users/local/bob", made.headers["X-Log-Position"]) == bob
 
@@ -125,7 +156,10 @@ async def test_frontend_user_answers_the_stored_user_and_updates_it(client):
     r = await client.post(url, json={**BOB, "notes": "changed", "show_on_leaderboard": True})
     assert r.status_code == 200
     assert (r.json()["notes"], r.json()["show_on_leaderboard"], r.json()["tos_acceptance_date"]) == (
-        "changed", True, bob["tos_acceptance_date"])
+        "changed",
+        True,
+        bob["tos_acceptance_date"],
+    )
     assert await read(client, "/api/v1/frontend_users/local/bob", r.headers["X-Log-Position"]) == r.json()
     r = await client.post(url, json=BOB)  # nothing differs: nothing changes
     assert r.json()["notes"] == "changed"
@@ -138,8 +172,13 @@ async def test_frontend_user_answers_the_stored_user_and_updates_it(client):
     assert await read(client, "/api/v1/frontend_users/local/alice", await log_position(client)) == alice
 
     # OA's update_user is for trusted clients only
-    key = (await client.post("/api/v1/admin/api_client", json={"description": "bot", "frontend_type": "discord"},
-                             headers={"Authorization": f"Bearer {ROOT_TOKEN}"})).json()
+    key = (
+        await client.post(
+            "/api/v1/admin/api_client",
+            json={"description": "bot", "frontend_type": "discord"},
+            headers={"Authorization": f"Bearer {ROOT_TOKEN}"},
+        )
+    ).json()
     other = {"X-API-Key": key}
     assert (await client.post(url, json=CAROL, headers=other)).status_code == 200  # OA's defaults: no update
     await refused(client, "POST", url, 403, 2, json={**CAROL, "notes": "x"}, headers=other)
@@ -153,12 +192,19 @@ async def test_interactions_on_missing_or_foreign_tasks(client):
     task = (await request(client, ALICE, "initial_prompt")).json()
     await refused(client, "POST", INTERACTION, 400, 2100, json=answer_for(task, ALICE, "not-acked-yet"))
     await refused(client, "POST", INTERACTION, 400, 2100, json=answer_for(task, ALICE, "no-such-id"))
-    labels = {"type": "text_labels", "user": BOB, "message_id": "00000000-0000-0000-0000-000000000000",
-              "task_id": "00000000-0000-0000-0000-000000000000", "text": "", "labels": {"spam": 0}}
+    labels = {
+        "type": "text_labels",
+        "user": BOB,
+        "message_id": "00000000-0000-0000-0000-000000000000",
+        "task_id": "00000000-0000-0000-0000-000000000000",
+        "text": "",
+        "labels": {"spam": 0},
+    }
     await refused(client, "POST", INTERACTION, 400, 2100, json=labels)
     await refused(client, "POST", "/api/v1/tasks/00000000-0000-0000-0000-000000000000/nack", 400, 2100, json={})
-    await refused(client, "POST", "/api/v1/tasks/00000000-0000-0000-0000-000000000000/ack", 404, 2100,
-                  json={"message_id": "x"})  # task_repository.bind_frontend_message_id: 404
+    await refused(
+        client, "POST", "/api/v1/tasks/00000000-0000-0000-0000-000000000000/ack", 404, 2100, json={"message_id": "x"}
+    )  # task_repository.bind_frontend_message_id: 404
     assert (await client.post(f"/api/v1/tasks/{task['id']}/ack", json={"message_id": "fe-alice"})).status_code == 204
     await refused(client, "POST", INTERACTION, 400, 2106, json=answer_for(task, BOB, "fe-alice"))
 
@@ -219,8 +265,13 @@ async def test_thumbs_on_ones_own_message_are_ignored(client):
 async def test_free_labels_and_reports_of_ones_own_message(client):
     """prompt_repository.py store_text_labels: self-labelling is refused for task labels only."""
     prompt = await prompt_of(client, ALICE)
-    body = {"type": "text_labels", "user": ALICE, "message_id": prompt["message_id"], "text": "oops",
-            "labels": {"spam": 1.0}}
+    body = {
+        "type": "text_labels",
+        "user": ALICE,
+        "message_id": prompt["message_id"],
+        "text": "oops",
+        "labels": {"spam": 1.0},
+    }
     assert (await client.post("/api/v1/text_labels/", json=body | {"is_report": True})).status_code == 204
     assert (await client.post("/api/v1/text_labels/", json=body)).status_code == 204
     kinds = [e["event"]["kind"] for e in await events(client) if e["type"] == "labels_submitted"]
@@ -235,13 +286,18 @@ async def test_a_deleted_users_name_makes_a_new_user(client):
     assert r.status_code == 204
     gone = await read(client, f"/api/v1/users/{old}", r.headers["X-Log-Position"])
     assert (gone["id"], gone["display_name"], gone["deleted"], gone["show_on_leaderboard"]) == (
-        f"deleted_{old}", "Deleted User", True, False)
+        f"deleted_{old}",
+        "Deleted User",
+        True,
+        False,
+    )
     r = await client.post("/api/v1/frontend_users/", json=ALICE)
     new = r.json()
     assert r.status_code == 200 and new["user_id"] != old
     assert (new["id"], new["display_name"], new["deleted"], new["enabled"]) == ("alice", "Alice", False, True)
-    assert (await read(client, "/api/v1/frontend_users/local/alice", r.headers["X-Log-Position"]))["user_id"] == \
-        new["user_id"]
+    assert (await read(client, "/api/v1/frontend_users/local/alice", r.headers["X-Log-Position"]))["user_id"] == new[
+        "user_id"
+    ]
     task = await do_task(client, ALICE, "initial_prompt")  # the new alice works
     assert task is not None
 
@@ -265,21 +321,52 @@ async def test_label_tasks_describe_labels_as_oa(client):
     await prompt_of(client, ALICE)
     task, _ = await acked_task(client, BOB, "label_initial_prompt")
     assert (task["mode"], task["disposition"]) == ("full", "quality")
-    assert task["valid_labels"] == ["spam", "lang_mismatch", "quality", "creativity", "humor", "toxicity", "violence",
-                                    "not_appropriate", "pii", "hate_speech", "sexual_content"]
+    assert task["valid_labels"] == [
+        "spam",
+        "lang_mismatch",
+        "quality",
+        "creativity",
+        "humor",
+        "toxicity",
+        "violence",
+        "not_appropriate",
+        "pii",
+        "hate_speech",
+        "sexual_content",
+    ]
     labels = {x["name"]: x for x in task["labels"]}
     assert [x["name"] for x in task["labels"]] == task["valid_labels"]
-    assert labels["spam"] == {"name": "spam", "widget": "yes_no", "help_text": None,
-                              "display_text": "Seems to be intentionally low-quality or irrelevant"}
+    assert labels["spam"] == {
+        "name": "spam",
+        "widget": "yes_no",
+        "help_text": None,
+        "display_text": "Seems to be intentionally low-quality or irrelevant",
+    }
     assert labels["lang_mismatch"]["help_text"] == (
-        "The message is written in a language that differs from the currently selected language.")
+        "The message is written in a language that differs from the currently selected language."
+    )
     assert labels["hate_speech"]["help_text"].startswith("Prejudice refers to preconceived views")
     assert (labels["quality"]["display_text"], labels["not_appropriate"]["display_text"]) == (
-        "Overall subjective quality rating of the message", "Inappropriate")
+        "Overall subjective quality rating of the message",
+        "Inappropriate",
+    )
     every = await read(client, "/api/v1/text_labels/valid_labels", await log_position(client))
     assert [x["name"] for x in every["valid_labels"]] == [
-        "spam", "lang_mismatch", "pii", "not_appropriate", "hate_speech", "sexual_content", "moral_judgement",
-        "political_content", "quality", "toxicity", "humor", "helpfulness", "creativity", "violence"]
+        "spam",
+        "lang_mismatch",
+        "pii",
+        "not_appropriate",
+        "hate_speech",
+        "sexual_content",
+        "moral_judgement",
+        "political_content",
+        "quality",
+        "toxicity",
+        "humor",
+        "helpfulness",
+        "creativity",
+        "violence",
+    ]
     assert all(x["display_text"] for x in every["valid_labels"])
 
 
@@ -291,19 +378,42 @@ async def test_simple_label_tasks_only_where_oa_uses_them(tree_client):
         for who in (BOB, CAROL):
             task = await do_task(client, who, "label_initial_prompt")
             assert (task["mode"], task["disposition"], task["valid_labels"]) == (
-                "simple", "spam", ["spam", "lang_mismatch"])
+                "simple",
+                "spam",
+                ["spam", "lang_mismatch"],
+            )
             assert [x["name"] for x in task["labels"]] == task["valid_labels"]
         await do_task(client, BOB, "assistant_reply")
         asked = (await request(client, CAROL, "label_assistant_reply")).json()
         assert (asked["mode"], asked["disposition"], asked["valid_labels"]) == (
-            "full", "quality", ["spam", "lang_mismatch", "fails_task", "quality", "helpfulness", "creativity", "humor",
-                                "toxicity", "violence", "not_appropriate", "pii", "hate_speech", "sexual_content"])
+            "full",
+            "quality",
+            [
+                "spam",
+                "lang_mismatch",
+                "fails_task",
+                "quality",
+                "helpfulness",
+                "creativity",
+                "humor",
+                "toxicity",
+                "violence",
+                "not_appropriate",
+                "pii",
+                "hate_speech",
+                "sexual_content",
+            ],
+        )
         for i in range(30):  # a random request reviews the reply simply
             task = (await request(client, user(f"random{i}"), "random")).json()
             if task["type"] == "label_assistant_reply":
                 break
         assert (task["type"], task["mode"], task["disposition"], task["valid_labels"]) == (
-            "label_assistant_reply", "simple", "spam", ["spam", "lang_mismatch", "quality"])
+            "label_assistant_reply",
+            "simple",
+            "spam",
+            ["spam", "lang_mismatch", "quality"],
+        )
 
 
 async def test_ranking_hides_synthetic_unless_all_replies_are(client):

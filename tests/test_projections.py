@@ -55,24 +55,53 @@ def seen(user: UUID, name: str, at: datetime = NOW):
 
 
 def prompt(user: UUID, mid: UUID = P, at: datetime = NOW, text: str = "hi"):
-    return mk(ev.InitialPromptSubmitted, user, at, message_id=mid, frontend_message_id=f"fe-{mid.int}",
-              task_id=None, text=text, lang="en")
+    return mk(
+        ev.InitialPromptSubmitted,
+        user,
+        at,
+        message_id=mid,
+        frontend_message_id=f"fe-{mid.int}",
+        task_id=None,
+        text=text,
+        lang="en",
+    )
 
 
 def reply(user: UUID, mid: UUID, parent: UUID, role: str, depth: int, tree: UUID = P, at: datetime = NOW):
-    return mk(ev.ReplySubmitted, user, at, message_id=mid, frontend_message_id=f"fe-{mid.int}", task_id=None,
-              parent_id=parent, tree_id=tree, role=role, depth=depth, text=f"reply {mid.int}", lang="en")
+    return mk(
+        ev.ReplySubmitted,
+        user,
+        at,
+        message_id=mid,
+        frontend_message_id=f"fe-{mid.int}",
+        task_id=None,
+        parent_id=parent,
+        tree_id=tree,
+        role=role,
+        depth=depth,
+        text=f"reply {mid.int}",
+        lang="en",
+    )
 
 
 def labels(user: UUID, mid: UUID, kind: str = "task", at: datetime = NOW, mode: str = "full", **values):
-    return mk(ev.LabelsSubmitted, user, at, message_id=mid, labels=values, kind=kind,
-              mode=mode if kind == "task" else None)
+    return mk(
+        ev.LabelsSubmitted, user, at, message_id=mid, labels=values, kind=kind, mode=mode if kind == "task" else None
+    )
 
 
 def basic_tree() -> list:
     """Users A-D; A's prompt P, assistant replies R1 (B) and R2 (C), prompter reply R3 (D) under R1."""
-    return [seen(A, "alice"), seen(B, "bob"), seen(C, "carol"), seen(D, "dave"), prompt(A),
-            reply(B, R1, P, "assistant", 1), reply(C, R2, P, "assistant", 1), reply(D, R3, R1, "prompter", 2)]
+    return [
+        seen(A, "alice"),
+        seen(B, "bob"),
+        seen(C, "carol"),
+        seen(D, "dave"),
+        prompt(A),
+        reply(B, R1, P, "assistant", 1),
+        reply(C, R2, P, "assistant", 1),
+        reply(D, R3, R1, "prompter", 2),
+    ]
 
 
 def encoded_rows(view) -> dict:
@@ -87,7 +116,11 @@ def test_message_tree_builds_messages_trees_and_users():
     view = fold(MessageTreeView(), basic_tree())
     assert view.position == 8
     assert set(view.users.rows) == {A, B, C, D}
-    assert (view.users[A].username, view.users[A].display_name, view.users[A].api_client_id) == ("alice", "Alice", CLIENT)
+    assert (view.users[A].username, view.users[A].display_name, view.users[A].api_client_id) == (
+        "alice",
+        "Alice",
+        CLIENT,
+    )
     assert view.users[A].last_activity_date == NOW  # from the prompt
     root = view.messages[P]
     assert (root.parent_id, root.tree_id, root.role, root.depth, root.children) == (None, P, "prompter", 0, [R1, R2])
@@ -99,17 +132,24 @@ def test_message_tree_builds_messages_trees_and_users():
 
 
 def test_message_tree_reviews_labels_rankings_ranks_and_emojis():
-    view = fold(MessageTreeView(), [
-        *basic_tree(),
-        labels(B, P, spam=0.0), labels(C, P, spam=0.0), labels(D, P, kind="free", spam=1.0),
-        mk(ev.MessageReviewed, None, message_id=P, review_count=2, score=1.0, accepted=True),
-        mk(ev.RankingSubmitted, A, parent_id=P, task_id=T1, ranked_message_ids=[R2, R1]),
-        mk(ev.RankingSubmitted, D, parent_id=P, task_id=T2, ranked_message_ids=[R1, R2]),
-        mk(ev.RanksComputed, None, tree_id=P, parent_id=P, ranked_message_ids=[R1, R2], ranking_count=2),
-        mk(ev.EmojiAdded, A, message_id=R1, emoji="+1"), mk(ev.EmojiAdded, D, message_id=R1, emoji="+1"),
-        mk(ev.EmojiAdded, A, message_id=R1, emoji="_skip_reply"), mk(ev.EmojiRemoved, D, message_id=R1, emoji="+1"),
-        mk(ev.MessageEdited, A, message_id=P, text="edited"),
-    ])
+    view = fold(
+        MessageTreeView(),
+        [
+            *basic_tree(),
+            labels(B, P, spam=0.0),
+            labels(C, P, spam=0.0),
+            labels(D, P, kind="free", spam=1.0),
+            mk(ev.MessageReviewed, None, message_id=P, review_count=2, score=1.0, accepted=True),
+            mk(ev.RankingSubmitted, A, parent_id=P, task_id=T1, ranked_message_ids=[R2, R1]),
+            mk(ev.RankingSubmitted, D, parent_id=P, task_id=T2, ranked_message_ids=[R1, R2]),
+            mk(ev.RanksComputed, None, tree_id=P, parent_id=P, ranked_message_ids=[R1, R2], ranking_count=2),
+            mk(ev.EmojiAdded, A, message_id=R1, emoji="+1"),
+            mk(ev.EmojiAdded, D, message_id=R1, emoji="+1"),
+            mk(ev.EmojiAdded, A, message_id=R1, emoji="_skip_reply"),
+            mk(ev.EmojiRemoved, D, message_id=R1, emoji="+1"),
+            mk(ev.MessageEdited, A, message_id=P, text="edited"),
+        ],
+    )
     root, r1, r2 = view.messages[P], view.messages[R1], view.messages[R2]
     assert (root.review_count, root.review_result) == (2, True)  # free labels are no review
     assert (r1.ranking_count, r2.ranking_count, r1.rank, r2.rank) == (2, 2, 0, 1)
@@ -131,14 +171,32 @@ def test_deleting_hides_the_subtree_and_undeleting_restores_the_ancestors():
 def test_tree_states_halt_and_resume_like_the_write_model():
     # halted before the lottery: back to review; after winning it: back to growing
     view = fold(MessageTreeView(), [seen(A, "alice"), prompt(A), prompt(A, mid=R1)])
-    fold(view, [
-        mk(ev.TreeHalted, None, tree_id=P), mk(ev.TreeResumed, None, tree_id=P),
-        mk(ev.TreeStateChanged, None, tree_id=R1, old_state="initial_prompt_review",
-           new_state="prompt_lottery_waiting", reason="initial_prompt_review"),
-        mk(ev.TreeStateChanged, None, tree_id=R1, old_state="prompt_lottery_waiting", new_state="growing",
-           reason="lottery", goal_tree_size=7),
-        mk(ev.TreeHalted, None, tree_id=R1),
-    ], start=4)
+    fold(
+        view,
+        [
+            mk(ev.TreeHalted, None, tree_id=P),
+            mk(ev.TreeResumed, None, tree_id=P),
+            mk(
+                ev.TreeStateChanged,
+                None,
+                tree_id=R1,
+                old_state="initial_prompt_review",
+                new_state="prompt_lottery_waiting",
+                reason="initial_prompt_review",
+            ),
+            mk(
+                ev.TreeStateChanged,
+                None,
+                tree_id=R1,
+                old_state="prompt_lottery_waiting",
+                new_state="growing",
+                reason="lottery",
+                goal_tree_size=7,
+            ),
+            mk(ev.TreeHalted, None, tree_id=R1),
+        ],
+        start=4,
+    )
     assert view.trees[P].state == "initial_prompt_review"
     assert (view.trees[R1].state, view.trees[R1].goal_tree_size) == ("halted_by_moderator", 7)
     fold(view, [mk(ev.TreeResumed, None, tree_id=R1)], start=9)
@@ -146,14 +204,23 @@ def test_tree_states_halt_and_resume_like_the_write_model():
 
 
 def test_user_lifecycle():
-    view = fold(MessageTreeView(), [
-        seen(A, "alice"), mk(ev.UserRenamed, A, subject_id=A, display_name="Al"),
-        mk(ev.UserSettingsChanged, None, subject_id=A, notes="n", show_on_leaderboard=False, tos_accepted=True),
-        mk(ev.UserDisabled, None, subject_id=A),
-    ])
+    view = fold(
+        MessageTreeView(),
+        [
+            seen(A, "alice"),
+            mk(ev.UserRenamed, A, subject_id=A, display_name="Al"),
+            mk(ev.UserSettingsChanged, None, subject_id=A, notes="n", show_on_leaderboard=False, tos_accepted=True),
+            mk(ev.UserDisabled, None, subject_id=A),
+        ],
+    )
     u = view.users[A]
     assert (u.display_name, u.notes, u.show_on_leaderboard, u.tos_acceptance_date, u.enabled) == (
-        "Al", "n", False, NOW, False)
+        "Al",
+        "n",
+        False,
+        NOW,
+        False,
+    )
     fold(view, [mk(ev.UserEnabled, None, subject_id=A), mk(ev.UserMarkedSpammer, None, subject_id=A, ban=True)], 5)
     assert (u.enabled, u.spammer) == (False, True)
     fold(view, [mk(ev.UserUnmarkedSpammer, None, subject_id=A), mk(ev.UserDeleted, None, subject_id=A)], 7)
@@ -165,24 +232,36 @@ def test_user_lifecycle():
 
 
 def test_consensus_keeps_each_annotators_latest_labels_and_reports():
-    view = fold(ConsensusView(), [
-        labels(A, P, spam=1.0, quality=0.5), labels(B, P, spam=0.0, quality=1.0),
-        labels(A, P, kind="free", spam=0.0, quality=0.25),  # A changes their mind
-        labels(C, P, kind="report", spam=1.0), labels(D, P, kind="report", pii=1.0),
-    ])
+    view = fold(
+        ConsensusView(),
+        [
+            labels(A, P, spam=1.0, quality=0.5),
+            labels(B, P, spam=0.0, quality=1.0),
+            labels(A, P, kind="free", spam=0.0, quality=0.25),  # A changes their mind
+            labels(C, P, kind="report", spam=1.0),
+            labels(D, P, kind="report", pii=1.0),
+        ],
+    )
     facts = view.labels[P]
     assert facts.reports == 2 and facts.task_users == [A, B]
     assert view.label_aggregates(P) == {"quality": {"value": 0.625, "count": 2}, "spam": {"value": 0.0, "count": 2}}
     assert view.label_aggregates(P, exclude=frozenset({B})) == {
-        "quality": {"value": 0.25, "count": 1}, "spam": {"value": 0.0, "count": 1}}
+        "quality": {"value": 0.25, "count": 1},
+        "spam": {"value": 0.0, "count": 1},
+    }
     assert view.label_aggregates(R1) == {} and view.acceptance(R1) is None
 
 
 def test_acceptance_follows_oa_rule_over_review_task_labels_only():
-    view = fold(ConsensusView(), [
-        labels(A, P, spam=1.0), labels(B, P, spam=0.0), labels(C, P, spam=0.0, lang_mismatch=0.0),
-        labels(D, P, kind="free", spam=1.0),  # not a review
-    ])
+    view = fold(
+        ConsensusView(),
+        [
+            labels(A, P, spam=1.0),
+            labels(B, P, spam=0.0),
+            labels(C, P, spam=0.0, lang_mismatch=0.0),
+            labels(D, P, kind="free", spam=1.0),  # not a review
+        ],
+    )
     assert view.acceptance(P) == pytest.approx(1 - 1 / 3)
     assert view.acceptance(P, exclude=frozenset({A})) == 1.0
     assert view.acceptance(P, exclude=frozenset({A, B, C})) is None
@@ -192,11 +271,14 @@ def test_acceptance_follows_oa_rule_over_review_task_labels_only():
 
 
 def test_ranking_consensus_is_ranked_pairs_over_every_ranking():
-    view = fold(ConsensusView(), [
-        mk(ev.RankingSubmitted, A, parent_id=P, task_id=T1, ranked_message_ids=[R2, R1, R3]),
-        mk(ev.RankingSubmitted, B, parent_id=P, task_id=T2, ranked_message_ids=[R2, R3, R1]),
-        mk(ev.RankingSubmitted, C, parent_id=P, task_id=T3, ranked_message_ids=[R1, R3, R2]),
-    ])
+    view = fold(
+        ConsensusView(),
+        [
+            mk(ev.RankingSubmitted, A, parent_id=P, task_id=T1, ranked_message_ids=[R2, R1, R3]),
+            mk(ev.RankingSubmitted, B, parent_id=P, task_id=T2, ranked_message_ids=[R2, R3, R1]),
+            mk(ev.RankingSubmitted, C, parent_id=P, task_id=T3, ranked_message_ids=[R1, R3, R2]),
+        ],
+    )
     assert view.ranking_consensus(P) == [R2, R1, R3]  # R2>R1 2:1, R2>R3 2:1, R1 vs R3 tie -> lower id
     assert view.ranking_consensus(P, exclude=frozenset({A, B})) == [R1, R3, R2]
     assert view.ranking_consensus(R1) == []
@@ -205,15 +287,23 @@ def test_ranking_consensus_is_ranked_pairs_over_every_ranking():
 def _labelled(matrix: list[list[float | None]]) -> ConsensusView:
     """Annotator i gives message j matrix[i][j] as 'quality' (None: no label)."""
     view = ConsensusView()
-    events = [labels(UUID(int=0xA00 + i), UUID(int=0x500 + j), quality=v)
-              for i, row in enumerate(matrix) for j, v in enumerate(row) if v is not None]
+    events = [
+        labels(UUID(int=0xA00 + i), UUID(int=0x500 + j), quality=v)
+        for i, row in enumerate(matrix)
+        for j, v in enumerate(row)
+        if v is not None
+    ]
     return fold(view, events)
 
 
 def test_agreement_is_krippendorffs_alpha():
     perfect = _labelled([[0.0, 1.0, 0.5, 1.0], [0.0, 1.0, 0.5, 1.0], [0.0, 1.0, 0.5, None]])
-    assert perfect.agreement("quality") == {"label": "quality", "alpha": pytest.approx(1.0), "units": 4,
-                                            "annotators": 3}
+    assert perfect.agreement("quality") == {
+        "label": "quality",
+        "alpha": pytest.approx(1.0),
+        "units": 4,
+        "annotators": 3,
+    }
     # two coders who always disagree on a binary value: Do = 1, De = 2/3, alpha = 1 - 3/2
     assert _labelled([[1.0, 0.0], [0.0, 1.0]]).agreement("quality")["alpha"] == pytest.approx(-0.5)
     # units with a single annotator do not count; fewer than two units: no alpha
@@ -231,23 +321,27 @@ def test_agreement_without_any_variation_is_undefined_not_an_error():
 
 
 def test_leaderboard_counts_oa_stats_for_a_known_history():
-    view = fold(LeaderboardView(), [
-        *basic_tree(),
-        labels(B, P, spam=0.0), labels(C, P, mode="simple", spam=0.0), labels(D, P, kind="free", quality=1.0),
-        mk(ev.MessageReviewed, None, message_id=P, review_count=2, score=1.0, accepted=True),
-        mk(ev.MessageReviewed, None, message_id=R1, review_count=2, score=1.0, accepted=True),
-        mk(ev.MessageReviewed, None, message_id=R2, review_count=2, score=1.0, accepted=True),
-        mk(ev.MessageReviewed, None, message_id=R3, review_count=2, score=0.0, accepted=False),
-        mk(ev.RankingSubmitted, A, parent_id=P, task_id=T1, ranked_message_ids=[R2, R1]),
-        mk(ev.RankingSubmitted, D, parent_id=P, task_id=T2, ranked_message_ids=[R1, R2]),
-        mk(ev.RanksComputed, None, tree_id=P, parent_id=P, ranked_message_ids=[R1, R2], ranking_count=2),
-    ])
+    view = fold(
+        LeaderboardView(),
+        [
+            *basic_tree(),
+            labels(B, P, spam=0.0),
+            labels(C, P, mode="simple", spam=0.0),
+            labels(D, P, kind="free", quality=1.0),
+            mk(ev.MessageReviewed, None, message_id=P, review_count=2, score=1.0, accepted=True),
+            mk(ev.MessageReviewed, None, message_id=R1, review_count=2, score=1.0, accepted=True),
+            mk(ev.MessageReviewed, None, message_id=R2, review_count=2, score=1.0, accepted=True),
+            mk(ev.MessageReviewed, None, message_id=R3, review_count=2, score=0.0, accepted=False),
+            mk(ev.RankingSubmitted, A, parent_id=P, task_id=T1, ranked_message_ids=[R2, R1]),
+            mk(ev.RankingSubmitted, D, parent_id=P, task_id=T2, ranked_message_ids=[R1, R2]),
+            mk(ev.RanksComputed, None, tree_id=P, parent_id=P, ranked_message_ids=[R1, R2], ranking_count=2),
+        ],
+    )
     stats = {u: view.stats(u, "total", NOW) for u in (A, B, C, D)}
     expect = {
         A: dict(prompts=1, accepted_prompts=1, rankings_total=1),  # A's first choice R2 is not the consensus'
         B: dict(replies_assistant=1, accepted_replies_assistant=1, labels_full=1, reply_ranked_1=1, reply_ranked_2=1),
-        C: dict(replies_assistant=1, accepted_replies_assistant=1, labels_simple=1, reply_ranked_1=1,
-                reply_ranked_2=1),
+        C: dict(replies_assistant=1, accepted_replies_assistant=1, labels_simple=1, reply_ranked_1=1, reply_ranked_2=1),
         D: dict(replies_prompter=1, rankings_total=1, rankings_good=1),  # free labels are not counted
     }
     for user, counts in expect.items():
@@ -255,8 +349,11 @@ def test_leaderboard_counts_oa_stats_for_a_known_history():
     # OA's formula by hand
     assert [leader_score(stats[u]) for u in (A, B, C, D)] == [1, 2 + 4 + 4 + 9 + 3, 1 + 4 + 4 + 9 + 3, 1 + 1 + 1]
     # a new consensus re-decides rankings_good
-    fold(view, [mk(ev.RanksComputed, None, tree_id=P, parent_id=P, ranked_message_ids=[R2, R1], ranking_count=2)],
-         start=20)
+    fold(
+        view,
+        [mk(ev.RanksComputed, None, tree_id=P, parent_id=P, ranked_message_ids=[R2, R1], ranking_count=2)],
+        start=20,
+    )
     assert view.stats(A, "total", NOW)["rankings_good"] == 1 and view.stats(D, "total", NOW)["rankings_good"] == 0
 
 
@@ -267,14 +364,22 @@ def test_levels_follow_oa_thresholds():
 
 
 def test_review_flips_and_deletion_move_accepted_counts():
-    view = fold(LeaderboardView(), [*basic_tree(),
-                                    mk(ev.MessageReviewed, None, message_id=R1, review_count=2, score=1, accepted=True)])
+    view = fold(
+        LeaderboardView(),
+        [*basic_tree(), mk(ev.MessageReviewed, None, message_id=R1, review_count=2, score=1, accepted=True)],
+    )
     assert view.stats(B, "total", NOW)["accepted_replies_assistant"] == 1
     fold(view, [mk(ev.MessageReviewed, None, message_id=R1, review_count=3, score=0.3, accepted=False)], 10)
     assert view.stats(B, "total", NOW)["accepted_replies_assistant"] == 0
-    fold(view, [mk(ev.MessageReviewed, None, message_id=R1, review_count=4, score=1, accepted=True),
-                mk(ev.MessageReviewed, None, message_id=P, review_count=2, score=1, accepted=True),
-                mk(ev.MessageDeleted, None, message_id=R1)], 11)
+    fold(
+        view,
+        [
+            mk(ev.MessageReviewed, None, message_id=R1, review_count=4, score=1, accepted=True),
+            mk(ev.MessageReviewed, None, message_id=P, review_count=2, score=1, accepted=True),
+            mk(ev.MessageDeleted, None, message_id=R1),
+        ],
+        11,
+    )
     assert view.stats(B, "total", NOW)["accepted_replies_assistant"] == 0
     assert view.stats(B, "total", NOW)["replies_assistant"] == 1
     fold(view, [mk(ev.MessageDeleted, None, message_id=P)], 14)
@@ -284,11 +389,16 @@ def test_review_flips_and_deletion_move_accepted_counts():
 def test_undeleting_a_reply_restores_its_deleted_ancestors_on_the_board():
     """message_undeleted restores the message *and its ancestors* (the event contract, the
     write model and the message-tree view agree): the board must count the prompt again."""
-    view = fold(LeaderboardView(), [
-        *basic_tree(), mk(ev.MessageReviewed, None, message_id=P, review_count=2, score=1, accepted=True),
-        mk(ev.MessageReviewed, None, message_id=R1, review_count=2, score=1, accepted=True),
-        mk(ev.MessageDeleted, None, message_id=R1), mk(ev.MessageDeleted, None, message_id=P),
-    ])
+    view = fold(
+        LeaderboardView(),
+        [
+            *basic_tree(),
+            mk(ev.MessageReviewed, None, message_id=P, review_count=2, score=1, accepted=True),
+            mk(ev.MessageReviewed, None, message_id=R1, review_count=2, score=1, accepted=True),
+            mk(ev.MessageDeleted, None, message_id=R1),
+            mk(ev.MessageDeleted, None, message_id=P),
+        ],
+    )
     assert (view.stats(A, "total", NOW)["prompts"], view.stats(A, "total", NOW)["accepted_prompts"]) == (0, 0)
     fold(view, [mk(ev.MessageUndeleted, None, message_id=R3)], start=20)  # R3 -> R1 -> P
     assert (view.stats(A, "total", NOW)["prompts"], view.stats(A, "total", NOW)["accepted_prompts"]) == (1, 1)
@@ -297,12 +407,16 @@ def test_undeleting_a_reply_restores_its_deleted_ancestors_on_the_board():
 
 def test_time_frames_sum_hour_buckets():
     hour = timedelta(hours=1)
-    view = fold(LeaderboardView(), [
-        seen(A, "alice"), prompt(A, mid=P, at=NOW - 40 * 24 * hour),
-        reply(A, R1, P, "assistant", 1, at=NOW - 10 * 24 * hour),
-        reply(A, R2, P, "assistant", 1, at=NOW - 3 * 24 * hour),
-        reply(A, R3, P, "assistant", 1, at=NOW - 2 * hour),
-    ])
+    view = fold(
+        LeaderboardView(),
+        [
+            seen(A, "alice"),
+            prompt(A, mid=P, at=NOW - 40 * 24 * hour),
+            reply(A, R1, P, "assistant", 1, at=NOW - 10 * 24 * hour),
+            reply(A, R2, P, "assistant", 1, at=NOW - 3 * 24 * hour),
+            reply(A, R3, P, "assistant", 1, at=NOW - 2 * hour),
+        ],
+    )
     got = {f: view.stats(A, f, NOW) for f in ("day", "week", "month", "total")}
     assert [got[f]["replies_assistant"] for f in ("day", "week", "month", "total")] == [1, 2, 3, 3]
     assert [got[f]["prompts"] for f in ("day", "week", "month", "total")] == [0, 0, 0, 1]
@@ -313,9 +427,16 @@ def test_time_frames_sum_hour_buckets():
 
 def test_streak_counts_consecutive_days_and_resets_after_36_hours():
     day = timedelta(days=1)
-    view = fold(LeaderboardView(), [seen(A, "alice"), prompt(A, P, NOW - 5 * day, "a"),
-                                    prompt(A, R1, NOW - 2 * day, "b"), prompt(A, R2, NOW - day, "c"),
-                                    prompt(A, R3, NOW, "d")])
+    view = fold(
+        LeaderboardView(),
+        [
+            seen(A, "alice"),
+            prompt(A, P, NOW - 5 * day, "a"),
+            prompt(A, R1, NOW - 2 * day, "b"),
+            prompt(A, R2, NOW - day, "c"),
+            prompt(A, R3, NOW, "d"),
+        ],
+    )
     assert view.streak(A, NOW) == (2, NOW)  # three days in a row: two full days (OA: 0 on the first)
     assert view.streak(A, NOW + timedelta(hours=35)) == (2, NOW)
     assert view.streak(A, NOW + timedelta(hours=37)) == (0, None)
@@ -323,17 +444,36 @@ def test_streak_counts_consecutive_days_and_resets_after_36_hours():
 
 
 def test_trollboard_facts():
-    view = fold(LeaderboardView(), [
-        *basic_tree(),
-        labels(C, R1, spam=1.0, lang_mismatch=1.0, pii=1.0, toxicity=0.5), labels(D, R1, kind="report", spam=1.0),
-        mk(ev.EmojiAdded, A, message_id=R1, emoji="-1"), mk(ev.EmojiAdded, C, message_id=R1, emoji="red_flag"),
-        mk(ev.EmojiAdded, D, message_id=R1, emoji="+1"), mk(ev.EmojiRemoved, D, message_id=R1, emoji="+1"),
-        mk(ev.TreeStateChanged, None, tree_id=P, old_state="initial_prompt_review", new_state="aborted_low_grade",
-           reason="auto_mod_red_flags"),
-    ])
+    view = fold(
+        LeaderboardView(),
+        [
+            *basic_tree(),
+            labels(C, R1, spam=1.0, lang_mismatch=1.0, pii=1.0, toxicity=0.5),
+            labels(D, R1, kind="report", spam=1.0),
+            mk(ev.EmojiAdded, A, message_id=R1, emoji="-1"),
+            mk(ev.EmojiAdded, C, message_id=R1, emoji="red_flag"),
+            mk(ev.EmojiAdded, D, message_id=R1, emoji="+1"),
+            mk(ev.EmojiRemoved, D, message_id=R1, emoji="+1"),
+            mk(
+                ev.TreeStateChanged,
+                None,
+                tree_id=P,
+                old_state="initial_prompt_review",
+                new_state="aborted_low_grade",
+                reason="auto_mod_red_flags",
+            ),
+        ],
+    )
     t = view.troll_stats(B, "total", NOW)
     assert (t["red_flags"], t["downvotes"], t["upvotes"], t["spam"], t["lang_mismatch"], t["pii"], t["toxicity"]) == (
-        2, 1, 0, 2, 1, 1, 0.5)
+        2,
+        1,
+        0,
+        2,
+        1,
+        1,
+        0.5,
+    )
     assert troll_score(t) == 3 * 2 + 1 + 1 + 1  # red flags, downvote, lang_mismatch, pii
     assert view.troll_stats(A, "total", NOW)["spam_prompts"] == 1
 
@@ -342,14 +482,27 @@ def test_trollboard_facts():
 
 
 def test_history_indexes_users_trees_messages_and_tasks():
-    view = fold(HistoryView(), [
-        *basic_tree(),  # positions 1-8
-        labels(C, R3, spam=0.0),  # 9
-        mk(ev.TaskAssignedSummary, A, task_id=T1, task_type="rank_assistant_replies", collective=False, lang="en",
-           expires_at=None, target_message_id=P, tree_id=P, ranked_message_ids=[R1, R2]),  # 10
-        mk(ev.UserRenamed, A, subject_id=B, display_name="x"),  # 11
-        mk(ev.TreeHalted, None, tree_id=P),  # 12
-    ])
+    view = fold(
+        HistoryView(),
+        [
+            *basic_tree(),  # positions 1-8
+            labels(C, R3, spam=0.0),  # 9
+            mk(
+                ev.TaskAssignedSummary,
+                A,
+                task_id=T1,
+                task_type="rank_assistant_replies",
+                collective=False,
+                lang="en",
+                expires_at=None,
+                target_message_id=P,
+                tree_id=P,
+                ranked_message_ids=[R1, R2],
+            ),  # 10
+            mk(ev.UserRenamed, A, subject_id=B, display_name="x"),  # 11
+            mk(ev.TreeHalted, None, tree_id=P),  # 12
+        ],
+    )
     index: dict[UUID, list[int]] = {}
     for entity, position in view.take_entries():
         index.setdefault(entity, []).append(position)
@@ -415,8 +568,12 @@ def test_every_changed_row_is_marked_dirty(sqlite_history):
 
 def snapshot(runner: ProjectionRunner) -> dict:
     enc = msgspec.msgpack.Encoder()
-    return {(v.key, t.name, str(k)): enc.encode(row)
-            for v in runner.views for t in v.tables.values() for k, row in t.rows.items()}
+    return {
+        (v.key, t.name, str(k)): enc.encode(row)
+        for v in runner.views
+        for t in v.tables.values()
+        for k, row in t.rows.items()
+    }
 
 
 def stored_rows(runner: ProjectionRunner) -> dict:
@@ -548,8 +705,14 @@ time.sleep(60)
 
 def test_sigkill_during_catch_up_then_a_restart_equals_a_clean_rebuild(history_store, store_url):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", CATCH_UP_SCRIPT, store_url], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CATCH_UP_SCRIPT, store_url],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = [proc.stdout.readline() for _ in range(6)]
         assert all(line.strip().isdigit() for line in lines), (lines, proc.stderr.read() if proc.poll() else "")
@@ -602,8 +765,9 @@ def test_ctrl_c_stops_oasst_project_run_between_pages_and_keeps_exactly_once(sql
     from devkit.servers import OASST
 
     env = {**os.environ, "OASST_DATABASE_URL": sqlite_history.url}
-    proc = subprocess.Popen([*OASST, "project", "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        [*OASST, "project", "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         assert "following the log" in proc.stdout.readline()
         proc.send_signal(signal.SIGINT)

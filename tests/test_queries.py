@@ -33,41 +33,146 @@ async def get(client, path: str, status: int = 200, at_least: int | None = None,
 # --- OA's response shapes (backend-openapi.json: required fields, property names) ----------
 
 SCHEMAS = {
-    "Message": (["is_assistant", "text"],
-        ["id", "user_id", "frontend_message_id", "text", "lang", "is_assistant", "emojis", "user_emojis",
-         "user_is_author", "synthetic", "parent_id", "created_date", "review_result", "review_count", "deleted",
-         "model_name", "message_tree_id", "ranking_count", "rank", "user", "edited"]),
+    "Message": (
+        ["is_assistant", "text"],
+        [
+            "id",
+            "user_id",
+            "frontend_message_id",
+            "text",
+            "lang",
+            "is_assistant",
+            "emojis",
+            "user_emojis",
+            "user_is_author",
+            "synthetic",
+            "parent_id",
+            "created_date",
+            "review_result",
+            "review_count",
+            "deleted",
+            "model_name",
+            "message_tree_id",
+            "ranking_count",
+            "rank",
+            "user",
+            "edited",
+        ],
+    ),
     "MessageTree": (["id"], ["id", "messages"]),
     "Conversation": ([], ["messages"]),
-    "ConversationMessage": (["is_assistant", "text"],
-        ["id", "user_id", "frontend_message_id", "text", "lang", "is_assistant", "emojis", "user_emojis",
-         "user_is_author", "synthetic"]),
-    "FrontEndUser": (["auth_method", "deleted", "display_name", "enabled", "id", "notes", "show_on_leaderboard",
-                      "user_id"],
-        ["id", "display_name", "auth_method", "user_id", "enabled", "deleted", "notes", "created_date",
-         "show_on_leaderboard", "streak_days", "streak_last_day_date", "last_activity_date", "tos_acceptance_date"]),
-    "UserScore": (["auth_method", "display_name", "user_id", "username"],
-        ["rank", "user_id", "highlighted", "username", "auth_method", "display_name", "leader_score", "level",
-         "base_date", "modified_date", "prompts", "replies_assistant", "replies_prompter", "labels_simple",
-         "labels_full", "rankings_total", "rankings_good", "accepted_prompts", "accepted_replies_assistant",
-         "accepted_replies_prompter", "reply_ranked_1", "reply_ranked_2", "reply_ranked_3", "streak_last_day_date",
-         "streak_days", "last_activity_date"]),
+    "ConversationMessage": (
+        ["is_assistant", "text"],
+        [
+            "id",
+            "user_id",
+            "frontend_message_id",
+            "text",
+            "lang",
+            "is_assistant",
+            "emojis",
+            "user_emojis",
+            "user_is_author",
+            "synthetic",
+        ],
+    ),
+    "FrontEndUser": (
+        ["auth_method", "deleted", "display_name", "enabled", "id", "notes", "show_on_leaderboard", "user_id"],
+        [
+            "id",
+            "display_name",
+            "auth_method",
+            "user_id",
+            "enabled",
+            "deleted",
+            "notes",
+            "created_date",
+            "show_on_leaderboard",
+            "streak_days",
+            "streak_last_day_date",
+            "last_activity_date",
+            "tos_acceptance_date",
+        ],
+    ),
+    "UserScore": (
+        ["auth_method", "display_name", "user_id", "username"],
+        [
+            "rank",
+            "user_id",
+            "highlighted",
+            "username",
+            "auth_method",
+            "display_name",
+            "leader_score",
+            "level",
+            "base_date",
+            "modified_date",
+            "prompts",
+            "replies_assistant",
+            "replies_prompter",
+            "labels_simple",
+            "labels_full",
+            "rankings_total",
+            "rankings_good",
+            "accepted_prompts",
+            "accepted_replies_assistant",
+            "accepted_replies_prompter",
+            "reply_ranked_1",
+            "reply_ranked_2",
+            "reply_ranked_3",
+            "streak_last_day_date",
+            "streak_days",
+            "last_activity_date",
+        ],
+    ),
     "LeaderboardStats": (["last_updated", "leaderboard", "time_frame"], ["time_frame", "last_updated", "leaderboard"]),
     "MessagePage": (["items", "order", "sort_key"], ["prev", "next", "sort_key", "items", "order"]),
     "FrontEndUserPage": (["items", "order", "sort_key"], ["prev", "next", "sort_key", "items", "order"]),
-    "TrollScore": (["auth_method", "deleted", "display_name", "enabled", "show_on_leaderboard", "user_id", "username"],
-        ["rank", "user_id", "highlighted", "username", "auth_method", "display_name", "last_activity_date", "enabled",
-         "deleted", "show_on_leaderboard", "troll_score", "base_date", "modified_date", "red_flags", "upvotes",
-         "downvotes", "spam_prompts", "quality", "humor", "toxicity", "violence", "helpfulness", "spam",
-         "lang_mismach", "not_appropriate", "pii", "hate_speech", "sexual_content", "political_content"]),
+    "TrollScore": (
+        ["auth_method", "deleted", "display_name", "enabled", "show_on_leaderboard", "user_id", "username"],
+        [
+            "rank",
+            "user_id",
+            "highlighted",
+            "username",
+            "auth_method",
+            "display_name",
+            "last_activity_date",
+            "enabled",
+            "deleted",
+            "show_on_leaderboard",
+            "troll_score",
+            "base_date",
+            "modified_date",
+            "red_flags",
+            "upvotes",
+            "downvotes",
+            "spam_prompts",
+            "quality",
+            "humor",
+            "toxicity",
+            "violence",
+            "helpfulness",
+            "spam",
+            "lang_mismach",
+            "not_appropriate",
+            "pii",
+            "hate_speech",
+            "sexual_content",
+            "political_content",
+        ],
+    ),
     "TrollboardStats": (["last_updated", "time_frame", "trollboard"], ["time_frame", "last_updated", "trollboard"]),
     "SystemStats": ([], ["all", "active", "active_by_lang", "deleted", "message_trees"]),
-    "MessageTreeStateResponse": (["active", "goal_tree_size", "max_children_count", "max_depth", "message_tree_id",
-                                  "state"],
-        ["message_tree_id", "state", "goal_tree_size", "max_depth", "max_children_count", "active", "origin"]),
+    "MessageTreeStateResponse": (
+        ["active", "goal_tree_size", "max_children_count", "max_depth", "message_tree_id", "state"],
+        ["message_tree_id", "state", "goal_tree_size", "max_depth", "max_children_count", "active", "origin"],
+    ),
     "TreeManagerStats": (["message_counts", "state_counts"], ["state_counts", "message_counts"]),
-    "TreeMessageCountStats": (["count", "depth", "goal_tree_size", "message_tree_id", "oldest", "state", "youngest"],
-        ["message_tree_id", "state", "depth", "oldest", "youngest", "count", "goal_tree_size"]),
+    "TreeMessageCountStats": (
+        ["count", "depth", "goal_tree_size", "message_tree_id", "oldest", "state", "youngest"],
+        ["message_tree_id", "state", "depth", "oldest", "youngest", "count", "goal_tree_size"],
+    ),
     "LabelDescription": (["display_text", "name", "widget"], ["name", "widget", "display_text", "help_text"]),
 }
 OPENAPI = Path(__file__).parent / "data" / "oa_backend_openapi_head.json"  # Open-Assistant's HTTP contract (head)
@@ -85,7 +190,10 @@ def shaped(obj: dict, schema: str, optional: tuple = ()) -> dict:
 def test_schema_constants_are_oas_contract():
     schemas = json.loads(OPENAPI.read_text())["components"]["schemas"]
     for name, (required, props) in SCHEMAS.items():
-        assert (sorted(schemas[name].get("required", [])), sorted(schemas[name]["properties"])) == (required, sorted(props))
+        assert (sorted(schemas[name].get("required", [])), sorted(schemas[name]["properties"])) == (
+            required,
+            sorted(props),
+        )
 
 
 def dt(value: str) -> datetime:
@@ -111,9 +219,19 @@ async def test_message_routes_on_a_known_tree(client):
     for mid, e in msgs.items():
         m = shaped(await get(client, f"/api/v1/messages/{mid}", at_least=at_least), "Message", optional=("user",))
         assert (m["id"], m["text"], m["frontend_message_id"], m["user_id"], m["parent_id"], m["message_tree_id"]) == (
-            mid, e["text"], e["frontend_message_id"], e["user_id"], e.get("parent_id"), P)
-        assert (m["lang"], m["is_assistant"], m["synthetic"], m["model_name"]) == ("en", e.get("role") == "assistant",
-                                                                                 False, None)
+            mid,
+            e["text"],
+            e["frontend_message_id"],
+            e["user_id"],
+            e.get("parent_id"),
+            P,
+        )
+        assert (m["lang"], m["is_assistant"], m["synthetic"], m["model_name"]) == (
+            "en",
+            e.get("role") == "assistant",
+            False,
+            None,
+        )
         assert (m["review_result"], m["review_count"], m["deleted"]) == (True, 2, False)
         assert dt(m["created_date"]) == dt(e["at"])
         assert (m["rank"], m["ranking_count"]) == {first: (0, 2), second: (1, 2)}.get(mid, (None, 0))
@@ -127,9 +245,18 @@ async def test_message_routes_on_a_known_tree(client):
     for mid in (P, RE):  # any message of the tree gives the whole tree
         tree = shaped(await get(client, f"/api/v1/messages/{mid}/tree", at_least=at_least), "MessageTree")
         assert tree["id"] == P and [x["id"] for x in tree["messages"]] == [P, RB, RD, RE]
-    state = shaped(await get(client, f"/api/v1/messages/{RE}/tree/state", at_least=at_least), "MessageTreeStateResponse")
-    assert state == {"message_tree_id": P, "state": "ready_for_export", "goal_tree_size": 4, "max_depth": 2,
-                     "max_children_count": 2, "active": False, "origin": None}
+    state = shaped(
+        await get(client, f"/api/v1/messages/{RE}/tree/state", at_least=at_least), "MessageTreeStateResponse"
+    )
+    assert state == {
+        "message_tree_id": P,
+        "state": "ready_for_export",
+        "goal_tree_size": 4,
+        "max_depth": 2,
+        "max_children_count": 2,
+        "active": False,
+        "origin": None,
+    }
 
     assert [x["id"] for x in await get(client, f"/api/v1/messages/{P}/children", at_least=at_least)] == [RB, RD]
     assert [x["id"] for x in await get(client, f"/api/v1/messages/{Q}/children", at_least=at_least)] == [RE]
@@ -138,8 +265,9 @@ async def test_message_routes_on_a_known_tree(client):
     assert desc["id"] == P and [x["id"] for x in desc["messages"]] == dfs({P: [RB, RD], Q: [RE]}, P)
     desc = await get(client, f"/api/v1/messages/{Q}/descendants", at_least=at_least)
     assert desc["id"] == Q and [x["id"] for x in desc["messages"]] == [Q, RE]
-    longest = shaped(await get(client, f"/api/v1/messages/{RB}/longest_conversation_in_tree", at_least=at_least),
-                     "Conversation")
+    longest = shaped(
+        await get(client, f"/api/v1/messages/{RB}/longest_conversation_in_tree", at_least=at_least), "Conversation"
+    )
     assert [x["id"] for x in longest["messages"]] == [P, Q, RE]
     most = shaped(await get(client, f"/api/v1/messages/{RE}/max_children_in_tree", at_least=at_least), "MessageTree")
     assert most["id"] == P and [x["id"] for x in most["messages"]] == [P, RB, RD]
@@ -147,20 +275,34 @@ async def test_message_routes_on_a_known_tree(client):
     # the frontend_messages twins answer the same, by the frontend's ids
     for mid in (P, Q, RE):
         fe = h["fe"][mid]
-        for sub in ("", "/conversation", "/tree", "/children", "/descendants", "/longest_conversation_in_tree",
-                    "/max_children_in_tree"):
+        for sub in (
+            "",
+            "/conversation",
+            "/tree",
+            "/children",
+            "/descendants",
+            "/longest_conversation_in_tree",
+            "/max_children_in_tree",
+        ):
             assert await get(client, f"/api/v1/frontend_messages/{fe}{sub}", at_least=at_least) == await get(
-                client, f"/api/v1/messages/{mid}{sub}", at_least=at_least), (mid, sub)
+                client, f"/api/v1/messages/{mid}{sub}", at_least=at_least
+            ), (mid, sub)
 
     # the acting user (x-oasst-user) sees their reactions and authorship
     r = await client.post(f"/api/v1/messages/{P}/emoji", json={"user": BOB, "emoji": "+1", "op": "add"})
     assert r.status_code == 202
     pos = int(r.headers["X-Log-Position"])
-    as_bob = (await client.get(f"/api/v1/messages/{P}", params={"min_position": pos},
-                               headers={"x-oasst-user": "local:bob"})).json()
+    as_bob = (
+        await client.get(f"/api/v1/messages/{P}", params={"min_position": pos}, headers={"x-oasst-user": "local:bob"})
+    ).json()
     assert (as_bob["emojis"], as_bob["user_emojis"], as_bob["user_is_author"]) == ({"+1": 1}, ["+1"], False)
-    as_alice = (await client.get(f"/api/v1/frontend_messages/{h['fe'][P]}/tree", params={"min_position": pos},
-                                 headers={"x-oasst-user": "local:alice"})).json()["messages"][0]
+    as_alice = (
+        await client.get(
+            f"/api/v1/frontend_messages/{h['fe'][P]}/tree",
+            params={"min_position": pos},
+            headers={"x-oasst-user": "local:alice"},
+        )
+    ).json()["messages"][0]
     assert (as_alice["emojis"], as_alice["user_emojis"], as_alice["user_is_author"]) == ({"+1": 1}, [], True)
 
 
@@ -169,8 +311,11 @@ async def test_messages_list_filters_and_cursor_paging(client):
     await must(client, BOB, "initial_prompt")
     await must(client, CAROL, "initial_prompt")
     log = await events(client)
-    created = {e["event"]["message_id"]: e["event"]["at"] for e in log
-               if e["type"] in ("initial_prompt_submitted", "reply_submitted")}
+    created = {
+        e["event"]["message_id"]: e["event"]["at"]
+        for e in log
+        if e["type"] in ("initial_prompt_submitted", "reply_submitted")
+    }
     order = sorted(created, key=lambda m: (dt(created[m]), m))  # oldest first, as OA sorts (created_date, id)
     assert len(order) == 6 and order[:4] == [h["P"], h["RB"], h["RD"], h["RE"]]
     X1, X2 = order[4:]
@@ -256,8 +401,7 @@ async def test_deleted_messages_are_hidden_unless_asked_for(client):
     assert (await get(client, f"/api/v1/messages/{other}", at_least=end))["deleted"] is False
     assert await ids(f"/api/v1/messages/{P}/tree") == [P, other]
     full = await get(client, f"/api/v1/messages/{P}/tree", at_least=end, include_deleted="true")
-    assert [(m["id"], m["deleted"]) for m in full["messages"]] == [(P, False), (RB, RB == Q), (RD, RD == Q),
-                                                                   (RE, True)]
+    assert [(m["id"], m["deleted"]) for m in full["messages"]] == [(P, False), (RB, RB == Q), (RD, RD == Q), (RE, True)]
     assert await ids(f"/api/v1/messages/{P}/children") == [other]
     assert await ids(f"/api/v1/messages/{Q}/children") == []
     assert await ids(f"/api/v1/messages/{P}/descendants") == [P, other]
@@ -307,11 +451,15 @@ async def test_deleted_messages_are_hidden_unless_asked_for(client):
 
 async def test_user_routes(client):
     h = await scripted_history(client)
-    r = await client.post("/api/v1/frontend_users/", json={"id": "zed", "display_name": "Aaron", "auth_method": "local"})
+    r = await client.post(
+        "/api/v1/frontend_users/", json={"id": "zed", "display_name": "Aaron", "auth_method": "local"}
+    )
     assert r.status_code == 200
     end = int(r.headers["X-Log-Position"])
-    uid = {**h["uid"], "zed": next(e["event"]["subject_id"] for e in await events(client, h["position"])
-                                   if e["type"] == "user_seen")}
+    uid = {
+        **h["uid"],
+        "zed": next(e["event"]["subject_id"] for e in await events(client, h["position"]) if e["type"] == "user_seen"),
+    }
     names = ["alice", "bob", "carol", "dave", "erin", "zed"]
 
     async def usernames(path, **params):
@@ -328,7 +476,9 @@ async def test_user_routes(client):
     assert await usernames("/api/v1/users/by_display_name") == ["zed", *names[:5]]  # Aaron first
     assert await usernames("/api/v1/users/by_display_name", search_text="ar") == ["zed", "carol"]  # Aaron, Carol
     assert await usernames("/api/v1/users/by_display_name", gte_display_name="B", lte_display_name="D") == [
-        "bob", "carol"]
+        "bob",
+        "carol",
+    ]
     assert await usernames("/api/v1/frontend_users/") == names
 
     page = shaped(await get(client, "/api/v1/users/cursor", at_least=end, max_count=4), "FrontEndUserPage")
@@ -344,14 +494,37 @@ async def test_user_routes(client):
     assert r.status_code == 400 and r.json()["error_code"] == 100
 
     alice = shaped(await get(client, f"/api/v1/users/{uid['alice']}", at_least=end), "FrontEndUser")
-    assert {k: alice[k] for k in ("id", "display_name", "auth_method", "user_id", "enabled", "deleted", "notes",
-                                  "show_on_leaderboard", "streak_days", "tos_acceptance_date")} == {
-        "id": "alice", "display_name": "Alice", "auth_method": "local", "user_id": uid["alice"], "enabled": True,
-        "deleted": False, "notes": "", "show_on_leaderboard": True, "streak_days": 0, "tos_acceptance_date": None}
+    assert {
+        k: alice[k]
+        for k in (
+            "id",
+            "display_name",
+            "auth_method",
+            "user_id",
+            "enabled",
+            "deleted",
+            "notes",
+            "show_on_leaderboard",
+            "streak_days",
+            "tos_acceptance_date",
+        )
+    } == {
+        "id": "alice",
+        "display_name": "Alice",
+        "auth_method": "local",
+        "user_id": uid["alice"],
+        "enabled": True,
+        "deleted": False,
+        "notes": "",
+        "show_on_leaderboard": True,
+        "streak_days": 0,
+        "tos_acceptance_date": None,
+    }
     alice_events = [e for e in h["log"] if e["event"].get("user_id") == uid["alice"]]
     assert dt(alice["created_date"]) == dt(alice_events[0]["event"]["at"])  # user_seen
-    assert dt(alice["last_activity_date"]) == max(dt(e["event"]["at"]) for e in alice_events
-                                                  if e["type"] in ("labels_submitted", "ranking_submitted"))
+    assert dt(alice["last_activity_date"]) == max(
+        dt(e["event"]["at"]) for e in alice_events if e["type"] in ("labels_submitted", "ranking_submitted")
+    )
     assert await get(client, "/api/v1/frontend_users/local/alice", at_least=end) == alice
     zed = await get(client, "/api/v1/frontend_users/local/zed", at_least=end)
     assert (zed["display_name"], zed["streak_days"], zed["last_activity_date"]) == ("Aaron", 0, None)
@@ -375,7 +548,8 @@ async def test_user_routes(client):
         assert (score["leader_score"], score["replies_assistant"], score["username"]) == (22, 1, "bob"), frame
     one = await get(client, f"/api/v1/users/{uid['bob']}/stats/week", at_least=end)
     assert {k: v for k, v in one.items() if k != "modified_date"} == {
-        k: v for k, v in stats["week"].items() if k != "modified_date"}
+        k: v for k, v in stats["week"].items() if k != "modified_date"
+    }
     r = await client.get(f"/api/v1/users/{uid['bob']}/stats/year")
     assert r.status_code == 422 and r.json()["error_code"] == 102
 
@@ -400,8 +574,9 @@ def expected_scores(h: dict) -> dict:
     good_alice = int(lower == h["RB"])  # alice put bob's reply first, carol dave's
     stats = {
         "alice": dict(prompts=1, accepted_prompts=1, labels_full=3, rankings_total=1, rankings_good=good_alice),
-        "bob": dict(labels_full=1, replies_assistant=1, accepted_replies_assistant=1, reply_ranked_1=1,
-                    reply_ranked_2=1),
+        "bob": dict(
+            labels_full=1, replies_assistant=1, accepted_replies_assistant=1, reply_ranked_1=1, reply_ranked_2=1
+        ),
         "carol": dict(labels_full=4, rankings_total=1, rankings_good=1 - good_alice),
         "dave": dict(replies_assistant=1, accepted_replies_assistant=1, reply_ranked_1=1, reply_ranked_2=1),
         "erin": dict(replies_prompter=1, accepted_replies_prompter=1),
@@ -409,16 +584,33 @@ def expected_scores(h: dict) -> dict:
     # int(0.1*prompts) + 4*replies_assistant + replies_prompter + labels_simple + 2*labels_full + rankings_total
     # + rankings_good + int(0.1*accepted_prompts) + 4*accepted_replies_assistant + accepted_replies_prompter
     # + 9*reply_ranked_1 + 3*reply_ranked_2 + reply_ranked_3
-    scores = {"alice": 0 + 2 * 3 + 1 + good_alice + 0, "bob": 2 * 1 + 4 + 4 + 9 + 3, "carol": 2 * 4 + 1 + 1 - good_alice,
-              "dave": 4 + 4 + 9 + 3, "erin": 1 + 1}
+    scores = {
+        "alice": 0 + 2 * 3 + 1 + good_alice + 0,
+        "bob": 2 * 1 + 4 + 4 + 9 + 3,
+        "carol": 2 * 4 + 1 + 1 - good_alice,
+        "dave": 4 + 4 + 9 + 3,
+        "erin": 1 + 1,
+    }
     # levels: how many of 0, 4, 9, 16, 24, ... are <= the score
     levels = {"alice": 2, "bob": 4, "carol": 3, "dave": 4, "erin": 1}
     return {name: (stats[name], scores[name], levels[name]) for name in stats}
 
 
-STAT_NAMES = ("prompts", "replies_assistant", "replies_prompter", "labels_simple", "labels_full", "rankings_total",
-              "rankings_good", "accepted_prompts", "accepted_replies_assistant", "accepted_replies_prompter",
-              "reply_ranked_1", "reply_ranked_2", "reply_ranked_3")
+STAT_NAMES = (
+    "prompts",
+    "replies_assistant",
+    "replies_prompter",
+    "labels_simple",
+    "labels_full",
+    "rankings_total",
+    "rankings_good",
+    "accepted_prompts",
+    "accepted_replies_assistant",
+    "accepted_replies_prompter",
+    "reply_ranked_1",
+    "reply_ranked_2",
+    "reply_ranked_3",
+)
 
 
 async def test_leaderboards_follow_oas_formula(client):
@@ -447,10 +639,15 @@ async def test_leaderboards_follow_oas_formula(client):
 
     # the board around a user
     third = ranking[2]
-    window = shaped(await get(client, f"/api/v1/users/{h['uid'][third]}/stats/total/window", at_least=end,
-                              window_size=1), "LeaderboardStats")
+    window = shaped(
+        await get(client, f"/api/v1/users/{h['uid'][third]}/stats/total/window", at_least=end, window_size=1),
+        "LeaderboardStats",
+    )
     assert [(r["username"], r["highlighted"], r["rank"]) for r in window["leaderboard"]] == [
-        (ranking[1], False, 2), (third, True, 3), (ranking[3], False, 4)]
+        (ranking[1], False, 2),
+        (third, True, 3),
+        (ranking[3], False, 4),
+    ]
     window = await get(client, f"/api/v1/users/{h['uid']['bob']}/stats/day/window", at_least=end, window_size=2)
     assert [r["username"] for r in window["leaderboard"]] == ranking[:3]
 
@@ -469,12 +666,16 @@ async def test_leaderboards_follow_oas_formula(client):
 async def test_trollboard(client):
     h = await scripted_history(client)
     uid = h["uid"]
-    assert (await client.post(f"/api/v1/messages/{h['RD']}/emoji",
-                              json={"user": ALICE, "emoji": "-1", "op": "add"})).status_code == 202
-    assert (await client.post(f"/api/v1/messages/{h['RE']}/emoji",
-                              json={"user": CAROL, "emoji": "+1"})).status_code == 202
-    r = await client.post("/api/v1/text_labels/", json={"user": ERIN, "text": "", "labels": {"spam": 1.0},
-                                                         "message_id": h["RB"], "is_report": True})
+    assert (
+        await client.post(f"/api/v1/messages/{h['RD']}/emoji", json={"user": ALICE, "emoji": "-1", "op": "add"})
+    ).status_code == 202
+    assert (
+        await client.post(f"/api/v1/messages/{h['RE']}/emoji", json={"user": CAROL, "emoji": "+1"})
+    ).status_code == 202
+    r = await client.post(
+        "/api/v1/text_labels/",
+        json={"user": ERIN, "text": "", "labels": {"spam": 1.0}, "message_id": h["RB"], "is_report": True},
+    )
     assert r.status_code == 204
     end = int(r.headers["X-Log-Position"])
     board = shaped(await get(client, "/api/v1/trollboards/total", at_least=end), "TrollboardStats")
@@ -484,11 +685,16 @@ async def test_trollboard(client):
     bob, dave = rows
     assert (bob["red_flags"], bob["spam"], bob["downvotes"], bob["quality"], bob["lang_mismach"]) == (1, 1, 0, 1.5, 0)
     assert (dave["red_flags"], dave["downvotes"], dave["upvotes"], dave["quality"]) == (0, 1, 0, 1.5)
-    assert (bob["enabled"], bob["deleted"], bob["show_on_leaderboard"], bob["user_id"]) == (True, False, True,
-                                                                                            uid["bob"])
+    assert (bob["enabled"], bob["deleted"], bob["show_on_leaderboard"], bob["user_id"]) == (
+        True,
+        False,
+        True,
+        uid["bob"],
+    )
     for frame in ("day", "week", "month"):
-        assert [r["troll_score"] for r in (await get(client, f"/api/v1/trollboards/{frame}",
-                                                     at_least=end))["trollboard"]] == [3, 1]
+        assert [
+            r["troll_score"] for r in (await get(client, f"/api/v1/trollboards/{frame}", at_least=end))["trollboard"]
+        ] == [3, 1]
     assert (await get(client, "/api/v1/trollboards/total", at_least=end, enabled="false"))["trollboard"] == []
     assert len((await get(client, "/api/v1/trollboards/total", at_least=end, max_count=1))["trollboard"]) == 1
     untrusted = await untrusted_key(client)
@@ -499,8 +705,11 @@ async def test_trollboard(client):
 
 
 async def untrusted_key(client) -> str:
-    r = await client.post("/api/v1/admin/api_client", json={"description": "bot", "frontend_type": "discord"},
-                          headers={"Authorization": f"Bearer {ROOT_TOKEN}"})
+    r = await client.post(
+        "/api/v1/admin/api_client",
+        json={"description": "bot", "frontend_type": "discord"},
+        headers={"Authorization": f"Bearer {ROOT_TOKEN}"},
+    )
     assert r.status_code == 200
     return r.json()
 
@@ -528,10 +737,17 @@ async def test_time_frames_of_the_boards(client):
         assert all(r["leader_score"] == 2 and r["labels_full"] == 1 and r["level"] == 1 for r in rows)
         assert [r["user_id"] for r in rows] == sorted(r["user_id"] for r in rows)  # equal scores: by user id
         got[frame] = sorted(r["username"] for r in rows)
-    assert got == {"day": ["erin"], "week": ["dave", "erin"], "month": ["carol", "dave", "erin"],
-                   "total": ["bob", "carol", "dave", "erin"]}
-    bob = next(e["event"]["subject_id"] for e in await events(client) if e["type"] == "user_seen"
-               and e["event"]["username"] == "bob")
+    assert got == {
+        "day": ["erin"],
+        "week": ["dave", "erin"],
+        "month": ["carol", "dave", "erin"],
+        "total": ["bob", "carol", "dave", "erin"],
+    }
+    bob = next(
+        e["event"]["subject_id"]
+        for e in await events(client)
+        if e["type"] == "user_seen" and e["event"]["username"] == "bob"
+    )
     stats = await get(client, f"/api/v1/users/{bob}/stats", at_least=end)
     assert {f: s["leader_score"] for f, s in stats.items()} == {"day": 0, "week": 0, "month": 0, "total": 2}
     assert (stats["total"]["streak_days"], stats["total"]["streak_last_day_date"]) == (0, None)  # 40 days idle
@@ -547,21 +763,37 @@ async def test_statistics(client):
     log = await events(client)
     X = next(e["event"]["message_id"] for e in reversed(log) if e["type"] == "initial_prompt_submitted")
     end = log[-1]["position"]
-    created = {e["event"]["message_id"]: e["event"]["at"] for e in log
-               if e["type"] in ("initial_prompt_submitted", "reply_submitted")}
+    created = {
+        e["event"]["message_id"]: e["event"]["at"]
+        for e in log
+        if e["type"] in ("initial_prompt_submitted", "reply_submitted")
+    }
     assert shaped(await get(client, "/api/v1/stats/", at_least=end), "SystemStats") == {
-        "all": 5, "active": 5, "active_by_lang": {"en": 5}, "deleted": 0, "message_trees": 2}
+        "all": 5,
+        "active": 5,
+        "active_by_lang": {"en": 5},
+        "deleted": 0,
+        "message_trees": 2,
+    }
     states = await get(client, "/api/v1/stats/tree_manager/state_counts", at_least=end)
     assert states == {"initial_prompt_review": 1, "ready_for_export": 1}
     active = await get(client, "/api/v1/stats/tree_manager/message_counts", at_least=end)
     assert len(active) == 1 and shaped(active[0], "TreeMessageCountStats")["message_tree_id"] == X
     assert (active[0]["state"], active[0]["depth"], active[0]["count"], active[0]["goal_tree_size"]) == (
-        "initial_prompt_review", 0, 1, 4)  # an integer in review too: the configured goal (OA stores it at creation)
+        "initial_prompt_review",
+        0,
+        1,
+        4,
+    )  # an integer in review too: the configured goal (OA stores it at creation)
     assert dt(active[0]["oldest"]) == dt(active[0]["youngest"]) == dt(created[X])
     every = await get(client, "/api/v1/stats/tree_manager/message_counts", at_least=end, only_active="false")
     done = next(c for c in every if c["message_tree_id"] == h["P"])
     assert len(every) == 2 and (done["state"], done["depth"], done["count"], done["goal_tree_size"]) == (
-        "ready_for_export", 2, 4, 4)
+        "ready_for_export",
+        2,
+        4,
+        4,
+    )
     assert (dt(done["oldest"]), dt(done["youngest"])) == (dt(created[h["P"]]), dt(created[h["RE"]]))
     manager = shaped(await get(client, "/api/v1/stats/tree_manager", at_least=end), "TreeManagerStats")
     assert manager == {"state_counts": states, "message_counts": active}
@@ -592,8 +824,10 @@ async def test_label_descriptions(client):
 
 def concerns(e: dict, ids: set[str]) -> bool:
     ev = e["event"]
-    return any(ev.get(f) in ids for f in ("user_id", "subject_id", "tree_id", "task_id", "message_id", "parent_id",
-                                         "target_message_id"))
+    return any(
+        ev.get(f) in ids
+        for f in ("user_id", "subject_id", "tree_id", "task_id", "message_id", "parent_id", "target_message_id")
+    )
 
 
 async def test_history_of_a_user_a_tree_and_a_message(client):
@@ -616,12 +850,23 @@ async def test_history_of_a_user_a_tree_and_a_message(client):
     positions = check(tree["events"])
     tree_messages = set(h["msgs"])
     # every fact about the tree's messages and the tree's decisions is there
-    must_have = {e["position"] for e in log if e["type"] in (
-        "initial_prompt_submitted", "reply_submitted", "labels_submitted", "message_reviewed", "tree_state_changed",
-        "ranking_submitted", "ranks_computed") and concerns(e, tree_messages | {P})}
+    must_have = {
+        e["position"]
+        for e in log
+        if e["type"]
+        in (
+            "initial_prompt_submitted",
+            "reply_submitted",
+            "labels_submitted",
+            "message_reviewed",
+            "tree_state_changed",
+            "ranking_submitted",
+            "ranks_computed",
+        )
+        and concerns(e, tree_messages | {P})
+    }
     assert must_have <= set(positions)
-    assert all(concerns(by_position[p], tree_messages) or by_position[p]["type"] == "task_assigned"
-               for p in positions)
+    assert all(concerns(by_position[p], tree_messages) or by_position[p]["type"] == "task_assigned" for p in positions)
     assert not any(by_position[p]["type"] == "user_seen" for p in positions)
     # the tree ran from its prompt to export
     states = [x["event"]["new_state"] for x in tree["events"] if x["type"] == "tree_state_changed"]
@@ -639,9 +884,13 @@ async def test_history_of_a_user_a_tree_and_a_message(client):
     assert items[0]["type"] == "user_seen" and items[0]["event"]["subject_id"] == uid["erin"]
     assert [x["type"] for x in items[1:]] == ["task_assigned", "task_acked", "reply_submitted", "task_completed"]
     assert all(x["actor"]["user_id"] == uid["erin"] for x in items)
-    assert [x["position"] for x in items] == [e["position"] for e in log if concerns(e, {uid["erin"]})
-                                             and e["type"] != "task_assigned" or (
-                                                 e["type"] == "task_assigned" and e["event"]["user_id"] == uid["erin"])]
+    assert [x["position"] for x in items] == [
+        e["position"]
+        for e in log
+        if concerns(e, {uid["erin"]})
+        and e["type"] != "task_assigned"
+        or (e["type"] == "task_assigned" and e["event"]["user_id"] == uid["erin"])
+    ]
 
     # until and limit
     cut = positions[len(positions) // 2]
@@ -668,10 +917,16 @@ async def test_history_and_views_survive_a_restart(store_url, tmp_path):
     async with AsyncTestClient(create_app(settings)) as c:
         c.headers["X-API-Key"] = API_KEY
         h = await scripted_history(c)
-        paths = [f"/api/v1/history?tree={h['P']}", f"/api/v1/history?user={h['uid']['carol']}",
-                 f"/api/v1/messages/{h['P']}/tree", f"/api/v1/messages/{h['RE']}/conversation",
-                 f"/api/v1/users/{h['uid']['bob']}", "/api/v1/stats/tree_manager", "/api/v1/messages/cursor",
-                 f"/api/v1/messages/{h['RE']}/tree?at={h['position'] - 3}"]
+        paths = [
+            f"/api/v1/history?tree={h['P']}",
+            f"/api/v1/history?user={h['uid']['carol']}",
+            f"/api/v1/messages/{h['P']}/tree",
+            f"/api/v1/messages/{h['RE']}/conversation",
+            f"/api/v1/users/{h['uid']['bob']}",
+            "/api/v1/stats/tree_manager",
+            "/api/v1/messages/cursor",
+            f"/api/v1/messages/{h['RE']}/tree?at={h['position'] - 3}",
+        ]
         before = [await get(c, p, at_least=h["position"]) for p in paths]
         board = await get(c, "/api/v1/leaderboards/total", at_least=h["position"])
     async with AsyncTestClient(create_app(settings)) as c:
@@ -709,7 +964,10 @@ async def test_time_travel_replays_a_tree_at_a_position(client):
     r = await client.delete(f"/api/v1/messages/{RE}")
     deleted_at = int(r.headers["X-Log-Position"])
     assert [m["id"] for m in (await get(client, f"/api/v1/messages/{P}/tree", at=deleted_at))["messages"]] == [
-        P, h["RB"], h["RD"]]
+        P,
+        h["RB"],
+        h["RD"],
+    ]
     assert len((await get(client, f"/api/v1/messages/{P}/tree", at=deleted_at - 1))["messages"]) == 4
     key = await untrusted_key(client)
     r = await client.get(f"/api/v1/messages/{P}/tree", params={"at": h["position"]}, headers={"X-API-Key": key})
@@ -730,8 +988,9 @@ async def test_read_your_writes(client, monkeypatch):
         body = answer_for(task, ALICE, fid)
         r = await client.post("/api/v1/tasks/interaction", json=body)
         written = int(r.headers["X-Log-Position"])
-        got = await client.get(f"/api/v1/frontend_messages/{body['user_message_id']}",
-                               headers={"X-Min-Log-Position": str(written)})
+        got = await client.get(
+            f"/api/v1/frontend_messages/{body['user_message_id']}", headers={"X-Min-Log-Position": str(written)}
+        )
         assert got.status_code == 200 and got.json()["text"] == body["text"]
         assert client.app.state.runner.position >= written
     # a position the log has not reached: 503 after a bounded wait, with Retry-After
@@ -751,8 +1010,16 @@ async def test_unknown_ids_answer_404_with_oas_codes(client):
     h = await scripted_history(client)
     missing = str(uuid4())
     for mid in (missing, "not-an-id"):
-        for sub in ("", "/conversation", "/tree", "/tree/state", "/children", "/descendants",
-                    "/longest_conversation_in_tree", "/max_children_in_tree"):
+        for sub in (
+            "",
+            "/conversation",
+            "/tree",
+            "/tree/state",
+            "/children",
+            "/descendants",
+            "/longest_conversation_in_tree",
+            "/max_children_in_tree",
+        ):
             r = await client.get(f"/api/v1/messages/{mid}{sub}")
             assert r.status_code == 404 and r.json()["error_code"] == 2001, (mid, sub, r.text)
     for sub in ("", "/conversation", "/tree", "/children", "/descendants"):
@@ -760,11 +1027,19 @@ async def test_unknown_ids_answer_404_with_oas_codes(client):
         assert r.status_code == 404 and r.json()["error_code"] == 2001
     r = await client.get(f"/api/v1/frontend_messages/{h['P']}")  # our id is not a frontend id
     assert r.status_code == 404
-    for path in (f"/api/v1/users/{missing}", "/api/v1/users/nobody", f"/api/v1/users/{missing}/messages",
-                 f"/api/v1/users/{missing}/messages/cursor", f"/api/v1/users/{missing}/stats",
-                 f"/api/v1/users/{missing}/stats/day", f"/api/v1/users/{missing}/stats/day/window",
-                 "/api/v1/frontend_users/local/nobody", "/api/v1/frontend_users/discord/alice",
-                 "/api/v1/frontend_users/local/nobody/messages", "/api/v1/frontend_users/local/nobody/messages/cursor"):
+    for path in (
+        f"/api/v1/users/{missing}",
+        "/api/v1/users/nobody",
+        f"/api/v1/users/{missing}/messages",
+        f"/api/v1/users/{missing}/messages/cursor",
+        f"/api/v1/users/{missing}/stats",
+        f"/api/v1/users/{missing}/stats/day",
+        f"/api/v1/users/{missing}/stats/day/window",
+        "/api/v1/frontend_users/local/nobody",
+        "/api/v1/frontend_users/discord/alice",
+        "/api/v1/frontend_users/local/nobody/messages",
+        "/api/v1/frontend_users/local/nobody/messages/cursor",
+    ):
         r = await client.get(path)
         assert r.status_code == 404 and r.json() == {"error_code": 4002, "message": r.json()["message"]}, path
     r = await client.get("/api/v1/users/cursor", params={"after": missing})
@@ -803,8 +1078,13 @@ async def test_an_untrusted_client_sees_its_own_users_and_messages(client):
     assert (await as_bot(f"/api/v1/users/{h['uid']['alice']}", 404))["error_code"] == 4002
     assert (await as_bot(f"/api/v1/users/{h['uid']['alice']}/messages", 404))["error_code"] == 4002
     assert (await as_bot("/api/v1/frontend_users/local/alice", 404))["error_code"] == 4002
-    for path in ("/api/v1/messages/", "/api/v1/users/by_username", f"/api/v1/users/{h['uid']['alice']}",
-                 "/api/v1/frontend_users/local/alice", "/api/v1/messages/cursor"):
+    for path in (
+        "/api/v1/messages/",
+        "/api/v1/users/by_username",
+        f"/api/v1/users/{h['uid']['alice']}",
+        "/api/v1/frontend_users/local/alice",
+        "/api/v1/messages/cursor",
+    ):
         assert (await as_bot(path, 403, api_client_id=home))["error_code"] == 2, path
     # a message by id is readable by every client, as in OA
     assert (await as_bot(f"/api/v1/messages/{h['P']}"))["id"] == h["P"]

@@ -39,9 +39,17 @@ async def write_prompt(client, who: dict) -> str:
     """An initial prompt through the task flow; returns its frontend message id."""
     task, fid = await acked_task(client, who, "initial_prompt")
     user_message_id = f"ryw-{next(_n)}"
-    r = await client.post("/api/v1/tasks/interaction", json={
-        "type": "text_reply_to_message", "user": who, "message_id": fid, "user_message_id": user_message_id,
-        "text": f"a prompt numbered {user_message_id}", "lang": "en"})
+    r = await client.post(
+        "/api/v1/tasks/interaction",
+        json={
+            "type": "text_reply_to_message",
+            "user": who,
+            "message_id": fid,
+            "user_message_id": user_message_id,
+            "text": f"a prompt numbered {user_message_id}",
+            "lang": "en",
+        },
+    )
     assert r.status_code == 200, r.text
     return user_message_id
 
@@ -73,8 +81,11 @@ async def test_a_read_right_after_a_write_sees_it(app):
 
 async def test_a_client_that_did_not_write_does_not_wait(app):
     client = app.state.test_client
-    r = await client.post("/api/v1/admin/api_client", json={"description": "reader", "frontend_type": "web"},
-                          headers={"Authorization": f"Bearer {ROOT_TOKEN}"})
+    r = await client.post(
+        "/api/v1/admin/api_client",
+        json={"description": "reader", "frontend_type": "web"},
+        headers={"Authorization": f"Bearer {ROOT_TOKEN}"},
+    )
     assert r.status_code == 200, r.text
     reader_key = r.json()
     first = await write_prompt(client, user("writer"))

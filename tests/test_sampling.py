@@ -74,9 +74,19 @@ def api(seeded):
 def first_run(seeded, tiny_lm, ray_session, api, tmp_path_factory):
     """The job, once for real through Ray, posting to the app as it goes."""
     settings, manifest = seeded
-    return sample_completions(manifest["id"], tiny_lm, n=N, configs=CONFIG_NAMES, seed=0,
-                              max_new_tokens=MAX_NEW_TOKENS, data_dir=settings.data_dir,
-                              out=tmp_path_factory.mktemp("run0"), client=api, api_key=API_KEY, post_batch_size=7)
+    return sample_completions(
+        manifest["id"],
+        tiny_lm,
+        n=N,
+        configs=CONFIG_NAMES,
+        seed=0,
+        max_new_tokens=MAX_NEW_TOKENS,
+        data_dir=settings.data_dir,
+        out=tmp_path_factory.mktemp("run0"),
+        client=api,
+        api_key=API_KEY,
+        post_batch_size=7,
+    )
 
 
 def rows(summary: dict) -> list[dict]:
@@ -117,8 +127,21 @@ def test_same_seed_same_completions_through_the_cli(first_run, seeded, tiny_lm, 
 
     settings, manifest = seeded
     monkeypatch.setenv("OASST_DATA_DIR", str(settings.data_dir))
-    args = ["sample", "--snapshot", manifest["id"], "--model", str(tiny_lm), "--n", str(N), "--seed", "0",
-            "--max-new-tokens", str(MAX_NEW_TOKENS), "--out", str(tmp_path)]
+    args = [
+        "sample",
+        "--snapshot",
+        manifest["id"],
+        "--model",
+        str(tiny_lm),
+        "--n",
+        str(N),
+        "--seed",
+        "0",
+        "--max-new-tokens",
+        str(MAX_NEW_TOKENS),
+        "--out",
+        str(tmp_path),
+    ]
     for c in CONFIG_NAMES:
         args += ["--config", c]
     result = CliRunner().invoke(app, args)
@@ -131,8 +154,16 @@ def test_same_seed_same_completions_through_the_cli(first_run, seeded, tiny_lm, 
 
 def test_another_seed_gives_other_completions(first_run, seeded, tiny_lm, ray_session, tmp_path):
     settings, manifest = seeded
-    other = sample_completions(manifest["id"], tiny_lm, n=N, configs=("top_k_50",), seed=1,
-                               max_new_tokens=MAX_NEW_TOKENS, data_dir=settings.data_dir, out=tmp_path)
+    other = sample_completions(
+        manifest["id"],
+        tiny_lm,
+        n=N,
+        configs=("top_k_50",),
+        seed=1,
+        max_new_tokens=MAX_NEW_TOKENS,
+        data_dir=settings.data_dir,
+        out=tmp_path,
+    )
     first = {(r["message_id"], r["text"]) for r in rows(first_run) if r["config"] == "top_k_50"}
     second = {(r["message_id"], r["text"]) for r in rows(other)}
     assert first and second and not first & second
@@ -181,8 +212,9 @@ def test_sample_post_over_http_to_a_running_server_is_idempotent(first_run, tmp_
     with oasst_serve(tmp_path, key) as url:
         answers = []
         for _ in range(2):
-            result = CliRunner().invoke(app, ["sample-post", first_run["completions"], "--api-url", url,
-                                              "--api-key", key, "--batch-size", "10"])
+            result = CliRunner().invoke(
+                app, ["sample-post", first_run["completions"], "--api-url", url, "--api-key", key, "--batch-size", "10"]
+            )
             assert result.exit_code == 0, result.output
             answers.append(json.loads(result.output))
     kept = first_run["threads_kept"]
@@ -193,12 +225,14 @@ def test_sample_post_over_http_to_a_running_server_is_idempotent(first_run, tmp_
 def test_rankers_get_the_synthetic_replies_once_a_backlog_tree_is_activated(first_run, api):
     """A tree that finishes (here: halted by a moderator) activates a backlog tree
     (p_activate_backlog_tree=1); its rank task reveals that every reply is synthetic."""
-    ours = {r["tree_id"]: {x["reply_id"] for x in rows(first_run) if x["tree_id"] == r["tree_id"]}
-            for r in rows(first_run)}
+    ours = {
+        r["tree_id"]: {x["reply_id"] for x in rows(first_run) if x["tree_id"] == r["tree_id"]} for r in rows(first_run)
+    }
     halted = []
     for i in range(10):
-        task = api.post("/api/v1/tasks/", json={"type": "rank_assistant_replies", "user": user(f"ranker{i}"),
-                                                "lang": "en"})
+        task = api.post(
+            "/api/v1/tasks/", json={"type": "rank_assistant_replies", "user": user(f"ranker{i}"), "lang": "en"}
+        )
         if task.status_code == 200 and task.json()["message_tree_id"] in ours:
             break
         # no rank task, or one of the seeded history's: halting a tree activates one of ours
@@ -253,8 +287,11 @@ def test_special_tokens_cut_the_reply():
 
 
 def test_a_tree_is_the_thread_copied_with_synthetic_siblings_under_its_last_prompt():
-    thread = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
-              {"role": "user", "content": "Q2"}]
+    thread = [
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+    ]
     tree_id = "5b2d7d3c-8a49-5f6e-9d3e-2f1b7a8c9d0e"
     parent = thread_ids(tree_id, 3)[-1]
     common = {"tree_id": tree_id, "messages": thread, "lang": "en", "model_name": "tiny,do_sample=True"}
@@ -274,7 +311,10 @@ def test_a_tree_is_the_thread_copied_with_synthetic_siblings_under_its_last_prom
 
 def test_config_table_and_model_names():
     assert {"greedy", "top_k_50", "typical_0.95"} <= set(CONFIGS)
-    assert model_name("tiny", "top_k_50", 32) == "tiny,do_sample=True,top_k=50,top_p=0.95,repetition_penalty=1.2,max_new_tokens=32"
+    assert (
+        model_name("tiny", "top_k_50", 32)
+        == "tiny,do_sample=True,top_k=50,top_p=0.95,repetition_penalty=1.2,max_new_tokens=32"
+    )
     with pytest.raises(ValueError, match="unknown generation config"):
         check_backend("transformers", ["nope"], 4, 32)
     with pytest.raises(ValueError, match="unknown backend"):
@@ -286,10 +326,22 @@ def test_config_table_and_model_names():
 
 def test_vllm_sampling_params_follow_the_named_config():
     r = Request([1, 2], "top_k_50", 4, 1234, 64)
-    assert vllm_sampling_kwargs(r) == {"n": 4, "seed": 1234, "max_tokens": 64, "skip_special_tokens": False,
-                                       "top_k": 50, "top_p": 0.95, "repetition_penalty": 1.2}
+    assert vllm_sampling_kwargs(r) == {
+        "n": 4,
+        "seed": 1234,
+        "max_tokens": 64,
+        "skip_special_tokens": False,
+        "top_k": 50,
+        "top_p": 0.95,
+        "repetition_penalty": 1.2,
+    }
     assert vllm_sampling_kwargs(replace(r, config="greedy", n=1)) == {
-        "n": 1, "seed": 1234, "max_tokens": 64, "skip_special_tokens": False, "temperature": 0.0}
+        "n": 1,
+        "seed": 1234,
+        "max_tokens": 64,
+        "skip_special_tokens": False,
+        "temperature": 0.0,
+    }
     assert vllm_sampling_kwargs(replace(r, config="temperature_0.8"))["temperature"] == 0.8
     with pytest.raises(ValueError, match="typical_p"):
         vllm_sampling_kwargs(replace(r, config="typical_0.95"))
@@ -308,8 +360,10 @@ def test_vllm_backend_sends_one_request_per_prompt_with_its_own_seed(tiny_lm, mo
         def generate(self, prompts, params, use_tqdm=True):
             calls["generate"] = (prompts, params)
             out = types.SimpleNamespace
-            return [out(outputs=[out(text=f"reply {i}.<|im_end|>", token_ids=[5, 3])] * p.kwargs["n"])
-                    for i, p in enumerate(params)]
+            return [
+                out(outputs=[out(text=f"reply {i}.<|im_end|>", token_ids=[5, 3])] * p.kwargs["n"])
+                for i, p in enumerate(params)
+            ]
 
     class SamplingParams:
         def __init__(self, **kwargs):
@@ -335,16 +389,29 @@ def _cuda() -> bool:
         return False
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None or not _cuda(),
-                    reason="vLLM needs a CUDA GPU and the gpu extra (pip install -e '.[gpu]'); run `make gpu-check` there")
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None or not _cuda(),
+    reason="vLLM needs a CUDA GPU and the gpu extra (pip install -e '.[gpu]'); run `make gpu-check` there",
+)
 def test_vllm_backend_end_to_end(ray_session, tmp_path):
     from samplers.testing import write_snapshot
 
     model = build_tiny_lm(tmp_path / "model", hidden_size=256, heads=4)
     snap = write_snapshot(tmp_path, threads=6)
-    runs = [sample_completions(snap, model, backend="vllm", n=4, configs=("top_k_50",), seed=s, max_new_tokens=24,
-                               out=tmp_path / f"out{i}", backend_options={"enforce_eager": True})
-            for i, s in enumerate((0, 0, 1))]
+    runs = [
+        sample_completions(
+            snap,
+            model,
+            backend="vllm",
+            n=4,
+            configs=("top_k_50",),
+            seed=s,
+            max_new_tokens=24,
+            out=tmp_path / f"out{i}",
+            backend_options={"enforce_eager": True},
+        )
+        for i, s in enumerate((0, 0, 1))
+    ]
     assert runs[0]["samples"] == 6 * 4 and runs[0]["tokens"] > 0
     assert rows(runs[0]) == rows(runs[1])  # same seed, same completions
     assert [r["text"] for r in rows(runs[0])] != [r["text"] for r in rows(runs[2])]

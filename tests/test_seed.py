@@ -20,11 +20,28 @@ TREES, USERS, SEED = 20, 15, 4
 # what a history of this size always contains (rarer events, like a banned user's
 # appeal, are left out)
 CLAIMED = {
-    "api_client_created", "user_seen", "user_renamed", "user_marked_spammer",
-    "task_assigned", "task_acked", "task_skipped", "task_expired", "task_completed",
-    "initial_prompt_submitted", "reply_submitted", "message_deleted", "message_undeleted", "message_reviewed",
-    "labels_submitted", "ranking_submitted", "emoji_added", "emoji_removed",
-    "tree_state_changed", "tree_halted", "tree_resumed", "ranks_computed",
+    "api_client_created",
+    "user_seen",
+    "user_renamed",
+    "user_marked_spammer",
+    "task_assigned",
+    "task_acked",
+    "task_skipped",
+    "task_expired",
+    "task_completed",
+    "initial_prompt_submitted",
+    "reply_submitted",
+    "message_deleted",
+    "message_undeleted",
+    "message_reviewed",
+    "labels_submitted",
+    "ranking_submitted",
+    "emoji_added",
+    "emoji_removed",
+    "tree_state_changed",
+    "tree_halted",
+    "tree_resumed",
+    "ranks_computed",
 }
 
 
@@ -76,13 +93,25 @@ async def test_a_seeded_history_follows_the_rules_and_its_seed(store_url, tmp_pa
 
     # trees: every state the rules reach from a prompt, and a snapshot with some still in flight
     final, visited = fold_tree_states(events)
-    assert {"initial_prompt_review", "prompt_lottery_waiting", "growing", "ranking", "ready_for_scoring",
-            "ready_for_export", "aborted_low_grade", "halted_by_moderator"} <= visited
+    assert {
+        "initial_prompt_review",
+        "prompt_lottery_waiting",
+        "growing",
+        "ranking",
+        "ready_for_scoring",
+        "ready_for_export",
+        "aborted_low_grade",
+        "halted_by_moderator",
+    } <= visited
     assert {"ready_for_export", "aborted_low_grade", "halted_by_moderator"} <= set(final.values())
     assert set(final.values()) & {"initial_prompt_review", "prompt_lottery_waiting", "growing", "ranking"}
     assert summary["trees_by_state"] == dict(Counter(final.values()))
-    assert any(isinstance(e, ev.TreeStateChanged) and e.reason == "initial_prompt_review"
-               and e.new_state == "aborted_low_grade" for e in events)  # spammy prompts rejected
+    assert any(
+        isinstance(e, ev.TreeStateChanged)
+        and e.reason == "initial_prompt_review"
+        and e.new_state == "aborted_low_grade"
+        for e in events
+    )  # spammy prompts rejected
 
     # the summary counts what the log holds
     assert summary["events"] == len(log)
@@ -96,8 +125,11 @@ async def test_a_seeded_history_follows_the_rules_and_its_seed(store_url, tmp_pa
     assert summary["reactions"] == sum(1 for e in events if isinstance(e, ev.EmojiAdded) and e.emoji[0] != "_")
     assert summary["reactions_removed"] == types["emoji_removed"]
     assert summary["tasks"] == types["task_assigned"]
-    assert summary["tasks_by_outcome"] == {"completed": types["task_completed"], "skipped": types["task_skipped"],
-                                           "expired": types["task_expired"]}
+    assert summary["tasks_by_outcome"] == {
+        "completed": types["task_completed"],
+        "skipped": types["task_skipped"],
+        "expired": types["task_expired"],
+    }
     assert summary["users"] == types["user_seen"] == USERS
     assert sum(summary["users_by_behaviour"].values()) == USERS == len(summary["truth"]["behaviour_of"])
     assert summary["events_per_second"] > 0
@@ -124,13 +156,17 @@ async def test_a_seeded_history_follows_the_rules_and_its_seed(store_url, tmp_pa
     again_url = f"sqlite:///{tmp_path / 'again.sqlite3'}"
     again = await seed_history_async(again_url, trees=TREES, users=USERS, seed=SEED)
     assert read_log(again_url) == log
-    assert {k: v for k, v in again.items() if k not in ("seconds", "events_per_second")} == \
-        {k: v for k, v in summary.items() if k not in ("seconds", "events_per_second")}
+    assert {k: v for k, v in again.items() if k not in ("seconds", "events_per_second")} == {
+        k: v for k, v in summary.items() if k not in ("seconds", "events_per_second")
+    }
 
 
 def _authored_by(events: list[ev.Event], user_ids: list[str]) -> set[str]:
-    return {str(e.message_id) for e in events
-            if isinstance(e, ev.InitialPromptSubmitted | ev.ReplySubmitted) and str(e.user_id) in user_ids}
+    return {
+        str(e.message_id)
+        for e in events
+        if isinstance(e, ev.InitialPromptSubmitted | ev.ReplySubmitted) and str(e.user_id) in user_ids
+    }
 
 
 async def test_another_seed_gives_another_history(tmp_path):

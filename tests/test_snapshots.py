@@ -104,12 +104,18 @@ async def test_snapshot_equals_the_views_at_its_position(seeded):
         assert len(rows) > 50
         for row in rows.iter_rows(named=True):
             m = view.messages[UUID(row["message_id"])]
-            assert (row["text"], row["role"], row["review_count"], row["rank"]) == (m.text, m.role, m.review_count, m.rank)
+            assert (row["text"], row["role"], row["review_count"], row["rank"]) == (
+                m.text,
+                m.role,
+                m.review_count,
+                m.rank,
+            )
             assert row["tree_state"] == view.trees[m.tree_id].state
             assert not view.is_hidden(m) and m.review_result is True
         # every visible, accepted prompt of the views is a tree of the snapshot
-        prompts = {m.id for m in view.messages.values()
-                   if m.parent_id is None and not view.is_hidden(m) and m.review_result}
+        prompts = {
+            m.id for m in view.messages.values() if m.parent_id is None and not view.is_hidden(m) and m.review_result
+        }
         assert prompts == {UUID(x) for x in rows["message_tree_id"]}
 
         r = await client.get("/api/v1/snapshots")
@@ -129,8 +135,9 @@ async def test_snapshot_equals_the_views_at_its_position(seeded):
 
 
 async def test_filters_and_policies(seeded):
-    everything = create_snapshot(seeded, SnapshotSpec(selection=Selection(states=(), spam="include",
-                                                                          deleted="include")))
+    everything = create_snapshot(
+        seeded, SnapshotSpec(selection=Selection(states=(), spam="include", deleted="include"))
+    )
     default = create_snapshot(seeded)
     assert everything["counts"]["messages.parquet"] > default["counts"]["messages.parquet"]
     states = set(pl.read_parquet(seeded.data_dir / "snapshots" / everything["id"] / "messages.parquet")["tree_state"])
@@ -143,7 +150,12 @@ async def test_filters_and_policies(seeded):
     nothing = create_snapshot(seeded, SnapshotSpec(selection=Selection(langs=("xx",))))
     assert nothing["counts"]["trees"] == 0 and nothing["counts"]["sft.parquet"] == 0
     assert pl.read_parquet(seeded.data_dir / "snapshots" / nothing["id"] / "sft.parquet").columns == [
-        "messages", "message_id", "message_tree_id", "lang", "rank"]
+        "messages",
+        "message_id",
+        "message_tree_id",
+        "lang",
+        "rank",
+    ]
 
     top = create_snapshot(seeded, SnapshotSpec(sft_max_rank=1))
     ranks = pl.read_parquet(seeded.data_dir / "snapshots" / top["id"] / "sft.parquet")["rank"]
@@ -193,8 +205,10 @@ async def test_export_import_round_trip_of_a_generated_history(seeded, pg_url, t
     exported = read_jsonl(out)
     assert len(exported) > 5 and all(t["tree_state"] == "ready_for_export" for t in exported)
 
-    target = Settings(database_url=pg_url if seeded.database_url.startswith("sqlite") else
-                      f"sqlite:///{tmp_path / 'target.sqlite3'}", data_dir=tmp_path / "target")
+    target = Settings(
+        database_url=pg_url if seeded.database_url.startswith("sqlite") else f"sqlite:///{tmp_path / 'target.sqlite3'}",
+        data_dir=tmp_path / "target",
+    )
     result = await run_cli(_env(target), "import", str(out))
     assert result.exit_code == 0 and f"{len(exported)} trees imported" in result.output, result.output
     length = log_length(target.database_url)
@@ -208,42 +222,63 @@ async def test_export_import_round_trip_of_a_generated_history(seeded, pg_url, t
     assert reimported == exported
 
     # OA's exporter flags name the same selection as ours
-    for ours, oas in ((["--labels", "--deleted", "include", "--spam", "only"],
-                       ["--export-labels", "--include-deleted", "--spam-only"]),
-                      (["--events", "--synthetic", "include"], ["--export-events", "--include-synthetic"])):
+    for ours, oas in (
+        (
+            ["--labels", "--deleted", "include", "--spam", "only"],
+            ["--export-labels", "--include-deleted", "--spam-only"],
+        ),
+        (["--events", "--synthetic", "include"], ["--export-events", "--include-synthetic"]),
+    ):
         mine, theirs = tmp_path / "ours.jsonl", tmp_path / "theirs.jsonl"
         assert (await run_cli(_env(seeded), "export", str(mine), *ours)).exit_code == 0
         assert (await run_cli(_env(seeded), "export", "--export-file", str(theirs), *oas)).exit_code == 0
         assert read_jsonl(mine) == read_jsonl(theirs)
-    clash = CliRunner().invoke(cli, ["export", str(tmp_path / "x.jsonl"), "--include-spam", "--spam-only"],
-                               env=_env(seeded))
+    clash = CliRunner().invoke(
+        cli, ["export", str(tmp_path / "x.jsonl"), "--include-spam", "--spam-only"], env=_env(seeded)
+    )
     assert clash.exit_code == 2 and "exclude each other" in clash.output
 
     # the anonymiser replaces ids, deterministically
     anon = tmp_path / "anon.jsonl"
     await run_cli(_env(seeded), "export", str(anon), "--anonymizer-seed", "s3cret", "--limit", "2")
     lines = read_jsonl(anon)
-    assert len(lines) == 2 and lines[0]["prompt"]["message_id"] == hashlib.sha256(
-        f"message:{exported[0]['prompt']['message_id']}s3cret".encode()).hexdigest()
+    assert (
+        len(lines) == 2
+        and lines[0]["prompt"]["message_id"]
+        == hashlib.sha256(f"message:{exported[0]['prompt']['message_id']}s3cret".encode()).hexdigest()
+    )
 
 
 def oa_seed_file(path: Path) -> Path:
     """Open-Assistant's realistic dev seed data as flat oasst messages."""
+
     def uid(x: str) -> str:
         return str(uuid5(NAMESPACE_URL, f"oasst-seed:{x}"))
 
     entries = json.loads((DATA / "oa_realistic_seed_data.json").read_text())
     root_of: dict[str, str] = {}
     for e in entries:  # parents come first in the file
-        root_of[e["user_message_id"]] = root_of[e["parent_message_id"]] if e["parent_message_id"] else e["user_message_id"]
+        root_of[e["user_message_id"]] = (
+            root_of[e["parent_message_id"]] if e["parent_message_id"] else e["user_message_id"]
+        )
     with open(path, "w") as f:
         for e in entries:
-            f.write(json.dumps({
-                "message_id": uid(e["user_message_id"]), "message_tree_id": uid(root_of[e["user_message_id"]]),
-                "parent_id": uid(e["parent_message_id"]) if e["parent_message_id"] else None,
-                "text": e["text"], "role": e["role"], "lang": "en", "review_count": 3, "review_result": True,
-                "tree_state": "ready_for_export",
-            }) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "message_id": uid(e["user_message_id"]),
+                        "message_tree_id": uid(root_of[e["user_message_id"]]),
+                        "parent_id": uid(e["parent_message_id"]) if e["parent_message_id"] else None,
+                        "text": e["text"],
+                        "role": e["role"],
+                        "lang": "en",
+                        "review_count": 3,
+                        "review_result": True,
+                        "tree_state": "ready_for_export",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -282,20 +317,31 @@ async def test_import_export_round_trip_of_oa_seed_data(store_url, tmp_path):
 
 BAD_FILES = {
     "not json": ('{"message_id": ', "line 2: not JSON"),
-    "unknown role": ('{"message_id": "00000000-0000-4000-8000-000000000001", "text": "hi", "role": "robot"}',
-                     "role must be one of"),
-    "no text": ('{"message_id": "00000000-0000-4000-8000-000000000001", "role": "prompter", "text": ""}',
-                "text must be a non-empty string"),
-    "missing parent": ('{"message_id": "00000000-0000-4000-8000-000000000002", "parent_id": '
-                       '"00000000-0000-4000-8000-000000000009", "message_tree_id": "00000000-0000-4000-8000-00000000000a",'
-                       ' "text": "x", "role": "assistant"}', "has 0 roots"),
+    "unknown role": (
+        '{"message_id": "00000000-0000-4000-8000-000000000001", "text": "hi", "role": "robot"}',
+        "role must be one of",
+    ),
+    "no text": (
+        '{"message_id": "00000000-0000-4000-8000-000000000001", "role": "prompter", "text": ""}',
+        "text must be a non-empty string",
+    ),
+    "missing parent": (
+        '{"message_id": "00000000-0000-4000-8000-000000000002", "parent_id": '
+        '"00000000-0000-4000-8000-000000000009", "message_tree_id": "00000000-0000-4000-8000-00000000000a",'
+        ' "text": "x", "role": "assistant"}',
+        "has 0 roots",
+    ),
     "bad id": ('{"message_id": "nope", "text": "x", "role": "prompter"}', "is not a UUID"),
-    "bad state": ('{"message_tree_id": "00000000-0000-4000-8000-000000000001", "tree_state": "done", "prompt": '
-                  '{"message_id": "00000000-0000-4000-8000-000000000001", "text": "x", "role": "prompter"}}',
-                  "tree_state 'done'"),
+    "bad state": (
+        '{"message_tree_id": "00000000-0000-4000-8000-000000000001", "tree_state": "done", "prompt": '
+        '{"message_id": "00000000-0000-4000-8000-000000000001", "text": "x", "role": "prompter"}}',
+        "tree_state 'done'",
+    ),
 }
-GOOD_LINE = ('{"message_tree_id": "00000000-0000-4000-8000-0000000000ff", "prompt": {"message_id": '
-             '"00000000-0000-4000-8000-0000000000ff", "text": "a fine prompt", "role": "prompter", "lang": "en"}}')
+GOOD_LINE = (
+    '{"message_tree_id": "00000000-0000-4000-8000-0000000000ff", "prompt": {"message_id": '
+    '"00000000-0000-4000-8000-0000000000ff", "text": "a fine prompt", "role": "prompter", "lang": "en"}}'
+)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
@@ -319,18 +365,36 @@ async def test_import_route_rejects_bad_items_and_appends_nothing(client):
     after = (await client.get("/api/v1/events", params={"after": 0, "limit": 10_000})).json()
     assert after == before
 
-    ranking_only = {"message_tree_id": "00000000-0000-4000-8000-000000000100", "prompt": {
-        "message_id": "00000000-0000-4000-8000-000000000100", "text": "Which reply is better?", "role": "prompter",
-        "lang": "en", "review_result": True, "replies": [
-            {"message_id": f"00000000-0000-4000-8000-00000000010{i}", "text": f"synthetic reply {i}",
-             "role": "assistant", "lang": "en", "synthetic": True, "model_name": "tiny,top_k=50",
-             "review_result": True} for i in (1, 2)]}}
+    ranking_only = {
+        "message_tree_id": "00000000-0000-4000-8000-000000000100",
+        "prompt": {
+            "message_id": "00000000-0000-4000-8000-000000000100",
+            "text": "Which reply is better?",
+            "role": "prompter",
+            "lang": "en",
+            "review_result": True,
+            "replies": [
+                {
+                    "message_id": f"00000000-0000-4000-8000-00000000010{i}",
+                    "text": f"synthetic reply {i}",
+                    "role": "assistant",
+                    "lang": "en",
+                    "synthetic": True,
+                    "model_name": "tiny,top_k=50",
+                    "review_result": True,
+                }
+                for i in (1, 2)
+            ],
+        },
+    }
     r = await client.post("/api/v1/admin/import", json={"origin": "sampler", "items": [ranking_only]})
     assert r.json() == {"trees_imported": 1, "trees_skipped": 0, "messages_imported": 3}
     r = await client.post("/api/v1/admin/import", json={"origin": "sampler", "items": [ranking_only]})
     assert r.json() == {"trees_imported": 0, "trees_skipped": 1, "messages_imported": 0}
-    r = await client.get("/api/v1/messages/00000000-0000-4000-8000-000000000100/tree",
-                         params={"min_position": r.headers["X-Log-Position"]})
+    r = await client.get(
+        "/api/v1/messages/00000000-0000-4000-8000-000000000100/tree",
+        params={"min_position": r.headers["X-Log-Position"]},
+    )
     assert r.status_code == 200 and len(r.json()["messages"]) == 3
     assert {m["synthetic"] for m in r.json()["messages"][1:]} == {True}
 
@@ -340,18 +404,41 @@ async def test_imported_backlog_trees_fill_the_ranking_state_up_to_min_active_ra
 
     from tests.config import SMALL_TREE
 
-    settings = make_settings(f"sqlite:///{tmp_path / 'r.sqlite3'}", tmp_path,
-                             replace(SMALL_TREE, min_active_rankings_per_lang=1, p_activate_backlog_tree=0.0))
-    trees = [{"message_tree_id": f"00000000-0000-4000-8000-0000000002{t}0", "prompt": {
-        "message_id": f"00000000-0000-4000-8000-0000000002{t}0", "text": f"prompt {t}", "role": "prompter",
-        "lang": "en", "review_result": True, "replies": [
-            {"message_id": f"00000000-0000-4000-8000-0000000002{t}{i}", "text": f"reply {t}{i}", "role": "assistant",
-             "lang": "en", "review_result": True} for i in (1, 2)]}} for t in (1, 2)]
+    settings = make_settings(
+        f"sqlite:///{tmp_path / 'r.sqlite3'}",
+        tmp_path,
+        replace(SMALL_TREE, min_active_rankings_per_lang=1, p_activate_backlog_tree=0.0),
+    )
+    trees = [
+        {
+            "message_tree_id": f"00000000-0000-4000-8000-0000000002{t}0",
+            "prompt": {
+                "message_id": f"00000000-0000-4000-8000-0000000002{t}0",
+                "text": f"prompt {t}",
+                "role": "prompter",
+                "lang": "en",
+                "review_result": True,
+                "replies": [
+                    {
+                        "message_id": f"00000000-0000-4000-8000-0000000002{t}{i}",
+                        "text": f"reply {t}{i}",
+                        "role": "assistant",
+                        "lang": "en",
+                        "review_result": True,
+                    }
+                    for i in (1, 2)
+                ],
+            },
+        }
+        for t in (1, 2)
+    ]
     async with AsyncTestClient(create_app(settings)) as client:
         client.headers["X-API-Key"] = API_KEY
         r = await client.post("/api/v1/admin/import", json={"origin": "f", "items": trees})
         assert r.json()["trees_imported"] == 2
         seen = {"min_position": r.headers["X-Log-Position"]}
-        states = [(await client.get(f"/api/v1/messages/{t['message_tree_id']}/tree/state", params=seen)).json()["state"]
-                  for t in trees]
+        states = [
+            (await client.get(f"/api/v1/messages/{t['message_tree_id']}/tree/state", params=seen)).json()["state"]
+            for t in trees
+        ]
         assert sorted(states) == ["backlog_ranking", "ranking"]  # one active ranking tree per language

@@ -14,8 +14,9 @@ from infra.store import EventStore, GroupCommitter, IntegrityError, Pending
 
 
 def user_seen(name: str) -> ev.UserSeen:
-    return ev.UserSeen(id=uuid4(), at=datetime.now(UTC), subject_id=uuid4(),
-                       auth_method="local", username=name, display_name=name)
+    return ev.UserSeen(
+        id=uuid4(), at=datetime.now(UTC), subject_id=uuid4(), auth_method="local", username=name, display_name=name
+    )
 
 
 @pytest.fixture

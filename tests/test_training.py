@@ -64,8 +64,9 @@ def read_lineage(out: Path) -> dict:
 @pytest.fixture(scope="module")
 def sft_run(work, lm, ray_session) -> dict:
     """SFT through Ray Train's TorchTrainer (a worker group of one, torch process group and all)."""
-    return train("sft", "toy-train", lm, work / "out" / "sft", launcher="train", data_dir=work, max_steps=6,
-                 lr=1e-3, seed=0)
+    return train(
+        "sft", "toy-train", lm, work / "out" / "sft", launcher="train", data_dir=work, max_steps=6, lr=1e-3, seed=0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +129,14 @@ def test_same_seed_same_loss_curve_on_either_launcher(sft_run, work, lm):
 
 
 def test_sft_loss_is_on_the_assistant_turn_only(work, lm, tmp_path):
-    spec = TrainSpec(kind="sft", data_file=str(work / "snapshots" / "toy-train" / "sft.parquet"), model=str(lm),
-                     out=str(tmp_path), max_steps=1, batch_size=2)
+    spec = TrainSpec(
+        kind="sft",
+        data_file=str(work / "snapshots" / "toy-train" / "sft.parquet"),
+        model=str(lm),
+        out=str(tmp_path),
+        max_steps=1,
+        batch_size=2,
+    )
     trainer = build_trainer(spec)
     batch = next(iter(trainer.get_train_dataloader()))
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
@@ -153,8 +160,26 @@ def test_reward_model_with_oa_loss_through_the_cli(work, lm, ray_session, monkey
     from infra.cli import app
 
     out = work / "out" / "rm-oa"
-    args = ["train", "rm", "--snapshot", "toy-train", "--model", str(lm), "--out", str(out), "--loss", "oa",
-            "--launcher", "task", "--max-steps", "20", "--lr", "1e-3", "--data-dir", str(work)]
+    args = [
+        "train",
+        "rm",
+        "--snapshot",
+        "toy-train",
+        "--model",
+        str(lm),
+        "--out",
+        str(out),
+        "--loss",
+        "oa",
+        "--launcher",
+        "task",
+        "--max-steps",
+        "20",
+        "--lr",
+        "1e-3",
+        "--data-dir",
+        str(work),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     lineage = json.loads(result.output)
@@ -166,8 +191,21 @@ def test_reward_model_with_oa_loss_through_the_cli(work, lm, ray_session, monkey
 def test_cli_refuses_grpo_without_a_reward_model(work, lm):
     from infra.cli import app
 
-    result = CliRunner().invoke(app, ["train", "grpo", "--snapshot", "toy-train", "--model", str(lm),
-                                      "--out", str(work / "out" / "nope"), "--data-dir", str(work)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "grpo",
+            "--snapshot",
+            "toy-train",
+            "--model",
+            str(lm),
+            "--out",
+            str(work / "out" / "nope"),
+            "--data-dir",
+            str(work),
+        ],
+    )
     assert result.exit_code == 2 and "--reward-model" in result.output
 
 
@@ -185,8 +223,19 @@ def test_dpo_learns_the_preference_pairs(work, lm, ray_session):
 @pytest.mark.parametrize("kind", ["grpo", "rloo"])
 def test_grpo_and_rloo_with_the_trained_reward_model(kind, sft_run, rm_run, work, ray_session):
     out = work / "out" / kind
-    lineage = train(kind, "toy-train", work / "out" / "sft", out, data_dir=work, reward_model=work / "out" / "rm",
-                    max_steps=2, num_generations=4, max_completion_length=12, seed=0, **FAST)
+    lineage = train(
+        kind,
+        "toy-train",
+        work / "out" / "sft",
+        out,
+        data_dir=work,
+        reward_model=work / "out" / "rm",
+        max_steps=2,
+        num_generations=4,
+        max_completion_length=12,
+        seed=0,
+        **FAST,
+    )
     assert lineage["data_file"]["name"] == "prompts.parquet"
     # both models it started from say where they came from
     assert lineage["base_model"]["snapshot_id"] == "toy-train" and lineage["base_model"]["trainer"]["kind"] == "sft"
@@ -238,8 +287,17 @@ def test_follow_trains_each_new_snapshot_once(lm, ray_session, tmp_path):
         first_done.set()
 
     def run():
-        train_follow("rm", lm, tmp_path / "models", data_dir=tmp_path, poll=0.1, max_snapshots=2,
-                     on_trained=on_trained, max_steps=1, **FAST)
+        train_follow(
+            "rm",
+            lm,
+            tmp_path / "models",
+            data_dir=tmp_path,
+            poll=0.1,
+            max_snapshots=2,
+            on_trained=on_trained,
+            max_steps=1,
+            **FAST,
+        )
 
     follower = threading.Thread(target=run)
     follower.start()
@@ -250,8 +308,9 @@ def test_follow_trains_each_new_snapshot_once(lm, ray_session, tmp_path):
     assert read_lineage(tmp_path / "models" / "second")["snapshot_id"] == "second"
     # a restarted follower skips what it trained; `start` skips older snapshots
     write_toy_snapshot(tmp_path / "snapshots", n=16, seed=4, snapshot_id="third")
-    again = train_follow("rm", lm, tmp_path / "models", data_dir=tmp_path, poll=0.1, max_snapshots=1,
-                         max_steps=1, **FAST)
+    again = train_follow(
+        "rm", lm, tmp_path / "models", data_dir=tmp_path, poll=0.1, max_snapshots=1, max_steps=1, **FAST
+    )
     assert [lin["snapshot_id"] for lin in again] == ["third"]
 
 
@@ -282,15 +341,20 @@ def test_follow_through_kafka_when_it_is_configured(work, tmp_path, monkeypatch)
     from infra.settings import KafkaSettings
 
     with brokers.tansu(log_path=str(tmp_path / "tansu.log")) as bootstrap:
-        cfg = KafkaSettings(bootstrap=bootstrap, events_topic="events-train", snapshots_topic="snapshots-train",
-                            session_timeout_ms=2000)
+        cfg = KafkaSettings(
+            bootstrap=bootstrap, events_topic="events-train", snapshots_topic="snapshots-train", session_timeout_ms=2000
+        )
         kafka.ensure_topics(cfg)
         producer = KafkaProducer(bootstrap_servers=bootstrap)
         producer.send(cfg.snapshots_topic, json.dumps({"snapshot_id": "toy-train", "position": 64}).encode())
         producer.flush()
         producer.close()
-        for name, value in (("BOOTSTRAP", bootstrap), ("SNAPSHOTS_TOPIC", cfg.snapshots_topic),
-                            ("EVENTS_TOPIC", cfg.events_topic), ("SESSION_TIMEOUT_MS", "2000")):
+        for name, value in (
+            ("BOOTSTRAP", bootstrap),
+            ("SNAPSHOTS_TOPIC", cfg.snapshots_topic),
+            ("EVENTS_TOPIC", cfg.events_topic),
+            ("SESSION_TIMEOUT_MS", "2000"),
+        ):
             monkeypatch.setenv(f"OASST_KAFKA_{name}", value)
         news = follow(work, names=["rm.parquet"], group="trainer-test")
         got = next(news)

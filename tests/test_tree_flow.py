@@ -13,7 +13,9 @@ from tests.frontend import USERS, do_task, events
 
 
 def tree_states(log: list[dict], tree_id: str) -> list[str]:
-    return [e["event"]["new_state"] for e in log if e["type"] == "tree_state_changed" and e["event"]["tree_id"] == tree_id]
+    return [
+        e["event"]["new_state"] for e in log if e["type"] == "tree_state_changed" and e["event"]["tree_id"] == tree_id
+    ]
 
 
 async def grow_one_tree(client) -> str:
@@ -37,11 +39,23 @@ async def test_a_tree_goes_from_prompt_to_ready_for_export(client):
     tree_id = await grow_one_tree(client)
     log = await events(client)
     assert tree_states(log, tree_id) == [
-        "prompt_lottery_waiting", "growing", "ranking", "ready_for_scoring", "ready_for_export",
+        "prompt_lottery_waiting",
+        "growing",
+        "ranking",
+        "ready_for_scoring",
+        "ready_for_export",
     ]
     types = {e["type"] for e in log}
-    assert {"task_assigned", "task_acked", "task_completed", "reply_submitted", "labels_submitted",
-            "message_reviewed", "ranking_submitted", "ranks_computed"} <= types
+    assert {
+        "task_assigned",
+        "task_acked",
+        "task_completed",
+        "reply_submitted",
+        "labels_submitted",
+        "message_reviewed",
+        "ranking_submitted",
+        "ranks_computed",
+    } <= types
     ranks = [e["event"] for e in log if e["type"] == "ranks_computed"]
     assert ranks and all(len(r["ranked_message_ids"]) >= 2 and r["ranking_count"] >= 2 for r in ranks)
     # positions are strictly increasing and every event has its envelope

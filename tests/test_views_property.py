@@ -30,7 +30,9 @@ def snapshot(runner: ProjectionRunner) -> dict:
     enc = msgspec.msgpack.Encoder()
     return {
         (v.key, t.name, str(k)): enc.encode(row)
-        for v in runner.views for t in v.tables.values() for k, row in t.rows.items()
+        for v in runner.views
+        for t in v.tables.values()
+        for k, row in t.rows.items()
     }
 
 

@@ -53,8 +53,9 @@ async def some_commands(service: CommandService, n: int) -> None:
 
     client = service.client_for_key(API_KEY)
     for i in range(n):
-        await service.create_frontend_user(client, p.CreateFrontendUserRequest(id=f"late-{i}", display_name=f"L{i}",
-                                                                               auth_method="local"))
+        await service.create_frontend_user(
+            client, p.CreateFrontendUserRequest(id=f"late-{i}", display_name=f"L{i}", auth_method="local")
+        )
 
 
 async def test_a_checkpoint_and_its_tail_equal_the_whole_fold(seeded):
@@ -140,8 +141,10 @@ async def test_recovery_after_a_failed_append_runs_off_the_event_loop(store_url,
         assert failed.status_code == 503 and failed.json()["error_code"] == 104
         monkeypatch.setattr(service.store, "append", append)
 
-        query = await c.get("/api/v1/frontend_users/local/alice",  # the rebuild is running: queries are answered...
-                            headers={"X-Min-Log-Position": made.headers["X-Log-Position"]})
+        query = await c.get(
+            "/api/v1/frontend_users/local/alice",  # the rebuild is running: queries are answered...
+            headers={"X-Min-Log-Position": made.headers["X-Log-Position"]},
+        )
         assert query.status_code == 200 and service._recovering is not None
         refused = await c.post("/api/v1/tasks/", json={"type": "initial_prompt", "user": user})  # ...commands wait
         assert refused.status_code == 503 and refused.json()["error_code"] == 104 and "Retry-After" in refused.headers
@@ -158,15 +161,20 @@ async def test_a_queries_only_server_folds_no_write_model(store_url, tmp_path, m
         assert (await commands.post("/api/v1/frontend_users/", json=user)).status_code == 200
         async with AsyncTestClient(create_app(settings, only="queries")) as queries:
             assert queries.app.state.service.model.position == 0 and queries.app.state.service.loaded == {}
-            ok = await queries.get("/api/v1/users/by_username?username=bob&auth_method=local",
-                                   headers={"X-API-Key": API_KEY, "X-Min-Log-Position": "2"})
+            ok = await queries.get(
+                "/api/v1/users/by_username?username=bob&auth_method=local",
+                headers={"X-API-Key": API_KEY, "X-Min-Log-Position": "2"},
+            )
             assert ok.status_code == 200, ok.text
             assert (await queries.get("/api/v1/leaderboards/total", headers={"X-API-Key": "nope"})).status_code == 403
 
             # an API client created later through the command side is found by its key
             monkeypatch.setattr(api_keys, "REFRESH_SECONDS", 0.0)
-            made = await commands.post("/api/v1/admin/api_client", json={"description": "late", "frontend_type": "x"},
-                                       headers={"Authorization": "Bearer test-root"})
+            made = await commands.post(
+                "/api/v1/admin/api_client",
+                json={"description": "late", "frontend_type": "x"},
+                headers={"Authorization": "Bearer test-root"},
+            )
             assert made.status_code == 200, made.text
             late = await queries.get("/api/v1/leaderboards/total", headers={"X-API-Key": made.json()})
             assert late.status_code == 200, late.text
@@ -212,8 +220,9 @@ def test_snapshots_of_a_fixed_log_are_what_they_were(store_url, tmp_path, policy
     try:
         store.recorder.insert_events([StoredEvent(UUID(bytes=i), v, t, s) for i, v, t, s in rows])
         settings = Settings(database_url=store_url, data_dir=tmp_path)
-        manifest = create_snapshot(settings, SnapshotSpec(policy=policy, selection=Selection(states=())),
-                                   store=store, record=False)
+        manifest = create_snapshot(
+            settings, SnapshotSpec(policy=policy, selection=Selection(states=())), store=store, record=False
+        )
     finally:
         store.close()
     assert digests(manifest, tmp_path) == GOLDEN[policy]

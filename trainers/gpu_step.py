@@ -39,16 +39,28 @@ def main(argv: list[str] | None = None) -> int:
         for kind in KINDS:
             for where, steps in (("cuda_bf16", args.steps), ("cpu", args.cpu_steps)):
                 started = time.perf_counter()
-                summary = run_job({
-                    "kind": kind, "data_file": str(args.snapshot / f"{kind}.parquet"), "model": str(model),
-                    "out": f"{tmp}/{kind}-{where}", "max_steps": steps, "batch_size": 8, "max_length": 256,
-                    "use_gpu": where != "cpu", "bf16": where != "cpu", "seed": 0,
-                })
+                summary = run_job(
+                    {
+                        "kind": kind,
+                        "data_file": str(args.snapshot / f"{kind}.parquet"),
+                        "model": str(model),
+                        "out": f"{tmp}/{kind}-{where}",
+                        "max_steps": steps,
+                        "batch_size": 8,
+                        "max_length": 256,
+                        "use_gpu": where != "cpu",
+                        "bf16": where != "cpu",
+                        "seed": 0,
+                    }
+                )
                 summary["wall_seconds"] = time.perf_counter() - started
                 results[f"{kind}/{where}"] = {k: v for k, v in summary.items() if k != "resolved"}
-                print(f"{kind:4s} {where:9s} steps {summary['steps']:3d}  loss {summary['first_loss']:.3f} -> "
-                      f"{summary['final_loss']:.3f}  {summary['train_steps_per_second']:.1f} steps/s  "
-                      f"(setup {summary['setup_seconds']:.1f} s)", flush=True)
+                print(
+                    f"{kind:4s} {where:9s} steps {summary['steps']:3d}  loss {summary['first_loss']:.3f} -> "
+                    f"{summary['final_loss']:.3f}  {summary['train_steps_per_second']:.1f} steps/s  "
+                    f"(setup {summary['setup_seconds']:.1f} s)",
+                    flush=True,
+                )
         print(json.dumps(results, indent=1))
     return 0
 

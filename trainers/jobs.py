@@ -13,8 +13,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 KINDS = ("sft", "rm", "dpo", "grpo", "rloo")
-TRAINER_CLASS = {"sft": "SFTTrainer", "rm": "RewardTrainer", "dpo": "DPOTrainer", "grpo": "GRPOTrainer",
-                 "rloo": "RLOOTrainer"}
+TRAINER_CLASS = {
+    "sft": "SFTTrainer",
+    "rm": "RewardTrainer",
+    "dpo": "DPOTrainer",
+    "grpo": "GRPOTrainer",
+    "rloo": "RLOOTrainer",
+}
 SUMMARY = "_summary.json"  # rank 0's timings, picked up (and removed) by the driver
 
 
@@ -82,10 +87,14 @@ def _oa_trainer_class():
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             if "replies_ids" in dataset.column_names:
                 return dataset
+
             def tokenize(row):
-                ids = [processing_class.apply_chat_template(row["prompt"] + [{"role": "assistant", "content": r}],
-                                                            tokenize=True, return_dict=True)["input_ids"]
-                       for r in row["replies"][:self.max_replies]]
+                ids = [
+                    processing_class.apply_chat_template(
+                        row["prompt"] + [{"role": "assistant", "content": r}], tokenize=True, return_dict=True
+                    )["input_ids"]
+                    for r in row["replies"][: self.max_replies]
+                ]
                 return {"replies_ids": ids}
 
             dataset = dataset.map(tokenize, remove_columns=dataset.column_names)
@@ -102,7 +111,7 @@ def _oa_trainer_class():
             input_ids = torch.full((len(seqs), width), self.processing_class.pad_token_id)
             mask = torch.zeros((len(seqs), width), dtype=torch.long)
             for i, s in enumerate(seqs):
-                input_ids[i, :len(s)], mask[i, :len(s)] = s, 1
+                input_ids[i, : len(s)], mask[i, : len(s)] = s, 1
             cu = [0]
             for row in rows:
                 cu.append(cu[-1] + len(row["replies_ids"]))
@@ -129,12 +138,21 @@ def _oa_trainer_class():
 
 def _common_args(spec: TrainSpec) -> dict:
     args = dict(
-        output_dir=spec.out, seed=spec.seed, data_seed=spec.seed, max_steps=spec.max_steps,
-        num_train_epochs=spec.epochs, per_device_train_batch_size=spec.batch_size,
-        gradient_accumulation_steps=spec.grad_accum, logging_steps=spec.logging_steps, save_strategy="no",
-        report_to=[], use_cpu=not spec.use_gpu, bf16=spec.bf16,
+        output_dir=spec.out,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        max_steps=spec.max_steps,
+        num_train_epochs=spec.epochs,
+        per_device_train_batch_size=spec.batch_size,
+        gradient_accumulation_steps=spec.grad_accum,
+        logging_steps=spec.logging_steps,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not spec.use_gpu,
+        bf16=spec.bf16,
         gradient_checkpointing=False,  # TRL turns it on by default: only slower for small models
-        dataloader_num_workers=0, disable_tqdm=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
     )
     if spec.lr is not None:
         args["learning_rate"] = spec.lr
@@ -154,8 +172,9 @@ def build_trainer(spec: TrainSpec):
     if spec.kind == "rm":
         config = trl.RewardConfig(max_length=spec.max_length, **common)
         if spec.rm_loss == "oa":
-            return _oa_trainer_class()(model=spec.model, args=config, train_dataset=data, l2=spec.oa_l2,
-                                       max_replies=spec.max_replies)
+            return _oa_trainer_class()(
+                model=spec.model, args=config, train_dataset=data, l2=spec.oa_l2, max_replies=spec.max_replies
+            )
         return trl.RewardTrainer(model=spec.model, args=config, train_dataset=data)
     if spec.kind == "dpo":
         extra = {"beta": spec.beta} if spec.beta is not None else {}
@@ -167,9 +186,15 @@ def build_trainer(spec: TrainSpec):
             raise ValueError(f"{spec.kind} needs a reward model (--reward-model DIR)")
         extra = {"beta": spec.beta} if spec.beta is not None else {}
         cls, config_cls = {"grpo": (trl.GRPOTrainer, trl.GRPOConfig), "rloo": (trl.RLOOTrainer, trl.RLOOConfig)}[
-            spec.kind]
-        config = config_cls(num_generations=spec.num_generations, max_completion_length=spec.max_completion_length,
-                            temperature=spec.temperature, **extra, **common)
+            spec.kind
+        ]
+        config = config_cls(
+            num_generations=spec.num_generations,
+            max_completion_length=spec.max_completion_length,
+            temperature=spec.temperature,
+            **extra,
+            **common,
+        )
         prompts = data.select_columns(["messages"]).rename_column("messages", "prompt")
         return cls(model=spec.model, reward_funcs=spec.reward_model, args=config, train_dataset=prompts)
     raise ValueError(f"unknown trainer {spec.kind!r}; one of {KINDS}")
@@ -220,15 +245,32 @@ def run_job(spec_dict: dict) -> dict:
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
         "train_steps_per_second": trainer.state.global_step / (trained - ready) if trained > ready else None,
-        "setup_seconds": ready - started, "train_seconds": trained - ready,
-        "save_seconds": time.perf_counter() - trained, "world_size": trainer.args.world_size,
-        **{k: last[k] for k in ("accuracy", "margin", "reward", "reward_std", "rewards/margins",
-                                "rewards/accuracies", "mean_token_accuracy", "kl") if k in last},
+        "setup_seconds": ready - started,
+        "train_seconds": trained - ready,
+        "save_seconds": time.perf_counter() - trained,
+        "world_size": trainer.args.world_size,
+        **{
+            k: last[k]
+            for k in (
+                "accuracy",
+                "margin",
+                "reward",
+                "reward_std",
+                "rewards/margins",
+                "rewards/accuracies",
+                "mean_token_accuracy",
+                "kl",
+            )
+            if k in last
+        },
     }
     summary["job_seconds"] = time.perf_counter() - started
     # what TRL's defaults made of the settings left open (the whole config: trl_config.json)
-    summary["resolved"] = {k: getattr(trainer.args, k) for k in ("learning_rate", "beta", "max_length")
-                           if getattr(trainer.args, k, None) is not None}
+    summary["resolved"] = {
+        k: getattr(trainer.args, k)
+        for k in ("learning_rate", "beta", "max_length")
+        if getattr(trainer.args, k, None) is not None
+    }
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
         (out / "trl_config.json").write_text(trainer.args.to_json_string())
@@ -248,7 +290,7 @@ def reward_scores(model_dir: str | Path, conversations: list[list[dict]], batch_
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     scores: list[float] = []
     for i in range(0, len(conversations), batch_size):
-        texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[i:i + batch_size]]
+        texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[i : i + batch_size]]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             scores += model(**batch).logits.squeeze(-1).tolist()
@@ -265,11 +307,22 @@ def pair_accuracy(model_dir: str | Path, rm_file: str | Path) -> float:
     return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / max(len(rows), 1)
 
 
-ONLY = {"assistant_only_loss": ("sft",), "rm_loss": ("rm",), "oa_l2": ("rm",), "max_replies": ("rm",), "beta": ("dpo", "grpo", "rloo"),
-        "num_generations": ("grpo", "rloo"), "max_completion_length": ("grpo", "rloo"), "temperature": ("grpo", "rloo")}
+ONLY = {
+    "assistant_only_loss": ("sft",),
+    "rm_loss": ("rm",),
+    "oa_l2": ("rm",),
+    "max_replies": ("rm",),
+    "beta": ("dpo", "grpo", "rloo"),
+    "num_generations": ("grpo", "rloo"),
+    "max_completion_length": ("grpo", "rloo"),
+    "temperature": ("grpo", "rloo"),
+}
 
 
 def spec_settings(spec: TrainSpec) -> dict:
     """The settings that shaped this run (paths are recorded elsewhere in lineage.json)."""
-    return {k: v for k, v in asdict(spec).items()
-            if k not in ("data_file", "model", "out", "reward_model", "kind") and spec.kind in ONLY.get(k, (spec.kind,))}
+    return {
+        k: v
+        for k, v in asdict(spec).items()
+        if k not in ("data_file", "model", "out", "reward_model", "kind") and spec.kind in ONLY.get(k, (spec.kind,))
+    }

@@ -77,9 +77,11 @@ def _run(spec: TrainSpec, launcher: str, num_workers: int, cpus_per_worker: floa
     storage = tempfile.mkdtemp(prefix="oasst-ray-train-")  # Ray Train's run state; the model goes to spec.out
     try:
         trainer = TorchTrainer(
-            _train_loop, train_loop_config=asdict(spec),
-            scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=spec.use_gpu,
-                                         resources_per_worker={"CPU": cpus_per_worker}),
+            _train_loop,
+            train_loop_config=asdict(spec),
+            scaling_config=ScalingConfig(
+                num_workers=num_workers, use_gpu=spec.use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+            ),
             run_config=RunConfig(storage_path=storage, name=f"{spec.kind}-{Path(spec.out).name}"),
         )
         trainer.fit()
@@ -87,9 +89,21 @@ def _run(spec: TrainSpec, launcher: str, num_workers: int, cpus_per_worker: floa
         shutil.rmtree(storage, ignore_errors=True)
 
 
-def train(kind: str, snapshot: str | Path | Snapshot, model: str | Path, out: str | Path, *,
-          launcher: str = "train", num_workers: int = 1, cpus_per_worker: float = 1, use_gpu: bool = False,
-          seed: int = 0, data_dir: str | Path | None = None, ray_address: str | None = None, **options) -> dict:
+def train(
+    kind: str,
+    snapshot: str | Path | Snapshot,
+    model: str | Path,
+    out: str | Path,
+    *,
+    launcher: str = "train",
+    num_workers: int = 1,
+    cpus_per_worker: float = 1,
+    use_gpu: bool = False,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+    ray_address: str | None = None,
+    **options,
+) -> dict:
     """Train ``kind`` on a snapshot, starting from ``model``; write the model, metrics.jsonl and
     lineage.json to ``out`` and return the lineage."""
     if kind not in KINDS:
@@ -103,8 +117,16 @@ def train(kind: str, snapshot: str | Path | Snapshot, model: str | Path, out: st
     reward_model = options.pop("reward_model", None)
     if reward_model and not (Path(reward_model) / "config.json").is_file():
         raise FileNotFoundError(f"no reward model in {reward_model} (train one with `oasst train rm`)")
-    spec = TrainSpec(kind=kind, data_file=str(data_file), model=str(model), out=str(out), seed=seed,
-                     use_gpu=use_gpu, reward_model=str(reward_model) if reward_model else None, **options)
+    spec = TrainSpec(
+        kind=kind,
+        data_file=str(data_file),
+        model=str(model),
+        out=str(out),
+        seed=seed,
+        use_gpu=use_gpu,
+        reward_model=str(reward_model) if reward_model else None,
+        **options,
+    )
     if launcher != "local":
         ensure_ray(ray_address)
     started_at = datetime.now(UTC)
@@ -127,15 +149,28 @@ def train(kind: str, snapshot: str | Path | Snapshot, model: str | Path, out: st
         "manifest_sha256": snap.manifest_sha256,
         "snapshot_position": snap.position,
         "policy": snap.manifest.get("policy"),
-        "data_file": {"name": data_file.name, **((snap.manifest.get("files") or {}).get(data_file.name) or {}),
-                      "rows": pq.ParquetFile(data_file).metadata.num_rows},  # metrics.rows: those used (fit max_length)
+        "data_file": {
+            "name": data_file.name,
+            **((snap.manifest.get("files") or {}).get(data_file.name) or {}),
+            "rows": pq.ParquetFile(data_file).metadata.num_rows,
+        },  # metrics.rows: those used (fit max_length)
         "base_model": _model_ref(str(model)),
         "reward_model": _model_ref(spec.reward_model),
-        "trainer": {"kind": kind, "class": TRAINER_CLASS[kind] if not (kind == "rm" and spec.rm_loss == "oa")
-                    else "OARankTrainer(RewardTrainer)", "trl": trl.__version__,
-                    "transformers": transformers.__version__, "torch": torch.__version__},
-        "launcher": {"kind": {"train": "ray.train.torch.TorchTrainer", "task": "ray task", "local": "local"}[launcher],
-                     "num_workers": num_workers, "use_gpu": use_gpu, "ray": ray.__version__},
+        "trainer": {
+            "kind": kind,
+            "class": TRAINER_CLASS[kind]
+            if not (kind == "rm" and spec.rm_loss == "oa")
+            else "OARankTrainer(RewardTrainer)",
+            "trl": trl.__version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+        },
+        "launcher": {
+            "kind": {"train": "ray.train.torch.TorchTrainer", "task": "ray task", "local": "local"}[launcher],
+            "num_workers": num_workers,
+            "use_gpu": use_gpu,
+            "ray": ray.__version__,
+        },
         "settings": {**spec_settings(spec), "resolved": summary.pop("resolved", {})},
         "trl_config_file": "trl_config.json",
         "seed": seed,
@@ -148,10 +183,21 @@ def train(kind: str, snapshot: str | Path | Snapshot, model: str | Path, out: st
     return lineage
 
 
-def train_follow(kind: str, model: str | Path, out: str | Path, *, start: str | None = None,
-                 data_dir: str | Path | None = None, api_url: str | None = None, api_key: str | None = None,
-                 group: str | None = None, poll: float = 2.0, max_snapshots: int | None = None,
-                 on_trained=None, **train_options) -> list[dict]:
+def train_follow(
+    kind: str,
+    model: str | Path,
+    out: str | Path,
+    *,
+    start: str | None = None,
+    data_dir: str | Path | None = None,
+    api_url: str | None = None,
+    api_key: str | None = None,
+    group: str | None = None,
+    poll: float = 2.0,
+    max_snapshots: int | None = None,
+    on_trained=None,
+    **train_options,
+) -> list[dict]:
     """Train ``kind`` on every snapshot as it appears, each into ``out/<snapshot id>``.
 
     Snapshots already trained there (a lineage.json) are skipped, so a restarted follower
@@ -162,8 +208,15 @@ def train_follow(kind: str, model: str | Path, out: str | Path, *, start: str | 
     floor = open_snapshot(start, data_dir).position or 0 if start else 0
     done: list[dict] = []
     stop = lambda: max_snapshots is not None and len(done) >= max_snapshots  # noqa: E731
-    for snap in follow(data_dir, names=[FILES[kind]], api_url=api_url, api_key=api_key,
-                       group=group or f"oasst-train-{kind}", poll=poll, stop=stop):
+    for snap in follow(
+        data_dir,
+        names=[FILES[kind]],
+        api_url=api_url,
+        api_key=api_key,
+        group=group or f"oasst-train-{kind}",
+        poll=poll,
+        stop=stop,
+    ):
         target = Path(out) / snap.id
         if (snap.position or 0) < floor or (target / "lineage.json").is_file():
             continue

@@ -41,11 +41,23 @@ def say(step: str, detail: str = "") -> None:
 def serve(url: str, data_dir: Path, log: Path):
     """``oasst serve`` in its own process group; backlog trees activate whenever a tree finishes."""
     port = free_port()
-    env = {**os.environ, "OASST_DATABASE_URL": url, "OASST_DATA_DIR": str(data_dir), "OASST_HOST": "127.0.0.1",
-           "OASST_PORT": str(port), "OASST_BOOTSTRAP_API_KEY": API_KEY, "OASST_TREE_P_ACTIVATE_BACKLOG_TREE": "1.0"}
+    env = {
+        **os.environ,
+        "OASST_DATABASE_URL": url,
+        "OASST_DATA_DIR": str(data_dir),
+        "OASST_HOST": "127.0.0.1",
+        "OASST_PORT": str(port),
+        "OASST_BOOTSTRAP_API_KEY": API_KEY,
+        "OASST_TREE_P_ACTIVATE_BACKLOG_TREE": "1.0",
+    }
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "serve"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "serve"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"X-API-Key": API_KEY}, timeout=120)
     try:
         deadline = time.monotonic() + 60
@@ -70,15 +82,19 @@ def snapshot(api: httpx.Client, **options) -> dict:
     answer.raise_for_status()
     manifest = answer.json()
     counts = {k.removesuffix(".parquet"): v for k, v in manifest["counts"].items()}
-    print(f"snapshot {manifest['id']} at log position {manifest['position']}, policy "
-          f"{manifest['policy']['name']}@{manifest['policy']['version']}: {counts}")
+    print(
+        f"snapshot {manifest['id']} at log position {manifest['position']}, policy "
+        f"{manifest['policy']['name']}@{manifest['policy']['version']}: {counts}"
+    )
     return manifest
 
 
 def preference(replies: list[dict]) -> list[int]:
     """A simulated ranker: more words first (ties: shorter text, then text)."""
-    return sorted(range(len(replies)), key=lambda i: (-len(replies[i]["text"].split()), len(replies[i]["text"]),
-                                                      replies[i]["text"]))
+    return sorted(
+        range(len(replies)),
+        key=lambda i: (-len(replies[i]["text"].split()), len(replies[i]["text"]), replies[i]["text"]),
+    )
 
 
 def rank_everything(api: httpx.Client, our_trees: set[str], rankers: int = 20, rounds: int = 25) -> dict:
@@ -96,17 +112,24 @@ def rank_everything(api: httpx.Client, our_trees: set[str], rankers: int = 20, r
             task = task.json()
             frontend_id = f"fe-{task['id']}"
             api.post(f"/tasks/{task['id']}/ack", json={"message_id": frontend_id}).raise_for_status()
-            api.post("/tasks/interaction", json={
-                "type": "message_ranking", "user": who, "message_id": frontend_id,
-                "ranking": preference(task["reply_messages"]), "not_rankable": False,
-            }).raise_for_status()
+            api.post(
+                "/tasks/interaction",
+                json={
+                    "type": "message_ranking",
+                    "user": who,
+                    "message_id": frontend_id,
+                    "ranking": preference(task["reply_messages"]),
+                    "not_rankable": False,
+                },
+            ).raise_for_status()
             done["rankings"] += 1
             done["on_sampled_trees"] += task["message_tree_id"] in our_trees
             progress = True
         if progress:
             continue
-        waiting = [t for t in sorted(our_trees) if api.get(f"/messages/{t}/tree/state").json()["state"]
-                   == "backlog_ranking"]
+        waiting = [
+            t for t in sorted(our_trees) if api.get(f"/messages/{t}/tree/state").json()["state"] == "backlog_ranking"
+        ]
         if not waiting:
             break
         api.put(f"/messages/{waiting[0]}/tree/state", params={"halt": "true"}).raise_for_status()
@@ -122,19 +145,40 @@ def show(lineage: dict) -> None:
     """The lineage, short: where the model came from and how training went."""
     m = lineage["metrics"]
     brief = {
-        "snapshot_id": lineage["snapshot_id"], "manifest_sha256": lineage["manifest_sha256"][:16] + "…",
-        "policy": lineage["policy"], "data_file": lineage["data_file"],
-        "base_model": lineage["base_model"], "reward_model": lineage["reward_model"],
-        "trainer": lineage["trainer"]["class"], "launcher": lineage["launcher"]["kind"], "seed": lineage["seed"],
+        "snapshot_id": lineage["snapshot_id"],
+        "manifest_sha256": lineage["manifest_sha256"][:16] + "…",
+        "policy": lineage["policy"],
+        "data_file": lineage["data_file"],
+        "base_model": lineage["base_model"],
+        "reward_model": lineage["reward_model"],
+        "trainer": lineage["trainer"]["class"],
+        "launcher": lineage["launcher"]["kind"],
+        "seed": lineage["seed"],
         "code_version": lineage["code_version"],
-        "metrics": {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()
-                    if k in ("steps", "rows", "first_loss", "final_loss", "accuracy", "reward",
-                             "train_steps_per_second", "wall_seconds", "launch_overhead_seconds")},
+        "metrics": {
+            k: round(v, 4) if isinstance(v, float) else v
+            for k, v in m.items()
+            if k
+            in (
+                "steps",
+                "rows",
+                "first_loss",
+                "final_loss",
+                "accuracy",
+                "reward",
+                "train_steps_per_second",
+                "wall_seconds",
+                "launch_overhead_seconds",
+            )
+        },
     }
     for ref in ("base_model", "reward_model"):
         if brief[ref] and brief[ref].get("manifest_sha256"):
-            brief[ref] = {**brief[ref], "manifest_sha256": brief[ref]["manifest_sha256"][:16] + "…",
-                          "trainer": brief[ref]["trainer"]["kind"]}
+            brief[ref] = {
+                **brief[ref],
+                "manifest_sha256": brief[ref]["manifest_sha256"][:16] + "…",
+                "trainer": brief[ref]["trainer"]["kind"],
+            }
     print(json.dumps(brief, indent=2, ensure_ascii=False))
 
 
@@ -181,21 +225,37 @@ def run(work: Path, args) -> None:
         say("2. snapshot", "POST /api/v1/snapshots")
         first = snapshot(api)
         snap_dir = data_dir / "snapshots" / first["id"]
-        texts = [t["content"] for f in ("sft", "prompts") for m in pl.read_parquet(snap_dir / f"{f}.parquet")
-                 ["messages"].to_list() for t in m]
+        texts = [
+            t["content"]
+            for f in ("sft", "prompts")
+            for m in pl.read_parquet(snap_dir / f"{f}.parquet")["messages"].to_list()
+            for t in m
+        ]
         lm = build_tiny_lm(work / "tiny-lm", texts, seed=0)
         print(f"tiny Llama with a tokenizer trained on the snapshot's {len(texts)} turns: {lm}")
 
-        ray.init(num_cpus=min(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
-                 logging_level="error")
+        ray.init(
+            num_cpus=min(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False, logging_level="error"
+        )
         try:
             say("3. sample completions", "transformers on Ray, posted as ranking-only trees")
-            sampled = sample_completions(first["id"], lm, n=2, configs=("top_k_50", "temperature_0.8"), seed=0,
-                                         max_new_tokens=24, api_url=str(api.base_url).rstrip("/"), api_key=API_KEY,
-                                         data_dir=data_dir, out=work / "samples")
+            sampled = sample_completions(
+                first["id"],
+                lm,
+                n=2,
+                configs=("top_k_50", "temperature_0.8"),
+                seed=0,
+                max_new_tokens=24,
+                api_url=str(api.base_url).rstrip("/"),
+                api_key=API_KEY,
+                data_dir=data_dir,
+                out=work / "samples",
+            )
             our_trees = set(pl.read_parquet(sampled["completions"])["tree_id"].to_list())
-            print(f"{sampled['threads']} threads -> {sampled['replies']} unique replies in {len(our_trees)} trees; "
-                  f"posted: {sampled.get('posted')}")
+            print(
+                f"{sampled['threads']} threads -> {sampled['replies']} unique replies in {len(our_trees)} trees; "
+                f"posted: {sampled.get('posted')}"
+            )
 
             say("4. simulate rankings", "request task -> ack -> message_ranking, as a frontend")
             print(rank_everything(api, our_trees))
@@ -211,17 +271,31 @@ def run(work: Path, args) -> None:
             rm = train("rm", second["id"], lm, work / "models" / "rm", epochs=8, lr=1e-3, **common)
             show(rm)
             rm_file = data_dir / "snapshots" / second["id"] / "rm.parquet"
-            print(f"reward model orders {pair_accuracy(work / 'models' / 'rm', rm_file):.0%} of the snapshot's "
-                  "(best, worst) pairs right (its training data)")
+            print(
+                f"reward model orders {pair_accuracy(work / 'models' / 'rm', rm_file):.0%} of the snapshot's "
+                "(best, worst) pairs right (its training data)"
+            )
             say("8. GRPO", "the SFT model, rewarded by the reward model, on prompts.parquet")
-            grpo = train("grpo", second["id"], work / "models" / "sft", work / "models" / "grpo",
-                         reward_model=work / "models" / "rm", max_steps=8, lr=1e-4, num_generations=4,
-                         max_completion_length=24, **common)
+            grpo = train(
+                "grpo",
+                second["id"],
+                work / "models" / "sft",
+                work / "models" / "grpo",
+                reward_model=work / "models" / "rm",
+                max_steps=8,
+                lr=1e-4,
+                num_generations=4,
+                max_completion_length=24,
+                **common,
+            )
             show(grpo)
         finally:
             ray.shutdown()
-    say("done", f"in {time.perf_counter() - started:.0f} s; everything is under {work}, the models and their "
-                f"lineage.json under {work / 'models'}")
+    say(
+        "done",
+        f"in {time.perf_counter() - started:.0f} s; everything is under {work}, the models and their "
+        f"lineage.json under {work / 'models'}",
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,13 @@ from projections.snapshot import Snapshot, list_snapshots, open_snapshot, snapsh
 __all__ = ["FILES", "Snapshot", "fetch_snapshot", "follow", "list_snapshots", "open_snapshot", "snapshots_dir"]
 
 # What each trainer reads from a snapshot.
-FILES = {"sft": "sft.parquet", "rm": "rm.parquet", "dpo": "dpo.parquet", "grpo": "prompts.parquet",
-         "rloo": "prompts.parquet"}
+FILES = {
+    "sft": "sft.parquet",
+    "rm": "rm.parquet",
+    "dpo": "dpo.parquet",
+    "grpo": "prompts.parquet",
+    "rloo": "prompts.parquet",
+}
 
 
 def _api_get(api_url: str, api_key: str | None, path: str):
@@ -29,8 +34,9 @@ def _api_get(api_url: str, api_key: str | None, path: str):
     return answer
 
 
-def fetch_snapshot(snapshot_id: str, names: list[str], api_url: str, api_key: str | None,
-                   data_dir: str | Path | None = None) -> Snapshot:
+def fetch_snapshot(
+    snapshot_id: str, names: list[str], api_url: str, api_key: str | None, data_dir: str | Path | None = None
+) -> Snapshot:
     """Copy a snapshot's manifest.json and ``names`` from the snapshots API (files need a trusted
     key) into the local snapshots folder, unless they are there already."""
     path = snapshots_dir(data_dir) / snapshot_id
@@ -52,12 +58,21 @@ def _kafka_items(group: str) -> Iterator[dict] | None:
     from infra.kafka import follow_snapshots
     from infra.settings import KafkaSettings
 
-    return ({"id": m["snapshot_id"], "position": m["position"]} for m in follow_snapshots(KafkaSettings.from_env(), group))
+    return (
+        {"id": m["snapshot_id"], "position": m["position"]} for m in follow_snapshots(KafkaSettings.from_env(), group)
+    )
 
 
-def follow(data_dir: str | Path | None = None, *, names: list[str] = (), api_url: str | None = None,
-           api_key: str | None = None, group: str = "oasst-train", poll: float = 2.0,
-           stop: Callable[[], bool] = lambda: False) -> Iterator[Snapshot]:
+def follow(
+    data_dir: str | Path | None = None,
+    *,
+    names: list[str] = (),
+    api_url: str | None = None,
+    api_key: str | None = None,
+    group: str = "oasst-train",
+    poll: float = 2.0,
+    stop: Callable[[], bool] = lambda: False,
+) -> Iterator[Snapshot]:
     """Yield each snapshot once, oldest first, then each new one as it appears (until ``stop()``).
 
     Where news come from: Kafka's snapshots topic when OASST_KAFKA_BOOTSTRAP is set (consumer
@@ -65,6 +80,7 @@ def follow(data_dir: str | Path | None = None, *, names: list[str] = (), api_url
     snapshots folder (polled). Files are read locally; with ``api_url`` missing ones (``names``)
     are downloaded first.
     """
+
     def resolve(ref: str) -> Snapshot:
         local = snapshots_dir(data_dir) / ref / "manifest.json"
         if api_url and not local.is_file():

@@ -14,15 +14,44 @@ import uuid
 from pathlib import Path
 
 TOPICS = [
-    "bread", "the sea", "paris", "python", "recursion", "the moon", "printing", "water", "music", "cats",
-    "trees", "rain", "chess", "coffee", "volcanoes", "bicycles", "gardening", "the sun", "maps", "birds",
-    "clocks", "bridges", "tea", "snow", "rivers", "robots", "poetry", "history", "stars", "football",
+    "bread",
+    "the sea",
+    "paris",
+    "python",
+    "recursion",
+    "the moon",
+    "printing",
+    "water",
+    "music",
+    "cats",
+    "trees",
+    "rain",
+    "chess",
+    "coffee",
+    "volcanoes",
+    "bicycles",
+    "gardening",
+    "the sun",
+    "maps",
+    "birds",
+    "clocks",
+    "bridges",
+    "tea",
+    "snow",
+    "rivers",
+    "robots",
+    "poetry",
+    "history",
+    "stars",
+    "football",
 ]
 QUESTIONS = ["Tell me about {t}.", "What do you know about {t}?", "Can you explain {t} to me?", "Why is {t} important?"]
 # best first: the rank of a template is its index
 REPLIES = [
-    ["Sure! Here is what I know about {t}. It is interesting and I am happy to help.",
-     "Great question about {t}. Thank you for asking, I am happy to help with more."],
+    [
+        "Sure! Here is what I know about {t}. It is interesting and I am happy to help.",
+        "Great question about {t}. Thank you for asking, I am happy to help with more.",
+    ],
     ["{t} is a topic. Some people like it.", "There are many things about {t}."],
     ["No.", "I don't care about {t}.", "Ask someone else."],
 ]
@@ -47,18 +76,35 @@ def toy_rows(n: int, seed: int = 0, topics: list[str] | None = None) -> dict[str
         common = {"message_tree_id": tree, "lang": "en"}
         out["prompts"].append({"messages": prompt, "message_id": parent, **common})
         out["sft"].append({"messages": prompt + answer[:1], "message_id": ids[0], **common, "rank": 0})
-        out["rm"].append({"prompt": prompt, "replies": replies, "chosen": answer[:1], "rejected": answer[-1:],
-                          "parent_id": parent, **common})
+        out["rm"].append(
+            {
+                "prompt": prompt,
+                "replies": replies,
+                "chosen": answer[:1],
+                "rejected": answer[-1:],
+                "parent_id": parent,
+                **common,
+            }
+        )
         for better in range(len(replies)):
             for worse in range(better + 1, len(replies)):
-                out["dpo"].append({"prompt": prompt, "chosen": answer[better:better + 1],
-                                   "rejected": answer[worse:worse + 1], "parent_id": parent, **common,
-                                   "chosen_rank": better, "rejected_rank": worse})
+                out["dpo"].append(
+                    {
+                        "prompt": prompt,
+                        "chosen": answer[better : better + 1],
+                        "rejected": answer[worse : worse + 1],
+                        "parent_id": parent,
+                        **common,
+                        "chosen_rank": better,
+                        "rejected_rank": worse,
+                    }
+                )
     return out
 
 
-def write_toy_snapshot(root: str | Path, n: int = 64, seed: int = 0, snapshot_id: str | None = None,
-                       topics: list[str] | None = None) -> Path:
+def write_toy_snapshot(
+    root: str | Path, n: int = 64, seed: int = 0, snapshot_id: str | None = None, topics: list[str] | None = None
+) -> Path:
     """Write a toy snapshot folder ``root/<id>`` and return it."""
     import polars as pl
 
@@ -72,8 +118,13 @@ def write_toy_snapshot(root: str | Path, n: int = 64, seed: int = 0, snapshot_id
         data = target.read_bytes()
         files[target.name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
         counts[name] = len(rows)
-    manifest = {"id": snapshot_id, "position": n, "policy": {"name": "toy", "version": "1"}, "files": files,
-                "counts": counts}
+    manifest = {
+        "id": snapshot_id,
+        "position": n,
+        "policy": {"name": "toy", "version": "1"},
+        "files": files,
+        "counts": counts,
+    }
     (path / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return path
 
