@@ -248,19 +248,37 @@ class CommandService:
     async def execute(self, command: c.Command, idempotency_key: str | None = None) -> Result:
         """Decide ``command``, let the tree manager react, append what was emitted; reply
         once it is durable. A retry with the same Idempotency-Key gets the first reply."""
-        client_id = command.client_id
-        if idempotency_key:
-            ikey = (client_id, idempotency_key)
+        ikey = (command.client_id, idempotency_key) if idempotency_key else None
+        if ikey is not None:
             earlier = await self._earlier_response(ikey)
             if earlier:
                 return Result(earlier.body or None, earlier.position)
         while self._paused is not None:  # a checkpoint is being taken (milliseconds)
             await asyncio.shield(self._paused)
+        batch, body = self._decide(command)
+        encoded = None if body is None else _json.encode(body)
+        if not batch.events:
+            return Result(encoded, self.model.position)
+        future = self._submit(batch, ikey, encoded)
+        try:
+            positions = await future
+        except Exception as exc:
+            raise OasstError(f"the event store refused the append: {exc}", ErrorCode.STORE_UNAVAILABLE) from exc
+        finally:
+            if ikey is not None:
+                self.inflight.pop(ikey, None)
+        self._committed(positions[-1], ikey, encoded)
+        return Result(encoded, positions[-1])
+
+    # execute's steps, as plain calls (no coroutines: they run once per command)
+
+    def _decide(self, command: c.Command) -> tuple[Batch, object]:
+        """The command's reply body and its batch: its events and the tree manager's reactions."""
         if self._recovering is not None:
             raise OasstError(
                 "the write model is being rebuilt after a failed append; retry shortly", ErrorCode.STORE_UNAVAILABLE
             )
-        batch = Batch(self.model, client_id, self.clock())
+        batch = Batch(self.model, command.client_id, self.clock())
         try:
             body = decide(command, self.state, batch)
         except OasstError:
@@ -272,31 +290,29 @@ class CommandService:
         while i < len(batch.events):  # the tree manager reacts to each event, its own too
             self.manager.react(batch.events[i][2], batch.system)
             i += 1
-        encoded = None if body is None else _json.encode(body)
-        if not batch.events:
-            return Result(encoded, self.model.position)
+        return batch, body
+
+    def _submit(self, batch: Batch, ikey: tuple[UUID, str] | None, encoded: bytes | None) -> asyncio.Future:
+        """Queue the batch's events for the group committer (with the reply to keep, under a key)."""
         pending = Pending(batch.events)
-        if idempotency_key:  # (the status column is a fixed 200: each route answers with its own)
-            pending.idempotency = (client_id, idempotency_key, 200, encoded or b"")
+        if ikey is not None:  # (the status column is a fixed 200: each route answers with its own)
+            pending.idempotency = (*ikey, 200, encoded or b"")
         future = self.committer.submit(pending)
-        if idempotency_key:
+        if ikey is not None:
             self.inflight[ikey] = future
-        try:
-            positions = await future
-        except Exception as exc:
-            raise OasstError(f"the event store refused the append: {exc}", ErrorCode.STORE_UNAVAILABLE) from exc
-        finally:
-            if idempotency_key:
-                self.inflight.pop(ikey, None)
-        self.model.position = max(self.model.position, positions[-1])
+        return future
+
+    def _committed(self, position: int, ikey: tuple[UUID, str] | None, encoded: bytes | None) -> None:
+        """The command's events are durable up to ``position``: tell the listeners, maybe
+        take a checkpoint, and keep the reply for retries."""
+        self.model.position = max(self.model.position, position)
         for listener in self.on_commit:
-            listener(positions[-1])
+            listener(position)
         every = self.settings.checkpoint_every
         if self.checkpoints and every and self.model.position - self._checkpointed[0] >= every:
             self._checkpoint_soon()
-        if idempotency_key:
-            self._remember(ikey, StoredResponse(200, encoded or b"", positions[-1]))
-        return Result(encoded, positions[-1])
+        if ikey is not None:
+            self._remember(ikey, StoredResponse(200, encoded or b"", position))
 
     async def _earlier_response(self, ikey: tuple[UUID, str]) -> StoredResponse | None:
         if ikey in self.inflight:

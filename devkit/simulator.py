@@ -605,26 +605,29 @@ class Simulation:
         )
         return min(left, self.prompt_backlog - backlog)
 
-    def _request(self, a: Actor) -> Command:
-        kind = "random"
+    def _request_kind(self, a: Actor) -> str:
+        """The task type the actor asks for (a prompt task reserves its place among the prompts)."""
         if self._prompts_wanted() > 0 and self.rng.random() < self.params.prompt_rate * a.profile.prompt_bias:
-            kind = "initial_prompt"
             self.prompt_reserved += 1
-        elif self.rng.random() < a.profile.specific:
-            if a.behaviour == "random_ranker":
-                kind = "rank_assistant_replies"
-            else:
-                kind = self.rng.choice(
-                    [
-                        "label_initial_prompt",
-                        "label_assistant_reply",
-                        "label_prompter_reply",
-                        "assistant_reply",
-                        "prompter_reply",
-                        "rank_assistant_replies",
-                        "rank_prompter_replies",
-                    ]
-                )
+            return "initial_prompt"
+        if self.rng.random() >= a.profile.specific:
+            return "random"
+        if a.behaviour == "random_ranker":
+            return "rank_assistant_replies"
+        return self.rng.choice(
+            [
+                "label_initial_prompt",
+                "label_assistant_reply",
+                "label_prompter_reply",
+                "assistant_reply",
+                "prompter_reply",
+                "rank_assistant_replies",
+                "rank_prompter_replies",
+            ]
+        )
+
+    def _request(self, a: Actor) -> Command:
+        kind = self._request_kind(a)
         a.requests += 1
         if a.requests == a.rename_at:
             a.display_name = f"{self.rng.choice(_NAMES).title()} {self.rng.randint(1, 99)}"  # a rename
@@ -735,48 +738,59 @@ class Simulation:
         return self.service.interaction(self.client, body), done
 
     def _labels_for(self, a: Actor, mid: UUID, names: list[str], mode: str | None) -> dict[str, float]:
-        rng, b = self.rng, a.behaviour
         q = self.quality.get(mid, 0.7)
-        junk = q < JUNK_BELOW
+        if a.behaviour == "spammer":
+            return self._spammer_labels(names, junk=q < JUNK_BELOW)
+        if a.behaviour == "troll":
+            return self._troll_labels(names)
         rude = self.actors[self.author[mid]].behaviour == "troll" if mid in self.author else False
-        if b == "spammer":  # random labels; spam-votes good messages
-            labels = {
-                n: float(rng.choice([0, 0.25, 0.5, 0.75, 1]))
-                if n not in ("spam", "lang_mismatch")
-                else float(rng.random() < 0.3)
-                for n in names
-            }
-            labels["spam"] = 0.0 if junk else float(rng.random() < 0.6)
-            return labels
-        if b == "troll":
-            labels = {n: float(rng.random() < 0.3) if n != "quality" else _likert(rng.random()) for n in names}
-            labels["spam"] = float(rng.random() < 0.4)
-            return labels
-        error = 0.12 if b == "lazy" else 0.02
-        spam = float(junk != (rng.random() < error))
-        if b == "lazy" and mode == "simple":
+        return self._honest_labels(a.behaviour == "lazy", names, mode, q, rude)
+
+    def _spammer_labels(self, names: list[str], junk: bool) -> dict[str, float]:
+        """Random labels; spam-votes good messages."""
+        rng = self.rng
+        labels = {
+            n: float(rng.choice([0, 0.25, 0.5, 0.75, 1]))
+            if n not in ("spam", "lang_mismatch")
+            else float(rng.random() < 0.3)
+            for n in names
+        }
+        labels["spam"] = 0.0 if junk else float(rng.random() < 0.6)
+        return labels
+
+    def _troll_labels(self, names: list[str]) -> dict[str, float]:
+        rng = self.rng
+        labels = {n: float(rng.random() < 0.3) if n != "quality" else _likert(rng.random()) for n in names}
+        labels["spam"] = float(rng.random() < 0.4)
+        return labels
+
+    def _honest_labels(self, lazy: bool, names: list[str], mode: str | None, q: float, rude: bool) -> dict[str, float]:
+        """What a diligent (or lazy: more errors, fewer labels) reviewer sees in a message of quality ``q``."""
+        rng = self.rng
+        spam = float((q < JUNK_BELOW) != (rng.random() < (0.12 if lazy else 0.02)))
+        if lazy and mode == "simple":
             return {"spam": spam}  # only what is mandatory
-        labels = {}
-        for n in names:
-            if n == "spam":
-                labels[n] = spam
-            elif n in ("quality", "helpfulness"):
-                labels[n] = _likert(q + rng.gauss(0, 0.12 if b != "lazy" else 0.25))
-            elif n == "fails_task":
-                labels[n] = float(q < 0.35)
-            elif n in ("creativity", "humor"):
-                labels[n] = _likert(rng.random() * q)
-            elif n == "toxicity":
-                labels[n] = _likert(0.6 + rng.random() * 0.4) if rude else _likert(rng.random() * 0.2)
-            elif n == "not_appropriate":
-                labels[n] = float(rude and rng.random() < 0.5)
-            elif n == "lang_mismatch":
-                labels[n] = float(rng.random() < 0.005)
-            else:  # pii, hate_speech, sexual_content, violence, ...
-                labels[n] = float(rng.random() < 0.01)
-        if b == "lazy":
+        labels = {n: spam if n == "spam" else self._label_value(n, q, rude, lazy) for n in names}
+        if lazy:
             labels = {n: v for n, v in labels.items() if n == "spam" or rng.random() < 0.4}
         return labels
+
+    def _label_value(self, name: str, q: float, rude: bool, lazy: bool) -> float:
+        """One label (but spam) of an honest reviewer."""
+        rng = self.rng
+        if name in ("quality", "helpfulness"):
+            return _likert(q + rng.gauss(0, 0.25 if lazy else 0.12))
+        if name == "fails_task":
+            return float(q < 0.35)
+        if name in ("creativity", "humor"):
+            return _likert(rng.random() * q)
+        if name == "toxicity":
+            return _likert(0.6 + rng.random() * 0.4) if rude else _likert(rng.random() * 0.2)
+        if name == "not_appropriate":
+            return float(rude and rng.random() < 0.5)
+        if name == "lang_mismatch":
+            return float(rng.random() < 0.005)
+        return float(rng.random() < 0.01)  # pii, hate_speech, sexual_content, violence, ...
 
     def _label(self, a: Actor) -> Command:
         task = a.task
@@ -903,13 +917,22 @@ class Simulation:
         heapq.heappush(self.mod_later, (self.tick + ticks, next(self.mod_seq), action))
 
     def _moderate(self) -> list[Command]:
-        svc, client, rng, m = self.service, self.client, self.rng, self.model
+        """The moderator's round: what was put off until now, then each of its duties."""
         out: list[Command] = []
         while self.mod_later and self.mod_later[0][0] <= self.tick:
             command = heapq.heappop(self.mod_later)[2]()
             if command:
                 out.append(command)
-        # the flagged list: junk goes; now and then a good message goes too, and comes back later
+        self._moderate_flagged(out)
+        self._mark_spammers(out)
+        if self.params.halt_stuck:
+            self._halt_stuck(out)
+        self._halt_some(out)
+        return out
+
+    def _moderate_flagged(self, out: list[Command]) -> None:
+        """The flagged list: junk goes; now and then a good message goes too, and comes back later."""
+        svc, client, rng, m = self.service, self.client, self.rng, self.model
         for _ in range(min(2, len(self.flagged))):
             mid = self.flagged.popleft()
             msg = m.messages[mid]
@@ -923,7 +946,10 @@ class Simulation:
                     self._later(
                         rng.randint(8, 30), lambda mid=mid: (svc.undelete_message(client, str(mid)), self._ignore)
                     )
-        # authors of many rejected messages get marked (and the worst banned)
+
+    def _mark_spammers(self, out: list[Command]) -> None:
+        """Authors of many rejected messages get marked (and the worst banned)."""
+        m = self.model
         for _ in range(3):
             a = self.actors[self.mod_cursor % len(self.actors)]
             self.mod_cursor += 1
@@ -934,32 +960,37 @@ class Simulation:
             if rejected >= self.params.spammer_rejections and rejected * 2 >= len(reviewed):
                 a.marked = True
                 ban = rejected >= self.params.spammer_rejections + 2
-                out.append((svc.set_spammer(client, str(a.user_id), True, ban=ban), self._ignore))
+                out.append((self.service.set_spammer(self.client, str(a.user_id), True, ban=ban), self._ignore))
                 if a.behaviour != "spammer":  # a false positive: the user appeals, and wins
-                    self._later(rng.randint(30, 90), lambda a=a, ban=ban: self._appeal(a, ban))
-        # trees in review or growing that nobody can take any further get halted
-        if self.params.halt_stuck:
-            for tree in [*m.trees_in("initial_prompt_review"), *m.trees_in("growing")]:
-                if not self._can_progress(tree):
-                    self.stuck_halted += 1
-                    out.append((svc.set_tree_halted(client, str(tree.id), True), self._ignore))
-        # halts, spread over the run; a few are undone
+                    self._later(self.rng.randint(30, 90), lambda a=a, ban=ban: self._appeal(a, ban))
+
+    def _halt_stuck(self, out: list[Command]) -> None:
+        """Trees in review or growing that nobody can take any further get halted."""
+        m = self.model
+        for tree in [*m.trees_in("initial_prompt_review"), *m.trees_in("growing")]:
+            if not self._can_progress(tree):
+                self.stuck_halted += 1
+                out.append((self.service.set_tree_halted(self.client, str(tree.id), True), self._ignore))
+
+    def _halt_some(self, out: list[Command]) -> None:
+        """Halts, spread over the run; a few are undone."""
+        svc, client, rng, m = self.service, self.client, self.rng, self.model
         if (
-            self.halts_done < self.halts_planned
-            and self.prompts_submitted >= (self.halts_done + 0.5) * self.trees / self.halts_planned
+            self.halts_done >= self.halts_planned
+            or self.prompts_submitted < (self.halts_done + 0.5) * self.trees / self.halts_planned
         ):
-            growing = list(m.trees_in("growing")) or list(m.trees_in("initial_prompt_review"))
-            if growing:
-                tree = rng.choice(growing)
-                self.halts_done += 1
-                out.append((svc.set_tree_halted(client, str(tree.id), True), self._ignore))
-                if self.resumes_left > 0 and self.halts_done % 2 == 0:
-                    self.resumes_left -= 1
-                    self._later(
-                        rng.randint(10, 40),
-                        lambda tid=tree.id: (svc.set_tree_halted(client, str(tid), False), self._ignore),
-                    )
-        return out
+            return
+        growing = list(m.trees_in("growing")) or list(m.trees_in("initial_prompt_review"))
+        if growing:
+            tree = rng.choice(growing)
+            self.halts_done += 1
+            out.append((svc.set_tree_halted(client, str(tree.id), True), self._ignore))
+            if self.resumes_left > 0 and self.halts_done % 2 == 0:
+                self.resumes_left -= 1
+                self._later(
+                    rng.randint(10, 40),
+                    lambda tid=tree.id: (svc.set_tree_halted(client, str(tid), False), self._ignore),
+                )
 
     def _can_progress(self, tree) -> bool:
         """Could anyone still review or extend this tree? (Not when no message can take a

@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from domain import events as ev
@@ -341,80 +342,109 @@ class TreeManager:
 
     def react(self, event: ev.Event, emit: Emit) -> None:
         """Emit the tree manager's decisions that follow from ``event`` (already applied)."""
-        m = self.model
-        match event:
-            case ev.TreeImported(state="backlog_ranking"):
-                self._keep_rankings_active(event.lang, event, emit)
-            case ev.LabelsSubmitted(kind="task"):
-                self._review(m.messages[event.message_id], emit)
-            case ev.LabelsSubmitted(kind="report") | ev.EmojiAdded(emoji="red_flag"):
-                self._auto_moderate_flags(m.messages[event.message_id], emit)
-            case ev.EmojiAdded(emoji="_skip_reply"):
-                tree = m.trees[m.messages[event.message_id].tree_id]
-                if (
-                    self.cfg.auto_mod_enabled
-                    and tree.skip_replies >= self.cfg.auto_mod_max_skip_reply
-                    and tree.state in ("initial_prompt_review", "growing")
-                ):
-                    emit(
-                        ev.TreeStateChanged,
-                        tree_id=tree.id,
-                        old_state=tree.state,
-                        new_state="halted_by_moderator",
-                        reason="auto_mod_skip_reply",
-                    )
-            case ev.MessageReviewed() | ev.MessageDeleted():
-                msg = m.messages[event.message_id]
-                tree = m.trees[msg.tree_id]
-                if (
-                    isinstance(event, ev.MessageDeleted)
-                    and msg.parent_id is None
-                    and tree.state not in ("halted_by_moderator", "aborted_low_grade", "ready_for_export")
-                ):
-                    emit(
-                        ev.TreeStateChanged,
-                        tree_id=tree.id,
-                        old_state=tree.state,
-                        new_state="halted_by_moderator",
-                        reason="all_messages_deleted",
-                    )
-                elif tree.state == "initial_prompt_review" and isinstance(event, ev.MessageReviewed):
-                    new = "prompt_lottery_waiting" if event.accepted else "aborted_low_grade"
-                    emit(
-                        ev.TreeStateChanged,
-                        tree_id=tree.id,
-                        old_state=tree.state,
-                        new_state=new,
-                        reason="initial_prompt_review",
-                    )
-                elif isinstance(event, ev.MessageReviewed) and msg.parent_id is None:
-                    self._prompt_review_changed(tree, event, emit)
-                elif tree.state == "growing":
-                    self._check_growing(tree, emit)
-                elif tree.state == "ranking":
-                    self._check_ranking(tree, emit)
-            case ev.RankingSubmitted():
-                tree = m.trees[m.messages[event.parent_id].tree_id]
-                if tree.state == "ranking":
-                    self._check_ranking(tree, emit)
-            case ev.TreeStateChanged():
-                self._after_state_change(event, emit)
-            case ev.InitialPromptSubmitted() if event.user_id in m.spammers:
-                # nobody will review it (it is hidden): do not let it hold a review slot
-                emit(
-                    ev.TreeStateChanged,
-                    tree_id=event.message_id,
-                    old_state="initial_prompt_review",
-                    new_state="halted_by_moderator",
-                    reason="author_marked_spammer",
-                )
-            case ev.UserMarkedSpammer() | ev.UserUnmarkedSpammer():
-                self._apply_spam_mark(event.subject_id, isinstance(event, ev.UserMarkedSpammer), emit)
-            case ev.TreeHalted():
-                tree = m.trees[event.tree_id]
-                if tree.halted_from == "growing":
-                    self._lottery(tree.lang, event, emit)
-                self._activate_backlog(tree.lang, event, emit)
+        reaction = _REACTIONS.get(type(event))  # one lookup per event: this runs for every event emitted
+        if reaction is not None:
+            reaction(self, event, emit)
+
+    # one reaction per event type (``_REACTIONS`` below); events not listed need none
+
+    def _on_tree_imported(self, event: ev.TreeImported, emit: Emit) -> None:
+        if event.state == "backlog_ranking":
+            self._keep_rankings_active(event.lang, event, emit)
+
+    def _on_labels_submitted(self, event: ev.LabelsSubmitted, emit: Emit) -> None:
+        if event.kind == "task":
+            self._review(self.model.messages[event.message_id], emit)
+        elif event.kind == "report":
+            self._auto_moderate_flags(self.model.messages[event.message_id], emit)
+
+    def _on_emoji_added(self, event: ev.EmojiAdded, emit: Emit) -> None:
+        if event.emoji == "red_flag":
+            self._auto_moderate_flags(self.model.messages[event.message_id], emit)
+        elif event.emoji == "_skip_reply":
+            self._auto_moderate_skips(self.model.messages[event.message_id], emit)
+
+    def _auto_moderate_skips(self, msg: Message, emit: Emit) -> None:
+        """OA halts a tree whose replies were skipped too often while it was still open."""
+        tree = self.model.trees[msg.tree_id]
+        if (
+            self.cfg.auto_mod_enabled
+            and tree.skip_replies >= self.cfg.auto_mod_max_skip_reply
+            and tree.state in ("initial_prompt_review", "growing")
+        ):
+            emit(
+                ev.TreeStateChanged,
+                tree_id=tree.id,
+                old_state=tree.state,
+                new_state="halted_by_moderator",
+                reason="auto_mod_skip_reply",
+            )
+
+    def _on_message_reviewed(self, event: ev.MessageReviewed, emit: Emit) -> None:
+        msg = self.model.messages[event.message_id]
+        tree = self.model.trees[msg.tree_id]
+        if tree.state == "initial_prompt_review":
+            new = "prompt_lottery_waiting" if event.accepted else "aborted_low_grade"
+            emit(
+                ev.TreeStateChanged,
+                tree_id=tree.id,
+                old_state=tree.state,
+                new_state=new,
+                reason="initial_prompt_review",
+            )
+        elif msg.parent_id is None:
+            self._prompt_review_changed(tree, event, emit)
+        else:
+            self._recheck(tree, emit)
+
+    def _on_message_deleted(self, event: ev.MessageDeleted, emit: Emit) -> None:
+        msg = self.model.messages[event.message_id]
+        tree = self.model.trees[msg.tree_id]
+        if msg.parent_id is None and tree.state not in ("halted_by_moderator", "aborted_low_grade", "ready_for_export"):
+            emit(
+                ev.TreeStateChanged,
+                tree_id=tree.id,
+                old_state=tree.state,
+                new_state="halted_by_moderator",
+                reason="all_messages_deleted",
+            )
+        else:
+            self._recheck(tree, emit)
+
+    def _recheck(self, tree: Tree, emit: Emit) -> None:
+        """A message's review or deletion may end a growing tree's growth or its ranking."""
+        if tree.state == "growing":
+            self._check_growing(tree, emit)
+        elif tree.state == "ranking":
+            self._check_ranking(tree, emit)
+
+    def _on_ranking_submitted(self, event: ev.RankingSubmitted, emit: Emit) -> None:
+        tree = self.model.trees[self.model.messages[event.parent_id].tree_id]
+        if tree.state == "ranking":
+            self._check_ranking(tree, emit)
+
+    def _on_initial_prompt_submitted(self, event: ev.InitialPromptSubmitted, emit: Emit) -> None:
+        if event.user_id in self.model.spammers:
+            # nobody will review it (it is hidden): do not let it hold a review slot
+            emit(
+                ev.TreeStateChanged,
+                tree_id=event.message_id,
+                old_state="initial_prompt_review",
+                new_state="halted_by_moderator",
+                reason="author_marked_spammer",
+            )
+
+    def _on_user_marked_spammer(self, event: ev.UserMarkedSpammer, emit: Emit) -> None:
+        self._apply_spam_mark(event.subject_id, True, emit)
+
+    def _on_user_unmarked_spammer(self, event: ev.UserUnmarkedSpammer, emit: Emit) -> None:
+        self._apply_spam_mark(event.subject_id, False, emit)
+
+    def _on_tree_halted(self, event: ev.TreeHalted, emit: Emit) -> None:
+        tree = self.model.trees[event.tree_id]
+        if tree.halted_from == "growing":
+            self._lottery(tree.lang, event, emit)
+        self._activate_backlog(tree.lang, event, emit)
 
     def honest_review_count(self, msg: Message) -> int:
         """Review labels that count: those of users not marked spammers."""
@@ -654,3 +684,19 @@ class TreeManager:
                 new_state="ranking",
                 reason="backlog_activated",
             )
+
+
+# the tree manager's reaction to each event type (exact types: events are never subclassed)
+_REACTIONS: dict[type[ev.Event], Callable[[TreeManager, Any, Emit], None]] = {
+    ev.TreeImported: TreeManager._on_tree_imported,
+    ev.LabelsSubmitted: TreeManager._on_labels_submitted,
+    ev.EmojiAdded: TreeManager._on_emoji_added,
+    ev.MessageReviewed: TreeManager._on_message_reviewed,
+    ev.MessageDeleted: TreeManager._on_message_deleted,
+    ev.RankingSubmitted: TreeManager._on_ranking_submitted,
+    ev.TreeStateChanged: TreeManager._after_state_change,
+    ev.InitialPromptSubmitted: TreeManager._on_initial_prompt_submitted,
+    ev.UserMarkedSpammer: TreeManager._on_user_marked_spammer,
+    ev.UserUnmarkedSpammer: TreeManager._on_user_unmarked_spammer,
+    ev.TreeHalted: TreeManager._on_tree_halted,
+}

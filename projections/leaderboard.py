@@ -332,6 +332,13 @@ class LeaderboardView(View):
         """OA's merge_users: the sources' facts, counters and gifts are the destination's
         (no user marked spammer is merged, so what was counted stays counted)."""
         dest, sources = e.subject_id, set(e.source_user_ids)
+        self._reassign_facts(sources, dest)
+        for source in sources:
+            self._move_gifts(source, dest)
+            self._move_counts(source, dest)
+
+    def _reassign_facts(self, sources: set[UUID], dest: UUID) -> None:
+        """Messages, rankings and gifts received by a source are the destination's."""
         for key, m in self.messages.rows.items():  # no index by author (a merge is rare)
             if m.author in sources:
                 m.author = dest
@@ -344,24 +351,30 @@ class LeaderboardView(View):
             if any(item[0] in sources for item in given.items):
                 given.items = [(dest if a in sources else a, h, s, d) for a, h, s, d in given.items]
                 self.given.touch(giver)
-        for source in sources:
-            given = self.given.get(source)
-            if given is not None:
-                into = self.given.get(dest) or self.given.put(dest, Given())
-                into.items = [*into.items, *given.items]
-                self.given.touch(dest)
-                self.given.delete(source)
-            counts = self.users.get(source)
-            if counts is not None:
-                into = self._counts(dest)
-                for rows, theirs in ((into.hours, counts.hours), (into.troll, counts.troll)):
-                    for hour, values in theirs.items():
-                        mine = rows.setdefault(hour, [type(v)() for v in values])
-                        rows[hour] = [a + b for a, b in zip(mine, values, strict=True)]
-                into.active_days = sorted(set(into.active_days) | set(counts.active_days))
-                if counts.last_activity and (into.last_activity is None or counts.last_activity > into.last_activity):
-                    into.last_activity = counts.last_activity
-                self.users.delete(source)
+
+    def _move_gifts(self, source: UUID, dest: UUID) -> None:
+        """What a source gave others is the destination's gift."""
+        given = self.given.get(source)
+        if given is not None:
+            into = self.given.get(dest) or self.given.put(dest, Given())
+            into.items = [*into.items, *given.items]
+            self.given.touch(dest)
+            self.given.delete(source)
+
+    def _move_counts(self, source: UUID, dest: UUID) -> None:
+        """A source's counters add to the destination's; active days unite; the later last activity wins."""
+        counts = self.users.get(source)
+        if counts is None:
+            return
+        into = self._counts(dest)
+        for rows, theirs in ((into.hours, counts.hours), (into.troll, counts.troll)):
+            for hour, values in theirs.items():
+                mine = rows.setdefault(hour, [type(v)() for v in values])
+                rows[hour] = [a + b for a, b in zip(mine, values, strict=True)]
+        into.active_days = sorted(set(into.active_days) | set(counts.active_days))
+        if counts.last_activity and (into.last_activity is None or counts.last_activity > into.last_activity):
+            into.last_activity = counts.last_activity
+        self.users.delete(source)
 
     # --- reading -------------------------------------------------------------------
 

@@ -121,34 +121,48 @@ def merge(shards: list[list[View]]) -> list[View]:
                 if name not in ("users", "given"):  # rows that live in one shard only
                     table.rows.update(part.tables[name].rows)
         tree.users.rows.update(shard[0].users.rows)
-    # message tree: a user's last activity is the latest of any shard
+    _merge_tree_activity(tree, shards)
+    _merge_counters(board, shards)
+    _merge_gifts(board, shards)
+    for view in merged:
+        for table in view.tables.values():
+            table.dirty.clear()
+    return merged
+
+
+def _merge_tree_activity(tree: MessageTreeView, shards: list[list[View]]) -> None:
+    """Message tree: a user's last activity is the latest of any shard."""
     for user, a in _latest(shards, 0).items():
         row = tree.users.get(user)
         if row is not None:
             row.last_activity_date = a.at
     tree.restored()
-    # leaderboard: counters add up, active days unite, gifts count unless the giver is a spammer
+
+
+def _merge_counters(board: LeaderboardView, shards: list[list[View]]) -> None:
+    """Leaderboard: counters add up, active days unite, the last activity is the latest."""
     latest = _latest(shards, 2)
-    gifts: dict[UUID, list] = {}
     for shard in shards:
         for user, part in shard[2].users.rows.items():
             counts = board.users.get(user) or board.users.put(user, UserCounts())
             _add_rows(counts.hours, part.hours)
             _add_rows(counts.troll, part.troll)
             counts.active_days = sorted(set(counts.active_days) | set(part.active_days))
-        for giver, given in shard[2].given.rows.items():
-            gifts.setdefault(giver, []).extend(given.items)
     for user, a in latest.items():
         board.users.get(user).last_activity = a.at
+
+
+def _merge_gifts(board: LeaderboardView, shards: list[list[View]]) -> None:
+    """Leaderboard: gifts count unless the giver is a spammer (after the counters: they add to them)."""
+    gifts: dict[UUID, list] = {}
+    for shard in shards:
+        for giver, given in shard[2].given.rows.items():
+            gifts.setdefault(giver, []).extend(given.items)
     for giver, items in gifts.items():
         board.given.put(giver, Given(sorted(items, key=lambda i: (str(i[0]), i[1], i[2], i[3]))))
         if giver not in board.spammers:
             for author, hour, stat, delta in items:
                 board._add(author, hour, stat, delta)
-    for view in merged:
-        for table in view.tables.values():
-            table.dirty.clear()
-    return merged
 
 
 def _add_rows(into: dict[int, list], rows: dict[int, list]) -> None:

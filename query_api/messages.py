@@ -69,6 +69,16 @@ def _resolve(request: Request, views: Views, client: ApiClient, message_id: str,
 
 def _routes(frontend: bool):
     """The same reads, by our id (messages/) or by the frontend's id (frontend_messages/)."""
+    get_message, conversation, children, descendants = _message_routes(frontend)
+    tree, longest, max_children, tree_state = _tree_routes(frontend)
+    handlers = [get_message, conversation, tree, children, descendants, longest, max_children]
+    if tree_state is not None:
+        handlers.append(tree_state)
+    return handlers
+
+
+def _message_routes(frontend: bool):
+    """Reads of a message and its neighbours: itself, its thread, its replies, its subtree."""
     prefix = "/frontend_messages" if frontend else "/messages"
 
     @get(prefix + "/{message_id:str}", summary="A message", guards=[api_client])
@@ -84,6 +94,26 @@ def _routes(frontend: bool):
     async def conversation(request: Request, message_id: FromPath[str], views: CaughtUp, client: Client) -> dict:
         view, m, me = _resolve(request, views, client, message_id, frontend)
         return {"messages": [conversation_message(x, me) for x in view.thread(m)]}
+
+    @get(prefix + "/{message_id:str}/children", summary="Direct replies", guards=[api_client])
+    async def children(request: Request, message_id: FromPath[str], views: CaughtUp, client: Client) -> list[dict]:
+        view, m, me = _resolve(request, views, client, message_id, frontend)
+        return [message_dict(view, c, me) for c in _live_children(view, m)]
+
+    @get(prefix + "/{message_id:str}/descendants", summary="The subtree under a message", guards=[api_client])
+    async def descendants(request: Request, message_id: FromPath[str], views: CaughtUp, client: Client) -> dict:
+        view, m, me = _resolve(request, views, client, message_id, frontend)
+        return {
+            "id": str(m.id),
+            "messages": [message_dict(view, x, me) for x in _descendants(view, m) if not view.is_hidden(x)],
+        }
+
+    return get_message, conversation, children, descendants
+
+
+def _tree_routes(frontend: bool):
+    """Reads of a message's whole tree (and, by our id only, the tree's state)."""
+    prefix = "/frontend_messages" if frontend else "/messages"
 
     @get(
         prefix + "/{message_id:str}/tree",
@@ -104,19 +134,6 @@ def _routes(frontend: bool):
         view, m, me = _resolve(request, views, client, message_id, frontend)
         messages = _tree_messages(view, view.messages[m.tree_id], include_deleted, include_spam)
         return {"id": str(m.tree_id), "messages": [message_dict(view, x, me) for x in messages]}
-
-    @get(prefix + "/{message_id:str}/children", summary="Direct replies", guards=[api_client])
-    async def children(request: Request, message_id: FromPath[str], views: CaughtUp, client: Client) -> list[dict]:
-        view, m, me = _resolve(request, views, client, message_id, frontend)
-        return [message_dict(view, c, me) for c in _live_children(view, m)]
-
-    @get(prefix + "/{message_id:str}/descendants", summary="The subtree under a message", guards=[api_client])
-    async def descendants(request: Request, message_id: FromPath[str], views: CaughtUp, client: Client) -> dict:
-        view, m, me = _resolve(request, views, client, message_id, frontend)
-        return {
-            "id": str(m.id),
-            "messages": [message_dict(view, x, me) for x in _descendants(view, m) if not view.is_hidden(x)],
-        }
 
     @get(
         prefix + "/{message_id:str}/longest_conversation_in_tree",
@@ -145,16 +162,15 @@ def _routes(frontend: bool):
             "messages": [message_dict(view, x, me) for x in [best, *_live_children(view, best)]],
         }
 
-    handlers = [get_message, conversation, tree, children, descendants, longest, max_children]
-    if not frontend:
+    if frontend:
+        return tree, longest, max_children, None
 
-        @get(prefix + "/{message_id:str}/tree/state", summary="The tree's state and settings", guards=[api_client])
-        async def tree_state(request: Request, message_id: FromPath[str], views: CaughtUp, client: Client) -> dict:
-            view, m, _ = _resolve(request, views, client, message_id, frontend)
-            return shapes.tree_state(view.trees[m.tree_id], views.tree_config)
+    @get(prefix + "/{message_id:str}/tree/state", summary="The tree's state and settings", guards=[api_client])
+    async def tree_state(request: Request, message_id: FromPath[str], views: CaughtUp, client: Client) -> dict:
+        view, m, _ = _resolve(request, views, client, message_id, frontend)
+        return shapes.tree_state(view.trees[m.tree_id], views.tree_config)
 
-        handlers.append(tree_state)
-    return handlers
+    return tree, longest, max_children, tree_state
 
 
 async def _tree_at(

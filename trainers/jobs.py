@@ -73,6 +73,53 @@ def oa_rank_loss(rewards, cu_lengths: list[int], l2: float = 0.001):
     return torch.stack(losses).mean()
 
 
+def _tokenize_replies(dataset, processing_class, max_replies: int, max_length: int | None):
+    """OA's ranking rows as token ids: a prompt's replies (best first, at most ``max_replies``),
+    each in the chat template after the prompt."""
+
+    def tokenize(row):
+        ids = [
+            processing_class.apply_chat_template(
+                row["prompt"] + [{"role": "assistant", "content": r}], tokenize=True, return_dict=True
+            )["input_ids"]
+            for r in row["replies"][:max_replies]
+        ]
+        return {"replies_ids": ids}
+
+    dataset = dataset.map(tokenize, remove_columns=dataset.column_names)
+    if max_length is not None:  # as RewardTrainer: drop what does not fit, never cut a reply
+        dataset = dataset.filter(lambda row: max(map(len, row["replies_ids"])) <= max_length)
+    return dataset
+
+
+def _collate_replies(rows, pad_token_id: int) -> dict:
+    """Every reply of the rows, padded, with where each prompt's replies start (cu_lengths)."""
+    import torch
+
+    seqs = [torch.tensor(ids) for row in rows for ids in row["replies_ids"]]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_token_id)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        input_ids[i, : len(s)], mask[i, : len(s)] = s, 1
+    cu = [0]
+    for row in rows:
+        cu.append(cu[-1] + len(row["replies_ids"]))
+    return {"input_ids": input_ids, "attention_mask": mask, "cu_lengths": torch.tensor(cu)}
+
+
+def _ordered_share(rewards, cu: list[int]) -> float:
+    """Share of ordered pairs in the right order, as RewardTrainer's accuracy."""
+    import torch
+
+    right = total = 0
+    for start, end in zip(cu[:-1], cu[1:], strict=True):
+        pairs = torch.combinations(torch.arange(end - start), 2)
+        right += (rewards[start + pairs[:, 0]] > rewards[start + pairs[:, 1]]).sum().item()
+        total += len(pairs)
+    return right / max(total, 1)
+
+
 def _oa_trainer_class():
     """RewardTrainer with OA's ranking loss over all ranked replies of a prompt (built lazily:
     importing TRL takes seconds)."""
@@ -87,35 +134,13 @@ def _oa_trainer_class():
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             if "replies_ids" in dataset.column_names:
                 return dataset
-
-            def tokenize(row):
-                ids = [
-                    processing_class.apply_chat_template(
-                        row["prompt"] + [{"role": "assistant", "content": r}], tokenize=True, return_dict=True
-                    )["input_ids"]
-                    for r in row["replies"][: self.max_replies]
-                ]
-                return {"replies_ids": ids}
-
-            dataset = dataset.map(tokenize, remove_columns=dataset.column_names)
-            if args.max_length is not None:  # as RewardTrainer: drop what does not fit, never cut a reply
-                dataset = dataset.filter(lambda row: max(map(len, row["replies_ids"])) <= args.max_length)
-            return dataset
+            return _tokenize_replies(dataset, processing_class, self.max_replies, args.max_length)
 
         def _set_signature_columns_if_needed(self):
             self._signature_columns = ["replies_ids"]
 
         def _collate(self, rows):
-            seqs = [torch.tensor(ids) for row in rows for ids in row["replies_ids"]]
-            width = max(len(s) for s in seqs)
-            input_ids = torch.full((len(seqs), width), self.processing_class.pad_token_id)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for i, s in enumerate(seqs):
-                input_ids[i, : len(s)], mask[i, : len(s)] = s, 1
-            cu = [0]
-            for row in rows:
-                cu.append(cu[-1] + len(row["replies_ids"]))
-            return {"input_ids": input_ids, "attention_mask": mask, "cu_lengths": torch.tensor(cu)}
+            return _collate_replies(rows, self.processing_class.pad_token_id)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if self.model.training else "eval"
@@ -123,13 +148,8 @@ def _oa_trainer_class():
             outputs = model(**inputs, use_cache=False)
             rewards = outputs.logits.squeeze(-1)
             loss = oa_rank_loss(rewards, cu, self.l2)
-            with torch.no_grad():  # share of ordered pairs in the right order, as RewardTrainer's accuracy
-                right = total = 0
-                for start, end in zip(cu[:-1], cu[1:], strict=True):
-                    pairs = torch.combinations(torch.arange(end - start), 2)
-                    right += (rewards[start + pairs[:, 0]] > rewards[start + pairs[:, 1]]).sum().item()
-                    total += len(pairs)
-                self._metrics[mode]["accuracy"].append(right / max(total, 1))
+            with torch.no_grad():
+                self._metrics[mode]["accuracy"].append(_ordered_share(rewards, cu))
                 self._metrics[mode]["mean_reward"].append(rewards.mean().item())
             return (loss, outputs) if return_outputs else loss
 

@@ -88,12 +88,18 @@ def follow(
         return open_snapshot(ref, data_dir)
 
     kafka = _kafka_items(group)
-    if kafka is not None:
-        for item in kafka:
-            yield resolve(item["id"])
-            if stop():
-                return
-        return
+    refs = (item["id"] for item in kafka) if kafka is not None else _polled_ids(data_dir, api_url, api_key, poll, stop)
+    for ref in refs:
+        yield resolve(ref)
+        if stop():
+            return
+
+
+def _polled_ids(
+    data_dir: str | Path | None, api_url: str | None, api_key: str | None, poll: float, stop: Callable[[], bool]
+) -> Iterator[str]:
+    """Each snapshot id once, oldest first, polling the snapshots API (with ``api_url``) or
+    the local snapshots folder every ``poll`` seconds until ``stop()``."""
     seen: set[str] = set()
     while not stop():
         if api_url:
@@ -104,7 +110,5 @@ def follow(
         for ref in ids:
             if ref not in seen:
                 seen.add(ref)
-                yield resolve(ref)
-                if stop():
-                    return
+                yield ref
         time.sleep(poll)
