@@ -25,6 +25,7 @@ from projections.consensus import ConsensusView
 from projections.history import HistoryView
 from projections.leaderboard import LeaderboardView
 from projections.message_tree import MessageTreeView
+from projections.relational import Changes
 from projections.storage import ViewStorage
 
 log = logging.getLogger("oasst.projections")
@@ -37,6 +38,7 @@ class _Flush:
     changes: list = field(default_factory=list)
     history: tuple | None = None
     history_view: HistoryView | None = None
+    relational: Changes | None = None  # the SQL read models' rows (of the live message-tree view)
     taken: list = field(default_factory=list)  # (table, keys)
 
 
@@ -110,7 +112,10 @@ class ProjectionRunner:
         """Take every view's changed rows (encoded now, on the thread that folds)."""
         flush = _Flush()
         for view in self.views:
+            start = len(flush.taken)
             flush.changes.append(take_view_changes(view, flush.taken))
+            if isinstance(view, MessageTreeView) and not view.suffix:
+                flush.relational = self.storage.relational.view_changes(view, flush.taken[start:])
             if isinstance(view, HistoryView):
                 flush.history = (view.key, view.take_entries())
                 flush.history_view = view
@@ -118,7 +123,7 @@ class ProjectionRunner:
 
     def _write(self, flush: _Flush) -> BaseException | None:
         try:
-            self.storage.write(flush.changes, flush.history)
+            self.storage.write(flush.changes, flush.history, flush.relational)
         except Exception as exc:  # noqa: BLE001 - handed to _done, which keeps the changes for the next try
             return exc
         return None

@@ -1,7 +1,9 @@
 """Where views live between runs: ``view_rows`` (one encoded row per view, table and
 key) and ``view_positions`` (how far each view has folded the log), in the event
 store's own database. A flush writes a view's changed rows and its new position in
-one transaction, so after a crash a view resumes exactly where its rows are."""
+one transaction, so after a crash a view resumes exactly where its rows are. The same
+transaction keeps the SQL read models (projections/relational.py) in step with the live
+message-tree view."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from uuid import UUID
 from psycopg.sql import SQL, Identifier
 
 from infra.store import EventStore
+from projections.relational import VIEW as RELATIONAL_VIEW
+from projections.relational import Changes, RelationalTables
 
 
 class ViewStorage:
@@ -23,6 +27,7 @@ class ViewStorage:
             self.rows_table = SQL("{}.view_rows").format(schema)
             self.positions_table = SQL("{}.view_positions").format(schema)
             self.history_table = SQL("{}.history_index").format(schema)
+        self.relational = RelationalTables(self.datastore, self.pg)
         self._create()
 
     def _sql(self, text: str):
@@ -49,6 +54,13 @@ class ViewStorage:
                 self._sql(f"CREATE TABLE IF NOT EXISTS {{history}} (view TEXT, entity {entity}, position BIGINT)")
             )
             c.execute(self._sql("CREATE INDEX IF NOT EXISTS history_index_entity ON {history} (entity, position)"))
+            secret = SQL("{}.view_secret").format(Identifier(self.datastore.schema)) if self.pg else "view_secret"
+            if self.relational.create(c, secret):  # new tables on a store whose view was stored before them
+                self.relational.reload(c, self._stored_rows(c, RELATIONAL_VIEW))
+
+    def _stored_rows(self, c, view: str) -> Iterator[tuple[str, str, bytes]]:
+        c.execute(self._sql("SELECT tbl, key, value FROM {rows} WHERE view = ?"), (view,))
+        return ((row["tbl"], row["key"], bytes(row["value"])) for row in c.fetchall())
 
     def position(self, view: str) -> int:
         with self.datastore.transaction(commit=False) as c:
@@ -58,19 +70,20 @@ class ViewStorage:
 
     def rows(self, view: str) -> Iterator[tuple[str, str, bytes]]:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(self._sql("SELECT tbl, key, value FROM {rows} WHERE view = ?"), (view,))
-            for row in c.fetchall():
-                yield row["tbl"], row["key"], bytes(row["value"])
+            yield from self._stored_rows(c, view)
 
     def write(
         self,
         changes: list[tuple[str, int, list[tuple[str, str, bytes | None]]]],
         history: tuple[str, list[tuple[str, int]]] | None = None,
+        relational: Changes | None = None,
     ) -> None:
         """For each (view, position, [(table, key, value or None)]): write the rows and the
-        position; and the new history entries (view, [(entity, position)]); all in one
-        transaction."""
+        position; the new history entries (view, [(entity, position)]) and the SQL read
+        models' changed rows; all in one transaction."""
         with self.datastore.transaction(commit=True) as c:
+            if relational is not None:
+                self.relational.write(c, relational)
             if history and history[1]:
                 view, entries = history
                 if self.pg:  # COPY: the history index gets several rows per event
@@ -122,6 +135,8 @@ class ViewStorage:
             c.execute(self._sql("DELETE FROM {rows} WHERE view = ?"), (view,))
             c.execute(self._sql("DELETE FROM {positions} WHERE view = ?"), (view,))
             c.execute(self._sql("DELETE FROM {history} WHERE view = ?"), (view,))
+            if view == RELATIONAL_VIEW:
+                self.relational.clear(c)
 
     def rename(self, old: str, new: str) -> None:
         """Atomically replace view ``new`` by the rows and position built under ``old``."""
@@ -132,3 +147,5 @@ class ViewStorage:
             c.execute(self._sql("UPDATE {rows} SET view = ? WHERE view = ?"), (new, old))
             c.execute(self._sql("UPDATE {positions} SET view = ? WHERE view = ?"), (new, old))
             c.execute(self._sql("UPDATE {history} SET view = ? WHERE view = ?"), (new, old))
+            if new == RELATIONAL_VIEW:  # the tables follow the live view: reload them from its new rows
+                self.relational.reload(c, self._stored_rows(c, new))

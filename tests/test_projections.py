@@ -671,12 +671,12 @@ def test_a_failed_flush_then_a_restart_equals_a_clean_rebuild(history_store):
     real_write = runner.storage.write
     writes = 0
 
-    def failing_write(changes, history=None):
+    def failing_write(*args):
         nonlocal writes
         writes += 1
         if writes == 3:
             raise Crash  # the transaction never commits
-        real_write(changes, history)
+        real_write(*args)
 
     runner.storage.write = failing_write
     with pytest.raises(Crash):
@@ -739,12 +739,12 @@ def test_a_failed_flush_retried_by_the_same_runner_loses_no_rows(sqlite_history)
     real_write = runner.storage.write
     writes = 0
 
-    def flaky_write(changes, history=None):  # e.g. a dropped connection, once
+    def flaky_write(*args):  # e.g. a dropped connection, once
         nonlocal writes
         writes += 1
         if writes == 2:
             raise Crash
-        real_write(changes, history)
+        real_write(*args)
 
     runner.storage.write = flaky_write
     with pytest.raises(Crash):

@@ -1135,11 +1135,11 @@ async def test_the_views_go_on_after_one_failed_flush(tmp_path, monkeypatch):
             runner = c.app.state.runner
             real_write = runner.storage.write
 
-            def flaky_write(changes, history=None):  # a dropped connection, once
+            def flaky_write(*args):  # a dropped connection, once
                 if not failures:
                     failures.append(1)
                     raise ConnectionError("connection reset")
-                real_write(changes, history)
+                real_write(*args)
 
             runner.storage.write = flaky_write
             await must(client=c, who=ALICE, kind="initial_prompt")
