@@ -76,7 +76,7 @@ START = datetime(2023, 2, 1, tzinfo=UTC)  # Open-Assistant's data collection beg
 DEFAULT_API_KEY = "oasst-seed-key"
 DEFAULT_BEHAVIOURS = {"diligent": 0.70, "lazy": 0.10, "spammer": 0.10, "random_ranker": 0.05, "troll": 0.05}
 # 250 real English prompts from Open-Assistant's prompt lottery (its repository, Apache-2.0)
-PROMPTS_FILE = Path(__file__).resolve().parent / "data" / "prompt_lottery_en_250_text.jsonl"
+PROMPTS_FILE = Path(__file__).resolve().parent / "prompt_lottery_en_250_text.jsonl"
 JUNK_BELOW = 0.2  # true quality under which a text is junk (honest labellers say spam)
 
 # --- behaviours -------------------------------------------------------------------------
