@@ -1,10 +1,15 @@
 """SQL read models: the message-tree view's messages, trees and users as plain tables that
-SQL tools can read (issue #16). On PostgreSQL they live in a schema ``views`` (``<schema>_views``
-for a store under ``?schema=``), on SQLite as ``views_messages``, ``views_trees``, ``views_users``.
+SQL tools can read (issue #16), with every label and ranking submission (``label_votes``,
+``rankings``) and two SQL views over them (``label_aggregates``, ``daily_activity``). On
+PostgreSQL they live in a schema ``views`` (``<schema>_views`` for a store under ``?schema=``),
+on SQLite as ``views_messages``, ``views_trees``, ...
 
 They follow the live ``message_tree`` view only: the runner writes the changed rows with the
 view's rows and position in one transaction; a rebuild (``~rebuild`` copy) writes none, and
 switching it live reloads the tables from the rebuilt rows in the switching transaction.
+No view keeps every submission with its time and kind (consensus keeps each user's latest
+labels, undated), so the runner hands the submissions the live message-tree view folds
+straight to ``label_votes`` and ``rankings``; a reload reads them again from the log.
 
 Users appear under a pseudonym: HMAC-SHA256 of the user id's 16 bytes with a random per-store
 secret (``view_secret``, beside the event store's tables, never in the views schema), as 16 hex
@@ -14,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import date, datetime
 from types import UnionType
 from typing import Union, get_args, get_origin
 from uuid import UUID
@@ -24,6 +30,7 @@ from uuid import UUID
 import msgspec
 from psycopg.sql import SQL, Identifier
 
+from domain import events as ev
 from domain.rules import is_skip_marker
 from projections.message_tree import MessageRow, MessageTreeView, TreeRow, UserRow
 
@@ -74,7 +81,79 @@ class User(msgspec.Struct, kw_only=True):
     show_on_leaderboard: bool
 
 
-TABLES: dict[str, type[msgspec.Struct]] = {"messages": Message, "trees": Tree, "users": User}
+class LabelVote(msgspec.Struct, kw_only=True):
+    position: int
+    label: str
+    message_id: UUID
+    value: float
+    annotator: str | None
+    kind: str
+    created: datetime
+    latest: bool
+
+
+class Ranking(msgspec.Struct, kw_only=True):
+    position: int
+    parent_id: UUID
+    annotator: str | None
+    ranked: list[UUID]
+    not_rankable: bool
+    created: datetime
+
+
+class LabelAggregate(msgspec.Struct, kw_only=True):  # a SQL view (SQL_VIEWS)
+    message_id: UUID
+    label: str
+    mean: float
+    count: int
+
+
+class DailyActivity(msgspec.Struct, kw_only=True):  # a SQL view (SQL_VIEWS)
+    day: date
+    lang: str
+    role: str
+    messages: int
+    labels: int
+    rankings: int
+
+
+# every table and SQL view, by name (projections/frames.py reads them from here)
+TABLES: dict[str, type[msgspec.Struct]] = {
+    "messages": Message,
+    "trees": Tree,
+    "users": User,
+    "label_votes": LabelVote,
+    "rankings": Ranking,
+    "label_aggregates": LabelAggregate,
+    "daily_activity": DailyActivity,
+}
+KEYS = {"label_votes": "position, label", "rankings": "position"}  # primary keys other than ``id``
+VOTE_EVENTS = (ev.LabelsSubmitted, ev.RankingSubmitted)  # what label_votes and rankings are made of
+VOTE_TOPICS = ("labels_submitted", "ranking_submitted")
+_FALSE = "FALSE"  # both backends (SQLite >= 3.23)
+# SQL views: computed when read, so never out of step with the tables. ``{day}`` is a UTC date per backend.
+# label_aggregates is the consensus view's label_aggregates: each annotator's latest labels, spammers left out.
+SQL_VIEWS = {
+    "label_aggregates": f"""
+        SELECT v.message_id, v.label, avg(v.value) AS mean, count(*) AS count
+        FROM {{label_votes}} AS v LEFT JOIN {{users}} AS u ON u.id = v.annotator
+        WHERE v.latest AND v.kind <> 'report' AND NOT coalesce(u.spammer, {_FALSE})
+        GROUP BY v.message_id, v.label""",
+    "daily_activity": """
+        SELECT day, lang, role, CAST(sum(messages) AS bigint) AS messages, CAST(sum(labels) AS bigint) AS labels,
+               CAST(sum(rankings) AS bigint) AS rankings
+        FROM (
+            SELECT {day:m.created} AS day, m.lang, m.role, count(*) AS messages, 0 AS labels, 0 AS rankings
+            FROM {messages} AS m GROUP BY 1, 2, 3
+            UNION ALL
+            SELECT {day:v.created}, m.lang, m.role, 0, count(DISTINCT v.position), 0
+            FROM {label_votes} AS v JOIN {messages} AS m ON m.id = v.message_id GROUP BY 1, 2, 3
+            UNION ALL
+            SELECT {day:r.created}, m.lang, m.role, 0, 0, count(*)
+            FROM {rankings} AS r JOIN {messages} AS m ON m.id = r.parent_id GROUP BY 1, 2, 3
+        ) AS a GROUP BY day, lang, role""",
+}
+STORED = [t for t in TABLES if t not in SQL_VIEWS]
 
 COMMENTS = {
     "messages": {
@@ -119,21 +198,61 @@ COMMENTS = {
         "spammer": "marked a spammer",
         "show_on_leaderboard": "shown on leaderboards",
     },
+    "label_votes": {
+        "": "Every label submission, one row per label (reports included)",
+        "position": "log position of the submission (with label: the key)",
+        "label": "label name",
+        "message_id": "the labelled message",
+        "value": "label value, 0 to 1",
+        "annotator": "annotator's pseudonym (users.id) as cast; null when the annotator was deleted",
+        "kind": "task (a review task), free (labelled unasked) or report",
+        "created": "when it was submitted",
+        "latest": "the annotator's latest task/free labels on the message: what consensus counts",
+    },
+    "rankings": {
+        "": "Every ranking submission",
+        "position": "log position of the submission (the key)",
+        "parent_id": "the message whose replies were ranked",
+        "annotator": "ranker's pseudonym (users.id) as cast; null when the ranker was deleted",
+        "ranked": "the replies' ids, best first (JSON array)",
+        "not_rankable": "the ranker said the replies cannot be ranked",
+        "created": "when it was submitted",
+    },
+    "label_aggregates": {
+        "": "SQL view: per message and label, over each annotator's latest labels, spammers left out",
+        "message_id": "the labelled message",
+        "label": "label name",
+        "mean": "mean value (Open-Assistant's, unweighted)",
+        "count": "annotators who gave this label",
+    },
+    "daily_activity": {
+        "": "SQL view: submissions per UTC day, language and role of the message acted on",
+        "day": "UTC date",
+        "lang": "language of the message (of the labelled message, of the ranked replies' parent)",
+        "role": "role of that message",
+        "messages": "messages submitted (deleted ones included)",
+        "labels": "label submissions (one per submission, not per label)",
+        "rankings": "ranking submissions",
+    },
 }
 
 _TYPES = {  # python type -> (PostgreSQL, SQLite)
     UUID: ("uuid", "TEXT"),
     str: ("text", "TEXT"),
     int: ("bigint", "INTEGER"),
+    float: ("double precision", "REAL"),
     bool: ("boolean", "INTEGER"),
     datetime: ("timestamptz", "TEXT"),
     dict: ("jsonb", "TEXT"),
+    list: ("jsonb", "TEXT"),
 }
 INDEXES = {
     "messages_lang_created": ("messages", "lang, created"),
     "messages_tree": ("messages", "tree_id"),
     "messages_author": ("messages", "author"),
     "trees_state": ("trees", "state"),
+    "label_votes_message": ("label_votes", "message_id, label"),  # few indexes: every label is a row to index
+    "rankings_parent": ("rankings", "parent_id"),
 }
 _BATCH = 20_000  # rows per upsert statement
 
@@ -199,32 +318,45 @@ class RelationalTables:
     # --- creation ---------------------------------------------------------------------
 
     def create(self, c, secret_table) -> bool:
-        """Create the tables (and the secret) if missing; true if the tables are new."""
+        """Create the tables, SQL views (and the secret) if missing; true if any table is new."""
         self._load_secret(c, secret_table)
+        new = any([self._missing(c, table) for table in STORED])
         if self.pg:
-            c.execute("SELECT to_regclass(%s) IS NULL AS new", (f'"{self.schema}".messages',))
-            new = c.fetchone()["new"]
             c.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(self.schema)))
-        else:
-            c.execute("SELECT count(*) AS n FROM sqlite_master WHERE name = ?", (PREFIX + "messages",))
-            new = c.fetchone()["n"] == 0
-        for table in TABLES:
+        for table in STORED:
             c.execute(self._create_statement(table))
         for index, (table, cols) in INDEXES.items():
             c.execute(self._sql(f"CREATE INDEX IF NOT EXISTS {PREFIX}{index} ON {{t}} ({cols})", t=table))
+        for view in SQL_VIEWS:
+            c.execute(self._view_statement(view))
         if new and self.pg:
             self._comment(c)
         return new
 
+    def _missing(self, c, table: str) -> bool:
+        if self.pg:
+            c.execute("SELECT to_regclass(%s) IS NULL AS new", (f'"{self.schema}".{table}',))
+            return c.fetchone()["new"]
+        c.execute("SELECT count(*) AS n FROM sqlite_master WHERE name = ?", (PREFIX + table,))
+        return c.fetchone()["n"] == 0
+
     def _create_statement(self, table: str):
         fields = msgspec.structs.fields(TABLES[table])
         cols = ", ".join(f"{f.name} {_sql_type(f.type, self.pg)}" for f in fields)
-        return self._sql(f"CREATE TABLE IF NOT EXISTS {{t}} ({cols}, PRIMARY KEY (id))", t=table)
+        key = KEYS.get(table, "id")
+        return self._sql(f"CREATE TABLE IF NOT EXISTS {{t}} ({cols}, PRIMARY KEY ({key}))", t=table)
+
+    def _view_statement(self, view: str):
+        day = r"(\1 AT TIME ZONE 'UTC')::date" if self.pg else r"date(\1)"
+        text = re.sub(r"\{day:(\w+\.\w+)\}", day, SQL_VIEWS[view])
+        create = "CREATE OR REPLACE VIEW" if self.pg else "CREATE VIEW IF NOT EXISTS"
+        return self._sql(f"{create} {{{view}}} AS {text}", **{t: t for t in TABLES})
 
     def _comment(self, c) -> None:
         for table, notes in COMMENTS.items():
+            kind = "VIEW" if table in SQL_VIEWS else "TABLE"
             for col, note in notes.items():
-                target = "TABLE {t}" if not col else "COLUMN {t}." + col
+                target = f"{kind} {{t}}" if not col else "COLUMN {t}." + col
                 c.execute(SQL(f"COMMENT ON {target} IS {{note}}").format(t=self.name(table), note=note))
 
     def _load_secret(self, c, secret_table) -> None:
@@ -291,29 +423,76 @@ class RelationalTables:
             show_on_leaderboard=u.show_on_leaderboard,
         )
 
-    def changes(self, rows: dict[str, dict], users: dict[UUID, UserRow], keys: dict[str, Iterable]) -> Changes:
-        """Table rows for the changed ``keys`` (per view table) of the view's ``rows``."""
+    def _annotator(self, user_id: UUID | None, users: dict[UUID, UserRow]) -> str | None:
+        """As ``messages.author``: null for a deleted user."""
+        user = users.get(user_id) if user_id else None
+        return None if user_id is None or (user and user.deleted) else self.pseudonym(user_id)
+
+    def votes(self, submissions: list[tuple[int, ev.Event]], users: dict[UUID, UserRow]) -> dict[str, list]:
+        """label_votes and rankings rows of (position, event) submissions, in log order."""
+        latest = {}  # (message, user) -> position of their latest task/free labels in this batch
+        for position, e in submissions:
+            if isinstance(e, ev.LabelsSubmitted) and e.kind != "report":
+                latest[e.message_id, e.user_id] = position
+        label_votes, rankings = [], []
+        for position, e in submissions:
+            annotator = self._annotator(e.user_id, users)
+            if isinstance(e, ev.RankingSubmitted):
+                rankings.append(
+                    Ranking(
+                        position=position,
+                        parent_id=e.parent_id,
+                        annotator=annotator,
+                        ranked=list(e.ranked_message_ids),
+                        not_rankable=e.not_rankable,
+                        created=e.at,
+                    )
+                )
+                continue
+            is_latest = latest.get((e.message_id, e.user_id)) == position
+            label_votes.extend(
+                LabelVote(
+                    position=position,
+                    label=name,
+                    message_id=e.message_id,
+                    value=value,
+                    annotator=annotator,
+                    kind=e.kind,
+                    created=e.at,
+                    latest=is_latest,
+                )
+                for name, value in sorted(e.labels.items())
+            )
+        return {"label_votes": label_votes, "rankings": rankings}
+
+    def changes(
+        self, rows: dict[str, dict], users: dict[UUID, UserRow], keys: dict[str, Iterable], submissions: list
+    ) -> Changes:
+        """Table rows for the changed ``keys`` (per view table) of the view's ``rows``, and for the submissions."""
         maps = {"messages": lambda m: self.message(m, users), "trees": self.tree, "users": self.user}
         out = Changes({}, {})
         for table, make in maps.items():
             found = [(k, rows[table].get(k)) for k in keys.get(table, ())]
             out.upserts[table] = [make(r) for _, r in found if r is not None]
             out.deletes[table] = [self.pseudonym(k) if table == "users" else k for k, r in found if r is None]
+        out.upserts.update(self.votes(submissions, users))
         return out
 
-    def view_changes(self, view: MessageTreeView, taken: list) -> Changes:
-        """The runner's flush: ``taken`` is its [(view table, keys)] of this view."""
-        rows = {name: view.tables[name].rows for name in TABLES}
-        return self.changes(rows, view.users.rows, {t.name: keys for t, keys in taken if t.name in TABLES})
+    def view_changes(self, view: MessageTreeView, taken: list, submissions: list) -> Changes:
+        """The runner's flush: ``taken`` is its [(view table, keys)] of this view, ``submissions``
+        the (position, event) label and ranking submissions it folded since the last flush."""
+        rows = {name: view.tables[name].rows for name in ("messages", "trees", "users")}
+        keys = {t.name: keys for t, keys in taken if t.name in rows}
+        return self.changes(rows, view.users.rows, keys, submissions)
 
-    def decoded_changes(self, stored: Iterator[tuple[str, str, bytes]]) -> Changes:
-        """Every row of the stored view (``(table, key, msgpack)``): for a full reload."""
+    def decoded_changes(self, stored: Iterator[tuple[str, str, bytes]], submissions: Iterable) -> Changes:
+        """Every row of the stored view (``(table, key, msgpack)``) and every submission: for a full reload."""
         types = {"messages": MessageRow, "trees": TreeRow, "users": UserRow}
         rows: dict[str, dict] = {t: {} for t in types}
         for table, key, value in stored:
             if table in types:
                 rows[table][UUID(key)] = msgspec.msgpack.decode(value, type=types[table])
-        return self.changes(rows, rows["users"], {t: list(r) for t, r in rows.items()})
+        return self.changes(rows, rows["users"], {t: list(r) for t, r in rows.items()}, list(submissions))
 
     # --- writing ----------------------------------------------------------------------
 
@@ -325,6 +504,7 @@ class RelationalTables:
             if keys:
                 clause, param = self._in(keys)
                 c.execute(self._sql(f"DELETE FROM {{t}} WHERE id {clause}", t=table), (param,))
+        self._supersede(c, changes.upserts.get("label_votes", []))
         for table, rows in changes.upserts.items():
             for start in range(0, len(rows), _BATCH):
                 self._upsert(c, table, rows[start : start + _BATCH])
@@ -332,6 +512,24 @@ class RelationalTables:
         users = changes.upserts.get("users", [])
         self._forget_authors(c, [u.id for u in users if u.deleted])
         self._count_messages(c, touched | {u.id for u in users})
+
+    def _supersede(self, c, votes: list[LabelVote]) -> None:
+        """Earlier flushes' labels by an annotator on a message are no longer their latest."""
+        pairs = sorted({(str(v.message_id), v.annotator) for v in votes if v.latest and v.annotator})
+        if not pairs:
+            return
+        if self.pg:
+            among, params = "SELECT * FROM unnest(?::uuid[], ?::text[])", [list(x) for x in zip(*pairs, strict=True)]
+        else:
+            among = "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)"
+            params = [msgspec.json.encode(pairs).decode()]
+        c.execute(
+            self._sql(
+                f"UPDATE {{v}} SET latest = {_FALSE} WHERE latest AND (message_id, annotator) IN ({among})",
+                v="label_votes",
+            ),
+            params,
+        )
 
     def _authors(self, c, message_ids: list) -> set[str]:
         """Current authors of these messages (a merge may move them to another user)."""
@@ -346,11 +544,12 @@ class RelationalTables:
             return
         cols = columns(table)
         update = ", ".join(f"{col} = excluded.{col}" for col in cols if col != "id")
+        # votes are only ever added (exactly once, with the view's position): a plain insert
+        conflict = "" if table in KEYS else f"ON CONFLICT (id) DO UPDATE SET {update}"
         if self.pg:  # one statement per batch: PostgreSQL types the JSON rows by the table's row type
             c.execute(
                 self._sql(
-                    f"INSERT INTO {{t}} SELECT * FROM json_populate_recordset(NULL::{{t}}, ?::json) "
-                    f"ON CONFLICT (id) DO UPDATE SET {update}",
+                    f"INSERT INTO {{t}} SELECT * FROM json_populate_recordset(NULL::{{t}}, ?::json) {conflict}",
                     t=table,
                 ),
                 (msgspec.json.encode(rows).decode(),),
@@ -360,10 +559,12 @@ class RelationalTables:
             c.executemany(f"INSERT OR REPLACE INTO {PREFIX}{table} VALUES ({names})", map(_sqlite_params, rows))
 
     def _forget_authors(self, c, pseudonyms: list[str]) -> None:
-        """A deleted user's messages stay, without an author (as in snapshots)."""
+        """A deleted user's messages, labels and rankings stay, without an author (as in snapshots)."""
         if pseudonyms:
             clause, param = self._in(pseudonyms)
             c.execute(self._sql(f"UPDATE {{m}} SET author = NULL WHERE author {clause}", m="messages"), (param,))
+            for table in ("label_votes", "rankings"):
+                c.execute(self._sql(f"UPDATE {{t}} SET annotator = NULL WHERE annotator {clause}", t=table), (param,))
 
     def _count_messages(self, c, pseudonyms: set[str]) -> None:
         if pseudonyms:
@@ -379,16 +580,16 @@ class RelationalTables:
             )
 
     def clear(self, c) -> None:
-        for table in TABLES:
+        for table in STORED:
             c.execute(self._sql("DELETE FROM {t}", t=table))
 
-    def reload(self, c, stored: Iterator[tuple[str, str, bytes]]) -> None:
-        """Replace the tables' rows by the stored view's (a rebuild switched live)."""
+    def reload(self, c, stored: Iterator[tuple[str, str, bytes]], submissions: Iterable) -> None:
+        """Replace the tables' rows by the stored view's and the log's submissions (a rebuild switched live)."""
         self.clear(c)
-        self.write(c, self.decoded_changes(stored))
+        self.write(c, self.decoded_changes(stored, submissions))
 
 
 def _sqlite_params(row: msgspec.Struct) -> dict:
-    """SQLite takes plain values: ISO dates, string ids, JSON text for dicts."""
+    """SQLite takes plain values: ISO dates, string ids, JSON text for dicts and lists."""
     d = msgspec.to_builtins(row)
-    return {k: msgspec.json.encode(v).decode() if isinstance(v, dict) else v for k, v in d.items()}
+    return {k: msgspec.json.encode(v).decode() if isinstance(v, dict | list) else v for k, v in d.items()}

@@ -25,7 +25,7 @@ from projections.consensus import ConsensusView
 from projections.history import HistoryView
 from projections.leaderboard import LeaderboardView
 from projections.message_tree import MessageTreeView
-from projections.relational import Changes
+from projections.relational import VOTE_EVENTS, Changes
 from projections.storage import ViewStorage
 
 log = logging.getLogger("oasst.projections")
@@ -39,6 +39,7 @@ class _Flush:
     history: tuple | None = None
     history_view: HistoryView | None = None
     relational: Changes | None = None  # the SQL read models' rows (of the live message-tree view)
+    submissions: list = field(default_factory=list)  # (position, event) behind its label_votes and rankings
     taken: list = field(default_factory=list)  # (table, keys)
 
 
@@ -88,6 +89,7 @@ class ProjectionRunner:
         self.ready = asyncio.Event()  # set once the stored views are restored
         self._restoring: asyncio.Future | None = None
         self._ready_at = 0  # the log's end at start: ready once folded
+        self._submissions: list = []  # label and ranking submissions the live message-tree view folded, unwritten
 
     # --- storage -------------------------------------------------------------------
 
@@ -114,8 +116,9 @@ class ProjectionRunner:
         for view in self.views:
             start = len(flush.taken)
             flush.changes.append(take_view_changes(view, flush.taken))
-            if isinstance(view, MessageTreeView) and not view.suffix:
-                flush.relational = self.storage.relational.view_changes(view, flush.taken[start:])
+            if view is self._live_tree():
+                flush.submissions, self._submissions = self._submissions, []
+                flush.relational = self.storage.relational.view_changes(view, flush.taken[start:], flush.submissions)
             if isinstance(view, HistoryView):
                 flush.history = (view.key, view.take_entries())
                 flush.history_view = view
@@ -135,13 +138,21 @@ class ProjectionRunner:
         if error is not None:
             for table, keys in flush.taken:
                 table.untake(keys)
+            self._submissions[:0] = flush.submissions
             raise error
 
     # --- folding -------------------------------------------------------------------
 
+    def _live_tree(self) -> MessageTreeView | None:
+        """The view the SQL read models follow (none while rebuilding or in a Kafka shard)."""
+        return next((v for v in self.views if isinstance(v, MessageTreeView) and not v.suffix), None)
+
     def fold(self, notifications) -> None:
+        tree = self._live_tree()
         for n in notifications:
             event = ev.decode_summary(n.state)
+            if tree is not None and n.id > tree.position and isinstance(event, VOTE_EVENTS):
+                self._submissions.append((n.id, event))  # label_votes and rankings are made from these
             for view in self.views:
                 if n.id > view.position:
                     view.apply(n.id, event)

@@ -8,6 +8,8 @@ read-only (``mode=ro``, ``query_only``) with a temporary view per table (``messa
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlparse
@@ -43,30 +45,43 @@ def _frame(names: list[str], rows: list) -> pl.DataFrame:
 
 def live_query(url: str, query: str) -> pl.DataFrame:
     """Run ``query`` read-only over the live tables of the store at ``url``."""
-    parsed = urlparse(url)
-    run = _postgres if parsed.scheme in ("postgresql", "postgres") else _sqlite
     try:
-        return run(url, query)
+        with read_only_cursor(url) as c:
+            c.execute(query)
+            if c.description is None:
+                return pl.DataFrame()
+            return _frame([d[0] for d in c.description], c.fetchall())
     except (psycopg.Error, sqlite3.Error) as exc:
         raise SQLError(str(exc).strip()) from exc
 
 
-def _postgres(url: str, query: str) -> pl.DataFrame:
+@contextmanager
+def read_only_cursor(url: str) -> Iterator:
+    """A DB-API cursor over the live tables (named without prefix), in one read-only transaction
+    that sees one state of the store (PostgreSQL: REPEATABLE READ; SQLite: one BEGIN), so
+    several queries through it agree with each other (``projections.frames`` reads every table)."""
+    parsed = urlparse(url)
+    opener = _postgres if parsed.scheme in ("postgresql", "postgres") else _sqlite
+    with opener(url) as c:
+        yield c
+
+
+@contextmanager
+def _postgres(url: str) -> Iterator:
     from infra.store import _open_recorder  # the store's own URL rules (host, ?schema=)
 
     datastore = _open_recorder(url)[1].datastore
     kwargs = {k: v for k, v in datastore.pool.kwargs.items() if k != "row_factory"}
     with psycopg.connect(**kwargs) as conn:
         conn.read_only = True  # every transaction of this connection is READ ONLY
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with conn.cursor() as c:
             c.execute(SQL("SET search_path TO {}").format(Identifier(schema_name(datastore.schema))))
-            c.execute(query)
-            if c.description is None:
-                return pl.DataFrame()
-            return _frame([d.name for d in c.description], c.fetchall())
+            yield c
 
 
-def _sqlite(url: str, query: str) -> pl.DataFrame:
+@contextmanager
+def _sqlite(url: str) -> Iterator:
     path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else urlparse(url).path
     if not Path(path).is_file():
         raise SQLError(f"no SQLite store at {path}")
@@ -75,17 +90,20 @@ def _sqlite(url: str, query: str) -> pl.DataFrame:
         for table in TABLES:  # temporary views live in the connection, not in the file
             conn.execute(f"CREATE TEMP VIEW {table} AS SELECT * FROM {PREFIX}{table}")
         conn.execute("PRAGMA query_only = ON")
-        c = conn.execute(query)
-        if c.description is None:
-            return pl.DataFrame()
-        return _frame([d[0] for d in c.description], c.fetchall())
+        conn.execute("BEGIN")  # reads until the end see one state of the file
+        yield conn.cursor()
     finally:
         conn.close()
 
 
+def parquet_frames(folder: Path) -> dict[str, pl.LazyFrame]:
+    """A snapshot folder's parquet files, each named by its file stem (``messages``, ``sft``...)."""
+    return {p.stem: pl.scan_parquet(p) for p in sorted(folder.glob("*.parquet"))}
+
+
 def snapshot_query(folder: Path, query: str) -> pl.DataFrame:
     """Run ``query`` over a snapshot's parquet files, each a table named by its file stem."""
-    ctx = pl.SQLContext({p.stem: pl.scan_parquet(p) for p in sorted(folder.glob("*.parquet"))})
+    ctx = pl.SQLContext(parquet_frames(folder))
     try:
         return ctx.execute(query, eager=True)
     except (pl.exceptions.PolarsError, pl.exceptions.SQLInterfaceError) as exc:

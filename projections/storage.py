@@ -7,14 +7,15 @@ message-tree view."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from uuid import UUID
 
 from psycopg.sql import SQL, Identifier
 
+from domain import events as ev
 from infra.store import EventStore
 from projections.relational import VIEW as RELATIONAL_VIEW
-from projections.relational import Changes, RelationalTables
+from projections.relational import VOTE_TOPICS, Changes, RelationalTables
 
 
 class ViewStorage:
@@ -56,7 +57,21 @@ class ViewStorage:
             c.execute(self._sql("CREATE INDEX IF NOT EXISTS history_index_entity ON {history} (entity, position)"))
             secret = SQL("{}.view_secret").format(Identifier(self.datastore.schema)) if self.pg else "view_secret"
             if self.relational.create(c, secret):  # new tables on a store whose view was stored before them
-                self.relational.reload(c, self._stored_rows(c, RELATIONAL_VIEW))
+                self._reload_relational(c)
+
+    def _reload_relational(self, c) -> None:
+        """The SQL read models anew: the live message-tree view's rows, the submissions it has folded."""
+        c.execute(self._sql("SELECT position FROM {positions} WHERE view = ?"), (RELATIONAL_VIEW,))
+        row = c.fetchone()
+        submissions = self._submissions(row["position"] if row else 0)
+        self.relational.reload(c, self._stored_rows(c, RELATIONAL_VIEW), submissions)
+
+    def _submissions(self, upto: int) -> Iterable[tuple[int, ev.Event]]:
+        """(position, event) of every label and ranking submission up to ``upto``, from the log."""
+        after = 0
+        while page := self.store.read_topics(after, upto, VOTE_TOPICS):
+            yield from ((n.id, ev.decode_summary(n.state)) for n in page)
+            after = page[-1].id
 
     def _stored_rows(self, c, view: str) -> Iterator[tuple[str, str, bytes]]:
         c.execute(self._sql("SELECT tbl, key, value FROM {rows} WHERE view = ?"), (view,))
@@ -148,4 +163,4 @@ class ViewStorage:
             c.execute(self._sql("UPDATE {positions} SET view = ? WHERE view = ?"), (new, old))
             c.execute(self._sql("UPDATE {history} SET view = ? WHERE view = ?"), (new, old))
             if new == RELATIONAL_VIEW:  # the tables follow the live view: reload them from its new rows
-                self.relational.reload(c, self._stored_rows(c, new))
+                self._reload_relational(c)

@@ -148,7 +148,7 @@ async def test_tables_follow_a_rebuild_and_fill_on_an_older_store(store_url, tmp
     # a store whose view was stored before the tables existed gets them filled from its rows
     with storage.datastore.transaction(commit=True) as c:
         for name in ("messages", "trees", "users"):
-            c.execute(f"DROP TABLE {storage.relational.name(name).as_string(c) if storage.pg else 'views_' + name}")
+            c.execute(storage.relational._sql("DROP TABLE {t}" + (" CASCADE" if storage.pg else ""), t=name))
     ViewStorage(EventStore(store_url))
     for name, frame in before.items():
         assert live_query(store_url, f"SELECT * FROM {name} ORDER BY id").equals(frame), name
