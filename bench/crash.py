@@ -1,11 +1,5 @@
-"""Crash test (issue #9): simulated users run Open-Assistant flows against ``oasst serve``
-on PostgreSQL while the server, the projection runner and the Kafka relay are killed with
-SIGKILL at random moments and restarted. Clients retry with the same Idempotency-Key until
-they get an answer, as a careful frontend would. Afterwards:
-
-- every command that got a 2xx is in the log; no command is in it twice;
-- the views the (killed, restarted) runner stored equal a clean fold of the log;
-- the relay's topic holds every log position (no gaps).
+"""The crash test (issue #9; what it kills and what it checks: devkit/crash.py), run longer
+and reported as benchmark rows.
 
     .venv/bin/python bench/crash.py [--seconds 60] [--users 16] [--no-relay]
 """

@@ -277,11 +277,10 @@ def measure(
     return stats, s
 
 
-def run(quick: bool) -> list[dict]:
-    users, warmup, duration = (32, 2.0, 10.0) if quick else (64, 5.0, 30.0)
-
+def measure_noop(users: int, warmup: float, duration: float) -> tuple[Stats, dict]:
+    """The baseline: the no-op server under the same load."""
     port = common.free_port()
-    noop, n = measure(
+    return measure(
         [sys.executable, "bench/noop_server.py", "--port", str(port)],
         {},
         port,
@@ -291,6 +290,11 @@ def run(quick: bool) -> list[dict]:
         warmup,
         duration,
     )
+
+
+def run(quick: bool) -> list[dict]:
+    users, warmup, duration = (32, 2.0, 10.0) if quick else (64, 5.0, 30.0)
+    noop, n = measure_noop(users, warmup, duration)
 
     with common.postgres_database() as db_url, tempfile.TemporaryDirectory(prefix="bench-data-") as data_dir:
         port = common.free_port()

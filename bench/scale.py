@@ -49,7 +49,7 @@ from pathlib import Path
 from rich.table import Table
 
 from bench import common
-from bench.ingest import API_KEY, TREE_ENV, load, measure, report, row, summarize
+from bench.ingest import API_KEY, TREE_ENV, load, measure_noop, report, row, summarize
 from devkit.simulator import PROMPTS_FILE, oa_scale, seed_history
 
 console = common.console
@@ -267,17 +267,7 @@ def run(quick: bool) -> list[dict]:
         return []
     seeded = {size: cached(size) for size in sizes if size != "empty"}
 
-    port = common.free_port()
-    noop_stats, noop = measure(
-        [sys.executable, "bench/noop_server.py", "--port", str(port)],
-        {},
-        port,
-        "noop-server.log",
-        "no-op server",
-        users,
-        warmup,
-        duration,
-    )
+    noop_stats, noop = measure_noop(users, warmup, duration)
     results = {}
     for size in sizes:
         for variant in VARIANTS:

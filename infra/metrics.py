@@ -28,13 +28,21 @@ class ServiceFigures(Collector):
         self.state = None  # the app's state, bound once the app exists
         self.log_position = 0
         self.relay_position: int | None = None
+        self._relay_positions = None  # made once: making it creates its table
 
     async def refresh(self) -> None:
         """The figures that need the database, read off the event loop before a scrape."""
         state = self.state
         self.log_position = await asyncio.to_thread(state.service.store.max_position)
         if state.settings.kafka.bootstrap:
-            self.relay_position = await asyncio.to_thread(_relay_position, state)
+            self.relay_position = await asyncio.to_thread(self._relay_position)
+
+    def _relay_position(self) -> int:
+        if self._relay_positions is None:
+            from infra.relay import RelayPositions  # only where Kafka is configured
+
+            self._relay_positions = RelayPositions(self.state.service.store)
+        return self._relay_positions.get(self.state.settings.kafka.events_topic)
 
     def collect(self):
         position = GaugeMetricFamily("oasst_log_position", "Position of the last event in the log")
@@ -57,12 +65,6 @@ class ServiceFigures(Collector):
             relay = GaugeMetricFamily("oasst_relay_lag_events", "Events in the log not yet published to Kafka")
             relay.add_metric([], max(0, self.log_position - self.relay_position))
             yield relay
-
-
-def _relay_position(state) -> int:
-    from infra.relay import RelayPositions  # only where Kafka is configured
-
-    return RelayPositions(state.service.store).get(state.settings.kafka.events_topic)
 
 
 class Metrics:

@@ -23,7 +23,7 @@ from domain.rules import is_skip_marker
 from infra.oasst_format import anonymise, node
 from infra.store import EventStore
 from projections.consensus import ConsensusView, SpammerRow
-from projections.message_tree import MessageRow, MessageTreeView
+from projections.message_tree import MessageRow, MessageTreeView, emoji_counts
 from projections.runner import gc_paused
 from projections.trust import POLICY as TRUST_POLICY
 from projections.trust import compute_trust
@@ -173,14 +173,6 @@ class Dataset:
             return {k: {"value": v, "count": n} for k, (v, n) in sorted(m.imported_labels.items())}
         return self.state.consensus.label_aggregates(m.id, trust=self.weights)
 
-    @staticmethod
-    def emojis(m: MessageRow) -> dict[str, int]:
-        counts = dict(m.emoji_counts)
-        for code, users in m.emojis.items():
-            if not is_skip_marker(code):
-                counts[code] = counts.get(code, 0) + len(users)
-        return {k: v for k, v in sorted(counts.items()) if v}
-
     def user_ref(self, m: MessageRow) -> str | None:
         if m.user_id in self.deleted_users:
             return None
@@ -262,7 +254,7 @@ class Dataset:
             "rank": self.rank(m),
             "synthetic": m.synthetic,
             "model_name": m.model_name,
-            "emojis": self.emojis(m),
+            "emojis": emoji_counts(m),
             "labels": self.labels(m) if self.with_labels else None,
             "events": self.events(m) if self.with_events else None,
         }

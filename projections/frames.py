@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from pathlib import Path
-from types import UnionType
-from typing import Union, get_args, get_origin
 from uuid import UUID
 
 import msgspec
@@ -42,9 +40,7 @@ _COLUMN_TYPES = {  # python type -> (polars type, value converter); others: Stri
 
 
 def _column_type(tp) -> tuple[pl.DataType, object]:
-    if get_origin(tp) in (Union, UnionType):  # X | None: a nullable X
-        tp = next(t for t in get_args(tp) if t is not type(None))
-    return _COLUMN_TYPES.get(tp, (pl.String, _json))
+    return _COLUMN_TYPES.get(relational.column_type(tp), (pl.String, _json))
 
 
 def schema(table: str) -> dict[str, pl.DataType]:

@@ -40,6 +40,16 @@ class MessageRow(msgspec.Struct, kw_only=True):
     imported_labels: dict[str, tuple[float, int]] = {}
 
 
+def emoji_counts(m: MessageRow) -> dict[str, int]:
+    """A message's reactions as exports and the SQL tables count them: imported counts plus
+    ours, skip markers left out."""
+    counts = dict(m.emoji_counts)
+    for code, users in m.emojis.items():
+        if not rules.is_skip_marker(code):
+            counts[code] = counts.get(code, 0) + len(users)
+    return {k: v for k, v in sorted(counts.items()) if v}
+
+
 class TreeRow(msgspec.Struct, kw_only=True):
     id: UUID
     state: str

@@ -31,8 +31,7 @@ import msgspec
 from psycopg.sql import SQL, Identifier
 
 from domain import events as ev
-from domain.rules import is_skip_marker
-from projections.message_tree import MessageRow, MessageTreeView, TreeRow, UserRow
+from projections.message_tree import MessageRow, MessageTreeView, TreeRow, UserRow, emoji_counts
 
 VIEW = f"{MessageTreeView.name}@{MessageTreeView.version}"  # the live view the tables follow
 PREFIX = "views_"  # SQLite: tables are views_<name>
@@ -262,23 +261,19 @@ def schema_name(store_schema: str) -> str:
     return "views" if store_schema == "public" else f"{store_schema}_views"
 
 
-def _sql_type(tp, pg: bool) -> str:
-    if get_origin(tp) in (Union, UnionType):  # X | None: a nullable X
+def column_type(tp):
+    """A table field's type without its ``| None`` (every column may be null), generics bare."""
+    if get_origin(tp) in (Union, UnionType):
         tp = next(t for t in get_args(tp) if t is not type(None))
-    return _TYPES[get_origin(tp) or tp][0 if pg else 1]
+    return get_origin(tp) or tp
+
+
+def _sql_type(tp, pg: bool) -> str:
+    return _TYPES[column_type(tp)][0 if pg else 1]
 
 
 def columns(table: str) -> list[str]:
     return list(TABLES[table].__struct_fields__)
-
-
-def emoji_counts(m: MessageRow) -> dict[str, int]:
-    """Reactions as the exports count them: imported counts plus ours, skip markers left out."""
-    counts = dict(m.emoji_counts)
-    for code, users in m.emojis.items():
-        if not is_skip_marker(code):
-            counts[code] = counts.get(code, 0) + len(users)
-    return {k: v for k, v in sorted(counts.items()) if v}
 
 
 class Changes(msgspec.Struct):

@@ -90,6 +90,8 @@ class ProjectionRunner:
         self._restoring: asyncio.Future | None = None
         self._ready_at = 0  # the log's end at start: ready once folded
         self._submissions: list = []  # label and ranking submissions the live message-tree view folded, unwritten
+        # the view the SQL read models follow (none while rebuilding or in a Kafka shard)
+        self.live_tree = next((v for v in self.views if isinstance(v, MessageTreeView) and not v.suffix), None)
 
     # --- storage -------------------------------------------------------------------
 
@@ -116,7 +118,7 @@ class ProjectionRunner:
         for view in self.views:
             start = len(flush.taken)
             flush.changes.append(take_view_changes(view, flush.taken))
-            if view is self._live_tree():
+            if view is self.live_tree:
                 flush.submissions, self._submissions = self._submissions, []
                 flush.relational = self.storage.relational.view_changes(view, flush.taken[start:], flush.submissions)
             if isinstance(view, HistoryView):
@@ -143,12 +145,8 @@ class ProjectionRunner:
 
     # --- folding -------------------------------------------------------------------
 
-    def _live_tree(self) -> MessageTreeView | None:
-        """The view the SQL read models follow (none while rebuilding or in a Kafka shard)."""
-        return next((v for v in self.views if isinstance(v, MessageTreeView) and not v.suffix), None)
-
     def fold(self, notifications) -> None:
-        tree = self._live_tree()
+        tree = self.live_tree
         for n in notifications:
             event = ev.decode_summary(n.state)
             if tree is not None and n.id > tree.position and isinstance(event, VOTE_EVENTS):

@@ -146,7 +146,7 @@ async def stats(views: CaughtUp) -> dict:
     return system_stats(views.tree)
 
 
-def _state_counts(view) -> dict[str, int]:
+def tree_state_counts(view) -> dict[str, int]:
     return dict(sorted(Counter(t.state for t in view.trees.values()).items()))
 
 
@@ -173,7 +173,7 @@ def _message_counts(view, only_active: bool, default_goal: int) -> list[dict]:
 
 @get("/stats/tree_manager/state_counts", summary="Trees per state", guards=[api_client])
 async def state_counts(views: CaughtUp) -> dict:
-    return _state_counts(views.tree)
+    return tree_state_counts(views.tree)
 
 
 @get("/stats/tree_manager/message_counts", summary="Messages per tree", guards=[api_client])
@@ -185,7 +185,7 @@ async def message_counts(views: CaughtUp, only_active: FromQuery[bool] = True) -
 async def tree_manager_stats(views: CaughtUp) -> dict:
     view = views.tree
     return {
-        "state_counts": _state_counts(view),
+        "state_counts": tree_state_counts(view),
         "message_counts": _message_counts(view, True, views.tree_config.goal_tree_size),
     }
 

@@ -13,6 +13,7 @@ from litestar.params import FromPath
 from command_api.auth import api_client, trusted_client
 from domain.errors import ErrorCode, OasstError
 from projections.message_tree import MessageTreeView
+from query_api.boards import tree_state_counts
 from query_api.common import CaughtUp, Views
 
 
@@ -26,13 +27,17 @@ def _states_by_lang(view: MessageTreeView) -> list[dict]:
     return [{"lang": lang, "state": state, "count": n} for (lang, state), n in sorted(counts.items())]
 
 
+def _counts(values) -> dict:
+    return dict(sorted(Counter(values).items()))
+
+
 STATS = {
-    "human_messages_by_lang": lambda v: dict(sorted(Counter(m.lang for m in _human_messages(v)).items())),
-    "human_messages_by_role": lambda v: dict(sorted(Counter(m.role for m in _human_messages(v)).items())),
-    "message_trees_by_state": lambda v: dict(sorted(Counter(t.state for t in v.trees.values()).items())),
+    "human_messages_by_lang": lambda v: _counts(m.lang for m in _human_messages(v)),
+    "human_messages_by_role": lambda v: _counts(m.role for m in _human_messages(v)),
+    "message_trees_by_state": tree_state_counts,
     "message_trees_states_by_lang": _states_by_lang,
-    "prompt_lottery_waiting_by_lang": lambda v: dict(
-        sorted(Counter(t.lang for t in v.trees.values() if t.state == "prompt_lottery_waiting").items())
+    "prompt_lottery_waiting_by_lang": lambda v: _counts(
+        t.lang for t in v.trees.values() if t.state == "prompt_lottery_waiting"
     ),
     "users_accepted_tos": lambda v: {
         "count": sum(1 for u in v.users.values() if u.enabled and u.tos_acceptance_date is not None)

@@ -18,7 +18,7 @@ from domain.errors import ErrorCode, OasstError
 from domain.shapes import iso
 from projections.message_tree import Flag, MessageTreeView
 from query_api.common import CaughtUp
-from query_api.messages import keyset_page
+from query_api.messages import keyset_page, page_body
 
 
 def flagged_dict(message_id: UUID, flag: Flag) -> dict:
@@ -73,13 +73,7 @@ async def flagged_messages_cursor(
         desc=desc,
         max_count=max_count,
     )
-    return {
-        "prev": prev,
-        "next": nxt,
-        "sort_key": "created_date",
-        "order": "desc" if desc else "asc",
-        "items": [flagged_dict(mid, flag) for mid, flag in page],
-    }
+    return page_body([flagged_dict(mid, flag) for mid, flag in page], prev, nxt, desc=desc)
 
 
 flagged_handlers = [flagged_messages, flagged_messages_cursor]

@@ -290,6 +290,11 @@ def keyset_page(
     return page, prev, nxt
 
 
+def page_body(items: list, prev: str | None, nxt: str | None, *, desc: bool, sort_key: str = "created_date") -> dict:
+    """OA's cursor page (MessagePage, FrontEndUserPage, FlaggedMessagePage)."""
+    return {"prev": prev, "next": nxt, "sort_key": sort_key, "order": "desc" if desc else "asc", "items": items}
+
+
 def cursor_page(
     view: MessageTreeView,
     me: UUID | None,
@@ -319,13 +324,7 @@ def cursor_page(
         desc=desc,
         max_count=max_count,
     )
-    return {
-        "prev": prev,
-        "next": nxt,
-        "sort_key": "created_date",
-        "order": "desc" if desc else "asc",
-        "items": [message_dict(view, m, me, include_user) for m in page],
-    }
+    return page_body([message_dict(view, m, me, include_user) for m in page], prev, nxt, desc=desc)
 
 
 @get("/messages/", summary="List messages", guards=[api_client])
@@ -392,13 +391,7 @@ async def messages_cursor(
     if username and user is None:
         user = view.users_by_name.get((owner or client.id, auth_method or "local", username))
         if user is None:
-            return {
-                "prev": None,
-                "next": None,
-                "sort_key": "created_date",
-                "order": "desc" if desc else "asc",
-                "items": [],
-            }
+            return page_body([], None, None, desc=desc)
     return cursor_page(
         view,
         acting_user(request, view, client),

@@ -23,7 +23,7 @@ from query_api.common import (
     owner_filter,
     user_or_404,
 )
-from query_api.messages import cursor_page, keyset_page, list_messages
+from query_api.messages import cursor_page, keyset_page, list_messages, page_body
 
 MaxCount = Annotated[int, QueryParameter(ge=1, le=10_000)]
 
@@ -192,13 +192,9 @@ async def users_cursor(
         users, key, cursor_key, lambda u: str(u.id), before=before, after=after, desc=False, max_count=max_count
     )
     board, now = views.board, datetime.now(UTC)
-    return {
-        "prev": prev,
-        "next": nxt,
-        "sort_key": sort_key,
-        "order": "asc",
-        "items": [frontend_user(u, board.streak(u.id, now)) for u in page],
-    }
+    return page_body(
+        [frontend_user(u, board.streak(u.id, now)) for u in page], prev, nxt, desc=False, sort_key=sort_key
+    )
 
 
 @get("/users/{user_id:str}", summary="A user", guards=[api_client])

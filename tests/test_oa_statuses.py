@@ -11,47 +11,13 @@ from litestar.testing import AsyncTestClient
 from infra.app import create_app
 from tests.config import API_KEY, ROOT_TOKEN, SMALL_TREE, make_settings
 from tests.frontend import acked_task, answer_for, do_task, events, log_position, request, user
+from tests.oa_contract import CONTRACT
 
 ALICE, BOB, CAROL = user("alice"), user("bob"), user("carol")
 INTERACTION = "/api/v1/tasks/interaction"
-# OA's TaskRequestType (oasst_shared/schemas/protocol.py)
-TASK_REQUEST_TYPES = [
-    "random",
-    "summarize_story",
-    "rate_summary",
-    "initial_prompt",
-    "prompter_reply",
-    "assistant_reply",
-    "rank_initial_prompts",
-    "rank_prompter_replies",
-    "rank_assistant_replies",
-    "label_initial_prompt",
-    "label_assistant_reply",
-    "label_prompter_reply",
-]
-# OA's Message (backend-openapi-head.json), all of it but `user`
-MESSAGE_KEYS = {
-    "id",
-    "user_id",
-    "frontend_message_id",
-    "text",
-    "lang",
-    "is_assistant",
-    "emojis",
-    "user_emojis",
-    "user_is_author",
-    "synthetic",
-    "parent_id",
-    "created_date",
-    "review_result",
-    "review_count",
-    "deleted",
-    "model_name",
-    "message_tree_id",
-    "ranking_count",
-    "rank",
-    "edited",
-}
+SCHEMAS = CONTRACT["components"]["schemas"]
+TASK_REQUEST_TYPES = SCHEMAS["TaskRequestType"]["enum"]  # OA's, in its order
+MESSAGE_KEYS = set(SCHEMAS["Message"]["properties"]) - {"user"}  # OA's Message, all of it but `user`
 
 
 async def refused(client, method: str, url: str, status: int, code: int, **kw) -> dict:
