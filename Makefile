@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= dev,kafka,ray,train
 
-.PHONY: install run test bench bench-quick lint clean gpu-check pipeline
+.PHONY: install run test bench bench-quick lint clean gpu-check pipeline browser
 
 install: $(STAMP)
 
@@ -21,8 +21,12 @@ run: install
 	OASST_ROOT_TOKEN=$${OASST_ROOT_TOKEN:-dev-root-token} \
 	$(BIN)/oasst serve
 
+# Debian's chromium for the browser tests (report and console pages), installed once.
+browser:
+	.ci/install-chromium
+
 # Lint first: a formatting or complexity slip fails fast, before the 5-minute suite.
-test: install lint
+test: install browser lint
 	$(BIN)/python -m pytest -q
 
 # Every benchmark under bench/; prints a table and writes var/bench/results.json.

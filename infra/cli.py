@@ -232,10 +232,17 @@ def seed(
 
 
 def _register_plugins() -> None:
-    """Commands that live beside their code (snapshots, SQL, Kafka, sampling, training)."""
+    """Commands that live beside their code (snapshots, SQL, report, Kafka, sampling, training)."""
     import importlib
 
-    for module in ("infra.cli_data", "infra.cli_sql", "infra.cli_kafka", "samplers.cli", "trainers.cli"):
+    for module in (
+        "infra.cli_data",
+        "infra.cli_sql",
+        "infra.cli_report",
+        "infra.cli_kafka",
+        "samplers.cli",
+        "trainers.cli",
+    ):
         importlib.import_module(module).register(app)
 
 

@@ -24,24 +24,50 @@ def latest_votes(label_votes: pl.LazyFrame) -> pl.LazyFrame:
 def agreement_by_label(votes: pl.LazyFrame) -> pl.DataFrame:
     """Krippendorff's alpha (interval metric) per label, over messages with at least two
     annotators, as ``ConsensusView.agreement`` computes it; ``alpha`` is null with too little data."""
-    df = votes.select(VOTE_COLUMNS).drop_nulls().collect()
-    rows = [{"label": label, **_alpha(g)} for (label,), g in df.group_by("label")]
-    return pl.DataFrame(rows, schema=_ALPHA_SCHEMA).sort("label")
+    votes = votes.select(VOTE_COLUMNS).drop_nulls()
+    kept = votes.filter(pl.len().over("message_id", "label") >= 2)
+    annotators = kept.group_by("label").agg(annotators=pl.col("annotator").n_unique())
+    alphas = alpha_by_label(unit_sums(kept).collect()).lazy()
+    return (
+        votes.select("label")
+        .unique()
+        .join(alphas, on="label", how="left")
+        .join(annotators, on="label", how="left")
+        .select("label", "alpha", pl.col("units").fill_null(0), pl.col("annotators").fill_null(0))
+        .collect()
+        .cast(_ALPHA_SCHEMA)
+        .sort("label")
+    )
 
 
-def _alpha(votes: pl.DataFrame) -> dict:
-    import krippendorff  # heavy import, only here
+def unit_sums(votes: pl.LazyFrame) -> pl.LazyFrame:
+    """Per label and message: how many values, their sum and their sum of squares (what alpha needs;
+    ``projections.report`` gets the same columns from SQL)."""
+    value = pl.col("value")
+    return votes.group_by("label", "message_id").agg(m=pl.len(), s1=value.sum(), s2=(value * value).sum())
 
-    shared = votes.filter(pl.len().over("message_id") >= 2)
-    # annotators x units, NaN where an annotator did not label that message
-    matrix = shared.pivot(on="message_id", index="annotator", values="value", aggregate_function="last")
-    data = matrix.drop("annotator").to_numpy().astype(float)
-    units, annotators = data.shape[1], data.shape[0]
-    # one distinct value only: alpha is 0/0 (the package raises)
-    if units < 2 or annotators < 2 or shared["value"].n_unique() < 2:
-        return {"alpha": None, "units": units, "annotators": annotators}
-    alpha = krippendorff.alpha(reliability_data=data, level_of_measurement="interval")
-    return {"alpha": float(alpha), "units": units, "annotators": annotators}
+
+def alpha_by_label(units: pl.DataFrame) -> pl.DataFrame:
+    """Krippendorff's alpha, interval metric, from ``unit_sums`` rows, in closed form: with n
+    pairable values, D_o ∝ Σ_u (m_u·S2_u − S1_u²)/(m_u − 1) and D_e ∝ (n·S2 − S1²)/(n − 1), the
+    same number the ``krippendorff`` package computes from its coincidence matrix, without
+    building an annotators × messages matrix (millions of cells at OA's size). Units with one
+    value are not pairable; alpha is null with fewer than two units or one distinct value only."""
+    m, s1, s2 = pl.col("m").cast(pl.Float64), pl.col("s1"), pl.col("s2")
+    n = m.sum()
+    observed = ((m * s2 - s1 * s1) / (m - 1)).sum()
+    expected = (n * s2.sum() - s1.sum() ** 2) / (n - 1)
+    per_label = (
+        units.lazy()
+        .filter(pl.col("m") >= 2)
+        .sort("label", "message_id")  # a fixed summation order: the same bits from any source
+        .group_by("label")
+        .agg(units=pl.len(), observed=observed, expected=expected)
+    )
+    alpha = pl.when(pl.col("units") >= 2).then(1 - pl.col("observed") / pl.col("expected"))
+    # one distinct value: expected disagreement 0 (up to rounding) and alpha 0/0
+    alpha = pl.when(pl.col("expected") > 1e-12).then(alpha.round(12))
+    return per_label.select("label", alpha=alpha, units=pl.col("units").cast(pl.Int64)).collect().sort("label")
 
 
 def label_spread(messages: pl.LazyFrame) -> pl.DataFrame:

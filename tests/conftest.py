@@ -59,3 +59,12 @@ async def client(store_url, tmp_path):
     async with AsyncTestClient(create_app(make_settings(store_url, tmp_path))) as c:
         c.headers["X-API-Key"] = API_KEY
         yield c
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Debian chromium for the page tests of a run."""
+    from tests.browser import headless_chromium
+
+    with headless_chromium() as b:
+        yield b
