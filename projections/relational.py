@@ -31,6 +31,7 @@ import msgspec
 from psycopg.sql import SQL, Identifier
 
 from domain import events as ev
+from projections import relational_boards as boards
 from projections.message_tree import MessageRow, MessageTreeView, TreeRow, UserRow, emoji_counts
 
 VIEW = f"{MessageTreeView.name}@{MessageTreeView.version}"  # the live view the tables follow
@@ -123,10 +124,14 @@ TABLES: dict[str, type[msgspec.Struct]] = {
     "users": User,
     "label_votes": LabelVote,
     "rankings": Ranking,
+    "user_hours": boards.UserHour,
     "label_aggregates": LabelAggregate,
     "daily_activity": DailyActivity,
+    "leaderboards": boards.Leaderboard,
 }
-KEYS = {"label_votes": "position, label", "rankings": "position"}  # primary keys other than ``id``
+# primary keys other than ``id``
+KEYS = {"label_votes": "position, label", "rankings": "position", "user_hours": "user_id, hour"}
+DELETE_BY = {"user_hours": "user_id"}  # the column a delete names, where not ``id``
 VOTE_EVENTS = (ev.LabelsSubmitted, ev.RankingSubmitted)  # what label_votes and rankings are made of
 VOTE_TOPICS = ("labels_submitted", "ranking_submitted")
 _FALSE = "FALSE"  # both backends (SQLite >= 3.23)
@@ -151,8 +156,11 @@ SQL_VIEWS = {
             SELECT {day:r.created}, m.lang, m.role, 0, 0, count(*)
             FROM {rankings} AS r JOIN {messages} AS m ON m.id = r.parent_id GROUP BY 1, 2, 3
         ) AS a GROUP BY day, lang, role""",
+    "leaderboards": boards.LEADERBOARDS,
 }
 STORED = [t for t in TABLES if t not in SQL_VIEWS]
+# the stored tables by the live view they follow (a rebuild of one reloads only its tables)
+FOLLOWS = {VIEW: [t for t in STORED if t != "user_hours"], boards.VIEW: ["user_hours"]}
 
 COMMENTS = {
     "messages": {
@@ -233,6 +241,7 @@ COMMENTS = {
         "labels": "label submissions (one per submission, not per label)",
         "rankings": "ranking submissions",
     },
+    **boards.COMMENTS,
 }
 
 _TYPES = {  # python type -> (PostgreSQL, SQLite)
@@ -252,6 +261,7 @@ INDEXES = {
     "trees_state": ("trees", "state"),
     "label_votes_message": ("label_votes", "message_id, label"),  # few indexes: every label is a row to index
     "rankings_parent": ("rankings", "parent_id"),
+    "user_hours_hour": ("user_hours", "hour"),
 }
 _BATCH = 20_000  # rows per upsert statement
 
@@ -312,10 +322,10 @@ class RelationalTables:
 
     # --- creation ---------------------------------------------------------------------
 
-    def create(self, c, secret_table) -> bool:
-        """Create the tables, SQL views (and the secret) if missing; true if any table is new."""
+    def create(self, c, secret_table) -> list[str]:
+        """Create the tables, SQL views (and the secret) if missing; the live views whose tables are new."""
         self._load_secret(c, secret_table)
-        new = any([self._missing(c, table) for table in STORED])
+        new = [view for view, tables in FOLLOWS.items() if any([self._missing(c, t) for t in tables])]
         if self.pg:
             c.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(self.schema)))
         for table in STORED:
@@ -343,7 +353,7 @@ class RelationalTables:
 
     def _view_statement(self, view: str):
         day = r"(\1 AT TIME ZONE 'UTC')::date" if self.pg else r"date(\1)"
-        text = re.sub(r"\{day:(\w+\.\w+)\}", day, SQL_VIEWS[view])
+        text = re.sub(r"\{day:(\w+\.\w+)\}", day, SQL_VIEWS[view]).replace("{now_hour}", boards.NOW_HOUR[self.pg])
         create = "CREATE OR REPLACE VIEW" if self.pg else "CREATE VIEW IF NOT EXISTS"
         return self._sql(f"{create} {{{view}}} AS {text}", **{t: t for t in TABLES})
 
@@ -473,6 +483,12 @@ class RelationalTables:
         out.upserts.update(self.votes(submissions, users))
         return out
 
+    def board_changes(self, changes: Changes, users: dict, taken: list) -> None:
+        """Add the live leaderboard view's changed users (``taken``: its [(view table, keys)]) to a flush."""
+        keys = [k for t, keys in taken if t.name == "users" for k in keys]
+        replaced, rows = boards.hour_changes(self.pseudonym, users, keys)
+        changes.deletes["user_hours"], changes.upserts["user_hours"] = replaced, rows
+
     def view_changes(self, view: MessageTreeView, taken: list, submissions: list) -> Changes:
         """The runner's flush: ``taken`` is its [(view table, keys)] of this view, ``submissions``
         the (position, event) label and ranking submissions it folded since the last flush."""
@@ -498,7 +514,8 @@ class RelationalTables:
         for table, keys in changes.deletes.items():
             if keys:
                 clause, param = self._in(keys)
-                c.execute(self._sql(f"DELETE FROM {{t}} WHERE id {clause}", t=table), (param,))
+                column = DELETE_BY.get(table, "id")
+                c.execute(self._sql(f"DELETE FROM {{t}} WHERE {column} {clause}", t=table), (param,))
         self._supersede(c, changes.upserts.get("label_votes", []))
         for table, rows in changes.upserts.items():
             for start in range(0, len(rows), _BATCH):
@@ -574,14 +591,22 @@ class RelationalTables:
                 (param,),
             )
 
-    def clear(self, c) -> None:
-        for table in STORED:
+    def clear(self, c, view: str) -> None:
+        """Empty the tables that follow ``view`` (the live view was dropped, or is reloaded)."""
+        for table in FOLLOWS[view]:
             c.execute(self._sql("DELETE FROM {t}", t=table))
 
     def reload(self, c, stored: Iterator[tuple[str, str, bytes]], submissions: Iterable) -> None:
         """Replace the tables' rows by the stored view's and the log's submissions (a rebuild switched live)."""
-        self.clear(c)
+        self.clear(c, VIEW)
         self.write(c, self.decoded_changes(stored, submissions))
+
+    def reload_board(self, c, stored: Iterator[tuple[str, str, bytes]]) -> None:
+        """Replace ``user_hours`` by the stored leaderboard view's counters."""
+        self.clear(c, boards.VIEW)
+        users = boards.stored_users(stored)
+        rows = [row for key, counts in users.items() for row in boards.user_hours(self.pseudonym(key), counts)]
+        self.write(c, Changes({"user_hours": rows}, {}))
 
 
 def _sqlite_params(row: msgspec.Struct) -> dict:

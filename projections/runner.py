@@ -54,6 +54,15 @@ def take_view_changes(view: View, taken: list) -> tuple[str, int, list]:
     return view.key, view.position, rows
 
 
+def _merged(changes: Changes | None, more: Changes) -> Changes:
+    """One flush's SQL rows from two views (the tables of each are their own)."""
+    if changes is None:
+        return more
+    changes.upserts.update(more.upserts)
+    changes.deletes.update(more.deletes)
+    return changes
+
+
 def all_views() -> list[View]:
     return [MessageTreeView(), ConsensusView(), LeaderboardView(), HistoryView()]
 
@@ -92,6 +101,7 @@ class ProjectionRunner:
         self._submissions: list = []  # label and ranking submissions the live message-tree view folded, unwritten
         # the view the SQL read models follow (none while rebuilding or in a Kafka shard)
         self.live_tree = next((v for v in self.views if isinstance(v, MessageTreeView) and not v.suffix), None)
+        self.live_board = next((v for v in self.views if isinstance(v, LeaderboardView) and not v.suffix), None)
 
     # --- storage -------------------------------------------------------------------
 
@@ -120,7 +130,11 @@ class ProjectionRunner:
             flush.changes.append(take_view_changes(view, flush.taken))
             if view is self.live_tree:
                 flush.submissions, self._submissions = self._submissions, []
-                flush.relational = self.storage.relational.view_changes(view, flush.taken[start:], flush.submissions)
+                tree_changes = self.storage.relational.view_changes(view, flush.taken[start:], flush.submissions)
+                flush.relational = _merged(flush.relational, tree_changes)
+            if view is self.live_board:
+                flush.relational = _merged(flush.relational, Changes({}, {}))
+                self.storage.relational.board_changes(flush.relational, view.users.rows, flush.taken[start:])
             if isinstance(view, HistoryView):
                 flush.history = (view.key, view.take_entries())
                 flush.history_view = view

@@ -3,7 +3,7 @@ key) and ``view_positions`` (how far each view has folded the log), in the event
 store's own database. A flush writes a view's changed rows and its new position in
 one transaction, so after a crash a view resumes exactly where its rows are. The same
 transaction keeps the SQL read models (projections/relational.py) in step with the live
-message-tree view."""
+message-tree and leaderboard views."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from psycopg.sql import SQL, Identifier
 
 from domain import events as ev
 from infra.store import EventStore
+from projections.relational import FOLLOWS, VOTE_TOPICS, Changes, RelationalTables
 from projections.relational import VIEW as RELATIONAL_VIEW
-from projections.relational import VOTE_TOPICS, Changes, RelationalTables
+from projections.relational_boards import VIEW as BOARD_VIEW
 
 
 class ViewStorage:
@@ -56,11 +57,16 @@ class ViewStorage:
             )
             c.execute(self._sql("CREATE INDEX IF NOT EXISTS history_index_entity ON {history} (entity, position)"))
             secret = SQL("{}.view_secret").format(Identifier(self.datastore.schema)) if self.pg else "view_secret"
-            if self.relational.create(c, secret):  # new tables on a store whose view was stored before them
-                self._reload_relational(c)
+            # new tables on a store whose views were stored before them
+            for view in self.relational.create(c, secret):
+                self._reload_relational(c, view)
 
-    def _reload_relational(self, c) -> None:
-        """The SQL read models anew: the live message-tree view's rows, the submissions it has folded."""
+    def _reload_relational(self, c, view: str) -> None:
+        """The SQL read models that follow ``view`` anew: from its stored rows (the message-tree
+        view's with the submissions it has folded, read again from the log)."""
+        if view == BOARD_VIEW:
+            self.relational.reload_board(c, self._stored_rows(c, BOARD_VIEW))
+            return
         c.execute(self._sql("SELECT position FROM {positions} WHERE view = ?"), (RELATIONAL_VIEW,))
         row = c.fetchone()
         submissions = self._submissions(row["position"] if row else 0)
@@ -150,8 +156,8 @@ class ViewStorage:
             c.execute(self._sql("DELETE FROM {rows} WHERE view = ?"), (view,))
             c.execute(self._sql("DELETE FROM {positions} WHERE view = ?"), (view,))
             c.execute(self._sql("DELETE FROM {history} WHERE view = ?"), (view,))
-            if view == RELATIONAL_VIEW:
-                self.relational.clear(c)
+            if view in FOLLOWS:
+                self.relational.clear(c, view)
 
     def rename(self, old: str, new: str) -> None:
         """Atomically replace view ``new`` by the rows and position built under ``old``."""
@@ -162,5 +168,5 @@ class ViewStorage:
             c.execute(self._sql("UPDATE {rows} SET view = ? WHERE view = ?"), (new, old))
             c.execute(self._sql("UPDATE {positions} SET view = ? WHERE view = ?"), (new, old))
             c.execute(self._sql("UPDATE {history} SET view = ? WHERE view = ?"), (new, old))
-            if new == RELATIONAL_VIEW:  # the tables follow the live view: reload them from its new rows
-                self._reload_relational(c)
+            if new in FOLLOWS:  # the tables follow the live view: reload them from its new rows
+                self._reload_relational(c, new)
