@@ -201,7 +201,13 @@ class EventStore:
 
     def read_stored(self, after: int = 0, limit: int = 1000):
         """Raw notifications (position, stream, version, topic, state) for replay."""
-        return self.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)
+        if self.backend == "sqlite":
+            return self.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)
+        sql = SQL(
+            "SELECT notification_id AS id, originator_id, originator_version, topic, state FROM {}.{} "
+            "WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+        ).format(Identifier(self.recorder.datastore.schema), Identifier(self.recorder.events_table_name))
+        return self._select(sql, [after, limit])
 
     def read_positions(self, positions: Sequence[int]):
         """Raw notifications at exactly these positions, in log order."""
@@ -241,6 +247,8 @@ class EventStore:
         return self._select(sql, params)
 
     def _select(self, sql, params) -> list[Notification]:
+        if self.backend != "sqlite":
+            return self._copy_out(sql, params)
         with self.recorder.datastore.transaction(commit=False) as c:
             c.execute(sql, params)
             return [
@@ -253,6 +261,17 @@ class EventStore:
                 )
                 for r in c.fetchall()
             ]
+
+    def _copy_out(self, sql, params) -> list[Notification]:
+        """The rows of a SELECT of (id, originator_id, originator_version, topic, state), through a
+        binary COPY: a fold of the whole log reads it 2x faster than row by row (bench/projections.py)."""
+        with self.recorder.datastore.transaction(commit=False) as c:
+            with c.copy(SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(sql), params) as copy:
+                copy.set_types(["int8", "uuid", "int8", "text", "bytea"])
+                return [
+                    Notification(id=i, originator_id=o, originator_version=v, topic=t, state=s)
+                    for i, o, v, t, s in copy.rows()
+                ]
 
     def count_events(self, after: int, upto: int) -> int:
         """How many events the log holds at positions in (after, upto]."""
