@@ -7,8 +7,11 @@ from dataclasses import replace
 import pytest
 from litestar.testing import AsyncTestClient
 
+from devkit.simulator import seed_history_async
 from infra.app import create_app
-from projections.trust import kendall_tau
+from infra.store import EventStore
+from projections.consensus import ConsensusView
+from projections.trust import EM_ITERATIONS, kendall_tau, label_accuracies, spam_votes
 from tests.config import API_KEY, SMALL_TREE, make_settings
 from tests.frontend import acked_task, answer_for, do_task, events, user
 
@@ -115,3 +118,46 @@ def test_kendall_tau():
     assert kendall_tau(["a", "b", "c"], ["a", "b", "c"]) == 1.0
     assert kendall_tau(["a", "b", "c"], ["c", "b", "a"]) == -1.0
     assert kendall_tau(["a", "b"], ["x", "a"]) is None
+
+
+def loop_accuracies(items: list[list[tuple]]) -> tuple[dict, dict]:
+    """The one-coin Dawid–Skene EM as a plain loop over messages and votes (the reference)."""
+    counts: dict = {}
+    for votes in items:
+        for u, _ in votes:
+            counts[u] = counts.get(u, 0) + 1
+    accuracy, prior_spam = {u: 0.8 for u in counts}, 0.2
+    for _ in range(EM_ITERATIONS):
+        posteriors = []
+        for votes in items:
+            p_spam, p_ok = prior_spam, 1 - prior_spam
+            for u, v in votes:
+                a = min(max(accuracy[u], 0.01), 0.99)
+                p_spam *= a if v == 1 else 1 - a
+                p_ok *= a if v == 0 else 1 - a
+            posteriors.append(p_spam / (p_spam + p_ok))
+        agree = {u: 0.0 for u in counts}
+        for votes, p in zip(items, posteriors, strict=True):
+            for u, v in votes:
+                agree[u] += p if v == 1 else 1 - p
+        accuracy = {u: (agree[u] + 1) / (counts[u] + 2) for u in counts}
+        prior_spam = min(max(sum(posteriors) / len(posteriors), 0.01), 0.99) if posteriors else 0.2
+    return accuracy, counts
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_label_accuracies_on_arrays_equal_the_loop_to_the_bit(tmp_path, seed):
+    url = f"sqlite:///{tmp_path / 'trust.sqlite3'}"
+    await seed_history_async(url, trees=30, users=20, seed=seed)
+    store = EventStore(url)
+    view = ConsensusView()
+    for position, event in store.read(0, 1_000_000):
+        view.apply(position, event)
+    store.close()
+    items = spam_votes(view)
+    assert len(items) > 50 and any(v == 1 for votes in items for _, v in votes)  # spam among the votes
+    accuracy, counts = label_accuracies(view)
+    want_accuracy, want_counts = loop_accuracies(items)
+    assert counts == want_counts and list(accuracy) == list(want_accuracy)
+    assert accuracy == want_accuracy  # floats compared exactly: the same operations in the same order
+    assert label_accuracies(ConsensusView()) == ({}, {})
