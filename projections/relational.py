@@ -507,8 +507,9 @@ class RelationalTables:
 
     # --- writing ----------------------------------------------------------------------
 
-    def write(self, c, changes: Changes) -> None:
-        """Upsert and delete the rows, then re-count messages of every user they touch."""
+    def write(self, c, changes: Changes, fresh: bool = False) -> None:
+        """Upsert and delete the rows, then re-count messages of every user they touch
+        (``fresh``: the tables were just emptied, so no earlier vote is superseded)."""
         messages = changes.upserts.get("messages", []) + changes.deletes.get("messages", [])
         touched = self._authors(c, [m.id if isinstance(m, Message) else m for m in messages])
         for table, keys in changes.deletes.items():
@@ -516,8 +517,12 @@ class RelationalTables:
                 clause, param = self._in(keys)
                 column = DELETE_BY.get(table, "id")
                 c.execute(self._sql(f"DELETE FROM {{t}} WHERE {column} {clause}", t=table), (param,))
-        self._supersede(c, changes.upserts.get("label_votes", []))
+        if not fresh:
+            self._supersede(c, changes.upserts.get("label_votes", []))
         for table, rows in changes.upserts.items():
+            if self.pg and table in KEYS:  # insert-only tables: a COPY
+                self._copy(c, table, rows)
+                continue
             for start in range(0, len(rows), _BATCH):
                 self._upsert(c, table, rows[start : start + _BATCH])
         touched |= {m.author for m in changes.upserts.get("messages", []) if m.author}
@@ -570,6 +575,23 @@ class RelationalTables:
             names = ", ".join(f":{col}" for col in cols)
             c.executemany(f"INSERT OR REPLACE INTO {PREFIX}{table} VALUES ({names})", map(_sqlite_params, rows))
 
+    def _copy(self, c, table: str, rows: list) -> None:
+        """Rows of a table that only ever gains rows (votes, rankings, a user's hours after their
+        old ones went), through COPY: several times quicker than an INSERT of JSON rows."""
+        if not rows:
+            return
+        fields = msgspec.structs.fields(TABLES[table])
+        json_columns = [i for i, f in enumerate(fields) if column_type(f.type) in (dict, list)]
+        binary = "" if json_columns else " (FORMAT BINARY)"  # binary needs no text escaping; JSON goes as text
+        with c.copy(self._sql(f"COPY {{t}} ({', '.join(columns(table))}) FROM STDIN{binary}", t=table)) as copy:
+            if binary:
+                copy.set_types([_sql_type(f.type, pg=True) for f in fields])
+            for row in rows:
+                values = msgspec.structs.astuple(row)
+                if json_columns:
+                    values = tuple(_json_text(v) if i in json_columns else v for i, v in enumerate(values))
+                copy.write_row(values)
+
     def _forget_authors(self, c, pseudonyms: list[str]) -> None:
         """A deleted user's messages, labels and rankings stay, without an author (as in snapshots)."""
         if pseudonyms:
@@ -599,14 +621,19 @@ class RelationalTables:
     def reload(self, c, stored: Iterator[tuple[str, str, bytes]], submissions: Iterable) -> None:
         """Replace the tables' rows by the stored view's and the log's submissions (a rebuild switched live)."""
         self.clear(c, VIEW)
-        self.write(c, self.decoded_changes(stored, submissions))
+        self.write(c, self.decoded_changes(stored, submissions), fresh=True)
 
     def reload_board(self, c, stored: Iterator[tuple[str, str, bytes]]) -> None:
         """Replace ``user_hours`` by the stored leaderboard view's counters."""
         self.clear(c, boards.VIEW)
         users = boards.stored_users(stored)
         rows = [row for key, counts in users.items() for row in boards.user_hours(self.pseudonym(key), counts)]
-        self.write(c, Changes({"user_hours": rows}, {}))
+        self.write(c, Changes({"user_hours": rows}, {}), fresh=True)
+
+
+def _json_text(value) -> str:
+    """A JSON column's value as COPY's text format takes it (ids as strings)."""
+    return msgspec.json.encode(value).decode()
 
 
 def _sqlite_params(row: msgspec.Struct) -> dict:

@@ -226,9 +226,10 @@ class ProjectionRunner:
             await asyncio.to_thread(self.flush)  # (nothing to flush where the views were never restored)
 
     async def _run(self, poll_seconds: float = 0.5, slice_events: int = 2000) -> None:
-        last_flush = time.monotonic()
+        last_flush, unflushed = time.monotonic(), False
         while True:
             page = await asyncio.to_thread(self.store.read_stored, self.position, self.page_size)
+            unflushed = unflushed or bool(page)
             for start in range(0, len(page), slice_events):
                 self.fold(page[start : start + slice_events])
                 await asyncio.sleep(0)  # let queries in between slices
@@ -237,10 +238,12 @@ class ProjectionRunner:
                     self._reached.notify_all()
             if not self.ready.is_set() and self.position >= self._ready_at:
                 self.ready.set()
-            if page and time.monotonic() - last_flush > 1.0:  # a crash replays at most ~1 s
+            # a crash replays at most ~1 s; a quiet log still gets its last changes (and the SQL tables) written
+            if unflushed and time.monotonic() - last_flush > 1.0:
                 flush = self._collect()
                 try:
                     self._done(flush, await asyncio.to_thread(self._write, flush))
+                    unflushed = False
                 except Exception:  # noqa: BLE001 - the views go on; the next flush retries
                     log.exception("writing the views failed; retrying at the next flush")
                 last_flush = time.monotonic()

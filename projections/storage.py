@@ -67,8 +67,7 @@ class ViewStorage:
         if view == BOARD_VIEW:
             self.relational.reload_board(c, self._stored_rows(c, BOARD_VIEW))
             return
-        c.execute(self._sql("SELECT position FROM {positions} WHERE view = ?"), (RELATIONAL_VIEW,))
-        row = c.fetchone()
+        row = self._position_row(c, RELATIONAL_VIEW)
         submissions = self._submissions(row["position"] if row else 0)
         self.relational.reload(c, self._stored_rows(c, RELATIONAL_VIEW), submissions)
 
@@ -85,8 +84,7 @@ class ViewStorage:
 
     def position(self, view: str) -> int:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(self._sql("SELECT position FROM {positions} WHERE view = ?"), (view,))
-            row = c.fetchone()
+            row = self._position_row(c, view)
         return row["position"] if row else 0
 
     def rows(self, view: str) -> Iterator[tuple[str, str, bytes]]:
@@ -109,8 +107,8 @@ class ViewStorage:
                 view, entries = history
                 if self.pg:  # COPY: the history index gets several rows per event
                     with c.copy(self._sql("COPY {history} (view, entity, position) FROM STDIN")) as copy:
-                        for entity, position in entries:
-                            copy.write_row((view, entity, position))
+                        # COPY's text format built in one join (a view name and uuids need no escaping)
+                        copy.write("".join([f"{view}\t{entity}\t{position}\n" for entity, position in entries]))
                 else:
                     c.executemany(
                         self._sql("INSERT INTO {history} VALUES (?, ?, ?)"), [(view, str(e), p) for e, p in entries]
@@ -118,28 +116,42 @@ class ViewStorage:
             for view, position, rows in changes:
                 upserts = [(view, t, k, v) for t, k, v in rows if v is not None]
                 deletes = [(view, t, k) for t, k, v in rows if v is None]
-                if self.pg:
-                    if upserts:
-                        cols = [list(x) for x in zip(*upserts, strict=True)]
-                        c.execute(
-                            self._sql(
-                                "INSERT INTO {rows} SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::bytea[]) "
-                                "ON CONFLICT (view, tbl, key) DO UPDATE SET value = excluded.value"
-                            ),
-                            cols,
-                        )
-                    if deletes:
-                        c.executemany(self._sql("DELETE FROM {rows} WHERE view = ? AND tbl = ? AND key = ?"), deletes)
-                    c.execute(
-                        self._sql(
-                            "INSERT INTO {positions} VALUES (?, ?) ON CONFLICT (view) DO UPDATE SET position = excluded.position"
-                        ),
-                        (view, position),
-                    )
-                else:
-                    c.executemany(self._sql("INSERT OR REPLACE INTO {rows} VALUES (?, ?, ?, ?)"), upserts)
-                    c.executemany(self._sql("DELETE FROM {rows} WHERE view = ? AND tbl = ? AND key = ?"), deletes)
-                    c.execute(self._sql("INSERT OR REPLACE INTO {positions} VALUES (?, ?)"), (view, position))
+                (self._write_rows_pg if self.pg else self._write_rows_sqlite)(c, view, position, upserts, deletes)
+
+    def _write_rows_pg(self, c, view: str, position: int, upserts: list, deletes: list) -> None:
+        if upserts and self._position_row(c, view) is None:
+            # the view's first write (a rebuild, a new view): every row is new, so a binary COPY
+            with c.copy(self._sql("COPY {rows} (view, tbl, key, value) FROM STDIN (FORMAT BINARY)")) as copy:
+                copy.set_types(["text", "text", "text", "bytea"])
+                for row in upserts:
+                    copy.write_row(row)
+        elif upserts:
+            cols = [list(x) for x in zip(*upserts, strict=True)]
+            c.execute(
+                self._sql(
+                    "INSERT INTO {rows} SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::bytea[]) "
+                    "ON CONFLICT (view, tbl, key) DO UPDATE SET value = excluded.value"
+                ),
+                cols,
+                binary=True,  # arrays sent as binary: no per-value text escaping
+            )
+        if deletes:
+            c.executemany(self._sql("DELETE FROM {rows} WHERE view = ? AND tbl = ? AND key = ?"), deletes)
+        c.execute(
+            self._sql(
+                "INSERT INTO {positions} VALUES (?, ?) ON CONFLICT (view) DO UPDATE SET position = excluded.position"
+            ),
+            (view, position),
+        )
+
+    def _write_rows_sqlite(self, c, view: str, position: int, upserts: list, deletes: list) -> None:
+        c.executemany(self._sql("INSERT OR REPLACE INTO {rows} VALUES (?, ?, ?, ?)"), upserts)
+        c.executemany(self._sql("DELETE FROM {rows} WHERE view = ? AND tbl = ? AND key = ?"), deletes)
+        c.execute(self._sql("INSERT OR REPLACE INTO {positions} VALUES (?, ?)"), (view, position))
+
+    def _position_row(self, c, view: str):
+        c.execute(self._sql("SELECT position FROM {positions} WHERE view = ?"), (view,))
+        return c.fetchone()
 
     def history(self, view: str, entity: str, until: int | None = None, limit: int = 10_000) -> list[int]:
         with self.datastore.transaction(commit=False) as c:

@@ -61,9 +61,10 @@ async def client(store_url, tmp_path):
         yield c
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One headless Debian chromium for the page tests of a run."""
+    """A headless Debian chromium for one module's page tests: Playwright's sync API keeps an
+    event loop running while it is open, which the asyncio tests of later modules must not meet."""
     from tests.browser import headless_chromium
 
     with headless_chromium() as b:
