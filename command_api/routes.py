@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from datetime import UTC, datetime
 
-from litestar import Request, Response, delete, post, put
+from litestar import Request, Response, delete, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
@@ -19,16 +19,21 @@ JSON = "application/json"
 Service = NamedDependency[CommandService]  # the ``service`` dependency (infra/app.py)
 
 
-def respond(request: Request, result: Result) -> Response:
-    """A command's reply with the route's status (OA's: 200, 202 or 204) and its log position.
-    The position is also noted as the client's last write, so that its next read waits for
-    it (read-your-writes without asking: OA's clients never send ``min_position``)."""
-    status = request.route_handler.status_code
+def note_write(request: Request, result: Result) -> None:
+    """The client's last write: its next read waits until the views show it."""
     client = getattr(request.state, "api_client", None)
     if client is not None:
         last_writes = request.app.state.last_writes
         if result.position > last_writes.get(client.id, 0):
             last_writes[client.id] = result.position
+
+
+def respond(request: Request, result: Result) -> Response:
+    """A command's reply with the route's status (OA's: 200, 202 or 204) and its log position.
+    The position is also noted as the client's last write, so that its next read waits for
+    it (read-your-writes without asking: OA's clients never send ``min_position``)."""
+    status = request.route_handler.status_code
+    note_write(request, result)
     return Response(
         content=result.body if status != 204 else None,
         status_code=status,
@@ -232,6 +237,15 @@ async def unmark_spammer(
     return respond(request, await service.set_spammer(client, user_id, False, ikey=ikey))
 
 
+@get(
+    "/admin/users/{user_id:str}/spammer/preview",
+    summary="What marking (spammer=true) or unmarking a spammer would re-decide; appends nothing",
+    guards=[trusted_client],
+)
+async def preview_spammer(service: Service, user_id: FromPath[str], spammer: FromQuery[bool] = True) -> dict:
+    return service.spam_mark_preview(user_id, spammer)
+
+
 @post("/admin/api_client", status_code=200, summary="Create an API client (root token); returns its key")
 async def create_api_client(request: Request, data: JSONBody[p.CreateApiClientRequest], service: Service) -> Response:
     token = service.settings.root_token
@@ -375,6 +389,7 @@ command_handlers = [
     purge_user,
     mark_spammer,
     unmark_spammer,
+    preview_spammer,
     create_api_client,
     create_frontend_user,
     import_oasst,

@@ -462,6 +462,37 @@ class CommandService:
         body = {"before": before, "after": after, "preview": preview, "duration": (utcnow() - started).total_seconds()}
         return Result(_json.encode(body), position)
 
+    def spam_mark_preview(self, user_id: str, spammer: bool = True) -> dict:
+        """What marking (or unmarking) a spammer would decide, appending nothing: the
+        acceptances and ranks that flip and the trees that halt or resume (the console shows
+        it before the moderator confirms). Empty when the user already is what is asked."""
+        user = user_by_id(self.state, user_id)
+        planned = self.manager.preview_spam_mark(user.id, spammer) if user.spammer != spammer else []
+        decisions = [self._planned(cls, fields) for cls, fields in planned]
+        kinds = [d["type"] for d in decisions]
+        return {
+            "user_id": str(user.id),
+            "spammer": spammer,
+            "currently_spammer": user.spammer,
+            "position": self.model.position,
+            "acceptances_flipped": kinds.count("message_reviewed"),
+            "ranks_changed": kinds.count("ranks_computed"),
+            "trees_changed": kinds.count("tree_state_changed"),
+            "messages_authored": len(self.model.authored.get(user.id, ())),
+            "decisions": decisions,
+        }
+
+    def _planned(self, cls: type[ev.Event], fields: dict) -> dict:
+        """One planned decision as plain data, with what it replaces (the current value)."""
+        out = {"type": cls.__struct_config__.tag, **msgspec.to_builtins(fields)}
+        if cls is ev.MessageReviewed:
+            out["was_accepted"] = self.model.messages[fields["message_id"]].review_result
+        elif cls is ev.RanksComputed:
+            parent = self.model.messages[fields["parent_id"]]
+            ranked = [self.model.messages[c] for c in parent.children if self.model.messages[c].rank is not None]
+            out["was_ranked_message_ids"] = [str(m.id) for m in sorted(ranked, key=lambda m: m.rank)]
+        return out
+
     # --- moderation (issue #14) ----------------------------------------------------------------------
 
     async def edit_message(

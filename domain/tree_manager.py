@@ -491,6 +491,19 @@ class TreeManager:
                 reason="review_changed",
             )
 
+    def preview_spam_mark(self, user_id: UUID, marked: bool) -> list[tuple[type[ev.Event], dict]]:
+        """The re-decisions a spam mark (or unmark) would emit, as (event type, fields), without
+        emitting or applying them: the mark is put on the model's spammers only while they are
+        worked out. What those decisions set off in turn is decided when they are applied."""
+        spammers, was = self.model.spammers, user_id in self.model.spammers
+        planned: list[tuple[type[ev.Event], dict]] = []
+        (spammers.add if marked else spammers.discard)(user_id)
+        try:
+            self._apply_spam_mark(user_id, marked, lambda cls, **fields: planned.append((cls, fields)))
+        finally:
+            (spammers.add if was else spammers.discard)(user_id)
+        return planned
+
     def _apply_spam_mark(self, user_id: UUID, marked: bool, emit: Emit) -> None:
         """Re-decide what the user's contributions decided: acceptance of the messages they
         reviewed, ranks of the replies they ranked, and the state of trees they started."""

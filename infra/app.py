@@ -19,6 +19,8 @@ from command_api.auth import authenticated_client
 from command_api.rate_limits import RateLimiter
 from command_api.routes import command_handlers
 from command_api.service import CommandService
+from console.app import console_router, template_config
+from console.session import Sessions
 from domain.errors import ErrorCode, OasstError
 from domain.model import ApiClient
 from infra.checkpoints import Checkpoints
@@ -161,6 +163,9 @@ def create_app(settings: Settings | None = None, only: str | None = None) -> Lit
     handlers = [Router(path="/api/v1", route_handlers=[*commands, *queries]), list_events, metrics_route, landing]
     if runner:
         handlers.append(history)
+    serves_console = runner is not None and keeps_model  # it reads the views and acts through commands
+    if serves_console:
+        handlers.append(console_router())
     metrics = Metrics()
     app = Litestar(
         route_handlers=handlers,
@@ -180,6 +185,7 @@ def create_app(settings: Settings | None = None, only: str | None = None) -> Lit
             render_plugins=[SwaggerRenderPlugin()],
         ),
         request_max_body_size=settings.max_body_bytes,
+        template_config=template_config() if serves_console else None,
         debug=False,
     )
     app.state.service = service
@@ -190,4 +196,5 @@ def create_app(settings: Settings | None = None, only: str | None = None) -> Lit
     metrics.figures.state = app.state
     app.state.last_writes = last_writes  # noted by command_api/routes.respond
     app.state.settings = settings
+    app.state.console_sessions = Sessions()
     return app

@@ -32,6 +32,8 @@ def serve(
     backend = settings.database_url.split(":", 1)[0]
     console.print(f"[bold]oasst[/] serving on [cyan]http://{host}:{port}/api/v1[/] ({backend} store)")
     console.print(f"API docs: [cyan]http://{host}:{port}/schema/swagger[/]  (OpenAPI: /schema/openapi.json)")
+    if only is None:  # the console reads the views and acts through commands: the whole server
+        console.print(f"Console: [cyan]http://{host}:{port}/console/[/]  (sign in with a trusted API key)")
     if settings.bootstrap_api_key:
         console.print(f"API key: [green]{settings.bootstrap_api_key}[/] (send it as X-API-Key)")
     uvicorn.run(
@@ -140,6 +142,9 @@ def project_run(
     console.print(f"stopped at position {runner.position}")
 
 
+REBUILD_FLUSH_EVERY = 1_000_000  # events; the history entries between two flushes wait in memory
+
+
 @project.command("rebuild")
 def project_rebuild(
     name: str | None = typer.Argument(None, help="message_tree, consensus, leaderboard or history"),
@@ -158,7 +163,9 @@ def project_rebuild(
     store = _store()
     for view in chosen:
         view.suffix = "~rebuild"
-    runner = ProjectionRunner(store, chosen)
+    # an interrupted rebuild starts over, so flushing often buys nothing: rarer flushes write each
+    # row fewer times (a row is rewritten whole at every flush that finds it changed)
+    runner = ProjectionRunner(store, chosen, flush_every=REBUILD_FLUSH_EVERY)
     for view in chosen:
         runner.storage.drop(view.key)  # an earlier, interrupted rebuild
     total = store.max_position()

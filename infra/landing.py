@@ -1,4 +1,4 @@
-"""The page at ``/``: where a newcomer finds the API docs, the API and the metrics. Plain
+"""The page at ``/``: where a newcomer finds the console, the API docs, the API and the metrics. Plain
 HTML, no JavaScript, so that it reads in any browser or with curl."""
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ PAGE = """<!doctype html>
 <p>An event-sourced data engine for human feedback on chat models, speaking
 Open-Assistant's backend protocol.</p>
 <ul>
+<li><a href="/console/">The console</a> for moderators (issue #17): overview, trees replayed event
+by event, users and their trust, spam marks with a preview, the moderation queue, boards and
+snapshots (sign in with a trusted API client's key)</li>
 <li><a href="/schema/swagger">API docs</a> (Swagger UI) and the
 <a href="/schema/openapi.json">OpenAPI schema</a></li>
 <li><a href="/api/v1/">/api/v1/</a>: the API (send your key as <code>X-API-Key</code>)</li>
 <li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
 </ul>
-<p>A console for people is coming (issue #17).</p>
 </body>
 </html>
 """

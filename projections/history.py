@@ -69,3 +69,4 @@ def _fields(names: tuple[str, ...]) -> dict[type, tuple[str, ...]]:
 # which fields of each event type name an entity whose history includes the event
 _ENTITY_FIELDS = _fields(("user_id", "subject_id", "tree_id", "task_id"))
 _MESSAGE_FIELDS = _fields(("message_id", "parent_id"))
+_MESSAGE_FIELDS[ev.SnapshotCreated] = ()  # its parent_id is the parent snapshot's id (or None), no message

@@ -43,10 +43,20 @@ async def history(
 
 
 async def events_concerning(runner, entity: str, until: int | None = None, limit: int = 10_000) -> list[dict]:
+    return await events_at(runner, (await positions_concerning(runner, entity, until, limit))[:limit])
+
+
+async def positions_concerning(runner, entity: str, until: int | None = None, limit: int = 10_000) -> list[int]:
+    """The log positions of the events concerning ``entity``, oldest first (the first ``limit``
+    stored ones, and those folded but not yet stored)."""
     view = runner.by_name["history"]
     pending = view.unflushed(entity, until)  # taken before the read, so nothing falls in between
     stored = await asyncio.to_thread(runner.storage.history, view.key, entity, until, limit)
-    positions = sorted(set(stored) | set(pending))[:limit]
+    return sorted(set(stored) | set(pending))
+
+
+async def events_at(runner, positions: list[int]) -> list[dict]:
+    """The events at these positions, decoded, with their actors."""
     notes = await asyncio.to_thread(runner.store.read_positions, positions)
     out = []
     for n in notes:

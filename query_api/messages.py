@@ -180,9 +180,7 @@ async def _tree_at(
     require_trusted(client)
     view = views.tree
     m = frontend_message_or_404(view, client, message_id) if frontend else message_or_404(view, message_id)
-    past = MessageTreeView()
-    for item in await events_concerning(views.runner, str(m.tree_id), at, limit=1_000_000):
-        past.apply(item["position"], ev.decode(item["raw"]))
+    past = replay(await events_concerning(views.runner, str(m.tree_id), at, limit=1_000_000), at)
     if m.tree_id not in past.trees:
         raise OasstError(f"the tree did not exist at position {at}", ErrorCode.NO_MESSAGE_TREE_FOUND)
     messages = _tree_messages(past, past.messages[m.tree_id], include_deleted, include_spam)
@@ -192,6 +190,15 @@ async def _tree_at(
         "state": past.trees[m.tree_id].state,
         "messages": [message_dict(past, x) for x in messages],
     }
+
+
+def replay(history: list[dict], at: int) -> MessageTreeView:
+    """A message-tree view folded from a tree's history (``events_concerning``) up to ``at``."""
+    past = MessageTreeView()
+    for item in history:
+        if item["position"] <= at:
+            past.apply(item["position"], ev.decode(item["raw"]))
+    return past
 
 
 def _utc(at: datetime | None) -> datetime | None:
