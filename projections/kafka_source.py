@@ -199,11 +199,7 @@ def _write_pg(storage: ViewStorage, changes: list, history: tuple[str, list]) ->
     positions = [(view, position) for view, position, _ in changes]
     columns = lambda rows, width: [list(c) for c in zip(*rows, strict=True)] if rows else [[]] * width  # noqa: E731
     with storage.datastore.transaction(commit=True) as c:
-        view, entries = history
-        if entries:
-            with c.copy(SQL("COPY {} (view, entity, position) FROM STDIN").format(storage.history_table)) as copy:
-                for entity, position in entries:
-                    copy.write_row((view, entity, position))
+        storage.write_history(c, history)
         if upserts:
             c.execute(
                 SQL(
@@ -211,6 +207,7 @@ def _write_pg(storage: ViewStorage, changes: list, history: tuple[str, list]) ->
                     "ON CONFLICT (view, tbl, key) DO UPDATE SET value = excluded.value"
                 ).format(storage.rows_table),
                 columns(upserts, 4),
+                binary=True,  # arrays sent as binary: no per-value text escaping
             )
         if deletes:
             c.execute(

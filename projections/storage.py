@@ -7,6 +7,7 @@ message-tree and leaderboard views."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Iterator
 from uuid import UUID
 
@@ -29,17 +30,24 @@ class ViewStorage:
             self.rows_table = SQL("{}.view_rows").format(schema)
             self.positions_table = SQL("{}.view_positions").format(schema)
             self.history_table = SQL("{}.history_index").format(schema)
+            self.generations_table = SQL("{}.history_generations").format(schema)
         self.relational = RelationalTables(self.datastore, self.pg)
         self._create()
 
     def _sql(self, text: str):
         """One statement for both backends: ``{rows}``/``{positions}`` tables, ``?`` params."""
+        names = {
+            "rows": "view_rows",
+            "positions": "view_positions",
+            "history": "history_index",
+            "generations": "history_generations",
+        }
         if not self.pg:
-            return text.format(rows="view_rows", positions="view_positions", history="history_index")
-        text = (
-            text.replace("?", "%s").replace("{rows}", "{0}").replace("{positions}", "{1}").replace("{history}", "{2}")
-        )
-        return SQL(text).format(self.rows_table, self.positions_table, self.history_table)
+            return text.format(**names)
+        for i, name in enumerate(names):
+            text = text.replace(f"{{{name}}}", f"{{{i}}}")
+        text = text.replace("?", "%s")
+        return SQL(text).format(self.rows_table, self.positions_table, self.history_table, self.generations_table)
 
     def _create(self) -> None:
         blob = "bytea" if self.pg else "BLOB"
@@ -56,10 +64,36 @@ class ViewStorage:
                 self._sql(f"CREATE TABLE IF NOT EXISTS {{history}} (view TEXT, entity {entity}, position BIGINT)")
             )
             c.execute(self._sql("CREATE INDEX IF NOT EXISTS history_index_entity ON {history} (entity, position)"))
+            self._create_generations(c)
             secret = SQL("{}.view_secret").format(Identifier(self.datastore.schema)) if self.pg else "view_secret"
             # new tables on a store whose views were stored before them
             for view in self.relational.create(c, secret):
                 self._reload_relational(c, view)
+
+    def _create_generations(self, c) -> None:
+        """History rows are stored under a generation name per view, so that switching a rebuilt
+        history live renames one mapping row instead of millions of index rows. Rows written
+        before generations existed keep their view's name as their generation."""
+        exists = "to_regclass(?) IS NOT NULL" if self.pg else "EXISTS (SELECT 1 FROM sqlite_master WHERE name = ?)"
+        c.execute(self._sql(f"SELECT {exists} AS found"), (self._table_name("history_generations"),))
+        if c.fetchone()["found"]:
+            return
+        c.execute(self._sql("CREATE TABLE {generations} (view TEXT PRIMARY KEY, generation TEXT)"))
+        c.execute(self._sql("INSERT INTO {generations} SELECT DISTINCT view, view FROM {history}"))
+
+    def _table_name(self, table: str) -> str:
+        return f'"{self.datastore.schema}".{table}' if self.pg else table
+
+    def _generation(self, c, view: str, create: bool = False) -> str | None:
+        """The generation the view's history rows are stored under (a new one if asked). The
+        insert comes first: a SQLite transaction that reads before it writes cannot wait for
+        another writer (``database is locked``)."""
+        if create:
+            new = f"{view}#{secrets.token_hex(4)}"
+            c.execute(self._sql("INSERT INTO {generations} VALUES (?, ?) ON CONFLICT (view) DO NOTHING"), (view, new))
+        c.execute(self._sql("SELECT generation FROM {generations} WHERE view = ?"), (view,))
+        row = c.fetchone()
+        return row["generation"] if row else None
 
     def _reload_relational(self, c, view: str) -> None:
         """The SQL read models that follow ``view`` anew: from its stored rows (the message-tree
@@ -103,20 +137,26 @@ class ViewStorage:
         with self.datastore.transaction(commit=True) as c:
             if relational is not None:
                 self.relational.write(c, relational)
-            if history and history[1]:
-                view, entries = history
-                if self.pg:  # COPY: the history index gets several rows per event
-                    with c.copy(self._sql("COPY {history} (view, entity, position) FROM STDIN")) as copy:
-                        # COPY's text format built in one join (a view name and uuids need no escaping)
-                        copy.write("".join([f"{view}\t{entity}\t{position}\n" for entity, position in entries]))
-                else:
-                    c.executemany(
-                        self._sql("INSERT INTO {history} VALUES (?, ?, ?)"), [(view, str(e), p) for e, p in entries]
-                    )
+            self.write_history(c, history)
             for view, position, rows in changes:
                 upserts = [(view, t, k, v) for t, k, v in rows if v is not None]
                 deletes = [(view, t, k) for t, k, v in rows if v is None]
                 (self._write_rows_pg if self.pg else self._write_rows_sqlite)(c, view, position, upserts, deletes)
+
+    def write_history(self, c, history: tuple[str, list[tuple[str, int]]] | None) -> None:
+        """New history entries (view, [(entity, position)]), in the caller's transaction."""
+        if not history or not history[1]:
+            return
+        view, entries = history
+        generation = self._generation(c, view, create=True)
+        if self.pg:  # COPY: the history index gets several rows per event
+            with c.copy(self._sql("COPY {history} (view, entity, position) FROM STDIN")) as copy:
+                # COPY's text format built in one join (a generation name and uuids need no escaping)
+                copy.write("".join([f"{generation}\t{entity}\t{position}\n" for entity, position in entries]))
+        else:
+            c.executemany(
+                self._sql("INSERT INTO {history} VALUES (?, ?, ?)"), [(generation, str(e), p) for e, p in entries]
+            )
 
     def _write_rows_pg(self, c, view: str, position: int, upserts: list, deletes: list) -> None:
         if upserts and self._position_row(c, view) is None:
@@ -157,28 +197,44 @@ class ViewStorage:
         with self.datastore.transaction(commit=False) as c:
             c.execute(
                 self._sql(
-                    "SELECT position FROM {history} WHERE entity = ? AND view = ? AND position <= ? ORDER BY position LIMIT ?"
+                    "SELECT position FROM {history} WHERE entity = ? AND position <= ? "
+                    "AND view = (SELECT generation FROM {generations} WHERE view = ?) ORDER BY position LIMIT ?"
                 ),
-                (entity if not self.pg else UUID(entity), view, until if until is not None else 2**62, limit),
+                (entity if not self.pg else UUID(entity), until if until is not None else 2**62, view, limit),
             )
             return [row["position"] for row in c.fetchall()]
+
+    def history_entries(self, view: str) -> list[tuple[str, int]]:
+        """Every (entity, position) of a view's history index (for checks: a full scan)."""
+        with self.datastore.transaction(commit=False) as c:
+            generation = self._generation(c, view)
+            c.execute(self._sql("SELECT entity, position FROM {history} WHERE view = ?"), (generation,))
+            return [(str(r["entity"]), r["position"]) for r in c.fetchall()]
 
     def drop(self, view: str) -> None:
         with self.datastore.transaction(commit=True) as c:
             c.execute(self._sql("DELETE FROM {rows} WHERE view = ?"), (view,))
             c.execute(self._sql("DELETE FROM {positions} WHERE view = ?"), (view,))
-            c.execute(self._sql("DELETE FROM {history} WHERE view = ?"), (view,))
+            self._drop_generation(c, self._generation(c, view))
+            c.execute(self._sql("DELETE FROM {generations} WHERE view = ?"), (view,))
             if view in FOLLOWS:
                 self.relational.clear(c, view)
+
+    def _drop_generation(self, c, generation: str | None) -> None:
+        if generation is not None:
+            c.execute(self._sql("DELETE FROM {history} WHERE view = ?"), (generation,))
 
     def rename(self, old: str, new: str) -> None:
         """Atomically replace view ``new`` by the rows and position built under ``old``."""
         with self.datastore.transaction(commit=True) as c:
             c.execute(self._sql("DELETE FROM {rows} WHERE view = ?"), (new,))
             c.execute(self._sql("DELETE FROM {positions} WHERE view = ?"), (new,))
-            c.execute(self._sql("DELETE FROM {history} WHERE view = ?"), (new,))
             c.execute(self._sql("UPDATE {rows} SET view = ? WHERE view = ?"), (new, old))
             c.execute(self._sql("UPDATE {positions} SET view = ? WHERE view = ?"), (new, old))
-            c.execute(self._sql("UPDATE {history} SET view = ? WHERE view = ?"), (new, old))
+            replaced = self._generation(c, new)  # the history rows of the view switched out
+            c.execute(self._sql("DELETE FROM {generations} WHERE view = ?"), (new,))
+            c.execute(self._sql("UPDATE {generations} SET view = ? WHERE view = ?"), (new, old))
             if new in FOLLOWS:  # the tables follow the live view: reload them from its new rows
                 self._reload_relational(c, new)
+        with self.datastore.transaction(commit=True) as c:  # nothing reads them any more
+            self._drop_generation(c, replaced)

@@ -404,9 +404,7 @@ def test_two_projector_processes_in_one_group_equal_a_local_rebuild(store_url, c
 
 
 def _history_entries(storage: ViewStorage, view: str) -> list:
-    with storage.datastore.transaction(commit=False) as c:
-        c.execute(storage._sql("SELECT entity, position FROM {history} WHERE view = ?"), (view,))
-        return sorted((str(r["entity"]).replace("-", ""), r["position"]) for r in c.fetchall())
+    return sorted((entity.replace("-", ""), position) for entity, position in storage.history_entries(view))
 
 
 # --- snapshots -----------------------------------------------------------------------------

@@ -581,10 +581,7 @@ def stored_rows(runner: ProjectionRunner) -> dict:
 
 
 def stored_history(runner: ProjectionRunner) -> Counter:
-    s = runner.storage
-    with s.datastore.transaction(commit=False) as c:
-        c.execute(s._sql("SELECT entity, position FROM {history} WHERE view = ?"), ("history@v1",))
-        return Counter((str(r["entity"]), r["position"]) for r in c.fetchall())
+    return Counter(runner.storage.history_entries("history@v1"))
 
 
 def clean_rebuild(store: EventStore) -> tuple[dict, Counter]:
