@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -162,3 +163,20 @@ def database_copy(template: str, prefix: str = "oasst_bench_copy") -> Iterator[s
         yield database_url(name)
     finally:
         admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def in_child(target: str, *args: str) -> dict:
+    """``target`` ("module:function", returning a dict) called with ``args`` in a fresh
+    interpreter, so that its peak RSS is its own: the dict, with ``peak_rss_mb`` added."""
+    code = (
+        "import importlib, json, resource, sys\n"
+        "module, function = sys.argv[1].split(':')\n"
+        "result = getattr(importlib.import_module(module), function)(*sys.argv[2:])\n"
+        "result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "print('RESULT ' + json.dumps(result))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, target, *args], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{target} failed:\n{done.stderr[-3000:]}")
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))

@@ -142,9 +142,6 @@ def project_run(
     console.print(f"stopped at position {runner.position}")
 
 
-REBUILD_FLUSH_EVERY = 1_000_000  # events; the history entries between two flushes wait in memory
-
-
 @project.command("rebuild")
 def project_rebuild(
     name: str | None = typer.Argument(None, help="message_tree, consensus, leaderboard or history"),
@@ -153,30 +150,19 @@ def project_rebuild(
     """Build a view anew from the whole log beside the live one, then switch atomically."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from projections.runner import ProjectionRunner
-    from projections.runner import all_views as make_views
+    from projections.rebuild import rebuild, view_names
 
-    views = make_views()
-    chosen = views if all_views else [v for v in views if v.name == name]
-    if not chosen:
-        raise typer.BadParameter(f"name one of {[v.name for v in views]} or pass --all")
+    names = view_names() if all_views else [n for n in view_names() if n == name]
+    if not names:
+        raise typer.BadParameter(f"name one of {view_names()} or pass --all")
     store = _store()
-    for view in chosen:
-        view.suffix = "~rebuild"
-    # an interrupted rebuild starts over, so flushing often buys nothing: rarer flushes write each
-    # row fewer times (a row is rewritten whole at every flush that finds it changed)
-    runner = ProjectionRunner(store, chosen, flush_every=REBUILD_FLUSH_EVERY)
-    for view in chosen:
-        runner.storage.drop(view.key)  # an earlier, interrupted rebuild
-    total = store.max_position()
     columns = [TextColumn("rebuilding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task("events", total=total)
-        done = runner.catch_up(progress=lambda n: bar.advance(task, n))
-    for view in chosen:
-        live = view.key.removesuffix("~rebuild")
-        runner.storage.rename(view.key, live)
-        console.print(f"[green]{live}[/] rebuilt from {done} events, switched")
+        task = bar.add_task("events", total=store.max_position())
+        done = rebuild(store, names, progress=lambda n: bar.advance(task, n))
+    console.print(f"folded {done['events']} events in {done['fold_seconds']:.1f} s")
+    for live, seconds in done["switch_seconds"].items():
+        console.print(f"[green]{live}[/] rebuilt from {done['events']} events, switched ({seconds:.1f} s)")
 
 
 @app.command()
