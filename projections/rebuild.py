@@ -7,13 +7,14 @@ import time
 from collections.abc import Callable
 
 from infra.store import EventStore
+from projections.message_tree import MessageTreeView
 from projections.runner import ProjectionRunner, all_views
 
 SUFFIX = "~rebuild"
-# an interrupted rebuild starts over, so flushing often buys nothing: rarer flushes write each row
-# fewer times (a row is rewritten whole at every flush that finds it changed); the history entries
-# between two flushes wait in memory
-FLUSH_EVERY = 1_000_000  # events
+# an interrupted rebuild starts over, so its rows are written once, at the end (a row is rewritten
+# whole at every flush that finds it changed); only the history entries are written on the way,
+# every FLUSH_EVERY events, so that they do not pile up in memory
+FLUSH_EVERY = 250_000  # events
 
 
 def view_names() -> list[str]:
@@ -27,6 +28,9 @@ def rebuild(store: EventStore, names: list[str], progress: Callable[[int], None]
     for view in views:
         view.suffix = SUFFIX
     runner = ProjectionRunner(store, views, flush_every=FLUSH_EVERY)
+    runner.rows_at_end = True
+    tree = runner.by_name.get(MessageTreeView.name)
+    runner.submissions_of = tree  # the SQL tables are reloaded from memory when it switches live
     for view in views:
         runner.storage.drop(view.key)  # an earlier, interrupted rebuild
     started = time.perf_counter()
@@ -36,6 +40,7 @@ def rebuild(store: EventStore, names: list[str], progress: Callable[[int], None]
     for view in views:
         started = time.perf_counter()
         live = view.key.removesuffix(SUFFIX)
-        runner.storage.rename(view.key, live)
+        tables = runner.storage.relational.whole_view(view, runner.take_submissions()) if view is tree else None
+        runner.storage.rename(view.key, live, tables)
         switched[live] = time.perf_counter() - started
     return {"events": events, "fold_seconds": folded, "switch_seconds": switched}

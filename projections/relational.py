@@ -496,6 +496,11 @@ class RelationalTables:
         keys = {t.name: keys for t, keys in taken if t.name in rows}
         return self.changes(rows, view.users.rows, keys, submissions)
 
+    def whole_view(self, view: MessageTreeView, submissions: list) -> Changes:
+        """Every row of a view in memory and the given submissions: for a full reload."""
+        taken = [(view.tables[name], list(view.tables[name].rows)) for name in ("messages", "trees", "users")]
+        return self.view_changes(view, taken, submissions)
+
     def decoded_changes(self, stored: Iterator[tuple[str, str, bytes]], submissions: Iterable) -> Changes:
         """Every row of the stored view (``(table, key, msgpack)``) and every submission: for a full reload."""
         types = {"messages": MessageRow, "trees": TreeRow, "users": UserRow}
@@ -620,8 +625,12 @@ class RelationalTables:
 
     def reload(self, c, stored: Iterator[tuple[str, str, bytes]], submissions: Iterable) -> None:
         """Replace the tables' rows by the stored view's and the log's submissions (a rebuild switched live)."""
+        self.replace(c, self.decoded_changes(stored, submissions))
+
+    def replace(self, c, changes: Changes) -> None:
+        """Replace the rows of the tables that follow the message-tree view by ``changes``."""
         self.clear(c, VIEW)
-        self.write(c, self.decoded_changes(stored, submissions), fresh=True)
+        self.write(c, changes, fresh=True)
 
     def reload_board(self, c, stored: Iterator[tuple[str, str, bytes]]) -> None:
         """Replace ``user_hours`` by the stored leaderboard view's counters."""

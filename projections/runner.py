@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from domain import events as ev
-from infra.store import EventStore
+from infra.store import STORE_AWAY_ERRORS, EventStore
 from projections.base import View
 from projections.consensus import ConsensusView
 from projections.history import HistoryView
@@ -98,9 +98,17 @@ class ProjectionRunner:
         self.ready = asyncio.Event()  # set once the stored views are restored
         self._restoring: asyncio.Future | None = None
         self._ready_at = 0  # the log's end at start: ready once folded
+        self.current_at = time.monotonic()  # when a read last found the views at the log's end
+        self.away_since: float | None = None  # when reading the log began to fail (the store is away)
         self._submissions: list = []  # label and ranking submissions the live message-tree view folded, unwritten
         # the view the SQL read models follow (none while rebuilding or in a Kafka shard)
         self.live_tree = next((v for v in self.views if isinstance(v, MessageTreeView) and not v.suffix), None)
+        # whose label and ranking submissions are kept: the live view's go to the tables at each flush;
+        # a rebuilt one's wait for its switch (projections/rebuild.py)
+        self.submissions_of: MessageTreeView | None = self.live_tree
+        # a rebuild's catch-up writes rows once, at its end (an interrupted one starts over), and
+        # only the history entries between: each flush rewrites every changed row whole
+        self.rows_at_end = False
         self.live_board = next((v for v in self.views if isinstance(v, LeaderboardView) and not v.suffix), None)
 
     # --- storage -------------------------------------------------------------------
@@ -117,6 +125,25 @@ class ProjectionRunner:
                 view.tables[table].restore(key, value, view.key_types[table])
             view.restored()
         self.position = min((v.position for v in self.views), default=0)
+
+    def take_submissions(self) -> list:
+        """The kept submissions not yet handed to the tables (a rebuild's, for its switch)."""
+        taken, self._submissions = self._submissions, []
+        return taken
+
+    def flush_history(self) -> None:
+        """Write only the history entries folded so far (what ``rows_at_end`` flushes between)."""
+        view = next((v for v in self.views if isinstance(v, HistoryView)), None)
+        if view is None:
+            return
+        entries = view.take_entries()
+        try:
+            with self.storage.datastore.transaction(commit=True) as c:
+                self.storage.write_history(c, (view.key, entries))
+        except BaseException:
+            view.entries_written(False)
+            raise
+        view.entries_written(True)
 
     def flush(self) -> None:
         flush = self._collect()
@@ -160,7 +187,7 @@ class ProjectionRunner:
     # --- folding -------------------------------------------------------------------
 
     def fold(self, notifications) -> None:
-        tree = self.live_tree
+        tree = self.submissions_of
         for n in notifications:
             event = ev.decode_summary(n.state)
             if tree is not None and n.id > tree.position and isinstance(event, VOTE_EVENTS):
@@ -189,9 +216,9 @@ class ProjectionRunner:
             if progress:
                 progress(len(page))
             if since_flush >= self.flush_every:
-                self.flush()
+                self.flush_history() if self.rows_at_end else self.flush()
                 since_flush = 0
-        if since_flush:
+        if since_flush or (self.rows_at_end and done):
             self.flush()
         return done
 
@@ -228,7 +255,10 @@ class ProjectionRunner:
     async def _run(self, poll_seconds: float = 0.5, slice_events: int = 2000) -> None:
         last_flush, unflushed = time.monotonic(), False
         while True:
-            page = await asyncio.to_thread(self.store.read_stored, self.position, self.page_size)
+            page = await self._next_page()
+            if page is None:  # the store is away: the views go on answering from memory
+                await asyncio.sleep(poll_seconds)
+                continue
             unflushed = unflushed or bool(page)
             for start in range(0, len(page), slice_events):
                 self.fold(page[start : start + slice_events])
@@ -253,6 +283,28 @@ class ProjectionRunner:
                     await asyncio.wait_for(self._wakeup.wait(), poll_seconds)
                 except TimeoutError:
                     pass
+
+    async def _next_page(self) -> list | None:
+        """The log's next page, or None while the store cannot be read (then ``stale_seconds``
+        says how long the views have not been known to be current)."""
+        asked = time.monotonic()
+        try:
+            page = await asyncio.to_thread(self.store.read_stored, self.position, self.page_size)
+        except STORE_AWAY_ERRORS as exc:  # try again at the next poll
+            if self.away_since is None:
+                log.warning("reading the log failed (%s); the views answer from memory until it is back", exc)
+                self.away_since = asked
+            return None
+        if self.away_since is not None:
+            log.warning("the log is readable again after %.1f s", asked - self.away_since)
+            self.away_since = None
+        if len(page) < self.page_size:
+            self.current_at = asked
+        return page
+
+    def stale_seconds(self) -> float | None:
+        """While the log cannot be read: seconds since the views were last at its end; else None."""
+        return None if self.away_since is None else time.monotonic() - self.current_at
 
     async def wait_for(self, position: int, timeout: float) -> bool:
         """Read-your-writes: wait until every view has folded ``position``."""

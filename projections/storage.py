@@ -224,8 +224,10 @@ class ViewStorage:
         if generation is not None:
             c.execute(self._sql("DELETE FROM {history} WHERE view = ?"), (generation,))
 
-    def rename(self, old: str, new: str) -> None:
-        """Atomically replace view ``new`` by the rows and position built under ``old``."""
+    def rename(self, old: str, new: str, tables: Changes | None = None) -> None:
+        """Atomically replace view ``new`` by the rows and position built under ``old``; the SQL
+        tables that follow it are reloaded from ``tables`` if given (the rebuilt view's rows in
+        memory), else from its stored rows."""
         with self.datastore.transaction(commit=True) as c:
             c.execute(self._sql("DELETE FROM {rows} WHERE view = ?"), (new,))
             c.execute(self._sql("DELETE FROM {positions} WHERE view = ?"), (new,))
@@ -234,7 +236,9 @@ class ViewStorage:
             replaced = self._generation(c, new)  # the history rows of the view switched out
             c.execute(self._sql("DELETE FROM {generations} WHERE view = ?"), (new,))
             c.execute(self._sql("UPDATE {generations} SET view = ? WHERE view = ?"), (new, old))
-            if new in FOLLOWS:  # the tables follow the live view: reload them from its new rows
+            if new == RELATIONAL_VIEW and tables is not None:
+                self.relational.replace(c, tables)
+            elif new in FOLLOWS:  # the tables follow the live view: reload them from its new rows
                 self._reload_relational(c, new)
         with self.datastore.transaction(commit=True) as c:  # nothing reads them any more
             self._drop_generation(c, replaced)

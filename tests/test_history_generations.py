@@ -1,13 +1,19 @@
-"""The history index under generations (projections/storage.py), on both stores: a rebuilt
-history switched live answers as the old one did and leaves no rows of the old one behind, and
-a store whose history rows were written before generations existed keeps answering."""
+"""Rebuilds and the history index under generations (projections/rebuild.py, storage.py), on
+both stores: a rebuilt history switched live answers as the old one did and leaves no rows of the
+old one behind; a store whose history rows were written before generations existed keeps
+answering; a rebuild that writes history entries on the way and rows once at the end (the SQL
+tables from the rebuilt view in memory) gives what the live views hold."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+import msgspec
+
 from infra.store import EventStore
+from projections import rebuild as rebuild_module
 from projections.runner import ProjectionRunner
+from projections.sql import live_query
 from projections.storage import ViewStorage
 from tests.test_sql_views import history, invoke
 
@@ -59,3 +65,30 @@ async def test_history_rows_from_before_generations_keep_answering(store_url, tm
     runner.restore()
     runner.catch_up()
     assert reopened.history(LIVE, h["P"]) == tree
+
+
+async def test_a_rebuild_writing_history_on_the_way_and_rows_at_the_end_equals_the_live_views(
+    store_url, tmp_path, monkeypatch
+):
+    await history(store_url, tmp_path)
+    storage = caught_up(store_url)
+    views = ProjectionRunner(storage.store)
+    views.restore()
+    rows = {v.key: normalized(v) for v in views.views}
+    entries = Counter(storage.history_entries(LIVE))
+    tables = {t: live_query(store_url, f"SELECT * FROM {t} ORDER BY 1, 2") for t in ("messages", "label_votes")}
+
+    monkeypatch.setattr(rebuild_module, "FLUSH_EVERY", 7)  # many history flushes on the way
+    done = rebuild_module.rebuild(storage.store, rebuild_module.view_names())
+    assert done["events"] == storage.store.max_position() and set(done["switch_seconds"]) == set(rows)
+    rebuilt = ProjectionRunner(storage.store)
+    rebuilt.restore()
+    assert {v.key: normalized(v) for v in rebuilt.views} == rows
+    assert Counter(storage.history_entries(LIVE)) == entries
+    for table, before in tables.items():  # the SQL tables, reloaded from the rebuilt view in memory
+        assert live_query(store_url, f"SELECT * FROM {table} ORDER BY 1, 2").equals(before), table
+
+
+def normalized(view) -> dict:
+    enc = msgspec.msgpack.Encoder()
+    return {(t.name, str(k)): enc.encode(r) for t in view.tables.values() for k, r in t.rows.items()}
