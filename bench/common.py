@@ -167,12 +167,14 @@ def database_copy(template: str, prefix: str = "oasst_bench_copy") -> Iterator[s
 
 def in_child(target: str, *args: str) -> dict:
     """``target`` ("module:function", returning a dict) called with ``args`` in a fresh
-    interpreter, so that its peak RSS is its own: the dict, with ``peak_rss_mb`` added."""
+    interpreter, so that its peak RSS is its own: the dict, with ``peak_rss_mb`` added (VmHWM:
+    getrusage's maxrss would start from the parent's, which Linux carries across exec)."""
     code = (
-        "import importlib, json, resource, sys\n"
+        "import importlib, json, re, sys\n"
         "module, function = sys.argv[1].split(':')\n"
         "result = getattr(importlib.import_module(module), function)(*sys.argv[2:])\n"
-        "result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "status = open('/proc/self/status').read()\n"
+        "result['peak_rss_mb'] = int(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)) / 1024\n"
         "print('RESULT ' + json.dumps(result))\n"
     )
     done = subprocess.run([sys.executable, "-c", code, target, *args], cwd=ROOT, capture_output=True, text=True)
