@@ -28,12 +28,12 @@ from infra.landing import landing
 from infra.metrics import Metrics
 from infra.metrics import metrics as metrics_route
 from infra.settings import Settings
-from infra.store import EventStore
+from infra.store import STORE_AWAY_ERRORS, EventStore
 from projections.runner import ProjectionRunner
 from query_api.backend_settings import settings_handlers
 from query_api.boards import board_handlers
 from query_api.cached_stats import cached_stats_handlers
-from query_api.common import Views
+from query_api.common import Views, views_stale_header
 from query_api.flagged import flagged_handlers
 from query_api.history import history
 from query_api.log import list_events
@@ -48,6 +48,14 @@ log = logging.getLogger("oasst")
 def _oasst_error(_: Request, exc: OasstError) -> Response:
     headers = {"Retry-After": str(getattr(exc, "retry_after", 1))} if exc.status in (429, 503) else None
     return Response(exc.body(), status_code=exc.status, headers=headers)
+
+
+def _store_away(request: Request, exc: Exception) -> Response:
+    """A route that reads the store while its database is away (the log, history, an
+    Idempotency-Key's first answer): 503 with Retry-After, as a command gets."""
+    log.warning("the event store is unavailable: %s", exc)
+    error = OasstError("the event store is unavailable; retry shortly", ErrorCode.STORE_UNAVAILABLE)
+    return _oasst_error(request, error)
 
 
 def _validation_error(_: Request, exc: ValidationException) -> Response:
@@ -171,9 +179,11 @@ def create_app(settings: Settings | None = None, only: str | None = None) -> Lit
         route_handlers=handlers,
         dependencies=_dependencies(settings, service, views),
         middleware=[metrics.middleware],
+        before_send=[views_stale_header] if runner else [],
         lifespan=[lifespan],
         exception_handlers={
             OasstError: _oasst_error,
+            **dict.fromkeys(STORE_AWAY_ERRORS, _store_away),
             ValidationException: _validation_error,
             HTTPException: _http_error,
             Exception: _server_error,

@@ -12,21 +12,34 @@ events of the command it answers, so a retried request with the same
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Transcoder
+import psycopg
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    Notification,
+    OperationalError,
+    StoredEvent,
+    Transcoder,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 from psycopg.sql import SQL, Identifier
 
 from domain import events as ev
 
-__all__ = ["EventStore", "IntegrityError", "MsgspecTranscoder", "Pending", "StoredResponse"]
+__all__ = ["STORE_AWAY_ERRORS", "EventStore", "IntegrityError", "MsgspecTranscoder", "Pending", "StoredResponse"]
+
+# What the store raises while its database cannot be reached (stopped, restarting, connections
+# cut) or is too busy to answer: callers answer 503 and try again later.
+STORE_AWAY_ERRORS = (OperationalError, InterfaceError)
 
 
 class MsgspecTranscoder(Transcoder):
@@ -141,6 +154,47 @@ class _PostgresRecorder(PostgresApplicationRecorder):
             return [row["position"] for row in curs.fetchall()]
 
 
+class _Datastore(PostgresDatastore):
+    """eventsourcing's datastore, quick to notice PostgreSQL going away and coming back.
+
+    psycopg's pool makes a caller wait up to ``connect_timeout`` (5 s) for a connection and
+    reconnects in the background with growing delays (1, 2, 4, 8 s…), so after an outage the
+    store would stay unusable for long after the server is back. Here, once an operation failed
+    with the database away (and before the first one), each later one first opens one plain
+    connection: while the server is down that fails at once (no wait on the pool); once it
+    succeeds, the pool's dead connections are discarded and replaced (``pool.check()``) and the
+    operation goes on. Background reconnects give up after a second: from then on the operations
+    drive them."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.pool.reconnect_timeout = 1.0
+        self.away = True  # an operation failed with the database away, or none has run yet
+
+    @contextmanager
+    def get_connection(self) -> Iterator[psycopg.Connection]:
+        try:
+            if self.away:
+                self._back()
+            with super().get_connection() as conn:
+                yield conn
+        except STORE_AWAY_ERRORS:
+            self.away = True
+            raise
+
+    def _back(self) -> None:
+        """Raises OperationalError while the server does not take connections; else makes the
+        pool usable again."""
+        params = {k: v for k, v in self.pool.kwargs.items() if k != "row_factory"}
+        try:
+            psycopg.connect(**params, connect_timeout=2).close()
+            if not self.pool.closed:  # (before the first operation it is not open yet)
+                self.pool.check()
+        except psycopg.Error as exc:
+            raise OperationalError(str(exc)) from exc
+        self.away = False
+
+
 def _open_recorder(url: str):
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
@@ -154,7 +208,7 @@ def _open_recorder(url: str):
         return "sqlite", recorder
     if parsed.scheme in ("postgresql", "postgres"):
         query = dict(p.split("=", 1) for p in parsed.query.split("&") if "=" in p)
-        datastore = PostgresDatastore(
+        datastore = _Datastore(
             dbname=unquote(parsed.path.lstrip("/")) or "postgres",
             host=unquote(query.get("host", "")) or parsed.hostname or "127.0.0.1",  # ?host= a socket dir
             port=parsed.port or 5432,

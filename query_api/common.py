@@ -11,6 +11,7 @@ from uuid import UUID
 from litestar import Request
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
+from litestar.types import Message, Scope
 
 from domain import shapes
 from domain.config import TreeConfig
@@ -23,6 +24,9 @@ from projections.runner import ProjectionRunner
 from projections.trust import TrustCache
 
 READ_YOUR_WRITES_TIMEOUT = 2.0
+# On a query answered while the views cannot follow the log (its database is away): seconds
+# since they were last known to be at its end. Absent while they follow it.
+STALE_HEADER = b"x-views-stale-seconds"
 MAX_POSITION = 2**63 - 1  # the databases' 64-bit integers
 Position = Annotated[int, QueryParameter(ge=0, le=MAX_POSITION)]
 OptionalPosition = Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)]
@@ -76,7 +80,19 @@ class Views:
         position = max(asked_position(request), self.last_writes.get(client.id, 0))
         if position > runner.position and not await runner.wait_for(position, READ_YOUR_WRITES_TIMEOUT):
             raise ViewsBehind(position, runner.position)
+        stale = runner.stale_seconds()
+        if stale is not None:
+            request.state.views_stale = stale  # views_stale_header puts it on the answer
         return self
+
+
+async def views_stale_header(message: Message, scope: Scope) -> None:
+    """The app's before-send hook: a query answered from views that cannot follow the log says
+    how stale they are (``STALE_HEADER``)."""
+    if message["type"] == "http.response.start":
+        stale = scope.get("state", {}).get("views_stale")
+        if stale is not None:
+            message["headers"] = [*message.get("headers", ()), (STALE_HEADER, b"%.1f" % stale)]
 
 
 CaughtUp = NamedDependency[Views]  # the ``views`` dependency: ``Views.caught_up``

@@ -16,21 +16,32 @@ from devkit.brokers import free_port
 
 
 @contextlib.contextmanager
-def oasst_serve(data_dir: Path, api_key: str, timeout: float = 60) -> Iterator[str]:
-    """Serve a SQLite store in ``data_dir`` until the block ends; yields the API's base URL."""
+def oasst_serve(
+    data_dir: Path,
+    api_key: str,
+    timeout: float = 60,
+    database_url: str | None = None,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+) -> Iterator[str]:
+    """Serve a store until the block ends (a SQLite store in ``data_dir`` unless
+    ``database_url`` names one; ``env``: more settings; ``log``: where its output goes);
+    yields the API's base URL."""
     port = free_port()
     env = {
         **os.environ,
         "OASST_DATA_DIR": str(data_dir),
-        "OASST_DATABASE_URL": f"sqlite:///{data_dir}/oasst.sqlite3",
+        "OASST_DATABASE_URL": database_url or f"sqlite:///{data_dir}/oasst.sqlite3",
         "OASST_BOOTSTRAP_API_KEY": api_key,
         "OASST_PORT": str(port),
+        **(env or {}),
     }
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed when the server stops
     proc = subprocess.Popen(
         [sys.executable, "-m", "infra.cli", "serve"],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
@@ -47,3 +58,5 @@ def oasst_serve(data_dir: Path, api_key: str, timeout: float = 60) -> Iterator[s
     finally:
         proc.terminate()
         proc.wait(10)
+        if log:
+            out.close()
