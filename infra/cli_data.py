@@ -58,7 +58,14 @@ def snapshot_create(
     exclusions: str = typer.Option("as_of_position", help="Spammers left out: as_of_position, or latest."),
 ) -> None:
     """Write a snapshot of the log up to P under a policy (the same inputs give the same bytes)."""
-    from projections.snapshot import SnapshotError, SnapshotSpec, create_snapshot, load_manifest, spec_from_manifest
+    from projections.snapshot import (
+        NoRoom,
+        SnapshotError,
+        SnapshotSpec,
+        create_snapshot,
+        load_manifest,
+        spec_from_manifest,
+    )
 
     settings = _settings()
     try:
@@ -73,6 +80,9 @@ def snapshot_create(
                 selection=_selection(state, lang, deleted, spam, synthetic, min_review_count=min_review_count),
             )
         manifest = create_snapshot(settings, spec)
+    except NoRoom as e:
+        typer.echo(f"snapshot not written: {e}", err=True)
+        raise typer.Exit(1) from None
     except SnapshotError as e:
         raise typer.BadParameter(str(e)) from None
     table = Table(
@@ -168,12 +178,30 @@ def export(
         with_labels=labels,
         with_events=events,
     )
-    n = 0
-    with open_text(out, "wt") as f:
-        for item in dataset.items(sel):
-            f.write(dumps(item) + "\n")
-            n += 1
+    n = _write_export(out, dataset.items(sel), dumps, open_text)
     typer.echo(f"wrote {n} {'messages' if sel.flat else 'trees'} to {out} (log position {state_at.position})")
+
+
+def _write_export(out: Path, items, dumps, open_text) -> int:
+    """Write beside ``out`` and rename: a full disk leaves no half file under its name (the
+    partial file keeps ``out``'s ending, which says whether to gzip)."""
+    from projections.snapshot import ROOM_ERRNOS
+
+    partial = out.with_name(f".partial-{out.name}")
+    n = 0
+    try:
+        with open_text(partial, "wt") as f:
+            for item in items:
+                f.write(dumps(item) + "\n")
+                n += 1
+        partial.replace(out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        if exc.errno not in ROOM_ERRNOS:
+            raise
+        typer.echo(f"export not written: no room under {out.parent} ({exc.strerror}); nothing was kept", err=True)
+        raise typer.Exit(1) from None
+    return n
 
 
 def _one_output(out: Path | None, export_file: Path | None) -> Path:

@@ -165,6 +165,10 @@ def write_report(out: Path, database_url: str | None = None, snapshot_dir: Path 
     d = report_data.snapshot(snapshot_dir) if snapshot_dir is not None else report_data.live(database_url)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")  # never a half-written page under the asked name
-    partial.write_text(render(d), encoding="utf-8")
-    partial.replace(out)
+    try:
+        partial.write_text(render(d), encoding="utf-8")
+        partial.replace(out)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        raise
     return d

@@ -10,6 +10,7 @@ event records each new snapshot (Kafka consumers and training jobs follow those)
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -94,6 +95,18 @@ SCHEMAS = {
 
 class SnapshotError(ValueError):
     pass
+
+
+class NoRoom(SnapshotError):
+    """The disk (or a quota, or a file-size limit) left no room for the snapshot's files; the
+    half-written folder is gone, so nothing partial is ever listed or announced."""
+
+
+ROOM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # full disk, quota, file-size limit
+
+
+def no_room(exc: OSError, where: Path) -> NoRoom:
+    return NoRoom(f"no room to write under {where} ({exc.strerror}); nothing was kept: free some space and retry")
 
 
 @dataclass(frozen=True)
@@ -377,6 +390,11 @@ def _create(settings: Settings, spec: SnapshotSpec, store: EventStore, record: b
             shutil.rmtree(work)
         else:
             os.replace(work, final)
+    except OSError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        if exc.errno in ROOM_ERRNOS:
+            raise no_room(exc, root) from exc
+        raise
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -77,7 +77,14 @@ async def create_snapshot_route(
     data: JSONBody[SnapshotRequest], service: Service, client: Client, ikey: IdempotencyKey = None
 ) -> Response:
     from projections.dataset import Selection
-    from projections.snapshot import SnapshotError, SnapshotSpec, create_snapshot, load_manifest, spec_from_manifest
+    from projections.snapshot import (
+        NoRoom,
+        SnapshotError,
+        SnapshotSpec,
+        create_snapshot,
+        load_manifest,
+        spec_from_manifest,
+    )
 
     settings = service.settings
     try:
@@ -101,6 +108,8 @@ async def create_snapshot_route(
             )
         # folding the log takes a while: off the event loop, with its own connection
         manifest = await asyncio.to_thread(create_snapshot, settings, spec, record=False)
+    except NoRoom as e:  # 507 Insufficient Storage: the service goes on; nothing was kept or recorded
+        raise OasstError(str(e), ErrorCode.GENERIC_ERROR, 507) from None
     except SnapshotError as e:
         raise OasstError(str(e), ErrorCode.REQUEST_VALIDATION_FAILED, 422) from None
     # recording it is a command: idempotent, and the runner and relay hear of it at once

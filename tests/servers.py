@@ -23,9 +23,11 @@ def oasst_serve(
     database_url: str | None = None,
     env: dict[str, str] | None = None,
     log: Path | None = None,
+    preexec_fn=None,
 ) -> Iterator[str]:
     """Serve a store until the block ends (a SQLite store in ``data_dir`` unless
-    ``database_url`` names one; ``env``: more settings; ``log``: where its output goes);
+    ``database_url`` names one; ``env``: more settings; ``log``: where its output goes;
+    ``preexec_fn``: run in the child before the server starts, e.g. to set a limit);
     yields the API's base URL."""
     port = free_port()
     env = {
@@ -43,6 +45,7 @@ def oasst_serve(
         stdout=out,
         stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=preexec_fn,
     )
     try:
         url = f"http://127.0.0.1:{port}/api/v1"
