@@ -16,6 +16,7 @@ import time
 from unittest import mock
 
 from bench import common, scale
+from bench.common import row
 from bench.projections import big_log
 from infra.store import EventStore
 from projections import report, report_data
@@ -101,8 +102,3 @@ def run(quick: bool) -> list[dict]:
         row("analytics.report_s", round(page["whole"], 2), f"s on {size}", "<= 30"),
         row("analytics.report_trust_part_s", round(page["trust"], 2), f"s on {size}"),
     ]
-
-
-def row(name: str, value: float, unit: str, goal: str | None = None, baseline: float | None = None) -> dict:
-    ratio = value / baseline if baseline else None
-    return {"name": name, "value": value, "unit": unit, "goal": goal, "baseline": baseline, "ratio": ratio}

@@ -182,3 +182,10 @@ def in_child(target: str, *args: str) -> dict:
         raise RuntimeError(f"{target} failed:\n{done.stderr[-3000:]}")
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
+
+
+def row(name: str, value, unit: str, goal: str | None = None, baseline=None, ratio=None) -> dict:
+    """One result row of bench/run.py's table; ``ratio`` is value/baseline unless given."""
+    if ratio is None and baseline:
+        ratio = value / baseline
+    return {"name": name, "value": value, "unit": unit, "goal": goal, "baseline": baseline, "ratio": ratio}

@@ -22,6 +22,7 @@ from pathlib import Path
 from litestar.testing import AsyncTestClient
 
 from bench import common, scale
+from bench.common import row
 from bench.ingest import API_KEY
 from devkit.simulator import oa_scale
 from infra.app import create_app
@@ -101,8 +102,3 @@ def run(quick: bool) -> list[dict]:
         rows.append(row(f"console.{page}_page_p95_ms", round(p95, 1), f"ms on {size}", "<= 200"))
         rows.append(row(f"console.{page}_page_p50_ms", round(p50, 1), f"ms on {size}"))
     return rows
-
-
-def row(name: str, value: float, unit: str, goal: str | None = None, baseline: float | None = None) -> dict:
-    ratio = value / baseline if baseline else None
-    return {"name": name, "value": value, "unit": unit, "goal": goal, "baseline": baseline, "ratio": ratio}

@@ -22,6 +22,7 @@ import httptools
 import msgspec
 
 from bench import common
+from bench.common import row
 
 API_KEY = "bench-key"
 # Small trees, so that every kind of task comes up within seconds.
@@ -333,8 +334,3 @@ def run(quick: bool) -> list[dict]:
         row("noop.p99_ms", n["p99"], "ms"),
         row("noop.errors", len(noop.errors), "count", "<= 0"),
     ]
-
-
-def row(name: str, value: float, unit: str, goal: str | None = None, baseline: float | None = None) -> dict:
-    ratio = value / baseline if baseline else None
-    return {"name": name, "value": value, "unit": unit, "goal": goal, "baseline": baseline, "ratio": ratio}

@@ -22,6 +22,7 @@ import uuid
 import msgspec
 
 from bench import common, scale
+from bench.common import row
 from command_api.service import CommandService
 from domain import events as ev
 from domain import protocol as p
@@ -156,10 +157,6 @@ def restore_seconds(url: str) -> float:
         return time.perf_counter() - started
     finally:
         store.close()
-
-
-def row(name: str, value, unit: str, goal: str | None = None, baseline=None, ratio=None) -> dict:
-    return {"name": name, "value": value, "unit": unit, "goal": goal, "baseline": baseline, "ratio": ratio}
 
 
 def run(quick: bool) -> list[dict]:

@@ -49,7 +49,8 @@ from pathlib import Path
 from rich.table import Table
 
 from bench import common
-from bench.ingest import API_KEY, TREE_ENV, load, measure_noop, report, row, summarize
+from bench.common import row
+from bench.ingest import API_KEY, TREE_ENV, load, measure_noop, report, summarize
 from devkit.simulator import PROMPTS_FILE, oa_scale, seed_history
 
 console = common.console

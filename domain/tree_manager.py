@@ -65,6 +65,11 @@ class TreeWork:
     rankings: dict[UUID, int]  # parent -> rankings by users not marked spammers
 
 
+def change_state(emit: Emit, tree_id: UUID, old_state: str, new_state: str, reason: str) -> None:
+    """A tree's state changes, and why (one decision event)."""
+    emit(ev.TreeStateChanged, tree_id=tree_id, old_state=old_state, new_state=new_state, reason=reason)
+
+
 class TreeManager:
     def __init__(self, model: WriteModel, config: TreeConfig):
         self.model = model
@@ -372,26 +377,14 @@ class TreeManager:
             and tree.skip_replies >= self.cfg.auto_mod_max_skip_reply
             and tree.state in ("initial_prompt_review", "growing")
         ):
-            emit(
-                ev.TreeStateChanged,
-                tree_id=tree.id,
-                old_state=tree.state,
-                new_state="halted_by_moderator",
-                reason="auto_mod_skip_reply",
-            )
+            change_state(emit, tree.id, tree.state, "halted_by_moderator", "auto_mod_skip_reply")
 
     def _on_message_reviewed(self, event: ev.MessageReviewed, emit: Emit) -> None:
         msg = self.model.messages[event.message_id]
         tree = self.model.trees[msg.tree_id]
         if tree.state == "initial_prompt_review":
             new = "prompt_lottery_waiting" if event.accepted else "aborted_low_grade"
-            emit(
-                ev.TreeStateChanged,
-                tree_id=tree.id,
-                old_state=tree.state,
-                new_state=new,
-                reason="initial_prompt_review",
-            )
+            change_state(emit, tree.id, tree.state, new, "initial_prompt_review")
         elif msg.parent_id is None:
             self._prompt_review_changed(tree, event, emit)
         else:
@@ -401,13 +394,7 @@ class TreeManager:
         msg = self.model.messages[event.message_id]
         tree = self.model.trees[msg.tree_id]
         if msg.parent_id is None and tree.state not in ("halted_by_moderator", "aborted_low_grade", "ready_for_export"):
-            emit(
-                ev.TreeStateChanged,
-                tree_id=tree.id,
-                old_state=tree.state,
-                new_state="halted_by_moderator",
-                reason="all_messages_deleted",
-            )
+            change_state(emit, tree.id, tree.state, "halted_by_moderator", "all_messages_deleted")
         else:
             self._recheck(tree, emit)
 
@@ -426,12 +413,8 @@ class TreeManager:
     def _on_initial_prompt_submitted(self, event: ev.InitialPromptSubmitted, emit: Emit) -> None:
         if event.user_id in self.model.spammers:
             # nobody will review it (it is hidden): do not let it hold a review slot
-            emit(
-                ev.TreeStateChanged,
-                tree_id=event.message_id,
-                old_state="initial_prompt_review",
-                new_state="halted_by_moderator",
-                reason="author_marked_spammer",
+            change_state(
+                emit, event.message_id, "initial_prompt_review", "halted_by_moderator", "author_marked_spammer"
             )
 
     def _on_user_marked_spammer(self, event: ev.UserMarkedSpammer, emit: Emit) -> None:
@@ -475,21 +458,9 @@ class TreeManager:
         """A prompt's acceptance changed after its review (a spam mark changed whose labels
         count): a prompt rejected by its review comes back, one accepted goes out again."""
         if event.accepted and tree.state == "aborted_low_grade" and tree.aborted_by_review:
-            emit(
-                ev.TreeStateChanged,
-                tree_id=tree.id,
-                old_state=tree.state,
-                new_state="prompt_lottery_waiting",
-                reason="review_changed",
-            )
+            change_state(emit, tree.id, tree.state, "prompt_lottery_waiting", "review_changed")
         elif not event.accepted and tree.state in ("prompt_lottery_waiting", "growing"):
-            emit(
-                ev.TreeStateChanged,
-                tree_id=tree.id,
-                old_state=tree.state,
-                new_state="aborted_low_grade",
-                reason="review_changed",
-            )
+            change_state(emit, tree.id, tree.state, "aborted_low_grade", "review_changed")
 
     def preview_spam_mark(self, user_id: UUID, marked: bool) -> list[tuple[type[ev.Event], dict]]:
         """The re-decisions a spam mark (or unmark) would emit, as (event type, fields), without
@@ -535,21 +506,9 @@ class TreeManager:
             if tree is None:
                 continue
             if marked and tree.state in ("initial_prompt_review", "prompt_lottery_waiting", "growing", "ranking"):
-                emit(
-                    ev.TreeStateChanged,
-                    tree_id=tree.id,
-                    old_state=tree.state,
-                    new_state="halted_by_moderator",
-                    reason="author_marked_spammer",
-                )
+                change_state(emit, tree.id, tree.state, "halted_by_moderator", "author_marked_spammer")
             elif not marked and tree.state == "halted_by_moderator" and tree.spam_halted_from:
-                emit(
-                    ev.TreeStateChanged,
-                    tree_id=tree.id,
-                    old_state=tree.state,
-                    new_state=tree.spam_halted_from,
-                    reason="author_unmarked_spammer",
-                )
+                change_state(emit, tree.id, tree.state, tree.spam_halted_from, "author_unmarked_spammer")
 
     def _auto_moderate_flags(self, msg: Message, emit: Emit) -> None:
         tree = self.model.trees[msg.tree_id]
@@ -558,13 +517,7 @@ class TreeManager:
         if tree.state not in ("initial_prompt_review", "growing"):
             return
         if msg.parent_id is None:
-            emit(
-                ev.TreeStateChanged,
-                tree_id=tree.id,
-                old_state=tree.state,
-                new_state="aborted_low_grade",
-                reason="auto_mod_red_flags",
-            )
+            change_state(emit, tree.id, tree.state, "aborted_low_grade", "auto_mod_red_flags")
         elif not msg.deleted:
             emit(ev.MessageDeleted, message_id=msg.id, reason="auto_mod_red_flags")
 
@@ -574,36 +527,18 @@ class TreeManager:
         if any(x.review_result is None for x in live):
             return
         if sum(1 for x in live if x.review_result) >= tree.goal_tree_size:
-            emit(
-                ev.TreeStateChanged,
-                tree_id=tree.id,
-                old_state="growing",
-                new_state="ranking",
-                reason="goal_tree_size_reached",
-            )
+            change_state(emit, tree.id, "growing", "ranking", "goal_tree_size_reached")
 
     def _check_ranking(self, tree: Tree, emit: Emit) -> None:
         parents = self.rank_parents(tree)
         needed = self.cfg.num_required_rankings
         if any(len(self.honest_rankings(tree, p)) < needed for p in parents):
             return
-        emit(
-            ev.TreeStateChanged,
-            tree_id=tree.id,
-            old_state="ranking",
-            new_state="ready_for_scoring",
-            reason="rankings_complete",
-        )
+        change_state(emit, tree.id, "ranking", "ready_for_scoring", "rankings_complete")
         try:
             results = {p: ranked_pairs(self.honest_rankings(tree, p)) for p in sorted(parents)}
         except Exception:  # noqa: BLE001 - OA's scoring_failed state exists for this
-            emit(
-                ev.TreeStateChanged,
-                tree_id=tree.id,
-                old_state="ready_for_scoring",
-                new_state="scoring_failed",
-                reason="ranking_consensus_failed",
-            )
+            change_state(emit, tree.id, "ready_for_scoring", "scoring_failed", "ranking_consensus_failed")
             return
         for parent_id, order in results.items():
             emit(
@@ -613,13 +548,7 @@ class TreeManager:
                 ranked_message_ids=order,
                 ranking_count=len(self.honest_rankings(tree, parent_id)),
             )
-        emit(
-            ev.TreeStateChanged,
-            tree_id=tree.id,
-            old_state="ready_for_scoring",
-            new_state="ready_for_export",
-            reason="scored",
-        )
+        change_state(emit, tree.id, "ready_for_scoring", "ready_for_export", "scored")
 
     def _after_state_change(self, event: ev.TreeStateChanged, emit: Emit) -> None:
         tree = self.model.trees[event.tree_id]
@@ -674,13 +603,7 @@ class TreeManager:
         rng = random.Random(trigger.id.int ^ 0xB4C)
         if backlog and rng.random() < self.cfg.p_activate_backlog_tree:
             tree = rng.choice(list(backlog))
-            emit(
-                ev.TreeStateChanged,
-                tree_id=tree.id,
-                old_state="backlog_ranking",
-                new_state="ranking",
-                reason="backlog_activated",
-            )
+            change_state(emit, tree.id, "backlog_ranking", "ranking", "backlog_activated")
         self._keep_rankings_active(lang, trigger, emit)
 
     def _keep_rankings_active(self, lang: str, trigger: ev.Event, emit: Emit) -> None:
@@ -690,13 +613,7 @@ class TreeManager:
         if missing <= 0:
             return
         for tree in list(itertools.islice(self.model.trees_in("backlog_ranking", lang), missing)):
-            emit(
-                ev.TreeStateChanged,
-                tree_id=tree.id,
-                old_state="backlog_ranking",
-                new_state="ranking",
-                reason="backlog_activated",
-            )
+            change_state(emit, tree.id, "backlog_ranking", "ranking", "backlog_activated")
 
 
 # the tree manager's reaction to each event type (exact types: events are never subclassed)

@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from projections import analyses
-from projections.sql import live_query, parquet_frames
+from projections.sql import live_queries, parquet_frames
 
 # OA's tree lifecycle, in order: where a tree is now (the funnel reads left to right)
 TREE_STATES = (
@@ -85,15 +85,23 @@ MARKED = "SELECT id FROM users WHERE spammer"
 
 
 def live(url: str) -> ReportData:
-    units = live_query(url, UNIT_SUMS)
+    queries = {
+        "units": UNIT_SUMS,
+        "per_day": PER_DAY,
+        "states": TREE_STATES_SQL,
+        "means": LABEL_MEANS,
+        "marked": MARKED,
+        "activity": ACTIVITY,
+    }
+    a = live_queries(url, queries)  # one read-only transaction: the charts agree with each other
     return ReportData(
         source="live tables",
-        per_day=live_query(url, PER_DAY),
-        tree_states=_in_lifecycle_order(live_query(url, TREE_STATES_SQL)),
-        label_means=live_query(url, LABEL_MEANS),
-        agreement=analyses.alpha_by_label(units) if units.height else _no_agreement(),
-        trust=live_trust(url, set(live_query(url, MARKED)["id"].to_list())),
-        activity=live_query(url, ACTIVITY),
+        per_day=a["per_day"],
+        tree_states=_in_lifecycle_order(a["states"]),
+        label_means=a["means"],
+        agreement=analyses.alpha_by_label(a["units"]) if a["units"].height else _no_agreement(),
+        trust=live_trust(url, set(a["marked"]["id"].to_list())),
+        activity=a["activity"],
     )
 
 

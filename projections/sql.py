@@ -45,14 +45,24 @@ def _frame(names: list[str], rows: list) -> pl.DataFrame:
 
 def live_query(url: str, query: str) -> pl.DataFrame:
     """Run ``query`` read-only over the live tables of the store at ``url``."""
+    return live_queries(url, {"": query})[""]
+
+
+def live_queries(url: str, queries: dict[str, str]) -> dict[str, pl.DataFrame]:
+    """Several queries by name, over one connection in one read-only transaction (so their
+    answers agree with each other)."""
     try:
         with read_only_cursor(url) as c:
-            c.execute(query)
-            if c.description is None:
-                return pl.DataFrame()
-            return _frame([d[0] for d in c.description], c.fetchall())
+            return {name: _answer(c, query) for name, query in queries.items()}
     except (psycopg.Error, sqlite3.Error) as exc:
         raise SQLError(str(exc).strip()) from exc
+
+
+def _answer(cursor, query: str) -> pl.DataFrame:
+    cursor.execute(query)
+    if cursor.description is None:
+        return pl.DataFrame()
+    return _frame([d[0] for d in cursor.description], cursor.fetchall())
 
 
 @contextmanager

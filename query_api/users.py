@@ -237,6 +237,27 @@ async def user_messages(
     return [message_dict(view, m, me) for m in rows]
 
 
+def _messages_page(
+    request, view, client, user, before, after, desc, max_count, only_roots, include_deleted, lang
+) -> dict:
+    """One user's messages as OA's cursor page (both routes that page them, by id or by frontend name)."""
+    return cursor_page(
+        view,
+        acting_user(request, view, client),
+        before=before,
+        after=after,
+        desc=desc,
+        max_count=max_count,
+        include_user=False,
+        user=user.id,
+        only_roots=only_roots,
+        include_deleted=include_deleted,
+        lang=lang,
+        start=None,
+        end=None,
+    )
+
+
 @get("/users/{user_id:str}/messages/cursor", summary="Page through a user's messages", guards=[api_client])
 async def user_messages_cursor(
     request: Request,
@@ -253,20 +274,8 @@ async def user_messages_cursor(
 ) -> dict:
     view = views.tree
     user = user_or_404(view, user_id, client)
-    return cursor_page(
-        view,
-        acting_user(request, view, client),
-        before=before,
-        after=after,
-        desc=desc,
-        max_count=max_count,
-        include_user=False,
-        user=user.id,
-        only_roots=only_roots,
-        include_deleted=include_deleted,
-        lang=lang,
-        start=None,
-        end=None,
+    return _messages_page(
+        request, view, client, user, before, after, desc, max_count, only_roots, include_deleted, lang
     )
 
 
@@ -436,20 +445,8 @@ async def frontend_user_messages_cursor(
 ) -> dict:
     view = views.tree
     user = _frontend_user_or_404(view, client, auth_method, username, None)
-    return cursor_page(
-        view,
-        acting_user(request, view, client),
-        before=before,
-        after=after,
-        desc=desc,
-        max_count=max_count,
-        include_user=False,
-        user=user.id,
-        only_roots=only_roots,
-        include_deleted=include_deleted,
-        lang=lang,
-        start=None,
-        end=None,
+    return _messages_page(
+        request, view, client, user, before, after, desc, max_count, only_roots, include_deleted, lang
     )
 
 
