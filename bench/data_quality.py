@@ -1,16 +1,20 @@
-"""Data quality under OA's rule and under the trust policy, on a generated history with
-planted spammers and random rankers whose truth the generator knows (devkit/simulator.py).
+"""Data quality under OA's rule and the trust policies, on annotator populations whose truth
+is planted (devkit/annotators.py: the service's own task assignment decides who sees what).
 
-- acceptance accuracy: a message is truly acceptable when its planted quality is not junk;
-  each policy accepts it when its (weighted) acceptance score > 0.6;
-- spam-label error: mean |spam mean - truth| per message;
-- ranking consensus: Kendall's tau against the true order (planted quality) per parent;
-- flagging: the trust policy's suspected spammers against the planted spammers (random
-  rankers label honestly, so they are weighed down rather than flagged: reported apart);
-- cost: a full trust recompute, and marking the most active planted spammer a spammer
-  (write-side re-decisions + views folding them) measured end to end.
-Goals (issue #4): trust acceptance accuracy >= OA's + 5 points; tau >= OA's + 0.1;
-flagging precision >= 0.9 at recall >= 0.8.
+Populations differ in the share of bad annotators (10 %, 30 %; yes-sayers, flippers, random
+rankers and a colluding group, in equal parts), the honest error rate (5 %, 12 %) and the
+evidence per user (15 or 100 review labels, a ranking for about three labels). Per population:
+- acceptance accuracy: a message is truly acceptable when it is not junk; OA accepts when its
+  unweighted score > 0.6, ``trust-v1`` when its trust-weighted score > 0.6, ``trust-v2`` when
+  P(not spam | votes) clears its threshold;
+- ranking consensus: Kendall's tau of each policy's order of a parent's replies against the
+  planted quality, averaged over ranked parents;
+- flagging: suspected annotators against every planted bad annotator (precision, recall), and
+  honest users flagged;
+- mean trust per behaviour, and the time of a trust-v2 fit.
+Goals (issue #20), on every population: trust-v2 accuracy >= OA + 5 points, tau >= OA + 0.1,
+precision >= 0.9 and recall >= 0.8, no honest user flagged at 100 labels. Quick mode runs two
+populations; the full run all eight, and the cost of marking the most active bad annotator.
 """
 
 from __future__ import annotations
@@ -23,151 +27,204 @@ from uuid import UUID
 
 from bench import common
 from command_api.service import CommandService
-from devkit.simulator import DEFAULT_API_KEY, SeedParams, seed_history, seed_tree_config
+from devkit.annotators import API_KEY, Population, Truth, generate
 from infra.settings import Settings
 from infra.store import EventStore
+from projections import trust as trust_v1
+from projections import trust_v2
+from projections.consensus import ConsensusView, ranked_pairs
 from projections.runner import ProjectionRunner
-from projections.trust import compute_trust, kendall_tau
 
-BEHAVIOURS = (("diligent", 0.70), ("lazy", 0.10), ("spammer", 0.10), ("random_ranker", 0.10))
+KINDS = ("honest", "yes_sayer", "flipper", "random_ranker", "colluder")
 
 
-def evaluate(runner: ProjectionRunner, truth: dict) -> dict:
-    consensus = runner.by_name["consensus"]
-    tree = runner.by_name["message_tree"]
-    t = time.perf_counter()
-    trust = compute_trust(consensus)
-    trust_seconds = time.perf_counter() - t
-    weights = {u: s.score for u, s in trust.items()}
-    quality = {UUID(k): v for k, v in truth["message_quality"].items()}
-    junk_below = truth["junk_below"]
-    out: dict = {"trust_seconds": trust_seconds}
-    for name, w in (("oa", None), ("trust", weights)):
-        right = total = 0
-        error = 0.0
-        for mid, q in quality.items():
-            score = consensus.acceptance(mid, trust=w)
-            if score is None:
-                continue
+def populations(quick: bool) -> list[Population]:
+    full = [
+        Population(
+            f"bad{int(bad * 100)}-err{int(err * 100)}-L{labels}",
+            annotators=160 if labels == 15 else 80,
+            bad_share=bad,
+            honest_error=err,
+            labels_per_user=labels,
+            seed=seed,
+        )
+        for seed, (bad, err, labels) in enumerate(
+            (b, e, n) for n in (15, 100) for b in (0.1, 0.3) for e in (0.05, 0.12)
+        )
+    ]
+    return [full[3], full[4]] if quick else full  # quick: the hardest short one and an easy long one
+
+
+def acceptance_accuracy(view: ConsensusView, truth: Truth, decide) -> float:
+    right = total = 0
+    for mid, spam in truth.spam.items():
+        accepted = decide(mid)
+        if accepted is not None:
             total += 1
-            right += (score > 0.6) == (q >= junk_below)
-            spam = consensus.label_aggregates(mid, trust=w).get("spam")
-            if spam:
-                error += abs(spam["value"] - (1.0 if q < junk_below else 0.0))
-        out[f"{name}_accuracy"] = right / total if total else float("nan")
-        out[f"{name}_spam_error"] = error / total if total else float("nan")
-        out["reviewed_messages"] = total
-        taus = []
-        for parent_id in consensus.rankings.rows:
-            order = consensus.ranking_consensus(parent_id, trust=w)
-            true_order = sorted((m for m in order if m in quality), key=lambda m: -quality[m])
-            tau = kendall_tau(order, true_order)
-            if tau is not None:
-                taus.append(tau)
-        out[f"{name}_tau"] = sum(taus) / len(taus) if taus else float("nan")
-        out["ranked_parents"] = len(taus)
-    spammers = set(truth["spammers"]) & {str(u) for u in trust}  # planted spammers with any evidence
-    flagged = {str(u) for u, s in trust.items() if s.suspected}
-    hits = len(flagged & spammers)
-    out["precision"] = hits / len(flagged) if flagged else float("nan")
-    out["recall"] = hits / len(spammers) if spammers else float("nan")
-    out["flagged"], out["bad"] = len(flagged), len(spammers)
-    rankers = set(truth["random_rankers"])
-    bad = spammers | rankers  # every planted bad actor: a flagged random ranker is no false alarm
-    out["precision_bad_actors"] = len(flagged & bad) / len(flagged) if flagged else float("nan")
-    out["random_rankers_flagged"] = len(flagged & rankers)
-    out["random_rankers"] = len(rankers)
-    # random rankers are not flagged (their labels are honest), but the trust policy should weigh them less
-    scores = {str(u): s.score for u, s in trust.items()}
-    honest = [scores[u] for u in truth["diligent"] if u in scores]
-    random_ = [scores[u] for u in rankers if u in scores]
-    out["trust_diligent"] = sum(honest) / len(honest) if honest else float("nan")
-    out["trust_random_rankers"] = sum(random_) / len(random_) if random_ else float("nan")
-    out["users_with_evidence"] = len(trust)
-    out["messages"] = len(tree.messages)
+            right += accepted == (not spam)
+    return right / total if total else float("nan")
+
+
+def mean_tau(view: ConsensusView, truth: Truth, order_of) -> float:
+    taus = []
+    for parent_id in view.rankings.rows:
+        order = order_of(parent_id)
+        true_order = sorted((m for m in order if m in truth.quality), key=lambda m: -truth.quality[m])
+        tau = trust_v1.kendall_tau(order, true_order)
+        if tau is not None:
+            taus.append(tau)
+    return sum(taus) / len(taus) if taus else float("nan")
+
+
+def flagging(trust: dict, truth: Truth) -> dict:
+    flagged = {u for u, t in trust.items() if t.suspected}
+    bad = {u for u, k in truth.behaviour_of.items() if k != "honest" and u in trust}
+    hits = len(flagged & bad)
+    missed: dict[str, int] = {}
+    for u in sorted(bad - flagged, key=str):
+        missed[truth.behaviour_of[u]] = missed.get(truth.behaviour_of[u], 0) + 1
+    return {
+        "missed": missed,
+        "precision": hits / len(flagged) if flagged else 1.0,
+        "recall": hits / len(bad) if bad else 1.0,
+        "honest_flagged": len(flagged - bad),
+        "flagged": len(flagged),
+        "bad": len(bad),
+    }
+
+
+def mean_trust(trust: dict, truth: Truth) -> dict[str, float]:
+    out = {}
+    for kind in KINDS:
+        scores = [t.score for u, t in trust.items() if truth.behaviour_of.get(u) == kind]
+        out[kind] = sum(scores) / len(scores) if scores else float("nan")
     return out
 
 
-async def mark_most_active_spammer(url: str, truth: dict, runner: ProjectionRunner) -> tuple[int, float]:
-    """Mark the planted spammer with most contributions; seconds until the views show it."""
-    store = EventStore(url)
-    service = CommandService(Settings(database_url=url, bootstrap_api_key=DEFAULT_API_KEY), store)
-    await service.start()
-    contributions = {}
-    for uid in truth["spammers"]:
-        u = UUID(uid)
-        contributions[uid] = (
-            len(service.model.authored.get(u, ()))
-            + len(service.model.labelled_by.get(u, ()))
-            + len(service.model.ranked_by.get(u, ()))
-        )
-    target = max(contributions, key=contributions.get)
-    client = service.client_for_key(DEFAULT_API_KEY)
+def evaluate(view: ConsensusView, truth: Truth) -> dict:
+    threshold = 0.6  # OA's acceptance threshold for prompts and replies (the tree config's default)
     t = time.perf_counter()
-    result = await service.set_spammer(client, target, True)
-    runner.catch_up()
+    model = trust_v2.fit(view)
     seconds = time.perf_counter() - t
-    assert runner.position >= result.position
-    await service.stop()
-    store.close()
-    return contributions[target], seconds
+    v1 = trust_v1.compute_trust(view)
+    w1 = {u: s.score for u, s in v1.items()}
+
+    def oa(mid):
+        score = view.acceptance(mid)
+        return None if score is None else score > threshold
+
+    def v1_accept(mid):
+        score = view.acceptance(mid, trust=w1)
+        return None if score is None else score > threshold
+
+    return {
+        "seconds": seconds,
+        "accuracy": {
+            "oa": acceptance_accuracy(view, truth, oa),
+            "v1": acceptance_accuracy(view, truth, v1_accept),
+            "v2": acceptance_accuracy(view, truth, model.accepted),
+        },
+        "tau": {
+            "oa": mean_tau(view, truth, lambda p: ranked_pairs([o for _, o in view.rankings.get(p).rankings])),
+            "v1": mean_tau(view, truth, lambda p: view.ranking_consensus(p, trust=w1)),
+            "v2": mean_tau(view, truth, model.ranking_consensus),
+        },
+        "flags": {"v1": flagging(v1, truth), "v2": flagging(model.trust, truth)},
+        "trust": {"v1": mean_trust(v1, truth), "v2": mean_trust(model.trust, truth)},
+        "evidence": _evidence(model, truth),
+    }
 
 
-def run(quick: bool) -> list[dict]:
-    trees, users = (150, 60) if quick else (600, 200)
-    params = SeedParams(behaviours=BEHAVIOURS, spammer_rejections=10**9)  # nobody marks spammers for us
+def _evidence(model: trust_v2.Model, truth: Truth) -> dict:
+    ts = [t for u, t in model.trust.items() if u in truth.behaviour_of]
+    n = len(ts) or 1
+    return {
+        "annotators": len(ts),
+        "labels": sum(t.labels for t in ts) / n,
+        "rankings": sum(t.rankings for t in ts) / n,
+        "messages": len(truth.spam),
+        "parents": len(model.view.rankings.rows),
+    }
+
+
+def run_population(pop: Population, mark: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'quality.sqlite3'}"
         t = time.perf_counter()
-        summary = seed_history(
-            url,
-            trees=trees,
-            users=users,
-            seed=7,
-            params=params,
-            tree_config=seed_tree_config(min(users, params.concurrency)),
-        )
-        common.console.print(f"history: {summary.get('events')} events in {time.perf_counter() - t:.0f} s")
+        truth = generate(url, pop)
+        generated = time.perf_counter() - t
         store = EventStore(url)
         runner = ProjectionRunner(store)
         runner.catch_up()
-        r = evaluate(runner, summary["truth"])
-        contributions, mark_seconds = asyncio.run(mark_most_active_spammer(url, summary["truth"], runner))
+        r = evaluate(runner.by_name["consensus"], truth)
+        r["generate_seconds"] = generated
+        if mark:
+            r["mark"] = asyncio.run(mark_most_active_bad(url, truth, runner))
         store.close()
+    return r
+
+
+async def mark_most_active_bad(url: str, truth: Truth, runner: ProjectionRunner) -> tuple[int, float]:
+    """Mark the planted bad annotator with most contributions; seconds until the views show it."""
+    store = EventStore(url)
+    service = CommandService(Settings(database_url=url, bootstrap_api_key=API_KEY), store)
+    await service.start()
+    m = service.model
+
+    def contributions(u: UUID) -> int:
+        return len(m.labelled_by.get(u, ())) + len(m.ranked_by.get(u, ()))
+
+    bad = sorted((u for u, k in truth.behaviour_of.items() if k != "honest"), key=str)
+    target = max(bad, key=contributions)
+    t = time.perf_counter()
+    result = await service.set_spammer(service.client_for_key(API_KEY), str(target), True)
+    runner.catch_up()
+    seconds = time.perf_counter() - t
+    assert runner.position >= result.position
+    n = contributions(target)
+    await service.stop()
+    store.close()
+    return n, seconds
+
+
+def _print(pop: Population, r: dict) -> None:
+    a, t, f, e = r["accuracy"], r["tau"], r["flags"]["v2"], r["evidence"]
+    tr = r["trust"]["v2"]
     common.console.print(
-        f"reviewed messages {r['reviewed_messages']}, ranked parents {r['ranked_parents']}, users with evidence "
-        f"{r['users_with_evidence']}; acceptance accuracy OA {r['oa_accuracy']:.3f} vs trust {r['trust_accuracy']:.3f}; "
-        f"spam-label error OA {r['oa_spam_error']:.3f} vs trust {r['trust_spam_error']:.3f}; tau OA {r['oa_tau']:.3f} "
-        f"vs trust {r['trust_tau']:.3f}; flagged {r['flagged']}, planted spammers {r['bad']} (precision "
-        f"{r['precision']:.2f}, {r['precision_bad_actors']:.2f} counting random rankers; recall {r['recall']:.2f}); random rankers flagged {r['random_rankers_flagged']} of "
-        f"{r['random_rankers']}; mean trust diligent {r['trust_diligent']:.2f} vs random rankers "
-        f"{r['trust_random_rankers']:.2f}; trust recompute {r['trust_seconds']:.2f} s; marking a spammer with "
-        f"{contributions} contributions visible in {mark_seconds:.2f} s"
+        f"[bold]{pop.name}[/] ({e['annotators']} annotators, {e['labels']:.0f} labels and {e['rankings']:.1f} "
+        f"rankings each, {e['messages']} messages, {e['parents']} ranked parents; generated in "
+        f"{r['generate_seconds']:.0f} s): accuracy OA {a['oa']:.3f} / v1 {a['v1']:.3f} / v2 {a['v2']:.3f}; "
+        f"tau OA {t['oa']:.3f} / v1 {t['v1']:.3f} / v2 {t['v2']:.3f}; v2 flags {f['flagged']} of {f['bad']} bad: "
+        f"precision {f['precision']:.2f}, recall {f['recall']:.2f} (missed {f['missed']}), honest flagged {f['honest_flagged']} "
+        f"(v1: {r['flags']['v1']['precision']:.2f} / {r['flags']['v1']['recall']:.2f}); mean trust "
+        + ", ".join(f"{k} {v:.2f}" for k, v in tr.items())
+        + f"; fit {r['seconds'] * 1000:.0f} ms"
     )
 
-    def row(name, value, unit, goal=None, baseline=None):
-        ratio = value / baseline if baseline else None
-        return {
-            "name": name,
-            "value": round(value, 4),
-            "unit": unit,
-            "goal": goal,
-            "baseline": baseline,
-            "ratio": ratio,
-        }
 
-    return [
-        row(
-            "quality.acceptance_accuracy_gain_points", 100 * (r["trust_accuracy"] - r["oa_accuracy"]), "points", ">= 5"
-        ),
-        row("quality.acceptance_accuracy_trust", r["trust_accuracy"], "fraction", baseline=r["oa_accuracy"]),
-        row("quality.spam_label_error_trust", r["trust_spam_error"], "mean abs error", baseline=r["oa_spam_error"]),
-        row("quality.kendall_tau_gain", r["trust_tau"] - r["oa_tau"], "tau", ">= 0.1"),
-        row("quality.kendall_tau_trust", r["trust_tau"], "tau", baseline=r["oa_tau"]),
-        row("quality.flag_precision_planted_bad_actors", r["precision_bad_actors"], "fraction", ">= 0.9"),
-        row("quality.flag_precision_spammers_only", r["precision"], "fraction"),
-        row("quality.flag_recall", r["recall"], "fraction", ">= 0.8"),
-        row("quality.mean_trust_random_rankers", r["trust_random_rankers"], "trust", baseline=r["trust_diligent"]),
-        row("quality.trust_recompute_seconds", r["trust_seconds"], "s", "<= 30"),
-        row("quality.spam_mark_visible_seconds", mark_seconds, f"s ({contributions} contributions)", "<= 2"),
+def _rows(pop: Population, r: dict) -> list[dict]:
+    a, t, f = r["accuracy"], r["tau"], r["flags"]["v2"]
+    name = f"quality.{pop.name}"
+    rows = [
+        common.row(f"{name}.accuracy_gain_points", 100 * (a["v2"] - a["oa"]), "points", ">= 5"),
+        common.row(f"{name}.accuracy_trust_v2", a["v2"], "fraction", baseline=a["oa"]),
+        common.row(f"{name}.tau_gain", t["v2"] - t["oa"], "tau", ">= 0.1"),
+        common.row(f"{name}.flag_precision", f["precision"], "fraction", ">= 0.9"),
+        common.row(f"{name}.flag_recall", f["recall"], "fraction", ">= 0.8"),
     ]
+    if pop.labels_per_user >= 100:
+        rows.append(common.row(f"{name}.honest_flagged", f["honest_flagged"], "users", "<= 0"))
+    return rows
+
+
+def run(quick: bool) -> list[dict]:
+    rows = []
+    for i, pop in enumerate(populations(quick)):
+        r = run_population(pop, mark=not quick and i == len(populations(quick)) - 1)
+        _print(pop, r)
+        rows += _rows(pop, r)
+        rows.append(common.row(f"quality.{pop.name}.trust_v2_fit_seconds", r["seconds"], "s"))
+        if "mark" in r:
+            n, seconds = r["mark"]
+            rows.append(common.row("quality.spam_mark_visible_seconds", seconds, f"s ({n} contributions)", "<= 2"))
+    return rows
