@@ -121,6 +121,16 @@ class UserDeleted(Event, frozen=True, tag="user_deleted"):
     subject_id: UUID
 
 
+class UserErased(Event, frozen=True, tag="user_erased"):
+    """The user's key was destroyed (crypto-shredding): every text sealed with it reads as
+    ``ERASED`` from now on, in every reader and every replay (see ``SEALED`` below). Their
+    rankings, labels, reactions and the trees' structure stay. Unlike ``UserDeleted`` (OA's
+    anonymisation), nothing of what they wrote can be read back."""
+
+    subject_id: UUID
+    reason: str = ""
+
+
 class UserMarkedSpammer(Event, frozen=True, tag="user_marked_spammer"):
     subject_id: UUID
     reason: str = ""
@@ -358,6 +368,7 @@ AnyEvent = Union[
     UserDisabled,
     UserSettingsChanged,
     UserDeleted,
+    UserErased,
     UserMarkedSpammer,
     UserUnmarkedSpammer,
     UsersMerged,
@@ -404,6 +415,40 @@ class TaskAssignedSummary(Event, frozen=True, tag="task_assigned"):
 
 AnyEventSummary = Union[tuple(TaskAssignedSummary if t is TaskAssigned else t for t in AnyEvent.__args__)]
 
+# --- sealed fields (erasure by crypto-shredding) -------------------------------------------
+#
+# Personal text is stored sealed (AES-GCM) with a key per user, kept outside the log
+# (infra/keys.py); erasing a user destroys the key. An event type listed here has its
+# fields sealed with the key of the user its ``owner`` field names. On disk (and on
+# Kafka) such a field holds ``SEAL_PREFIX`` + (key id, nonce, ciphertext) as latin-1; decode()
+# gives it back as plaintext, or as ``ERASED`` once the key is gone. Logs written before
+# sealing hold plaintext, which passes through unchanged. Empty strings are not sealed.
+# Not sealed: usernames (the frontend's id, needed to find the user), moderator notes,
+# imported oasst trees (published files whose authors are not our users), task payloads.
+
+SEALED: dict[type[Event], tuple[str, tuple[str, ...]]] = {  # type -> (owner field, sealed fields)
+    InitialPromptSubmitted: ("user_id", ("text",)),
+    ReplySubmitted: ("user_id", ("text",)),
+    MessageEdited: ("user_id", ("text",)),  # the reviser's key; views erase an author's messages whole
+    LabelsSubmitted: ("user_id", ("text",)),
+    UserSeen: ("subject_id", ("display_name",)),
+    UserRenamed: ("subject_id", ("display_name",)),
+}
+SEAL_PREFIX = "\x00sealed:"
+ERASED = "[erased]"  # what a sealed field reads as once its key is destroyed
+
+# The store layer installs the function that opens sealed fields (set_opener); decode()
+# passes it every event of a type in SEALED, and every UserErased (so a reader's key cache
+# forgets that user's keys). The domain never sees a sealed value.
+_opener = None
+_OPENED = frozenset([*SEALED, UserErased])
+
+
+def set_opener(opener) -> None:
+    global _opener
+    _opener = opener
+
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyEvent)
 _summary_decoder = msgspec.msgpack.Decoder(AnyEventSummary)
@@ -441,12 +486,14 @@ def upcast(data: bytes) -> bytes:
 
 
 def decode(data: bytes) -> AnyEvent:
-    return _decoder.decode(upcast(data))
+    e = _decoder.decode(upcast(data))
+    return _opener(e) if _opener is not None and type(e) in _OPENED else e
 
 
 def decode_summary(data: bytes) -> AnyEvent:
     """Like decode(), but a task_assigned comes back as a TaskAssignedSummary."""
-    return _summary_decoder.decode(upcast(data))
+    e = _summary_decoder.decode(upcast(data))
+    return _opener(e) if _opener is not None and type(e) in _OPENED else e
 
 
 def to_json(event: Event) -> bytes:

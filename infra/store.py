@@ -6,7 +6,9 @@ position*). Optimistic concurrency comes from its primary key (stream id, versio
 
 We add one table, ``command_responses``, written in the same transaction as the
 events of the command it answers, so a retried request with the same
-``Idempotency-Key`` gets the first answer back even after a restart.
+``Idempotency-Key`` gets the first answer back even after a restart; and ``user_keys``
+(infra/keys.py): personal text is sealed with its owner's key on append, and
+``domain.events.decode`` opens it again, so no reader ever sees ciphertext.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 from psycopg.sql import SQL, Identifier
 
 from domain import events as ev
+from infra.keys import RING, StoreKeys
 
 __all__ = ["STORE_AWAY_ERRORS", "EventStore", "IntegrityError", "MsgspecTranscoder", "Pending", "StoredResponse"]
 
@@ -93,7 +96,9 @@ class _SQLiteRecorder(SQLiteApplicationRecorder):
             "status INTEGER, body BLOB, position INTEGER, PRIMARY KEY (api_client_id, key))",
         ]
 
-    def _insert_events(self, c, stored_events, *, pending=(), **kwargs):
+    def _insert_events(self, c, stored_events, *, pending=(), keys=None, **kwargs):
+        if keys is not None:  # user keys created or destroyed for these events (infra/keys.py)
+            keys[0].write(c, keys[1])
         ids = super()._insert_events(c, stored_events, **kwargs)
         rows = [(*r[:4], ids[r[4]]) for r in _responses(pending)]
         if rows:
@@ -146,12 +151,17 @@ class _PostgresRecorder(PostgresApplicationRecorder):
             "SELECT {schema}.oasst_append_events(%s, %s, %s, %s, %s, %s, %s, %s, %s) AS position"
         ).format(**names)
 
-    def insert_events(self, stored_events, *, pending=(), **kwargs) -> list[int]:
+    def insert_events(self, stored_events, *, pending=(), keys=None, **kwargs) -> list[int]:
         events = _columns([(e.originator_id, e.originator_version, e.topic, e.state) for e in stored_events], 4)
         responses = _columns([(*r[:4], r[4] + 1) for r in _responses(pending)], 5)  # SQL arrays count from 1
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self.append_call, [*events, *responses], prepare=True)
-            return [row["position"] for row in curs.fetchall()]
+            if keys is None:  # the usual case: one statement, its own transaction
+                curs.execute(self.append_call, [*events, *responses], prepare=True)
+                return [row["position"] for row in curs.fetchall()]
+            with conn.transaction():  # user keys created or destroyed for these events (infra/keys.py)
+                keys[0].write(curs, keys[1])
+                curs.execute(self.append_call, [*events, *responses], prepare=True)
+                return [row["position"] for row in curs.fetchall()]
 
 
 class _Datastore(PostgresDatastore):
@@ -232,21 +242,33 @@ class EventStore:
         self.backend, self.recorder = _open_recorder(url)
         self.transcoder = MsgspecTranscoder()
         self.recorder.create_table()
+        schema = getattr(self.recorder.datastore, "schema", "")
+        self.keys = StoreKeys(self.backend, self.recorder.datastore, schema)
 
     def close(self) -> None:
+        RING.sources.discard(self.keys)
         self.recorder.datastore.close()
 
     def append(self, pending: Sequence[Pending]) -> list[int]:
         """Writes all events of ``pending`` in one transaction; returns their positions.
-        Raises IntegrityError if any stream version is taken (nothing is written)."""
+        Raises IntegrityError if any stream version is taken (nothing is written). Personal
+        text is sealed first; the keys it needs are stored, and the keys of users erased in
+        the batch destroyed, in the same transaction: an acknowledged erasure destroyed the key."""
+        seal = self.keys.seal
         stored = [
-            StoredEvent(stream, version, ev.topic(e), self.transcoder.encode(e))
+            StoredEvent(stream, version, ev.topic(e), self.transcoder.encode(seal(e)))
             for p in pending
             for stream, version, e in p.events
         ]
         if not stored:
             return []
-        return list(self.recorder.insert_events(stored, pending=pending))
+        changes = self.keys.take()
+        try:
+            return list(self.recorder.insert_events(stored, pending=pending, keys=changes and (self.keys, changes)))
+        except BaseException:
+            if changes:
+                self.keys.failed(changes)
+            raise
 
     def read(self, after: int = 0, limit: int = 1000) -> list[tuple[int, ev.Event]]:
         """Events with position > after, in log order."""
@@ -326,6 +348,15 @@ class EventStore:
                     Notification(id=i, originator_id=o, originator_version=v, topic=t, state=s)
                     for i, o, v, t, s in copy.rows()
                 ]
+
+    def erasure_positions(self) -> list[int]:
+        """Where the log records an erasure (``user_erased``), in log order: a snapshot names
+        them, since the text they destroyed cannot be read at any position any more."""
+        positions, after, end = [], 0, self.max_position()
+        while page := self.read_topics(after, end, ["user_erased"]):
+            positions += [n.id for n in page]
+            after = page[-1].id
+        return positions
 
     def count_events(self, after: int, upto: int) -> int:
         """How many events the log holds at positions in (after, upto]."""

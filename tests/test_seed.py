@@ -47,12 +47,15 @@ CLAIMED = {
 
 
 def read_log(url: str) -> list[tuple]:
-    """Every stored event: (position, stream, version, topic, msgpack state)."""
+    """Every stored event: (position, stream, version, topic, msgpack state), its sealed fields
+    opened (issue #19: ciphertext differs on every run; the plaintext it seals must not)."""
     store = EventStore(url)
     try:
         rows, after = [], 0
         while page := store.read_stored(after, 5000):
-            rows += [(n.id, n.originator_id, n.originator_version, n.topic, bytes(n.state)) for n in page]
+            rows += [
+                (n.id, n.originator_id, n.originator_version, n.topic, ev.encode(ev.decode(n.state))) for n in page
+            ]
             after = page[-1].id
         return rows
     finally:
