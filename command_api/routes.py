@@ -237,6 +237,23 @@ async def unmark_spammer(
     return respond(request, await service.set_spammer(client, user_id, False, ikey=ikey))
 
 
+@post(
+    "/admin/users/{user_id:str}/erase",
+    status_code=204,
+    summary="Erase a user: destroy their key, so their texts and display name read as erased (trusted clients)",
+    guards=[trusted_client],
+)
+async def erase_user(
+    request: Request,
+    user_id: FromPath[str],
+    service: Service,
+    client: Client,
+    reason: FromQuery[str] = "",
+    ikey: IdempotencyKey = None,
+) -> Response[None]:
+    return respond(request, await service.erase_user(client.id, user_id, reason, ikey))
+
+
 @get(
     "/admin/users/{user_id:str}/spammer/preview",
     summary="What marking (spammer=true) or unmarking a spammer would re-decide; appends nothing",
@@ -390,6 +407,7 @@ command_handlers = [
     mark_spammer,
     unmark_spammer,
     preview_spammer,
+    erase_user,
     create_api_client,
     create_frontend_user,
     import_oasst,

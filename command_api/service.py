@@ -411,6 +411,20 @@ class CommandService:
     async def delete_user(self, client: ApiClient, user_id: str, ikey: str | None = None) -> Result:
         return await self.execute(c.DeleteUser(client_id=client.id, user_id=user_id), ikey)
 
+    async def erase_user(
+        self, client_id: UUID | None, user_id: str, reason: str = "", ikey: str | None = None
+    ) -> Result:
+        """Crypto-shred a user (infra/keys.py): the store destroys their key before the
+        UserErased is appended. Checkpoints taken before it hold their text in plain (the
+        model in memory no longer does): a fresh one is taken, the older ones deleted."""
+        result = await self.execute(c.EraseUser(client_id=client_id, user_id=user_id, reason=reason), ikey)
+        if self.checkpoints and result.position > self._checkpointed[0]:
+            if self.settings.checkpoint_every:
+                await self.checkpoint()
+            store_id = await asyncio.to_thread(self.store_id)
+            await asyncio.to_thread(self.checkpoints.discard_before, store_id, result.position)
+        return result
+
     async def set_spammer(
         self, client: ApiClient, user_id: str, spammer: bool, ban: bool = False, ikey: str | None = None
     ) -> Result:

@@ -58,6 +58,13 @@ class DeleteUser(Command, frozen=True):
     user_id: str
 
 
+class EraseUser(Command, frozen=True):
+    """Destroy the user's key: their texts and display name read as erased (trusted clients)."""
+
+    user_id: str
+    reason: str = ""
+
+
 class SetSpammer(Command, frozen=True):
     user_id: str
     spammer: bool

@@ -521,6 +521,14 @@ def _delete_user(cmd: c.DeleteUser, s: State, b: Batch) -> None:
 
 
 @decide.register
+def _erase_user(cmd: c.EraseUser, s: State, b: Batch) -> None:
+    user = user_by_id(s, cmd.user_id)
+    if not user.erased:  # erasing twice is one erasure
+        b.emit(ev.UserErased, subject_id=user.id, reason=cmd.reason)
+    return None
+
+
+@decide.register
 def _spammer(cmd: c.SetSpammer, s: State, b: Batch) -> None:
     user = user_by_id(s, cmd.user_id)
     if cmd.spammer and (not user.spammer or (cmd.ban and user.enabled)):

@@ -58,6 +58,7 @@ def stream_of(event: ev.Event) -> UUID:
             | ev.UserDisabled()
             | ev.UserSettingsChanged()
             | ev.UserDeleted()
+            | ev.UserErased()
             | ev.UserMarkedSpammer()
             | ev.UserUnmarkedSpammer()
         ):  # noqa: E501
@@ -104,6 +105,7 @@ class User:
     created_at: datetime | None = None
     enabled: bool = True
     deleted: bool = False
+    erased: bool = False
     spammer: bool = False
     notes: str = ""
     show_on_leaderboard: bool = True
@@ -420,6 +422,16 @@ class WriteModel:
         u = self.users[e.subject_id]  # OA's mark_user_deleted: anonymised, its name freed
         u.deleted, u.show_on_leaderboard = True, False
         u.display_name, u.username = DELETED_USER_DISPLAY_NAME, f"{DELETED_USER_PREFIX}{u.id}"
+
+    def _on_user_erased(self, e: ev.UserErased) -> None:
+        """Their key is gone: no text of theirs stays in memory (nor in later checkpoints)."""
+        u = self.users[e.subject_id]
+        u.erased, u.display_name = True, ev.ERASED
+        for message_id in self.authored.get(u.id, ()):
+            m = self.messages.get(message_id)
+            if m is not None:
+                m.text = ev.ERASED
+        self.user_texts.pop(u.id, None)
 
     def _active(self, e: ev.Event) -> None:
         u = self.users.get(e.user_id) if e.user_id is not None else None

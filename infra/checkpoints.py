@@ -120,6 +120,14 @@ class Checkpoints:
                 old.unlink()
         return path
 
+    def discard_before(self, store_id: UUID, position: int) -> None:
+        """Delete this store's checkpoints taken before ``position`` (an erasure: they may
+        hold the erased user's text, which the log itself holds only sealed)."""
+        for path in self._files(store_id):
+            if int(path.stem.rsplit("-", 1)[1]) < position:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
     def save_in_child(self, model: WriteModel, store_id: UUID) -> int | None:
         """Fork; the child saves its copy-on-write image of ``model`` and exits. Returns the
         child's pid (None where fork is not available: then it saves here and now)."""

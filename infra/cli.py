@@ -233,6 +233,7 @@ def _register_plugins() -> None:
         "infra.cli_sql",
         "infra.cli_report",
         "infra.cli_kafka",
+        "infra.cli_users",
         "samplers.cli",
         "trainers.cli",
     ):

@@ -166,6 +166,29 @@ class MessageTreeView(View):
         u.deleted, u.show_on_leaderboard = True, False
         u.display_name, u.username = "Deleted User", f"deleted_{u.id}"
 
+    def on_user_erased(self, e: ev.UserErased) -> None:
+        """Crypto-shredded (infra/keys.py): the user's display name and every text of their
+        messages (each revision too, whoever revised it) read as erased; the messages, their
+        labels, ranks and places in the trees stay. A rebuild reads their texts as erased
+        already (the key is gone); this makes the live view say the same at once."""
+        u = self.users.get(e.subject_id)
+        if u is not None:
+            u.display_name = ev.ERASED
+            self.users.touch(e.subject_id)
+        for m in self.messages.values():  # no index by author (an erasure is rare)
+            if m.user_id == e.subject_id:
+                m.text = ev.ERASED
+                self.messages.touch(m.id)
+        for key, revisions in self.revisions.rows.items():
+            message = self.messages.get(key)
+            mine = message is not None and message.user_id == e.subject_id
+            if mine or any(r.user_id == e.subject_id for r in revisions.items):
+                revisions.items = [
+                    Revision(r.id, ev.ERASED, r.user_id, r.created_date) if mine or r.user_id == e.subject_id else r
+                    for r in revisions.items
+                ]
+                self.revisions.touch(key)
+
     def on_user_marked_spammer(self, e: ev.UserMarkedSpammer) -> None:
         u = self._user(e, e.subject_id)
         u.spammer = True

@@ -383,6 +383,8 @@ def _create(settings: Settings, spec: SnapshotSpec, store: EventStore, record: b
             "code_version": snapshot_code_version(),
             "parent": spec.parent,
         }
+        if erasures := store.erasure_positions():  # (none: the manifest, and the id, stay as they were)
+            manifest["erasures"] = {"count": len(erasures), "positions": erasures}
         manifest["id"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:24]
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         final = root / manifest["id"]

@@ -26,6 +26,7 @@ TRUSTED = {
     ("POST", "/api/v1/admin/users/{user_id}/spammer"),
     ("DELETE", "/api/v1/admin/users/{user_id}/spammer"),
     ("GET", "/api/v1/admin/users/{user_id}/spammer/preview"),  # issue #17: the console's dry run
+    ("POST", "/api/v1/admin/users/{user_id}/erase"),  # issue #19: erasure by crypto-shredding
     ("POST", "/api/v1/admin/import"),
     ("GET", "/api/v1/trollboards/{time_frame}"),
     ("GET", "/api/v1/admin/suspected_spammers"),
