@@ -423,8 +423,12 @@ AnyEventSummary = Union[tuple(TaskAssignedSummary if t is TaskAssigned else t fo
 # Kafka) such a field holds ``SEAL_PREFIX`` + (key id, nonce, ciphertext) as latin-1; decode()
 # gives it back as plaintext, or as ``ERASED`` once the key is gone. Logs written before
 # sealing hold plaintext, which passes through unchanged. Empty strings are not sealed.
+# A task's payload (``TaskAssigned.payload``, what the frontend got) quotes messages: each
+# text in it is sealed with the key of the message's ``user_id`` (``SEALED_PAYLOAD_PATHS``;
+# a label task's ``prompt``/``reply`` is its conversation's last message, a ranking task's
+# ``replies[i]`` is ``reply_messages[i]``). decode_summary() leaves the payload out.
 # Not sealed: usernames (the frontend's id, needed to find the user), moderator notes,
-# imported oasst trees (published files whose authors are not our users), task payloads.
+# imported oasst trees (published files whose authors are not our users).
 
 SEALED: dict[type[Event], tuple[str, tuple[str, ...]]] = {  # type -> (owner field, sealed fields)
     InitialPromptSubmitted: ("user_id", ("text",)),
@@ -434,6 +438,7 @@ SEALED: dict[type[Event], tuple[str, tuple[str, ...]]] = {  # type -> (owner fie
     UserSeen: ("subject_id", ("display_name",)),
     UserRenamed: ("subject_id", ("display_name",)),
 }
+SEALED_PAYLOAD_PATHS = ("conversation.messages[].text", "reply_messages[].text", "replies[]", "prompt", "reply")
 SEAL_PREFIX = "\x00sealed:"
 ERASED = "[erased]"  # what a sealed field reads as once its key is destroyed
 
@@ -441,7 +446,7 @@ ERASED = "[erased]"  # what a sealed field reads as once its key is destroyed
 # passes it every event of a type in SEALED, and every UserErased (so a reader's key cache
 # forgets that user's keys). The domain never sees a sealed value.
 _opener = None
-_OPENED = frozenset([*SEALED, UserErased])
+_OPENED = frozenset([*SEALED, TaskAssigned, UserErased])
 
 
 def set_opener(opener) -> None:

@@ -93,14 +93,27 @@ class _Ring:
     def open_event(self, e: ev.Event) -> ev.Event:
         """The event with its sealed fields opened (plaintext passes through)."""
         sealed = ev.SEALED.get(type(e))
-        if sealed is None:  # a UserErased
-            self.forget(e.subject_id)
+        if sealed is None:
+            if type(e) is ev.TaskAssigned:
+                msgspec.structs.force_setattr(e, "payload", self._open_any(e.payload))
+            else:  # a UserErased
+                self.forget(e.subject_id)
             return e
         for name in sealed[1]:
             value = getattr(e, name)
             if value.startswith(_PREFIX):  # (a decoded event is ours alone: set in place, no copy)
                 msgspec.structs.force_setattr(e, name, self.open_text(value))
         return e
+
+    def _open_any(self, value):
+        """A payload with every sealed string in it opened."""
+        if isinstance(value, str):
+            return self.open_text(value) if value.startswith(_PREFIX) else value
+        if isinstance(value, dict):
+            return {k: self._open_any(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._open_any(v) for v in value]
+        return value
 
 
 RING = _Ring()
@@ -165,6 +178,8 @@ class StoreKeys:
         owner's first text). A UserErased drops the owner's key for what follows."""
         sealed = ev.SEALED.get(type(e))
         if sealed is None:
+            if type(e) is ev.TaskAssigned:
+                return msgspec.structs.replace(e, payload=self._seal_payload(e.payload))
             if type(e) is ev.UserErased:
                 self._erase.append(e.subject_id)
                 self._new.pop(e.subject_id, None)
@@ -177,6 +192,34 @@ class StoreKeys:
             return e
         key_id, cipher = self.by_owner.get(owner) or self._create(owner)
         return msgspec.structs.replace(e, **{k: _seal_text(v, key_id, cipher) for k, v in changes.items()})
+
+    def _seal_text_of(self, text, owner) -> str:
+        if not text or owner is None or not isinstance(text, str):
+            return text
+        owner = owner if isinstance(owner, UUID) else UUID(owner)
+        key_id, cipher = self.by_owner.get(owner) or self._create(owner)
+        return _seal_text(text, key_id, cipher)
+
+    def _seal_message(self, m: dict) -> dict:
+        return {**m, "text": self._seal_text_of(m.get("text"), m.get("user_id"))}
+
+    def _seal_payload(self, payload: dict) -> dict:
+        """A task's payload with the message texts it quotes sealed, each with its author's
+        key (events.SEALED_PAYLOAD_PATHS)."""
+        p = dict(payload)
+        thread = (payload.get("conversation") or {}).get("messages") or []
+        if thread:
+            p["conversation"] = {**payload["conversation"], "messages": [self._seal_message(m) for m in thread]}
+            for name in ("prompt", "reply"):  # a label task's message: the thread's last
+                if name in p:
+                    p[name] = self._seal_text_of(p[name], thread[-1].get("user_id"))
+        replies = payload.get("reply_messages")
+        if replies:
+            p["reply_messages"] = [self._seal_message(m) for m in replies]
+            if len(payload.get("replies") or ()) == len(replies):
+                authors = [m.get("user_id") for m in replies]
+                p["replies"] = [self._seal_text_of(t, a) for t, a in zip(payload["replies"], authors, strict=True)]
+        return p
 
     def _create(self, owner: UUID) -> tuple[bytes, AESGCM]:
         self._load()
