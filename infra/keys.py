@@ -32,6 +32,7 @@ from psycopg.sql import SQL, Identifier
 from domain import events as ev
 
 KEY_ID_BYTES, NONCE_BYTES = 16, 12
+RECENT = 20_000  # sealed texts remembered for reuse
 _PREFIX = ev.SEAL_PREFIX
 _SKIP = len(_PREFIX)
 
@@ -66,6 +67,7 @@ class _Ring:
             self.ciphers.pop(key_id, None)
         for source in list(self.sources):
             source.by_owner.pop(owner, None)
+            source.recent.clear()
 
     def cipher(self, key_id: bytes) -> AESGCM | None:
         cipher = self.ciphers.get(key_id)
@@ -129,6 +131,9 @@ class StoreKeys:
         self._new: dict[UUID, tuple[bytes, bytes]] = {}  # created, not yet written: owner -> (id, key)
         self._erase: list[UUID] = []
         self._loaded = False
+        # (owner, text) -> sealed value, recent ones: a message is quoted by every task of its
+        # tree (an identical ciphertext for an identical text says nothing the ids do not)
+        self.recent: dict[tuple, str] = {}
         if backend == "sqlite":
             self.table, self.mark = "user_keys", "?"
         else:
@@ -190,15 +195,20 @@ class StoreKeys:
         changes = {name: getattr(e, name) for name in sealed[1] if getattr(e, name)}
         if owner is None or not changes:
             return e
-        key_id, cipher = self.by_owner.get(owner) or self._create(owner)
-        return msgspec.structs.replace(e, **{k: _seal_text(v, key_id, cipher) for k, v in changes.items()})
+        return msgspec.structs.replace(e, **{k: self._seal_text_of(v, owner) for k, v in changes.items()})
 
     def _seal_text_of(self, text, owner) -> str:
+        """``text`` sealed with the key of ``owner`` (a UUID, or a payload's id string)."""
         if not text or owner is None or not isinstance(text, str):
             return text
-        owner = owner if isinstance(owner, UUID) else UUID(owner)
-        key_id, cipher = self.by_owner.get(owner) or self._create(owner)
-        return _seal_text(text, key_id, cipher)
+        sealed = self.recent.get((owner, text))  # (emptied by any erasure: a hit's key is alive)
+        if sealed is None:
+            key = owner if isinstance(owner, UUID) else UUID(owner)
+            key_id, cipher = self.by_owner.get(key) or self._create(key)
+            if len(self.recent) >= RECENT:
+                self.recent.clear()
+            sealed = self.recent[owner, text] = _seal_text(text, key_id, cipher)
+        return sealed
 
     def _seal_message(self, m: dict) -> dict:
         return {**m, "text": self._seal_text_of(m.get("text"), m.get("user_id"))}
@@ -253,6 +263,7 @@ class StoreKeys:
     def failed(self, changes) -> None:
         """The append failed: the keys created for it were not stored (nor its events)."""
         erase, new = changes
+        self.recent.clear()  # (it may hold values sealed with those keys)
         for owner, (key_id, _) in new.items():
             if self.by_owner.get(owner, (None,))[0] == key_id:
                 del self.by_owner[owner]

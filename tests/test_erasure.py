@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
 from uuid import UUID
 
 import msgspec
 import polars as pl
 import pytest
+from eventsourcing.persistence import IntegrityError, StoredEvent
 from litestar.testing import AsyncTestClient
 
 from devkit.simulator import seed_history_async
 from domain import events as ev
 from infra.app import create_app
-from infra.store import EventStore
+from infra.keys import RING
+from infra.store import EventStore, Pending
 from projections.dataset import Dataset, Selection, fold_at
 from projections.snapshot import create_snapshot, load_manifest, spec_from_manifest
 from tests.config import API_KEY, ROOT_TOKEN, make_settings
@@ -203,3 +206,31 @@ def test_the_cli_erases_and_drops_older_checkpoints(tmp_path):
     position = max(n for n, e in enumerate(events, 1) if type(e) is ev.UserErased)
     left = [int(p.stem.rsplit("-", 1)[1]) for p in checkpoints.glob("write-model-*.pickle")]
     assert sorted(left)[0] == 1 and all(n >= position for n in sorted(left)[1:])  # older ones held the text
+
+
+def _prompt(user: UUID, text: str) -> ev.InitialPromptSubmitted:
+    mid = ev.new_id()
+    return ev.InitialPromptSubmitted(
+        id=ev.new_id(), at=datetime.now(UTC), user_id=user, message_id=mid, frontend_message_id=str(mid),
+        task_id=None, text=text, lang="en",
+    )  # fmt: skip
+
+
+def test_a_failed_append_keeps_no_key_it_needs_and_plaintext_logs_still_read(store_url):
+    store = EventStore(store_url)
+    try:
+        first = _prompt(ev.new_id(), "first")
+        store.append([Pending([(first.message_id, 1, first)])])
+        newcomer = ev.new_id()
+        lost = _prompt(newcomer, "tried twice")
+        with pytest.raises(IntegrityError):  # the newcomer's key was made for a batch that failed
+            store.append([Pending([(lost.message_id, 1, lost)]), Pending([(first.message_id, 1, first)])])
+        kept = _prompt(newcomer, "tried twice")  # (the same text: nothing sealed for the failed batch is reused)
+        store.append([Pending([(kept.message_id, 1, kept)])])
+        old = _prompt(ev.new_id(), "written before sealing existed")  # as a log from before #19
+        store.recorder.insert_events([StoredEvent(old.message_id, 1, ev.topic(old), ev.encode(old))])
+        RING.ciphers.clear()  # read as a fresh process would: every key from the database
+        texts = [ev.decode(n.state).text for n in store.read_stored(0, 100)]
+        assert texts == ["first", "tried twice", "written before sealing existed"]
+    finally:
+        store.close()
