@@ -6,15 +6,17 @@ rankers and a colluding group, in equal parts), the honest error rate (5 %, 12 %
 evidence per user (15 or 100 review labels, a ranking for about three labels). Per population:
 - acceptance accuracy: a message is truly acceptable when it is not junk; OA accepts when its
   unweighted score > 0.6, ``trust-v1`` when its trust-weighted score > 0.6, ``trust-v2`` when
-  P(not spam | votes) clears its threshold;
+  P(not spam | votes) clears its threshold; for reference, OA's rule with every planted bad
+  annotator left out (an oracle exclusion, not a bound: ties of two honest votes still fail);
 - ranking consensus: Kendall's tau of each policy's order of a parent's replies against the
-  planted quality, averaged over ranked parents;
+  planted quality, averaged over ranked parents (and OA's ranked pairs over honest rankings only);
 - flagging: suspected annotators against every planted bad annotator (precision, recall), and
   honest users flagged;
 - mean trust per behaviour, and the time of a trust-v2 fit.
 Goals (issue #20), on every population: trust-v2 accuracy >= OA + 5 points, tau >= OA + 0.1,
 precision >= 0.9 and recall >= 0.8, no honest user flagged at 100 labels. Quick mode runs two
-populations; the full run all eight, and the cost of marking the most active bad annotator.
+populations (30 % bad, 12 % honest error, 15 and 100 labels); the full run all eight, and the cost
+of marking the most active bad annotator.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def populations(quick: bool) -> list[Population]:
             (b, e, n) for n in (15, 100) for b in (0.1, 0.3) for e in (0.05, 0.12)
         )
     ]
-    return [full[3], full[4]] if quick else full  # quick: the hardest short one and an easy long one
+    return [full[3], full[7]] if quick else full  # quick: 30 % bad annotators, 12 % honest error, both evidences
 
 
 def acceptance_accuracy(view: ConsensusView, truth: Truth, decide) -> float:
@@ -113,6 +115,12 @@ def evaluate(view: ConsensusView, truth: Truth) -> dict:
         score = view.acceptance(mid)
         return None if score is None else score > threshold
 
+    bad = frozenset(u for u, k in truth.behaviour_of.items() if k != "honest")
+
+    def honest_only(mid):  # a reference: OA's rule once every bad annotator is known and left out
+        score = view.acceptance(mid, exclude=bad)
+        return None if score is None else score > threshold
+
     def v1_accept(mid):
         score = view.acceptance(mid, trust=w1)
         return None if score is None else score > threshold
@@ -123,11 +131,15 @@ def evaluate(view: ConsensusView, truth: Truth) -> dict:
             "oa": acceptance_accuracy(view, truth, oa),
             "v1": acceptance_accuracy(view, truth, v1_accept),
             "v2": acceptance_accuracy(view, truth, model.accepted),
+            "ceiling": acceptance_accuracy(view, truth, honest_only),
         },
         "tau": {
             "oa": mean_tau(view, truth, lambda p: ranked_pairs([o for _, o in view.rankings.get(p).rankings])),
             "v1": mean_tau(view, truth, lambda p: view.ranking_consensus(p, trust=w1)),
             "v2": mean_tau(view, truth, model.ranking_consensus),
+            "ceiling": mean_tau(
+                view, truth, lambda p: view.ranking_consensus(p, exclude=bad) or model.ranking_consensus(p)
+            ),
         },
         "flags": {"v1": flagging(v1, truth), "v2": flagging(model.trust, truth)},
         "trust": {"v1": mean_trust(v1, truth), "v2": mean_trust(model.trust, truth)},
@@ -193,8 +205,9 @@ def _print(pop: Population, r: dict) -> None:
     common.console.print(
         f"[bold]{pop.name}[/] ({e['annotators']} annotators, {e['labels']:.0f} labels and {e['rankings']:.1f} "
         f"rankings each, {e['messages']} messages, {e['parents']} ranked parents; generated in "
-        f"{r['generate_seconds']:.0f} s): accuracy OA {a['oa']:.3f} / v1 {a['v1']:.3f} / v2 {a['v2']:.3f}; "
-        f"tau OA {t['oa']:.3f} / v1 {t['v1']:.3f} / v2 {t['v2']:.3f}; v2 flags {f['flagged']} of {f['bad']} bad: "
+        f"{r['generate_seconds']:.0f} s): accuracy OA {a['oa']:.3f} / v1 {a['v1']:.3f} / v2 {a['v2']:.3f} "
+        f"(OA without the bad: {a['ceiling']:.3f}); tau OA {t['oa']:.3f} / v1 {t['v1']:.3f} / v2 {t['v2']:.3f} "
+        f"(OA without the bad: {t['ceiling']:.3f}); v2 flags {f['flagged']} of {f['bad']} bad: "
         f"precision {f['precision']:.2f}, recall {f['recall']:.2f} (missed {f['missed']}), honest flagged {f['honest_flagged']} "
         f"(v1: {r['flags']['v1']['precision']:.2f} / {r['flags']['v1']['recall']:.2f}); mean trust "
         + ", ".join(f"{k} {v:.2f}" for k, v in tr.items())
@@ -208,7 +221,9 @@ def _rows(pop: Population, r: dict) -> list[dict]:
     rows = [
         common.row(f"{name}.accuracy_gain_points", 100 * (a["v2"] - a["oa"]), "points", ">= 5"),
         common.row(f"{name}.accuracy_trust_v2", a["v2"], "fraction", baseline=a["oa"]),
+        common.row(f"{name}.accuracy_oracle_exclusion_gain_points", 100 * (a["ceiling"] - a["oa"]), "points"),
         common.row(f"{name}.tau_gain", t["v2"] - t["oa"], "tau", ">= 0.1"),
+        common.row(f"{name}.tau_oracle_exclusion_gain", t["ceiling"] - t["oa"], "tau"),
         common.row(f"{name}.flag_precision", f["precision"], "fraction", ">= 0.9"),
         common.row(f"{name}.flag_recall", f["recall"], "fraction", ">= 0.8"),
     ]

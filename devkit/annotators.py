@@ -6,7 +6,7 @@ tried on behaviours they were not tuned with. Writers write prompts and replies,
 tasks and the service's own task assignment decides which message each one sees. Kinds:
 
 - ``honest``: votes the truth, wrong with probability ``honest_error``; ranks by the true
-  quality blurred by a noise of twice that (sd);
+  quality blurred so that about that share of the pairs it ranks are the wrong way round;
 - ``yes_sayer``: lazy: never says spam, ranks the replies in the order shown;
 - ``flipper``: votes the opposite of what it sees, ranks upside down;
 - ``random_ranker``: honest labels, rankings shuffled;
@@ -271,8 +271,9 @@ class Crowd:
 
     def _order(self, u: User, ids: list[UUID]) -> list[int]:
         shown = list(range(len(ids)))
-        # what an honest eye sees: the quality blurred by twice the error rate (close replies swap)
-        seen = [self.truth.quality.get(x, 0.5) + self.rng.gauss(0, 2 * self.pop.honest_error) for x in ids]
+        # what an honest eye sees: the quality blurred so that about ``honest_error`` of the pairs swap
+        # (qualities of kept replies spread over [0.3, 1]: a pair errs with ~1.14 * noise * sqrt(2))
+        seen = [self.truth.quality.get(x, 0.5) + self.rng.gauss(0, 0.62 * self.pop.honest_error) for x in ids]
         honest = sorted(shown, key=lambda i: (-seen[i], i))
         if u.kind == "flipper":
             return honest[::-1]

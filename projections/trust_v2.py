@@ -1,32 +1,31 @@
 """Annotator trust, policy ``trust-v2``: models of each annotator's errors, and decisions
-taken from the models' posteriors rather than from weighted means against fixed thresholds.
+taken from the models rather than from weighted means against fixed thresholds.
 
 - labels: a two-coin Dawid–Skene model over the binarised ``spam`` review labels: each
   annotator has a sensitivity (says spam when it is) and a specificity (says not spam when
   it is not), the messages a class prior; fitted by EM as crowd-kit's ``DawidSkene`` does
-  (majority-vote start, E then M), with pseudo-counts toward a prior annotator so that
-  one with few labels is not certain after three votes (crowd-kit has no such smoothing;
-  with ``LABEL_PRIOR_WEIGHT = 0`` the fit is crowd-kit's, tests/test_trust_v2.py compares).
-  A message is accepted when P(not spam | its votes) − its lang_mismatch mean clears 0.5:
+  (majority-vote start, E then M), with pseudo-counts toward a prior annotator so that one
+  with few labels is not certain after three votes (crowd-kit has no such smoothing; with
+  ``prior_weight=0`` the fit is crowd-kit's: tests/test_trust_v2.py compares them).
+  A message is accepted when P(not spam | its votes) − its lang_mismatch mean > 0.5:
   unanimous votes decide as OA's rule does; split votes are weighed by who cast them.
-- rankings: a noisy Bradley–Terry model (crowd-kit's ``NoisyBradleyTerry`` likelihood) over
-  the pairs each ranking implies: a ranker follows the replies' hidden scores with
-  probability ``skill`` and flips a coin otherwise. Skills and scores are fitted jointly,
-  so a random ranker (τ near 0 over many rankings) loses its say; replies are ordered by
-  their fitted scores. Pairs have no left/right side here (they are ordered by id), so
-  crowd-kit's per-worker side bias is left out, and Gaussian priors keep scores finite and
-  a ranker with few rankings near the prior skill.
-- trust: the probability that one of the annotator's judgements is right under the
-  models — balanced label accuracy (sensitivity + specificity) / 2, and for rankings the
-  model's probability that a pair they ranked agrees with the fitted order — averaged over
-  their labels and rankings (the evidence count), so neither part alone decides.
+- rankings: each ranker's pair accuracy, P(a pair they rank is the right way round),
+  measured against the accuracy-weighted vote of the *other* rankings of the same replies
+  and re-weighted a few times; their vote in the consensus (ranked pairs) weighs the
+  log-odds of that accuracy, so a random ranker (τ near 0 over many rankings) loses its say.
+  (A noisy Bradley–Terry fit, crowd-kit's ``NoisyBradleyTerry`` likelihood, was measured
+  first: with three rankings a parent, its free reply scores follow whoever ranked them, and
+  random rankers came out with skills of 0.9 — README, "Trust and spam removal".)
+- trust: the probability that one of the annotator's judgements is right — the balanced
+  label accuracy (sensitivity + specificity) / 2 and the pair accuracy, averaged over their
+  labels and rankings (the evidence count), so neither part alone decides.
 - suspected, with the reason: labels no better than chance (sensitivity + specificity − 1 <
   ``SUSPECT_INFORMEDNESS`` over ≥ ``MIN_LABELS`` labels: yes-sayers, flippers and
-  coin-flippers alike), or rankings followed with skill < ``SUSPECT_SKILL`` over ≥
+  coin-flippers alike), or a pair accuracy < ``SUSPECT_PAIR_ACCURACY`` over ≥
   ``MIN_RANKINGS`` rankings.
 
-Deterministic: sorted users and messages, fixed iterations, a deterministic optimiser start.
-crowd-kit itself is not called here: on arrays the fit is ~20× faster at OA's size (README).
+Deterministic: sorted users, messages and parents, fixed iterations, no randomness.
+crowd-kit itself is not called here: on arrays the fit is many times faster (README).
 """
 
 from __future__ import annotations
@@ -36,23 +35,22 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import expit
 
-from projections.consensus import ConsensusView, ranked_pairs
+from projections.consensus import ConsensusView
+from projections.trust import kendall_tau
 
 POLICY = "trust-v2"
 EM_ITERATIONS = 50
 LABEL_PRIOR = 0.8  # the prior annotator's sensitivity and specificity
 LABEL_PRIOR_WEIGHT = 4.0  # worth this many votes
-SKILL_PRIOR = 0.7  # the prior ranker follows the order this often
-SKILL_PRIOR_PRECISION = 1.0  # of a Gaussian prior on the skill's log-odds
-SCORE_PRECISION = 0.2  # of a Gaussian prior on the replies' scores (keeps them finite)
+RANKING_PRIOR = 0.8  # the prior ranker's pair accuracy (without labels to go by)
+RANKING_PRIOR_WEIGHT = 6.0  # worth this many pairs
+RANKING_ITERATIONS = 5
 ACCEPT = 0.5  # P(not spam) - lang_mismatch mean must exceed this
 MIN_LABELS = 8
 SUSPECT_INFORMEDNESS = 0.35
 MIN_RANKINGS = 5
-SUSPECT_SKILL = 0.3
+SUSPECT_PAIR_ACCURACY = 0.65
 
 
 # --- labels: two-coin Dawid–Skene -------------------------------------------------------------
@@ -69,14 +67,13 @@ class LabelFit:
 
 
 def _votes(view: ConsensusView) -> list[tuple[UUID, list[tuple[UUID, int]]]]:
-    """(message, its binarised spam review votes by user id), users marked spammers left out."""
-    out = view.spammers.frozen()
+    """(message, its binarised spam review votes by user id), by message id."""
     items = []
     for mid, facts in view.labels.rows.items():
         votes = [
             (u, int(facts.task_labels[u]["spam"] >= 0.5))
             for u in facts.task_users
-            if u not in out and "spam" in facts.task_labels.get(u, {})
+            if "spam" in facts.task_labels.get(u, {})
         ]
         if votes:
             items.append((mid, sorted(votes, key=lambda v: str(v[0]))))
@@ -123,14 +120,17 @@ def _e_step(who, vote, message, n_messages, sens, spec, prior) -> np.ndarray:
     log_spam = np.bincount(message, weights=np.where(vote == 1, np.log(s), np.log(1 - s)), minlength=n_messages)
     log_ok = np.bincount(message, weights=np.where(vote == 0, np.log(c), np.log(1 - c)), minlength=n_messages)
     prior = min(max(prior, 1e-10), 1 - 1e-10)
-    return expit(math.log(prior) - math.log(1 - prior) + log_spam - log_ok)
+    return 1.0 / (1.0 + np.exp(math.log(1 - prior) - math.log(prior) + log_ok - log_spam))
 
 
 def fit_labels(view: ConsensusView) -> LabelFit:
-    """Fitted on messages with two or more votes (one vote cannot disagree with anyone); the
-    posterior is then taken for every message with a vote."""
-    items = _votes(view)
-    users = sorted({u for _, votes in items for u, _ in votes}, key=str)
+    """Fitted without the votes of users marked spammers, on messages with two or more votes
+    (one vote cannot disagree with anyone); the posterior is then taken for every message with
+    a vote, and every annotator (marked spammers too) is scored against it."""
+    out = view.spammers.frozen()
+    every = _votes(view)
+    items = [(m, kept) for m, votes in every if (kept := [(u, v) for u, v in votes if u not in out])]
+    users = sorted({u for _, votes in every for u, _ in votes}, key=str)
     index = {u: i for i, u in enumerate(users)}
     fit_items = [votes for _, votes in items if len(votes) >= 2]
     who, vote, msg = _arrays(fit_items, index)
@@ -141,8 +141,14 @@ def fit_labels(view: ConsensusView) -> LabelFit:
         prior = 0.5
     who, vote, msg = _arrays([votes for _, votes in items], index)
     p = _e_step(who, vote, msg, len(items), sens, spec, prior) if items else np.zeros(0)
-    counts = np.bincount(who, minlength=len(users))
-    return LabelFit(users, sens, spec, counts, prior, dict(zip((m for m, _ in items), p.tolist(), strict=True)))
+    p_spam = dict(zip((m for m, _ in items), p.tolist(), strict=True))
+    # everybody's accuracy against those posteriors (one more M step, over every vote)
+    scored = [(p_spam[m], votes) for m, votes in every if m in p_spam]
+    who, vote, msg = _arrays([votes for _, votes in scored], index)
+    t = np.array([x for x, _ in scored])[msg] if scored else np.zeros(0)
+    sens, spec = _m_step(who, vote, t, len(users), LABEL_PRIOR_WEIGHT)
+    counts = np.bincount(_arrays([votes for _, votes in every], index)[0], minlength=len(users))
+    return LabelFit(users, sens, spec, counts, prior, p_spam)
 
 
 def _arrays(items: list[list[tuple[UUID, int]]], index: dict[UUID, int]) -> tuple[np.ndarray, ...]:
@@ -153,76 +159,70 @@ def _arrays(items: list[list[tuple[UUID, int]]], index: dict[UUID, int]) -> tupl
     return who, vote, message
 
 
-# --- rankings: noisy Bradley–Terry --------------------------------------------------------------
+# --- rankings: each ranker's pair accuracy against the others ---------------------------------------
 
 
 @dataclass
 class RankingFit:
     users: list[UUID]
-    skill: np.ndarray
-    agreement: np.ndarray  # per ranker: the model's P(a pair they ranked agrees with the fitted order)
+    accuracy: np.ndarray  # per ranker: P(a pair they rank is the right way round)
     counts: np.ndarray  # rankings per ranker
-    scores: dict[UUID, float]  # per reply
+    weights: dict[UUID, float]  # their votes' weight in the consensus: log-odds of the accuracy, >= 0
 
 
-def ranking_pairs(view: ConsensusView) -> tuple:
-    """(rankers, replies, rankings per ranker, who, left, right, y): one row per pair a ranking
-    implies, left the reply with the smaller id, y = +1 when the ranker put it first."""
-    out = view.spammers.frozen()
-    rankings = [
-        (u, order)
+def _pair_rows(view: ConsensusView) -> tuple[list[UUID], np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rankers, rankings per ranker, owner of each ranked pair, and one row per (pair, other
+    ranking of both replies): the pair's index, the other ranker, +1 where they agree)."""
+    parents = [
+        [(u, {x: i for i, x in enumerate(order)}) for u, order in facts.rankings]
         for _, facts in sorted(view.rankings.rows.items(), key=lambda x: str(x[0]))
-        for u, order in facts.rankings
-        if u not in out and len(order) >= 2
     ]
-    users = sorted({u for u, _ in rankings}, key=str)
-    replies = sorted({x for _, order in rankings for x in order}, key=str)
-    ui, ri = {u: i for i, u in enumerate(users)}, {x: i for i, x in enumerate(replies)}
-    rows = []
-    for u, order in rankings:
-        for i, a in enumerate(order):
-            for b in order[i + 1 :]:  # a was ranked above b
-                left, right = (a, b) if str(a) < str(b) else (b, a)
-                rows.append((ui[u], ri[left], ri[right], 1.0 if left == a else -1.0))
-    arr = np.array(rows, dtype=np.float64).reshape(-1, 4)
-    counts = np.bincount(np.fromiter((ui[u] for u, _ in rankings), dtype=np.int64), minlength=len(users))
-    who, left, right = (arr[:, k].astype(np.int64) for k in range(3))
-    return users, replies, counts, who, left, right, arr[:, 3]
-
-
-def nbt_objective(x, who, left, right, y, n_items, n_users, score_precision, skill_precision):
-    """Negative log-likelihood of crowd-kit's noisy Bradley–Terry without the side bias
-    (P(y) = σ(γ_w)·σ(y(s_l − s_r)) + (1 − σ(γ_w))/2), plus the Gaussian priors; and its gradient."""
-    s, gamma = x[:n_items], x[n_items:]
-    g = expit(gamma)[who]
-    p = expit(y * (s[left] - s[right]))
-    lik = g * p + (1 - g) / 2
-    gamma0 = math.log(SKILL_PRIOR / (1 - SKILL_PRIOR))
-    value = -np.log(lik).sum() + score_precision * (s @ s) / 2 + skill_precision * ((gamma - gamma0) ** 2).sum() / 2
-    d_delta = -(g * p * (1 - p) * y) / lik
-    grad_s = np.bincount(left, weights=d_delta, minlength=n_items) - np.bincount(
-        right, weights=d_delta, minlength=n_items
+    users = sorted({u for rankings in parents for u, _ in rankings}, key=str)
+    index = {u: i for i, u in enumerate(users)}
+    owner, rows = [], []
+    for rankings in parents:
+        for i, (u, pos) in enumerate(rankings):
+            for a, b in ((a, b) for a in pos for b in pos if pos[a] < pos[b]):
+                pair = len(owner)
+                owner.append(index[u])
+                rows.extend(
+                    (pair, index[v], 1.0 if other[a] < other[b] else -1.0)
+                    for j, (v, other) in enumerate(rankings)
+                    if j != i and a in other and b in other
+                )
+    counts = np.bincount([index[u] for rankings in parents for u, _ in rankings], minlength=len(users))
+    arr = np.array(rows, dtype=np.float64).reshape(-1, 3)
+    return (
+        users,
+        counts,
+        np.array(owner, dtype=np.int64),
+        arr[:, 0].astype(np.int64),
+        arr[:, 1].astype(np.int64),
+        arr[:, 2],
     )
-    d_gamma = -(g * (1 - g) * (p - 0.5)) / lik
-    grad_g = np.bincount(who, weights=d_gamma, minlength=n_users)
-    return value, np.concatenate([grad_s + score_precision * s, grad_g + skill_precision * (gamma - gamma0)])
 
 
-def fit_rankings(
-    view: ConsensusView, score_precision: float = SCORE_PRECISION, skill_precision: float = SKILL_PRIOR_PRECISION
-) -> RankingFit:
-    users, replies, counts, who, left, right, y = ranking_pairs(view)
-    if not len(y):
-        return RankingFit(users, np.zeros(len(users)), np.zeros(len(users)), counts, {})
-    x0 = np.concatenate([np.zeros(len(replies)), np.full(len(users), math.log(SKILL_PRIOR / (1 - SKILL_PRIOR)))])
-    args = (who, left, right, y, len(replies), len(users), score_precision, skill_precision)
-    x = minimize(nbt_objective, x0, args=args, jac=True, method="L-BFGS-B", options={"maxiter": 500}).x
-    s, skill = x[: len(replies)], expit(x[len(replies) :])
-    g = skill[who]
-    agree = g * expit(np.abs(s[left] - s[right])) + (1 - g) / 2
-    pairs = np.bincount(who, minlength=len(users))
-    agreement = np.bincount(who, weights=agree, minlength=len(users)) / np.maximum(pairs, 1)
-    return RankingFit(users, skill, agreement, counts, dict(zip(replies, s.tolist(), strict=True)))
+def fit_rankings(view: ConsensusView, prior_accuracy: dict[UUID, float] | None = None) -> RankingFit:
+    """A one-coin model of the pairs each ranking implies: each ranker ranks a pair right with
+    probability ``accuracy``, measured against the weighted vote of the *other* rankings of the
+    same replies (never their own, which with three rankings a parent would confirm itself),
+    the weights re-derived from the accuracies a few times. ``prior_accuracy`` (from their
+    labels) is where a ranker with little evidence stays. Users marked spammers are scored
+    too, but their rankings weigh nothing."""
+    users, counts, owner, pair, other, agrees = _pair_rows(view)
+    prior = np.array([(prior_accuracy or {}).get(u, RANKING_PRIOR) for u in users])
+    marked = np.array([u in view.spammers for u in users], dtype=bool)
+    accuracy = prior.copy()
+    n_pairs = len(owner)
+    for _ in range(RANKING_ITERATIONS):
+        w = np.where(marked, 0.0, np.log(accuracy / (1 - accuracy)).clip(min=0.0))
+        margin = np.bincount(pair, weights=w[other] * agrees, minlength=n_pairs)
+        right = np.bincount(owner, weights=(margin > 0).astype(float), minlength=len(users))
+        decided = np.bincount(owner, weights=(margin != 0).astype(float), minlength=len(users))
+        k = RANKING_PRIOR_WEIGHT
+        accuracy = ((right + k * prior) / (decided + k)).clip(0.01, 0.99)
+    weights = np.log(accuracy / (1 - accuracy)).clip(min=0.0)
+    return RankingFit(users, accuracy, counts, dict(zip(users, weights.tolist(), strict=True)))
 
 
 # --- trust --------------------------------------------------------------------------------------
@@ -231,27 +231,32 @@ def fit_rankings(
 @dataclass
 class Trust:
     user_id: UUID
-    score: float  # P(a judgement of theirs is right)
+    score: float  # P(a judgement of theirs is right): labels and ranked pairs, by their counts
     label_accuracy: float | None  # balanced: (sensitivity + specificity) / 2
     labels: int
-    ranking_skill: float | None
+    ranking_accuracy: float | None  # P(a pair they rank is the right way round)
     rankings: int
     suspected: bool
     reasons: list[str] = field(default_factory=list)
+    ranking_tau: float | None = None  # mean Kendall τ of their rankings with the consensus order (for display)
 
     @property
     def evidence(self) -> int:
         return self.labels + self.rankings
 
     def as_dict(self) -> dict:
+        def r(x: float | None) -> float | None:
+            return None if x is None else round(x, 4)
+
         return {
             "user_id": str(self.user_id),
             "score": round(self.score, 4),
             "policy": POLICY,
             "evidence": self.evidence,
-            "label_accuracy": None if self.label_accuracy is None else round(self.label_accuracy, 4),
+            "label_accuracy": r(self.label_accuracy),
             "labels": self.labels,
-            "ranking_skill": None if self.ranking_skill is None else round(self.ranking_skill, 4),
+            "ranking_accuracy": r(self.ranking_accuracy),
+            "ranking_tau": r(self.ranking_tau),
             "rankings": self.rankings,
             "suspected_spammer": self.suspected,
             "reasons": self.reasons,
@@ -284,50 +289,62 @@ class Model:
         return None if score is None else bool(round(score, 6) > ACCEPT)
 
     def ranking_consensus(self, parent_id: UUID) -> list[UUID]:
-        """The ranked replies by fitted score (ranked pairs where no fitted score is known)."""
-        facts = self.view.rankings.get(parent_id)
-        if facts is None:
-            return []
-        fallback = ranked_pairs([o for u, o in facts.rankings if u not in self.view.spammers])
-        scores = self.rankings.scores
-        if not all(x in scores for x in fallback):
-            return fallback
-        return sorted(fallback, key=lambda x: (-scores[x], str(x)))
+        """Ranked pairs with each ranker's vote weighted by the log-odds of their pair accuracy."""
+        return self.view.ranking_consensus(parent_id, trust=self.rankings.weights)
 
 
-def _reasons(label_acc: float | None, n_labels: int, skill: float | None, n_rankings: int) -> list[str]:
+def _reasons(label_acc: float | None, n_labels: int, rank_acc: float | None, n_rankings: int) -> list[str]:
     out = []
     if label_acc is not None and n_labels >= MIN_LABELS and 2 * label_acc - 1 < SUSPECT_INFORMEDNESS:
         out.append(f"spam labels no better than chance: balanced accuracy {label_acc:.2f} over {n_labels} labels")
-    if skill is not None and n_rankings >= MIN_RANKINGS and skill < SUSPECT_SKILL:
-        out.append(f"rankings follow the consensus order with skill {skill:.2f} over {n_rankings} rankings")
+    if rank_acc is not None and n_rankings >= MIN_RANKINGS and rank_acc < SUSPECT_PAIR_ACCURACY:
+        out.append(
+            f"rankings no better than chance: {rank_acc:.0%} of their ranked pairs agree with the other "
+            f"rankers over {n_rankings} rankings"
+        )
     return out
 
 
 def _trust(user: UUID, lab: tuple | None, rank: tuple | None) -> Trust:
-    acc, n_l = (lab[0], lab[1]) if lab else (None, 0)
-    skill, agree, n_r = rank if rank else (None, None, 0)
-    parts = [(acc, n_l)] if lab else []
-    if rank:
-        parts.append((agree, n_r))
+    acc, n_l = lab if lab else (None, 0)
+    rank_acc, n_r = rank if rank else (None, 0)
+    parts = [part for part in (lab, rank) if part]
     total = sum(n for _, n in parts)
     score = sum(p * n for p, n in parts) / total if total else 0.5
-    reasons = _reasons(acc, n_l, skill, n_r)
-    return Trust(user, score, acc, n_l, skill, n_r, bool(reasons), reasons)
+    reasons = _reasons(acc, n_l, rank_acc, n_r)
+    return Trust(user, score, acc, n_l, rank_acc, n_r, bool(reasons), reasons)
 
 
 def fit(view: ConsensusView) -> Model:
-    labels, rankings = fit_labels(view), fit_rankings(view)
+    """Labels first: a ranker's balanced label accuracy is their prior pair accuracy, so one who
+    votes blindly needs less ranking evidence to lose their say there too."""
+    labels = fit_labels(view)
     lab = {
         u: (float(labels.sensitivity[i] + labels.specificity[i]) / 2, int(labels.counts[i]))
         for i, u in enumerate(labels.users)
     }
-    rank = {
-        u: (float(rankings.skill[i]), float(rankings.agreement[i]), int(rankings.counts[i]))
-        for i, u in enumerate(rankings.users)
-    }
+    rankings = fit_rankings(view, prior_accuracy={u: min(max(acc, 0.5), 0.95) for u, (acc, _) in lab.items()})
+    rank = {u: (float(rankings.accuracy[i]), int(rankings.counts[i])) for i, u in enumerate(rankings.users)}
     trust = {u: _trust(u, lab.get(u), rank.get(u)) for u in sorted(set(lab) | set(rank), key=str)}
-    return Model(view, labels, rankings, trust)
+    model = Model(view, labels, rankings, trust)
+    for u, tau in _taus(model).items():
+        trust[u].ranking_tau = tau
+    return model
+
+
+def _taus(model: Model) -> dict[UUID, float]:
+    """Each ranker's mean Kendall τ with the consensus order of the replies they ranked."""
+    sums: dict[UUID, list] = {}
+    out = model.view.spammers.frozen()
+    for parent_id, facts in model.view.rankings.rows.items():
+        consensus = model.ranking_consensus(parent_id)
+        for u, order in facts.rankings:
+            tau = kendall_tau(order, consensus) if u not in out else None
+            if tau is not None:
+                acc = sums.setdefault(u, [0.0, 0])
+                acc[0] += tau
+                acc[1] += 1
+    return {u: total / n for u, (total, n) in sums.items()}
 
 
 def compute_trust(view: ConsensusView) -> dict[UUID, Trust]:

@@ -8,7 +8,6 @@ from uuid import UUID, uuid4
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.optimize import check_grad
 
 from domain.config import TreeConfig
 from projections import trust_v2
@@ -66,28 +65,6 @@ def test_two_coin_em_without_smoothing_is_crowd_kits_dawid_skene():
             assert spec[w] == pytest.approx(errors.loc[(w, 0), 0], abs=1e-6)
 
 
-def test_noisy_bradley_terry_likelihood_is_crowd_kits_without_side_bias():
-    from crowdkit.aggregation import NoisyBradleyTerry
-
-    rng = np.random.default_rng(3)
-    n_items, n_users, n_pairs = 7, 4, 40
-    who = rng.integers(0, n_users, n_pairs)
-    left = rng.integers(0, n_items - 1, n_pairs)
-    right = left + 1 + rng.integers(0, n_items - 1 - left)
-    y = rng.choice([-1.0, 1.0], n_pairs)
-    x = rng.normal(size=n_items + n_users)
-    ours, _ = trust_v2.nbt_objective(x, who, left, right, y, n_items, n_users, 0.0, 0.0)
-    # crowd-kit's layout: [reference, scores, side biases q, skills γ], items numbered from 1
-    ck = np.concatenate([[0.0], x[:n_items], np.zeros(n_users), x[n_items:]])
-    label = np.where(y > 0, left, right) + 1
-    data = np.stack([left + 1, right + 1, label], axis=1)
-    theirs = NoisyBradleyTerry._compute_log_likelihood(ck, data, who, n_items, n_users, 0.0)
-    assert ours == pytest.approx(theirs, rel=1e-12)
-    args = (who, left, right, y, n_items, n_users, 0.3, 1.0)
-    error = check_grad(lambda v: trust_v2.nbt_objective(v, *args)[0], lambda v: trust_v2.nbt_objective(v, *args)[1], x)
-    assert error < 1e-5
-
-
 @pytest.mark.parametrize("voters", [1, 2, 3, 5])
 @pytest.mark.parametrize("spam", [0, 1])
 def test_unanimous_votes_decide_as_oas_rule(voters, spam):
@@ -132,10 +109,11 @@ def rankings_with_a_random_ranker(seed: int) -> tuple[dict, list[UUID], UUID, di
 def test_a_random_ranker_is_weighed_down_and_suspected_with_the_reason():
     parents, honest, shuffler, truth = rankings_with_a_random_ranker(5)
     model = trust_v2.fit(view_with({}, parents))
-    skill = {u: model.trust[u].ranking_skill for u in [*honest, shuffler]}
-    assert skill[shuffler] < trust_v2.SUSPECT_SKILL < min(skill[u] for u in honest)
+    accuracy = {u: model.trust[u].ranking_accuracy for u in [*honest, shuffler]}
+    assert accuracy[shuffler] < trust_v2.SUSPECT_PAIR_ACCURACY < min(accuracy[u] for u in honest)
+    assert model.rankings.weights[shuffler] < 0.2 * min(model.rankings.weights[u] for u in honest)
     assert model.trust[shuffler].suspected and not any(model.trust[u].suspected for u in honest)
-    assert "rankings follow the consensus order" in model.trust[shuffler].reasons[0]
+    assert "rankings no better than chance" in model.trust[shuffler].reasons[0]
     for pid, best_first in truth.items():
         assert model.ranking_consensus(pid) == best_first
 
@@ -151,14 +129,108 @@ def test_trust_is_a_probability_with_its_evidence_and_the_same_view_gives_the_sa
         assert t.as_dict()["policy"] == "trust-v2"
 
 
-def test_users_marked_spammers_are_left_out():
-    votes, users, _ = crowd(7)
+def test_votes_of_users_marked_spammers_decide_nothing_but_they_are_still_scored():
+    votes, users, _ = crowd(7, bad=3)
+    marked = users[0]  # a yes-sayer
     view = view_with(votes)
-    view.spammers.add(users[5])
-    assert users[5] not in trust_v2.compute_trust(view)
+    view.spammers.add(marked)
+    without = view_with({m: {u: v for u, v in by.items() if u != marked} for m, by in votes.items()})
+    model, reference = trust_v2.fit(view), trust_v2.fit(without)
+    assert model.labels.p_spam == {m: p for m, p in reference.labels.p_spam.items()}
+    assert model.trust[marked].suspected and model.trust[marked].labels == sum(marked in by for by in votes.values())
 
 
 def test_no_votes_no_rankings():
     model = trust_v2.fit(ConsensusView())
     assert model.trust == {} and model.accepted(uuid4()) is None and model.ranking_consensus(uuid4()) == []
     assert ranked_pairs([]) == []
+
+
+# --- over HTTP, on both stores: trust-v2 is the trust routes' default -----------------------------
+
+
+@pytest.fixture
+async def three_reviewers(store_url, tmp_path):
+    from dataclasses import replace
+
+    from litestar.testing import AsyncTestClient
+
+    from infra.app import create_app
+    from tests.config import API_KEY, SMALL_TREE, make_settings
+
+    settings = make_settings(store_url, tmp_path, replace(SMALL_TREE, num_reviews_initial_prompt=3))
+    async with AsyncTestClient(create_app(settings)) as c:
+        c.headers["X-API-Key"] = API_KEY
+        yield c
+
+
+async def test_a_yes_sayer_is_suspected_and_outvoted_over_http(three_reviewers):
+    from tests.frontend import acked_task, answer_for, do_task, events, user
+
+    client = three_reviewers
+    bob, carol, yes = user("bob"), user("carol"), user("yes")
+
+    async def review(who, spam: float) -> None:
+        task, fid = await acked_task(client, who, "label_initial_prompt")
+        r = await client.post("/api/v1/tasks/interaction", json=answer_for(task, who, fid, spam=spam))
+        assert r.status_code == 200, r.text
+
+    for i in range(12):
+        await do_task(client, user(f"author{i}"), "initial_prompt")
+        spam = float(i % 2 == 0)  # every other prompt is junk: bob and carol say so, the yes-sayer never
+        for who, vote in ((bob, spam), (carol, spam), (yes, 0.0)):
+            await review(who, vote)
+    last = (await client.get("/api/v1/events", params={"limit": 10000})).json()["last_position"]
+
+    async def get(url: str, **params):
+        r = await client.get(url, params={"min_position": last, **params})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    listed = await get("/api/v1/trust")
+    assert listed["policy"] == "trust-v2"
+    by_name = {}
+    for name in ("bob", "yes"):
+        uid = (await get(f"/api/v1/frontend_users/local/{name}"))["user_id"]
+        by_name[name] = await get(f"/api/v1/trust/{uid}")
+    assert by_name["yes"]["suspected_spammer"] and not by_name["bob"]["suspected_spammer"]
+    assert by_name["yes"]["reasons"] and by_name["yes"]["labels"] == 12 and by_name["yes"]["evidence"] == 12
+    assert by_name["bob"]["score"] > by_name["yes"]["score"]
+    suspects = await get("/api/v1/admin/suspected_spammers")
+    assert [s["username"] for s in suspects["items"]] == ["yes"]
+    assert (await get("/api/v1/trust/" + by_name["yes"]["user_id"], policy="trust-v1"))["policy"] == "trust-v1"
+    # a junk prompt with two spam votes and the yes-sayer's "fine": OA rejects it too (1/3 > 0.4 fails), and
+    # trust-v2 rejects it with a posterior near 0
+    prompts = [e["event"]["message_id"] for e in await events(client) if e["type"] == "initial_prompt_submitted"]
+    junk = await get(f"/api/v1/consensus/messages/{prompts[0]}")
+    assert junk["policies"]["trust-v2"]["accepted"] is False and junk["policies"]["trust-v2"]["acceptance"] < 0.1
+    good = await get(f"/api/v1/consensus/messages/{prompts[1]}", policy="trust-v2")
+    assert good["policies"].keys() == {"trust-v2"} and good["policies"]["trust-v2"]["accepted"] is True
+
+
+# --- snapshots under trust-v2 (both stores) ---------------------------------------------------------
+
+
+async def test_a_trust_v2_snapshot_names_its_policy_and_rederives_to_the_same_bytes(store_url, tmp_path):
+    import hashlib
+
+    import polars as pl
+
+    from devkit.simulator import seed_history_async
+    from projections.snapshot import SnapshotSpec, create_snapshot
+    from tests.config import make_settings
+
+    await seed_history_async(store_url, trees=20, users=15, seed=4)
+    settings = make_settings(store_url, tmp_path)
+
+    def hashes(manifest: dict) -> dict[str, str]:
+        folder = settings.data_dir / "snapshots" / manifest["id"]
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+    v2 = create_snapshot(settings, SnapshotSpec(policy="trust-v2"))
+    v1 = create_snapshot(settings, SnapshotSpec(policy="trust"))
+    assert v2["policy"] == {"name": "trust-v2", "version": "trust-v2"} and v2["id"] != v1["id"]
+    again = create_snapshot(settings, SnapshotSpec(policy="trust-v2", position=v2["position"]))
+    assert again["id"] == v2["id"] and hashes(again) == hashes(v2)
+    dpo = pl.read_parquet(settings.data_dir / "snapshots" / v2["id"] / "dpo.parquet")
+    assert len(dpo) and (dpo["chosen_rank"] < dpo["rejected_rank"]).all()
