@@ -8,6 +8,9 @@ Policies:
   spammer marked after the position, with ``--exclusions latest``) voted, acceptance and
   ranks are re-decided without them, as the write side does when a spammer is marked.
 - ``trust`` (trust-v1): acceptance, label means and ranks weighted by annotator trust.
+- ``trust-v2``: acceptance from P(not spam | votes) under a two-coin Dawid–Skene model, ranks
+  by ranked pairs weighted by each ranker's pair accuracy, label means weighted by trust
+  (projections/trust_v2.py).
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from domain.config import TreeConfig
 from domain.rules import is_skip_marker
 from infra.oasst_format import anonymise, node
 from infra.store import EventStore
+from projections import trust_v2
 from projections.consensus import ConsensusView, SpammerRow
 from projections.message_tree import MessageRow, MessageTreeView, emoji_counts
 from projections.runner import gc_paused
 from projections.trust import POLICY as TRUST_POLICY
 from projections.trust import compute_trust
 
-POLICIES = {"oa": "oa-v1", "trust": TRUST_POLICY}
+POLICIES = {"oa": "oa-v1", "trust": TRUST_POLICY, "trust-v2": trust_v2.POLICY}
 Mode = Literal["exclude", "include", "only"]
 SPAM_TOPICS = ("user_marked_spammer", "user_unmarked_spammer")
 
@@ -128,14 +132,17 @@ class Dataset:
         view.spammers = set(self.exclusions)
         consensus.spammer_rows.rows = {u: SpammerRow() for u in self.exclusions}
         self.extra = self.exclusions - self.state.spammers  # excluded only since the position
+        self.model = trust_v2.fit(consensus) if self.policy == "trust-v2" else None
         self.weights = {u: t.score for u, t in compute_trust(consensus).items()} if self.policy == "trust" else None
+        if self.model is not None:
+            self.weights = self.model.weights
         self._ranks: dict[UUID, dict[UUID, int]] = {}
         self._accepted: dict[UUID, bool | None] = {}
 
     # --- facts under the policy ---------------------------------------------------
 
     def _needs_redecision(self, voters) -> bool:
-        return self.policy == "trust" or any(u in self.extra for u in voters)
+        return self.policy != "oa" or any(u in self.extra for u in voters)
 
     def accepted(self, m: MessageRow) -> bool | None:
         """The review decision under the policy (asked several times per message: kept once)."""
@@ -146,6 +153,9 @@ class Dataset:
     def _decide_acceptance(self, m: MessageRow) -> bool | None:
         facts = self.state.consensus.labels.get(m.id)
         if facts and facts.task_users and self._needs_redecision(facts.task_users):
+            if self.model is not None:  # trust-v2: the posterior decides
+                accepted = self.model.accepted(m.id)
+                return m.review_result if accepted is None else accepted
             score = self.state.consensus.acceptance(m.id, trust=self.weights)
             if score is not None:
                 return round(score, 6) > self.config.acceptance_threshold(m.parent_id is None)
@@ -164,7 +174,10 @@ class Dataset:
         facts = self.state.consensus.rankings.get(parent_id)
         if not facts or not self._needs_redecision(u for u, _ in facts.rankings):
             return {}
-        order = self.state.consensus.ranking_consensus(parent_id, trust=self.weights)
+        if self.model is not None:
+            order = self.model.ranking_consensus(parent_id)
+        else:
+            order = self.state.consensus.ranking_consensus(parent_id, trust=self.weights)
         live = [x for x in order if not self.state.tree.is_hidden(self.state.tree.messages[x])]
         return {x: i for i, x in enumerate(live)}
 

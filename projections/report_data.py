@@ -110,12 +110,13 @@ def _no_agreement() -> pl.DataFrame:
 
 
 def live_trust(url: str, marked: set[str]) -> pl.DataFrame:
-    """Trust of every annotator (``projections.trust``) over the stored consensus view, under the
-    same pseudonyms as the tables; ``marked``: pseudonyms of users marked spammers."""
+    """Trust of every annotator (``projections.trust_v2``, the default policy) over the stored
+    consensus view, under the same pseudonyms as the tables; ``marked``: pseudonyms of users
+    marked spammers."""
     from infra.store import EventStore
     from projections.consensus import ConsensusView
     from projections.runner import ProjectionRunner
-    from projections.trust import compute_trust
+    from projections.trust_v2 import compute_trust
 
     store = EventStore(url)
     try:

@@ -180,20 +180,31 @@ def compute_trust(view: ConsensusView) -> dict[UUID, Trust]:
 
 
 class TrustCache:
-    """Trust scores of the consensus view, recomputed when the view moved on (at most
-    once every ``min_interval`` seconds while it keeps moving)."""
+    """Trust scores of the consensus view under each trust policy, recomputed when the view
+    moved on (at most once every ``min_interval`` seconds while it keeps moving). ``trust-v2``
+    (projections/trust_v2.py) is the default; ``trust-v1`` stays selectable."""
 
     def __init__(self, min_interval: float = 5.0):
         self.min_interval = min_interval
-        self.position = -1
-        self.at = 0.0
-        self.scores: dict[UUID, Trust] = {}
+        self.entries: dict[str, tuple[int, float, object]] = {}  # policy -> (position, when, fit)
 
-    def get(self, view: ConsensusView, now: float) -> dict[UUID, Trust]:
-        if view.position != self.position and (now - self.at >= self.min_interval or self.position < 0):
-            self.scores = compute_trust(view)
-            self.position, self.at = view.position, now
-        return self.scores
+    def fit(self, view: ConsensusView, now: float, policy: str = "trust-v2"):
+        """The policy's fit: trust-v1's scores, or trust-v2's model (scores and decisions)."""
+        position, at, result = self.entries.get(policy, (-1, 0.0, None))
+        if view.position != position and (now - at >= self.min_interval or position < 0):
+            result = _fitters()[policy](view)
+            self.entries[policy] = (view.position, now, result)
+        return result
 
-    def weights(self, view: ConsensusView, now: float) -> dict[UUID, float]:
-        return {u: t.score for u, t in self.get(view, now).items()}
+    def get(self, view: ConsensusView, now: float, policy: str = "trust-v2") -> dict:
+        result = self.fit(view, now, policy)
+        return result if policy == POLICY else result.trust
+
+    def weights(self, view: ConsensusView, now: float, policy: str = "trust-v2") -> dict[UUID, float]:
+        return {u: t.score for u, t in self.get(view, now, policy).items()}
+
+
+def _fitters() -> dict:
+    from projections import trust_v2
+
+    return {POLICY: compute_trust, trust_v2.POLICY: trust_v2.fit}

@@ -21,7 +21,7 @@ class SnapshotRequest(msgspec.Struct, kw_only=True):
     """``oasst snapshot create``'s options (``from_id`` re-derives that snapshot)."""
 
     at: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
-    policy: Literal["oa", "trust"] = "oa"
+    policy: Literal["oa", "trust", "trust-v2"] = "oa"
     states: list[str] | None = None
     langs: list[str] = []
     deleted: Literal["exclude", "include"] = "exclude"

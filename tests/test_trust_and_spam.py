@@ -98,13 +98,13 @@ async def test_a_contrarian_labeller_loses_trust_and_is_suspected(three_reviewer
         await review(client, BOB, 0.0)
         await review(client, CAROL, 0.0)
         await review(client, MALLORY, 1.0)  # says spam where everybody else says not
-    trust = {t["user_id"]: t for t in (await get(client, "/api/v1/trust"))["items"]}
+    trust = {t["user_id"]: t for t in (await get(client, "/api/v1/trust", policy="trust-v1"))["items"]}
     bob, carol, mallory = [trust[await uid(client, w)] for w in (BOB, CAROL, MALLORY)]
     assert bob["score"] > 0.6 and carol["score"] > 0.6 and bob["labels"] == 6
     assert mallory["score"] < 0.35 and mallory["suspected_spammer"]
     assert not bob["suspected_spammer"]
-    assert (await get(client, f"/api/v1/trust/{mallory['user_id']}"))["score"] == mallory["score"]
-    suspects = await client.get("/api/v1/admin/suspected_spammers")
+    assert (await get(client, f"/api/v1/trust/{mallory['user_id']}", policy="trust-v1"))["score"] == mallory["score"]
+    suspects = await client.get("/api/v1/admin/suspected_spammers", params={"policy": "trust-v1"})
     assert [s["username"] for s in suspects.json()["items"]] == ["mallory"]
     # OA counts mallory's vote like any other; the trust policy almost ignores it
     prompt = next(e["event"]["message_id"] for e in await events(client) if e["type"] == "initial_prompt_submitted")
