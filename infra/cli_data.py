@@ -16,7 +16,10 @@ snapshot_app = typer.Typer(help="Reproducible dataset snapshots.", no_args_is_he
 STATES = typer.Option([], "--state", help="Tree states (repeat; default ready_for_export; 'any' for all).")
 LANGS = typer.Option([], "--lang", help="Languages (repeat; default all).")
 AT = typer.Option(None, "--at", help="Log position P (default: the last one now).")
-POLICY = typer.Option("oa", help="oa (Open-Assistant's rules) or trust (trust-weighted).")
+POLICY = typer.Option(
+    "oa",
+    help="oa (Open-Assistant's rules), trust (trust-v1: trust-weighted) or trust-v2 (posteriors of annotator models).",
+)
 SYNTHETIC = typer.Option("exclude", help="Trees with synthetic messages: exclude, include or only.")
 
 
