@@ -91,6 +91,12 @@ def fold_at(store: EventStore, position: int | None = None, page_size: int = 20_
                 tree.apply(n.id, event)
                 consensus.apply(n.id, event)
             after = page[-1].id
+        # an erasure later in the log erases at P too: the keys are gone, and so must be the
+        # text a moderator's edit (sealed with the moderator's key) gave an erased author's message
+        while page := store.read_topics(after, store.max_position(), ["user_erased"], page_size):
+            for n in page:
+                tree.on_user_erased(ev.decode(n.state))
+            after = page[-1].id
     tree.position = consensus.position = end
     return LogState(end, tree, consensus, frozenset(tree.spammers))
 

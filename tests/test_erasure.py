@@ -23,8 +23,9 @@ from infra.app import create_app
 from infra.keys import RING
 from infra.store import EventStore, Pending
 from projections.dataset import Dataset, Selection, fold_at
-from projections.snapshot import create_snapshot, load_manifest, spec_from_manifest
+from projections.snapshot import SnapshotSpec, create_snapshot, load_manifest, spec_from_manifest
 from tests.config import API_KEY, ROOT_TOKEN, make_settings
+from tests.frontend import user
 
 KEPT = ("parent_id", "message_tree_id", "review_count", "review_result", "rank", "ranking_count", "emojis", "deleted")
 
@@ -234,3 +235,32 @@ def test_a_failed_append_keeps_no_key_it_needs_and_plaintext_logs_still_read(sto
         assert texts == ["first", "tried twice", "written before sealing existed"]
     finally:
         store.close()
+
+
+async def test_a_moderators_edit_of_an_erased_authors_message_is_erased_in_snapshots_too(seeded):
+    """The edit is sealed with the moderator's key, which stays: the views and snapshots erase an
+    erased author's messages whole, a snapshot before the erasure re-derived after it too."""
+    settings, _, victim = seeded
+    app = create_app(settings)
+    async with AsyncTestClient(app) as client:
+        client.headers["X-API-Key"] = API_KEY
+        seen = {"min_position": app.state.service.model.position}
+        message = (await client.get(f"/api/v1/users/{victim}/messages", params=seen)).json()[0]
+        r = await client.post(
+            f"/api/v1/messages/{message['id']}/edit",
+            json={"user": user("moderator"), "new_content": "a moderator's wording of it"},
+        )
+        assert r.status_code == 200
+        edited = create_snapshot(settings, SnapshotSpec(selection=Selection(states=(), spam="include")))
+        assert "a moderator's wording of it" in set(parquet(settings, edited)["text"])
+        assert (await erase(client, victim)).status_code == 204
+        seen = {"min_position": app.state.service.model.position}
+        m = (await client.get(f"/api/v1/messages/{message['id']}", params=seen)).json()
+        history = (await client.get(f"/api/v1/messages/{message['id']}/history", params=seen)).json()
+        assert m["text"] == ev.ERASED and {h["text"] for h in history} == {ev.ERASED}
+
+    manifest = load_manifest(settings.data_dir, edited["id"])
+    for exclusions in ("latest", "as_of_position"):
+        derived = create_snapshot(settings, spec_from_manifest(manifest, exclusions))
+        texts = set(parquet(settings, derived)["text"])
+        assert derived["id"] != edited["id"] and "a moderator's wording of it" not in texts
