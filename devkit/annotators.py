@@ -31,6 +31,7 @@ import msgspec
 
 from command_api.service import CommandService
 from devkit.simulator import START
+from domain import events as ev
 from domain import protocol as p
 from domain.config import TreeConfig
 from domain.errors import OasstError
@@ -299,6 +300,7 @@ async def generate_async(url: str, pop: Population) -> Truth:
     settings = Settings(
         database_url=url, bootstrap_api_key=API_KEY, tree=tree_config(pop.annotators), rate_limits=False
     )
+    ev.seed_ids(pop.seed)  # the same ids, so the same task assignment, run after run
     service = CommandService(settings, store, clock=clock)
     try:
         await service.start()

@@ -48,7 +48,7 @@ RANKING_PRIOR_WEIGHT = 6.0  # worth this many pairs
 RANKING_ITERATIONS = 5
 ACCEPT = 0.5  # P(not spam) - lang_mismatch mean must exceed this
 MIN_LABELS = 8
-SUSPECT_INFORMEDNESS = 0.35
+SUSPECT_INFORMEDNESS = 0.4
 MIN_RANKINGS = 5
 SUSPECT_PAIR_ACCURACY = 0.65
 
