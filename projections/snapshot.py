@@ -32,65 +32,9 @@ from infra.settings import Settings
 from infra.store import EventStore, Pending
 from infra.version import package_version
 from projections.dataset import POLICIES, Dataset, Selection, fold_at, latest_marks
+from projections.training_sets import training_frames
 
 FORMAT_VERSION = 1  # bump when the files' layout changes (the id changes with it)
-ROLE = {"prompter": "user", "assistant": "assistant"}
-
-TURN = pl.Struct({"role": pl.String, "content": pl.String})
-CONVERSATION = pl.List(TURN)
-SCHEMAS = {
-    "messages.parquet": {
-        "message_id": pl.String,
-        "parent_id": pl.String,
-        "user_id": pl.String,
-        "created_date": pl.String,
-        "text": pl.String,
-        "role": pl.String,
-        "lang": pl.String,
-        "review_count": pl.Int32,
-        "review_result": pl.Boolean,
-        "deleted": pl.Boolean,
-        "rank": pl.Int32,
-        "synthetic": pl.Boolean,
-        "model_name": pl.String,
-        "message_tree_id": pl.String,
-        "tree_state": pl.String,
-        "emojis": pl.Struct({"name": pl.List(pl.String), "count": pl.List(pl.Int32)}),
-        "labels": pl.Struct({"name": pl.List(pl.String), "value": pl.List(pl.Float64), "count": pl.List(pl.Int32)}),
-    },
-    "sft.parquet": {
-        "messages": CONVERSATION,
-        "message_id": pl.String,
-        "message_tree_id": pl.String,
-        "lang": pl.String,
-        "rank": pl.Int32,
-    },
-    "prompts.parquet": {
-        "messages": CONVERSATION,
-        "message_id": pl.String,
-        "message_tree_id": pl.String,
-        "lang": pl.String,
-    },
-    "rm.parquet": {
-        "prompt": CONVERSATION,
-        "replies": pl.List(pl.String),
-        "chosen": CONVERSATION,
-        "rejected": CONVERSATION,
-        "parent_id": pl.String,
-        "message_tree_id": pl.String,
-        "lang": pl.String,
-    },
-    "dpo.parquet": {
-        "prompt": CONVERSATION,
-        "chosen": CONVERSATION,
-        "rejected": CONVERSATION,
-        "parent_id": pl.String,
-        "message_tree_id": pl.String,
-        "lang": pl.String,
-        "chosen_rank": pl.Int32,
-        "rejected_rank": pl.Int32,
-    },
-}
 
 
 class SnapshotError(ValueError):
@@ -212,94 +156,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-# --- the training views ----------------------------------------------------------------
-
-
-def _walk(item: dict):
-    """(node, thread of nodes root..node) in depth-first order."""
-    stack = [(item["prompt"], [item["prompt"]])]
-    while stack:
-        n, thread = stack.pop()
-        yield n, thread
-        stack.extend((c, [*thread, c]) for c in reversed(n.get("replies", ())))
-
-
-def _turns(thread: list[dict]) -> list[dict]:
-    return [{"role": ROLE[n["role"]], "content": n["text"]} for n in thread]
-
-
-def _emoji_columns(n: dict) -> dict:
-    e = n.get("emojis", {})
-    return {"name": list(e), "count": list(e.values())}
-
-
-def _label_columns(n: dict) -> dict:
-    labels = n.get("labels", {})
-    return {
-        "name": list(labels),
-        "value": [v["value"] for v in labels.values()],
-        "count": [v["count"] for v in labels.values()],
-    }
-
-
-def training_rows(items: list[dict], sft_max_rank: int | None = None) -> dict[str, list[dict]]:
-    rows: dict[str, list[dict]] = {name: [] for name in SCHEMAS}
-    for item in items:
-        tree_id, state = item["message_tree_id"], item["tree_state"]
-        for n, thread in _walk(item):
-            rows["messages.parquet"].append(
-                {
-                    **{k: n.get(k) for k in SCHEMAS["messages.parquet"] if k not in ("emojis", "labels")},
-                    "deleted": n.get("deleted", False),
-                    "synthetic": n.get("synthetic", False),
-                    "message_tree_id": tree_id,
-                    "tree_state": state,
-                    "emojis": _emoji_columns(n),
-                    "labels": _label_columns(n),
-                }
-            )
-            base = {"message_tree_id": tree_id, "lang": n["lang"]}
-            if n["role"] == "assistant":
-                if sft_max_rank is None or n.get("rank") is None or n["rank"] < sft_max_rank:
-                    rows["sft.parquet"].append(
-                        {"messages": _turns(thread), "message_id": n["message_id"], "rank": n.get("rank"), **base}
-                    )
-                continue
-            rows["prompts.parquet"].append({"messages": _turns(thread), "message_id": n["message_id"], **base})
-            ranked = sorted(
-                (c for c in n.get("replies", ()) if c["role"] == "assistant" and c.get("rank") is not None),
-                key=lambda c: c["rank"],
-            )
-            if len(ranked) < 2:
-                continue
-            prompt = _turns(thread)
-            reply = [[{"role": "assistant", "content": c["text"]}] for c in ranked]
-            rows["rm.parquet"].append(
-                {
-                    "prompt": prompt,
-                    "replies": [c["text"] for c in ranked],
-                    "chosen": reply[0],
-                    "rejected": reply[-1],
-                    "parent_id": n["message_id"],
-                    **base,
-                }
-            )
-            for i in range(len(ranked)):
-                for j in range(i + 1, len(ranked)):
-                    rows["dpo.parquet"].append(
-                        {
-                            "prompt": prompt,
-                            "chosen": reply[i],
-                            "rejected": reply[j],
-                            "parent_id": n["message_id"],
-                            "chosen_rank": ranked[i]["rank"],
-                            "rejected_rank": ranked[j]["rank"],
-                            **base,
-                        }
-                    )
-    return rows
-
-
 # --- creating --------------------------------------------------------------------------
 
 
@@ -359,14 +215,16 @@ def _create(settings: Settings, spec: SnapshotSpec, store: EventStore, record: b
     t0 = time.perf_counter()
     dataset = Dataset(state, spec.policy, exclusions, deleted_users, settings.tree)
     items = list(dataset.items(spec.selection))
-    rows = training_rows(items, spec.sft_max_rank)
-    timings["resolve"] = {"seconds": time.perf_counter() - t0, "rows": len(rows["messages.parquet"])}
+    timings["resolve"] = {"seconds": time.perf_counter() - t0, "rows": len(items)}
+    t0 = time.perf_counter()
+    frames = training_frames(items, spec.sft_max_rank)
+    timings["frames"] = {"seconds": time.perf_counter() - t0, "rows": frames["messages.parquet"].height}
 
     root = snapshots_dir(settings.data_dir)
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
     try:
-        files = _write_files(work, items, rows, timings)
+        files = _write_files(work, items, frames, timings)
         manifest = {
             "id": None,
             "position": position,
@@ -378,7 +236,7 @@ def _create(settings: Settings, spec: SnapshotSpec, store: EventStore, record: b
                 "users": sorted(str(u) for u in exclusions),
                 "deleted_users": len(deleted_users),
             },
-            "counts": {"trees": len(items), **{name: len(r) for name, r in rows.items()}},
+            "counts": {"trees": len(items), **{name: f.height for name, f in frames.items()}},
             "files": files,
             "code_version": snapshot_code_version(),
             "parent": spec.parent,
@@ -405,18 +263,16 @@ def _create(settings: Settings, spec: SnapshotSpec, store: EventStore, record: b
     return {**manifest, "timings": timings}
 
 
-def _write_files(work: Path, items: list[dict], rows: dict[str, list[dict]], timings: dict) -> dict:
+def _write_files(work: Path, items: list[dict], frames: dict[str, pl.DataFrame], timings: dict) -> dict:
     t0 = time.perf_counter()
     with open_text(work / "trees.jsonl.gz", "wt") as f:
         for item in items:
             f.write(dumps(item) + "\n")
     timings["trees.jsonl.gz"] = {"seconds": time.perf_counter() - t0, "rows": len(items)}
-    for name, schema in SCHEMAS.items():
+    for name, frame in frames.items():
         t0 = time.perf_counter()
-        pl.DataFrame(rows[name], schema=schema, orient="row" if not rows[name] else None).write_parquet(
-            work / name, compression="zstd", statistics=False
-        )
-        timings[name] = {"seconds": time.perf_counter() - t0, "rows": len(rows[name])}
+        frame.write_parquet(work / name, compression="zstd", statistics=False)
+        timings[name] = {"seconds": time.perf_counter() - t0, "rows": frame.height}
     for stage in timings.values():
         stage["rows_per_second"] = round(stage["rows"] / stage["seconds"]) if stage["seconds"] > 0 else None
     return {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(work.iterdir())}
