@@ -37,7 +37,9 @@ def environment(cfg: KafkaSettings) -> dict[str, str]:
 
 
 def client_options(cfg: KafkaSettings) -> dict:
-    return {"bootstrap_servers": cfg.bootstrap, **cfg.client}
+    # reconnect at least every second: kafka-python's backoff grows to 30 s, which after a
+    # broker's outage would leave the relay and the projectors waiting long after it is back
+    return {"bootstrap_servers": cfg.bootstrap, "reconnect_backoff_max_ms": 1000, **cfg.client}
 
 
 class ProduceError(RuntimeError):
@@ -47,9 +49,11 @@ class ProduceError(RuntimeError):
 @dataclass
 class BatchProducer:
     """Sends pre-built record batches, one ProduceRequest per leader, and waits for all of
-    them (acks=all). A partition that failed with a retriable error is sent again; the
-    caller only records progress once ``send`` returned, so a crash in between means the
-    batches are sent again (at least once, in order per partition: one request in flight)."""
+    them (acks=all). A partition the broker refused with a retriable error, or whose request
+    could not be sent, is sent again; a request that got no answer (the connection broke, a
+    timeout) raises at once: the broker may hold it, and the caller (the relay) finds out
+    before sending again. The caller only records progress once ``send`` returned (at least
+    once, in order per partition: one request in flight)."""
 
     cfg: KafkaSettings
     client_id: str = "oasst-relay"
@@ -98,7 +102,7 @@ class BatchProducer:
             )
             if attempt > self.retries or not retriable:
                 raise ProduceError(f"produce failed: {sorted((tp, repr(e)) for tp, e in failed.items())[:5]}")
-            time.sleep(min(0.05 * 2**attempt, 2.0))
+            time.sleep(min(0.05 * 2**attempt, 0.5))  # then the caller backs off (the relay: until the broker is back)
             self._client.poll(timeout_ms=100, future=self._client.cluster.request_update())
             failed = self._collect(*self._dispatch({tp: batches[tp] for tp in failed}))
 
@@ -137,20 +141,51 @@ class BatchProducer:
     def _collect(self, futures: list, failed: dict) -> dict:
         from kafka import errors as Errors
 
-        for topics, future in futures:
+        unanswered = None
+        for _, future in futures:
             self._client.poll(timeout_ms=self.timeout_ms, future=future)
-            if not future.succeeded():
-                exc = future.exception if future.is_done else Errors.KafkaTimeoutError()
-                failed.update({(t, p.index): exc for t, ps in topics.items() for p in ps})
+            if not future.succeeded():  # after polling every request: none is left unread
+                unanswered = future.exception if future.is_done else Errors.KafkaTimeoutError()
                 continue
             for topic_response in future.value.responses:
                 for pr in topic_response.partition_responses:
                     if pr.error_code:
                         failed[(topic_response.name, pr.index)] = Errors.for_code(pr.error_code)()
+        if unanswered is not None:
+            raise ProduceError(f"no answer from the broker, stored or not: {unanswered!r}")
         return failed
 
     def close(self) -> None:
         self._client.close()
+
+
+def last_positions(cfg: KafkaSettings, topics: dict[str, int], timeout: float = 10) -> dict[str, dict[int, int]]:
+    """Per topic (name -> partition count), the log position (``position`` header) of the
+    last record of each non-empty partition: what the broker holds of the relay's output.
+    Read from the end offset on until nothing more comes for 0.3 s (Tansu's end offset can
+    be short of its last batch's records)."""
+    from kafka.structs import TopicPartition
+
+    reader = consumer(cfg, None)
+    try:
+        tps = [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
+        reader.assign(tps)
+        filled = {tp: end for tp, end in reader.end_offsets(tps).items() if end}
+        reader.assign(list(filled))
+        for tp, end in filled.items():
+            reader.seek(tp, end - 1)
+        found: dict[str, dict[int, int]] = {t: {} for t in topics}
+        deadline, quiet_since = time.monotonic() + timeout, time.monotonic() + 1  # a second to connect
+        while filled and time.monotonic() - quiet_since < 0.3:
+            if time.monotonic() > deadline:
+                raise ProduceError(f"could not read the last records of {sorted(topics)}")
+            for tp, records in reader.poll(timeout_ms=100).items():
+                if records:
+                    found[tp.topic][tp.partition] = int(dict(records[-1].headers)["position"])
+                    quiet_since = time.monotonic()
+        return found
+    finally:
+        reader.close(autocommit=False)
 
 
 def ensure_topics(cfg: KafkaSettings) -> None:

@@ -9,9 +9,17 @@ lands in one partition, in log order. ``SnapshotCreated`` events also go to
 
 At least once: the relay's position is stored in the database (``kafka_relay``) only after
 the broker acknowledged everything up to it; after a crash it publishes again from there.
-Consumers drop a record whose position is not above the last one they applied from the
-same partition (a key never changes partition, and a partition gets its records in order,
-re-sent ones after the originals).
+Before sending again what it may have sent (at start, and after the broker was away) it
+reads each partition's last record and leaves out what the broker already holds (one
+request in flight: a partition holds a prefix of what was sent), so neither its own crash
+nor the broker's death leaves a copy on the wire. A copy can still come from a request that
+lands after that read (a broker cut off, not dead) or from a second relay: consumers drop
+a record whose position is not above the last one they applied from the same partition (a
+key never changes partition, and a partition gets its records in order).
+
+The broker going away (killed, restarting, unreachable) does not stop the relay: it keeps
+its position, logs it, tries again every second at most and, once the broker answers,
+publishes from where it was.
 
 Speed: rows are read with one SQL query per page, only the few fields a key needs are
 decoded (msgspec skips the rest), and each page becomes one record batch per partition
@@ -233,6 +241,14 @@ class Relay:
         self.partitions = self.producer.partitions(cfg.events_topic)
         self.producer.partitions(cfg.snapshots_topic)
         self._partition_cache: dict[str, int] = {}
+        self.landed: dict[str, dict[int, int]] = {}  # topic -> partition -> last position it holds past ours
+        self.reconcile()
+
+    def reconcile(self) -> None:
+        """Learn what the broker holds past our stored position (a page sent, not recorded)."""
+        landed = kafka.last_positions(self.cfg, {self.cfg.events_topic: self.partitions, self.cfg.snapshots_topic: 1})
+        self.landed = {t: {p: n for p, n in ps.items() if n > self.position} for t, ps in landed.items()}
+        self.landed = {t: ps for t, ps in self.landed.items() if ps}
 
     def close(self) -> None:
         self.producer.close()
@@ -256,12 +272,26 @@ class Relay:
             cache.update(zip(new, wire.partitions_for([k.encode() for k in new], self.partitions), strict=True))
         return [cache[k] for k in keys]
 
+    def _held(self, rows, partitions: list[int]) -> set[int]:
+        """Positions of ``rows`` whose records the broker already holds (see ``reconcile``)."""
+        events = self.landed.get(self.cfg.events_topic, {})
+        snapshots = self.landed.get(self.cfg.snapshots_topic, {}).get(0, 0)
+        held = {
+            row[0]
+            for row, p in zip(rows, partitions, strict=True)
+            if row[0] <= events.get(p, 0) and (row[2] != "snapshot_created" or row[0] <= snapshots)
+        }
+        if rows[-1][0] >= max(n for ps in self.landed.values() for n in ps.values()):
+            self.landed = {}  # past everything it held: nothing more to leave out
+        return held
+
     def requests(self, rows) -> list[dict[tuple[str, int], list[bytes]]]:
         """The produce requests for a page, unfinished: the encoded records of one batch per
         partition each, a new request whenever a batch would pass MAX_BATCH_BYTES."""
         key_of = self.index.key
         keyed = [key_of(topic, stream, state := bytes(raw)) + (state,) for _, stream, topic, raw in rows]
         partitions = self.partitions_of([k for k, _, _ in keyed])
+        held = self._held(rows, partitions) if self.landed else ()
         out: list[dict[tuple[str, int], list[bytes]]] = []
         parts: list[list[bytes]] = [[] for _ in range(self.partitions)]
         sizes = [0] * self.partitions
@@ -279,6 +309,8 @@ class Relay:
             snapshots.clear()
 
         for (position, _, topic, _), (key, schema, state), p in zip(rows, keyed, partitions, strict=True):
+            if position in held:
+                continue
             pos = b"%d" % position
             kb = key.encode()
             n = len(state)
@@ -361,37 +393,105 @@ class Relay:
         when there is nothing new, wait ``poll`` s. Pipelined, one page ahead: while page k
         is compressed and checksummed (in a thread), page k+1 is read and encoded; while
         the broker stores page k, page k+1 is compressed. A page's position is stored once
-        all of it is acknowledged; requests go out one at a time, in order. Returns the
-        number of events published."""
+        all of it is acknowledged; requests go out one at a time, in order. While the broker
+        is away it waits (``wait_for_broker``), then sends again from its position. Returns
+        the number of events published."""
         total = 0
         with ThreadPoolExecutor(1, thread_name_prefix="oasst-relay-batches") as finisher:
-            rows = self.read(self.position, self.page_size)
-            batches = [finisher.submit(self.finish, r) for r in self.requests(rows)] if rows else []
+            rows, batches = self._prepare(finisher, self.position)
             while not stop():
                 if not rows:
                     if until_idle:
                         break
                     time.sleep(poll)
-                    rows = self.read(self.position, self.page_size)
-                    batches = [finisher.submit(self.finish, r) for r in self.requests(rows)] if rows else []
+                    rows, batches = self._prepare(finisher, self.position)
                     continue
-                following = self.read(rows[-1][0], self.page_size)
-                following_requests = self.requests(following) if following else []
-                for batch in batches[:-1]:
-                    self.producer.send(batch.result())
-                in_flight = self.producer.begin(batches[-1].result())
-                following_batches = [finisher.submit(self.finish, r) for r in following_requests]
-                self.producer.finish(in_flight)
-                self.commit(rows[-1][0])
+                try:
+                    following = self._send_page(finisher, rows, batches)
+                except _broker_errors() as exc:
+                    if not self.wait_for_broker(exc, stop):
+                        break
+                    rows, batches = self._prepare(finisher, self.position)
+                    continue
                 total += len(rows)
                 if progress:
                     progress(len(rows))
-                rows, batches = following, following_batches
+                rows, batches = following
         return total
+
+    def _prepare(self, finisher: ThreadPoolExecutor, after: int) -> tuple[list, list]:
+        """The page after ``after`` and its batches, being finished in the thread."""
+        rows = self.read(after, self.page_size)
+        return rows, [finisher.submit(self.finish, r) for r in self.requests(rows)] if rows else []
+
+    def _send_page(self, finisher: ThreadPoolExecutor, rows: list, batches: list) -> tuple[list, list]:
+        """Send a page (the next one is prepared meanwhile), store its position; returns the next."""
+        following = self.read(rows[-1][0], self.page_size)
+        following_requests = self.requests(following) if following else []
+        for batch in batches[:-1]:
+            self.producer.send(batch.result())
+        in_flight = self.producer.begin(batches[-1].result()) if batches else None  # none: the broker held it all
+        following_batches = [finisher.submit(self.finish, r) for r in following_requests]
+        if in_flight:
+            self.producer.finish(in_flight)
+        self.commit(rows[-1][0])
+        return following, following_batches
+
+    def wait_for_broker(self, error: Exception, stop: Callable[[], bool]) -> bool:
+        """The broker did not take a page: keep the stored position (nothing past it counts as
+        published) and try every second at most until the broker answers, then learn what of
+        the page it holds. False if ``stop()`` came first."""
+        down = said = time.monotonic()
+        log.warning("broker unreachable (%s); position %d kept; retrying", _short(error), self.position)
+        delay = 0.1
+        while not stop():
+            time.sleep(delay)
+            try:
+                self.reconcile()
+            except _broker_errors() as exc:
+                delay = min(2 * delay, 1.0)
+                if time.monotonic() - said >= 10:
+                    said = time.monotonic()
+                    log.warning("broker still unreachable after %.0f s (%s)", said - down, _short(exc))
+                continue
+            held = sum(len(ps) for ps in self.landed.values())
+            log.warning(
+                "broker back after %.1f s; publishing from position %d (%d partitions already hold part of the page)",
+                time.monotonic() - down,
+                self.position,
+                held,
+            )
+            return True
+        return False
 
     def catch_up(self) -> int:
         """Publish everything in the log now; returns the number of events."""
         return self.run(until_idle=True)
+
+
+def _broker_errors() -> tuple[type[Exception], ...]:
+    from kafka.errors import KafkaError
+
+    return (kafka.ProduceError, KafkaError, OSError)
+
+
+def _short(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error)[:200]}"
+
+
+def connect(store: EventStore, cfg: KafkaSettings, page_size: int | None, stop: Callable[[], bool]) -> Relay | None:
+    """A Relay, once the broker answers (tried every second at most; logged); None if ``stop()`` first."""
+    delay, down, said = 0.1, time.monotonic(), 0.0
+    while not stop():
+        try:
+            return Relay(store, cfg, page_size=page_size)
+        except _broker_errors() as exc:
+            if time.monotonic() - said >= 10:
+                said = time.monotonic()
+                log.warning("no broker at %s for %.0f s (%s); retrying", cfg.bootstrap, said - down, _short(exc))
+            time.sleep(delay)
+            delay = min(2 * delay, 1.0)
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -413,8 +513,15 @@ def main(argv: list[str] | None = None) -> None:
     stopping: list = []  # signals only raise a flag: a page is never left sent and unrecorded
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    # our warnings to stdout (oasst serve logs the child's lines); kafka-python's own would
+    # repeat every refused connection while a broker is away
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="relay: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     store = EventStore(settings.database_url)
-    relay = Relay(store, settings.kafka, page_size=args.page_size)
+    relay = connect(store, settings.kafka, args.page_size, lambda: bool(stopping))
+    if relay is None:
+        store.close()
+        return
     print(
         f"relay: log at {store.max_position()}, published up to {relay.position}; to "
         f"{settings.kafka.events_topic} ({relay.partitions} partitions) on {settings.kafka.bootstrap}",
@@ -423,7 +530,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     try:
         done = relay.run(stop=lambda: bool(stopping), poll=args.poll, until_idle=args.once)
-        done += relay.catch_up()  # what the last commands appended
+        give_up = time.monotonic() + 10  # what the last commands appended, unless the broker is away
+        done += relay.run(stop=lambda: time.monotonic() > give_up, until_idle=True)
     finally:
         relay.close()
         store.close()

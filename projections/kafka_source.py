@@ -9,7 +9,14 @@ so a shard resumes exactly where its rows are: the offsets live in the database 
 whose log position is not above the shard's is a copy the relay sent again: skipped.
 
 On a rebalance a process flushes the shards it gives up before any other process loads
-them (Kafka calls every member's revoke before anyone's assign).
+them (Kafka calls every member's revoke before anyone's assign). A process that lost its
+partitions without a revoke (evicted while stalled) is *fenced*: each shard has an epoch
+that its new owner bumps on assignment, and a flush writes nothing unless the epochs it
+holds are still current (projections.kafka_fence).
+
+A broker that goes away stalls nothing but the fold: the consumer reconnects (at least every
+second), rejoins its group, and a partition it gets again is read from the shard's stored
+offset.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from infra.settings import KafkaSettings
 from infra.store import EventStore
 from projections.base import View
 from projections.history import HistoryView
+from projections.kafka_fence import Fenced, Owners
 from projections.runner import take_view_changes
 from projections.sharded import history_key, restore_shard
 from projections.storage import ViewStorage
@@ -39,6 +47,7 @@ class Shard:
     views: list[View]
     position: int  # the last log position folded
     offset: int  # the next Kafka offset to read
+    epoch: int = 0  # ours in kafka_owners while we own the partition
     changed: bool = False
     folded: int = 0  # events folded since start
 
@@ -61,9 +70,11 @@ class KafkaProjector:
             raise ValueError("no Kafka bootstrap servers (OASST_KAFKA_BOOTSTRAP)")
         self.store, self.cfg, self.group = store, cfg, group
         self.storage = ViewStorage(store)
+        self.owners = Owners(store)
         self.flush_interval = flush_interval  # while following; every 2 s while catching up
         self.shards: dict[int, Shard] = {}
         self.folded = 0  # events folded since start, over every partition it owned
+        self.fenced = 0  # shards dropped because another process owned them when we flushed
         self.on_assigned: Callable[[list[int]], None] | None = None  # e.g. the CLI reports it
         kafka.ensure_topics(cfg)
         self.consumer = kafka.consumer(cfg, group, max_poll_records=CATCH_UP, fetch_max_wait_ms=20)
@@ -79,14 +90,16 @@ class KafkaProjector:
         from kafka.structs import TopicPartition
 
         for tp in partitions:
-            if tp.partition in self.shards:
-                continue
+            # ours from now on (bumped before reading it: a fenced owner's last flush, if it
+            # came first, is in what we read); what we held in memory may be stale: read anew
+            epoch = self.owners.claim(self.offset_key(tp.partition))
             views = restore_shard(self.storage, self.group, tp.partition)
             shard = Shard(
                 tp.partition,
                 views,
                 min(v.position for v in views),
                 self.storage.position(self.offset_key(tp.partition)),
+                epoch,
             )
             self.shards[tp.partition] = shard
             self.consumer.seek(TopicPartition(tp.topic, tp.partition), shard.offset)
@@ -155,21 +168,33 @@ class KafkaProjector:
             flush.changes.append((self.offset_key(shard.partition), shard.offset, []))
             flush.entries.extend(shard.history.take_entries())
             flush.histories.append(shard.history)
+        held = {self.offset_key(s.partition): s.epoch for s in dirty}
         try:
-            if self.storage.pg:
-                _write_pg(self.storage, flush.changes, (history_key(self.group), flush.entries))
-            else:
-                self.storage.write(flush.changes, (history_key(self.group), flush.entries))
-        except Exception:
+            with self.storage.datastore.transaction(commit=True) as c:
+                self.owners.check(c, held)  # first: nothing is written for a shard that is no longer ours
+                write = _write_pg if self.storage.pg else _write_sqlite
+                write(self.storage, c, flush.changes, (history_key(self.group), flush.entries))
+        except Exception as exc:
             for table, keys in flush.taken:
                 table.untake(keys)
             for history in flush.histories:
                 history.entries_written(False)
-            raise
+            if not isinstance(exc, Fenced):
+                raise
+            self._drop_fenced(exc.shards)
+            return
         for history in flush.histories:
             history.entries_written(True)
         for shard in dirty:
             shard.changed = False
+
+    def _drop_fenced(self, shards: set[str]) -> None:
+        """Another process owns these now: forget what we folded (the others are written next time)."""
+        lost = [p for p in self.shards if self.offset_key(p) in shards]
+        for p in lost:
+            del self.shards[p]
+        self.fenced += len(lost)
+        log.warning("group %s: partitions %s belong to another projector now; not written", self.group, lost)
 
     def run(self, stop: Callable[[], bool] = lambda: False) -> None:
         while not stop():
@@ -188,39 +213,46 @@ def _position(headers) -> int:
     raise ValueError("record without a position header: not from the oasst relay")
 
 
-def _write_pg(storage: ViewStorage, changes: list, history: tuple[str, list]) -> None:
-    """ViewStorage.write in four statements whatever the number of views: a flush here
-    covers ~5 views per owned partition, and a round trip per view made it ~50 ms on
-    PostgreSQL (the lag was mostly waiting for flushes)."""
+def _write_sqlite(storage: ViewStorage, c, changes: list, history: tuple[str, list]) -> None:
+    """ViewStorage.write in the caller's transaction (the one that checked the epochs)."""
+    storage.write_history(c, history)
+    for view, position, rows in changes:
+        upserts = [(view, t, k, v) for t, k, v in rows if v is not None]
+        deletes = [(view, t, k) for t, k, v in rows if v is None]
+        storage._write_rows_sqlite(c, view, position, upserts, deletes)
+
+
+def _write_pg(storage: ViewStorage, c, changes: list, history: tuple[str, list]) -> None:
+    """ViewStorage.write in four statements whatever the number of views, in the caller's
+    transaction: a flush here covers ~5 views per owned partition, and a round trip per view
+    made it ~50 ms on PostgreSQL (the lag was mostly waiting for flushes)."""
     from psycopg.sql import SQL
 
     upserts = [(view, t, k, v) for view, _, rows in changes for t, k, v in rows if v is not None]
     deletes = [(view, t, k) for view, _, rows in changes for t, k, v in rows if v is None]
     positions = [(view, position) for view, position, _ in changes]
     columns = lambda rows, width: [list(c) for c in zip(*rows, strict=True)] if rows else [[]] * width  # noqa: E731
-    with storage.datastore.transaction(commit=True) as c:
-        storage.write_history(c, history)
-        if upserts:
-            c.execute(
-                SQL(
-                    "INSERT INTO {} SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[]) "
-                    "ON CONFLICT (view, tbl, key) DO UPDATE SET value = excluded.value"
-                ).format(storage.rows_table),
-                columns(upserts, 4),
-                binary=True,  # arrays sent as binary: no per-value text escaping
-            )
-        if deletes:
-            c.execute(
-                SQL(
-                    "DELETE FROM {} WHERE (view, tbl, key) IN "
-                    "(SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))"
-                ).format(storage.rows_table),
-                columns(deletes, 3),
-            )
+    storage.write_history(c, history)
+    if upserts:
         c.execute(
             SQL(
-                "INSERT INTO {} SELECT * FROM unnest(%s::text[], %s::bigint[]) "
-                "ON CONFLICT (view) DO UPDATE SET position = excluded.position"
-            ).format(storage.positions_table),
-            columns(positions, 2),
+                "INSERT INTO {} SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[]) "
+                "ON CONFLICT (view, tbl, key) DO UPDATE SET value = excluded.value"
+            ).format(storage.rows_table),
+            columns(upserts, 4),
+            binary=True,  # arrays sent as binary: no per-value text escaping
         )
+    if deletes:
+        c.execute(
+            SQL(
+                "DELETE FROM {} WHERE (view, tbl, key) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))"
+            ).format(storage.rows_table),
+            columns(deletes, 3),
+        )
+    c.execute(
+        SQL(
+            "INSERT INTO {} SELECT * FROM unnest(%s::text[], %s::bigint[]) "
+            "ON CONFLICT (view) DO UPDATE SET position = excluded.position"
+        ).format(storage.positions_table),
+        columns(positions, 2),
+    )

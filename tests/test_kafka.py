@@ -31,6 +31,7 @@ from infra.app import create_app
 from infra.relay import KeyIndex, Relay
 from infra.settings import KafkaSettings, Settings
 from infra.store import EventStore, Pending
+from projections.kafka_source import KafkaProjector
 from projections.message_tree import MessageTreeView
 from projections.runner import ProjectionRunner, all_views
 from projections.sharded import load_merged, merge, normalized_rows, shard_views
@@ -274,20 +275,22 @@ def test_relay_resumes_after_sigkill_without_gaps(store_url, cfg, history):
     store.close()
 
 
-def test_a_page_sent_but_not_recorded_is_sent_again(store_url, cfg, history):
+def test_a_page_sent_but_not_recorded_is_not_sent_twice(store_url, cfg, history):
     """A relay that dies after the broker took a page but before its position was stored
-    (an abandoned producer): the next one sends that page again; nothing is lost."""
+    (an abandoned producer): the next one finds that page in the topic (each partition's last
+    record) and sends only what the broker lacks; nothing is lost, nothing doubled."""
     store = EventStore(store_url)
     copy_log(history[:500], store)
     first = Relay(store, cfg, page_size=200)
     first.step()  # 1..200 published and recorded
-    first.publish(first.read(first.position, 200))  # 201..400 published, never recorded
+    page = first.read(first.position, 200)  # 201..400 published, never recorded: all but its last event
+    first.publish(page[:-1])
     first.close()
     second = Relay(store, cfg, page_size=200)
     assert second.position == 200
-    assert second.catch_up() == 300
-    records = read_topic(cfg, cfg.events_topic, 700)
-    assert len(records) == 700  # 200 copies
+    assert second.catch_up() == 300  # positions 201..500 counted as published ...
+    records = read_topic(cfg, cfg.events_topic, 500)
+    assert len(records) == 500  # ... but 201..399 were not sent again
     check_complete(records, history[:500], cfg.partitions)
     second.close()
     store.close()
@@ -350,15 +353,15 @@ def test_two_projector_processes_in_one_group_equal_a_local_rebuild(store_url, c
     def spawn():
         return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
+    storage = ViewStorage(store)  # its tables first: two processes creating them at once can collide
     first = Output(spawn())
-    storage = ViewStorage(store)
     shard_positions = lambda: [storage.position(f"{TREE_VIEW}#{group}.p{p}") for p in range(cfg.partitions)]  # noqa: E731
     second = None
     try:
         deadline = time.monotonic() + 90  # generous: a loaded machine starts processes slowly
         while not any(shard_positions()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert any(shard_positions()), "the first projector folded nothing"
+        assert any(shard_positions()), "the first projector folded nothing:\n" + "".join(first.lines)[-3000:]
         # a second process joins mid-stream (the group rebalances); the log grows once it holds partitions
         second = Output(spawn())
         while not any(line.startswith("partitions [") and "[]" not in line for line in second.lines):
@@ -444,11 +447,17 @@ def test_snapshot_followers_see_each_snapshot_once_per_group(tmp_path, cfg, hist
     assert [s["snapshot_id"] for s in follow("trainer-b")] == ["snap-1", "snap-2"]  # another group sees them
     assert follow("trainer-a") == []  # ... a group only once
 
-    # the relay dies after publishing snap-3 but before storing its position: it is sent twice
+    # the relay dies after publishing snap-3 but before storing its position: the next one
+    # finds it in the topic and does not send it again ...
     _snapshot(store, 3)
     relay.publish(relay.read(relay.position, 100))
     relay.close()
     again = Relay(store, cfg)
+    again.catch_up()
+    assert len(read_topic(cfg, cfg.snapshots_topic, 3)) == 3
+    # ... and a copy that still comes (a second relay, or a request that landed after that check) is skipped
+    again.position = 202  # snap-3 (position 203) sent again
+    again.landed = {}
     again.catch_up()
     again.close()
     assert len(read_topic(cfg, cfg.snapshots_topic, 4)) == 4
@@ -465,4 +474,76 @@ def test_snapshot_followers_see_each_snapshot_once_per_group(tmp_path, cfg, hist
     )
     assert out.returncode == 0, out.stderr
     assert [json.loads(line)["snapshot_id"] for line in out.stdout.splitlines()] == ["snap-1", "snap-2", "snap-3"]
+    store.close()
+
+
+# --- fencing -------------------------------------------------------------------------------
+
+
+def _shard_state(storage: ViewStorage, group: str, partitions: int) -> list:
+    """What the group's shards hold in the database: each one's positions and rows."""
+    return [
+        (storage.position(f"{TREE_VIEW}#{group}.p{p}"), sorted(storage.rows(f"{TREE_VIEW}#{group}.p{p}")))
+        for p in range(partitions)
+    ]
+
+
+def _poll_until(projector: KafkaProjector, condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        projector.poll(timeout_ms=100)
+
+
+def test_an_evicted_projector_is_fenced(store_url, cfg, history):
+    """Two projectors in one group: A folds a stretch of the topic without flushing, then
+    stalls past its session timeout (no heartbeats: a frozen process, modelled by stopping
+    kafka-python's heartbeat thread); B takes every partition over and goes on with a longer
+    log. A wakes and flushes before it polls (and so before Kafka tells it anything): its
+    epochs were bumped by B, so nothing it writes lands; the stored shards are B's, and
+    merged they equal a clean fold of the log."""
+    store = EventStore(store_url)
+    relay = Relay(store, cfg)
+    copy_log(history[:800], store)
+    relay.catch_up()
+    group = f"g{uuid.uuid4().hex[:8]}"
+    storage = ViewStorage(store)
+    a = KafkaProjector(store, cfg, group, flush_interval=3600)  # it flushes when told to
+    _poll_until(a, lambda: a.folded == 800)
+    a.flush()  # A's rows as of position 800 are stored ...
+    copy_log(history[800:1600], store)
+    relay.catch_up()
+    _poll_until(a, lambda: a.folded == 1600)  # ... and 801..1600 folded, not yet written
+    assert len(a.shards) == cfg.partitions and all(s.changed for s in a.shards.values() if s.folded)
+
+    # A stalls; B joins and, once A's session has timed out, owns everything
+    a.consumer._coordinator._close_heartbeat()
+    b = KafkaProjector(store, cfg, group)
+    _poll_until(b, lambda: len(b.shards) == cfg.partitions)
+    copy_log(history[1600:], store)
+    relay.catch_up()
+    keys = expected_keys(history)
+    last = {kafka_wire.partition_for(keys[n.id].encode(), cfg.partitions): n.id for n in history}
+    expected = [last.get(p, 0) for p in range(cfg.partitions)]
+    _poll_until(b, lambda: [s.position for s in sorted(b.shards.values(), key=lambda s: s.partition)] == expected)
+    b.flush()
+    before = _shard_state(storage, group, cfg.partitions)
+    assert [position for position, _ in before] == expected
+
+    # A wakes and flushes what it folded up to 1600: fenced, nothing lands
+    dirty = sum(s.changed for s in a.shards.values())
+    assert dirty > 0
+    a.flush()
+    assert a.fenced == dirty and not any(s.changed for s in a.shards.values())
+    assert _shard_state(storage, group, cfg.partitions) == before
+    a.consumer.close(autocommit=False)  # A leaves (B flushes on the revoke and takes the partitions anew)
+    _poll_until(b, lambda: len(b.shards) == cfg.partitions)
+    b.close()
+    relay.close()
+
+    local = ProjectionRunner(store, all_views())
+    local.fold(store.read_stored(0, 1_000_000))
+    merged = load_merged(storage, group, cfg.partitions)
+    for x, y in zip(local.views, merged, strict=True):
+        assert normalized_rows(x) == normalized_rows(y), x.name
     store.close()
