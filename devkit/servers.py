@@ -21,16 +21,29 @@ OASST = [sys.executable, "-m", "infra.cli"]
 
 @contextlib.contextmanager
 def server(
-    cmd: list[str], env: dict[str, str], port: int, log: Path, ready_path: str = "/", timeout: float = 60
+    cmd: list[str],
+    env: dict[str, str],
+    port: int,
+    log: Path,
+    ready_path: str = "/",
+    timeout: float = 60,
+    preexec_fn=None,
 ) -> Iterator[subprocess.Popen]:
     """Run an HTTP server subprocess (stdout+stderr to ``log``) until the block ends; it is
-    ready once any HTTP answer comes back on ``ready_path``."""
+    ready once any HTTP answer comes back on ``ready_path``. ``preexec_fn``: run in the child
+    before the server starts."""
     log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "wb")
     spawned = time.monotonic()
     # Own process group, so that stopping it also stops anything it spawned.
     proc = subprocess.Popen(
-        cmd, env={**os.environ, **env}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        cmd,
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=preexec_fn,
     )
     try:
         deadline = time.monotonic() + timeout
