@@ -30,6 +30,7 @@ crowd-kit itself is not called here: on arrays the fit is many times faster (REA
 
 from __future__ import annotations
 
+import gc
 import math
 from dataclasses import dataclass, field
 from uuid import UUID
@@ -67,17 +68,14 @@ class LabelFit:
 
 
 def _votes(view: ConsensusView) -> list[tuple[UUID, list[tuple[UUID, int]]]]:
-    """(message, its binarised spam review votes by user id), by message id."""
+    """(message, its binarised spam review votes by user id in the order cast), messages in id
+    order. (UUIDs hash and compare in Python: keys and sorts go by their ``int``.)"""
     items = []
     for mid, facts in view.labels.rows.items():
-        votes = [
-            (u, int(facts.task_labels[u]["spam"] >= 0.5))
-            for u in facts.task_users
-            if "spam" in facts.task_labels.get(u, {})
-        ]
+        votes = [(u, int(lab["spam"] >= 0.5)) for u, lab in facts.task_labels.items() if "spam" in lab]
         if votes:
-            items.append((mid, sorted(votes, key=lambda v: str(v[0]))))
-    items.sort(key=lambda x: str(x[0]))
+            items.append((mid, votes))
+    items.sort(key=lambda x: x[0].int)
     return items
 
 
@@ -126,34 +124,33 @@ def _e_step(who, vote, message, n_messages, sens, spec, prior) -> np.ndarray:
 def fit_labels(view: ConsensusView) -> LabelFit:
     """Fitted without the votes of users marked spammers, on messages with two or more votes
     (one vote cannot disagree with anyone); the posterior is then taken for every message with
-    a vote, and every annotator (marked spammers too) is scored against it."""
-    out = view.spammers.frozen()
+    a vote, and every annotator (marked spammers too) is scored against it. One row per vote,
+    subsets by masks."""
     every = _votes(view)
-    items = [(m, kept) for m, votes in every if (kept := [(u, v) for u, v in votes if u not in out])]
-    users = sorted({u for _, votes in every for u, _ in votes}, key=str)
-    index = {u: i for i, u in enumerate(users)}
-    fit_items = [votes for _, votes in items if len(votes) >= 2]
-    who, vote, msg = _arrays(fit_items, index)
-    if len(fit_items):
-        sens, spec, _, prior = two_coin_em(who, vote, msg, len(users), len(fit_items))
+    users = sorted({u for _, votes in every for u, _ in votes}, key=lambda u: u.int)
+    who, vote, msg = _arrays([votes for _, votes in every], {u.int: i for i, u in enumerate(users)})
+    keep = ~np.array([u in view.spammers for u in users], dtype=bool)[who] if users else np.zeros(0, dtype=bool)
+    kept = np.bincount(msg[keep], minlength=len(every))
+    fit_rows = keep & (kept[msg] >= 2)
+    if fit_rows.any():
+        _, compact = np.unique(msg[fit_rows], return_inverse=True)
+        sens, spec, _, prior = two_coin_em(who[fit_rows], vote[fit_rows], compact, len(users), int(compact.max()) + 1)
     else:
         sens = spec = np.full(len(users), LABEL_PRIOR)
         prior = 0.5
-    who, vote, msg = _arrays([votes for _, votes in items], index)
-    p = _e_step(who, vote, msg, len(items), sens, spec, prior) if items else np.zeros(0)
-    p_spam = dict(zip((m for m, _ in items), p.tolist(), strict=True))
-    # everybody's accuracy against those posteriors (one more M step, over every vote)
-    scored = [(p_spam[m], votes) for m, votes in every if m in p_spam]
-    who, vote, msg = _arrays([votes for _, votes in scored], index)
-    t = np.array([x for x, _ in scored])[msg] if scored else np.zeros(0)
-    sens, spec = _m_step(who, vote, t, len(users), LABEL_PRIOR_WEIGHT)
-    counts = np.bincount(_arrays([votes for _, votes in every], index)[0], minlength=len(users))
-    return LabelFit(users, sens, spec, counts, prior, p_spam)
+    p = _e_step(who[keep], vote[keep], msg[keep], len(every), sens, spec, prior)
+    decided = np.flatnonzero(kept >= 1)
+    p_spam = dict(zip([every[i][0] for i in decided.tolist()], p[decided].tolist(), strict=True))
+    # everybody's accuracy against those posteriors: one more M step, over every vote
+    rows = (kept >= 1)[msg]
+    sens, spec = _m_step(who[rows], vote[rows], p[msg[rows]], len(users), LABEL_PRIOR_WEIGHT)
+    return LabelFit(users, sens, spec, np.bincount(who, minlength=len(users)), prior, p_spam)
 
 
-def _arrays(items: list[list[tuple[UUID, int]]], index: dict[UUID, int]) -> tuple[np.ndarray, ...]:
+def _arrays(items: list[list[tuple[UUID, int]]], index: dict[int, int]) -> tuple[np.ndarray, ...]:
+    """(voter, vote, message) per vote; ``index``: a voter's row by the ``int`` of their id."""
     lengths = [len(v) for v in items]
-    who = np.fromiter((index[u] for votes in items for u, _ in votes), dtype=np.int64)
+    who = np.fromiter((index[u.int] for votes in items for u, _ in votes), dtype=np.int64)
     vote = np.fromiter((v for votes in items for _, v in votes), dtype=np.float64)
     message = np.repeat(np.arange(len(items)), lengths)
     return who, vote, message
@@ -316,6 +313,19 @@ def _trust(user: UUID, lab: tuple | None, rank: tuple | None) -> Trust:
 
 
 def fit(view: ConsensusView) -> Model:
+    """Both fits. The cyclic garbage collector is paused meanwhile: the fit makes a million
+    short-lived tuples at OA's size, and rescanning the views' long-lived rows for them doubled
+    its time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _fit(view)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _fit(view: ConsensusView) -> Model:
     """Labels first: a ranker's balanced label accuracy is their prior pair accuracy, so one who
     votes blindly needs less ranking evidence to lose their say there too."""
     labels = fit_labels(view)

@@ -50,7 +50,7 @@ def test_two_coin_em_without_smoothing_is_crowd_kits_dawid_skene():
 
     votes, users, _ = crowd(1)
     items = [sorted(by.items(), key=lambda v: str(v[0])) for _, by in sorted(votes.items(), key=lambda x: str(x[0]))]
-    index = {u: i for i, u in enumerate(users)}
+    index = {u.int: i for i, u in enumerate(users)}
     who, vote, msg = trust_v2._arrays(items, index)
     sens, spec, p_spam, prior = trust_v2.two_coin_em(who, vote, msg, len(users), len(items), 10, prior_weight=0.0)
     frame = pd.DataFrame({"task": msg, "worker": who, "label": vote.astype(int)})
