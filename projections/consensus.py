@@ -97,8 +97,10 @@ class ConsensusView(View):
     # Every aggregate leaves out users marked spammers, and the ones in ``exclude``;
     # ``trust`` (user -> weight in [0, 1]) switches from OA's equal votes to the trust policy.
 
-    def _out(self, exclude: frozenset) -> frozenset:
-        return exclude | self.spammers.frozen()
+    def _out(self, exclude: frozenset):
+        """Who is left out: the spammers (their rows, as they are: asked once per message, a copy
+        per call cost a snapshot at OA's size a second) and ``exclude``."""
+        return exclude | self.spammers.frozen() if exclude else self.spammer_rows.rows
 
     def label_aggregates(
         self, message_id: UUID, exclude: frozenset = frozenset(), trust: dict[UUID, float] | None = None
@@ -108,6 +110,8 @@ class ConsensusView(View):
         if facts is None:
             return {}
         out = self._out(exclude)
+        if trust is None:
+            return _plain_means(facts.by_user, out)
         sums: dict[str, list] = {}  # name -> [sum of value * weight, sum of weights, count], added in order
         for user, labels in facts.by_user.items():
             if user in out:
@@ -173,3 +177,21 @@ class ConsensusView(View):
             return {"label": label, "alpha": None, "units": len(units), "annotators": len(annotators)}
         alpha = krippendorff.alpha(reliability_data=data, level_of_measurement="interval")
         return {"label": label, "alpha": float(alpha), "units": len(units), "annotators": len(annotators)}
+
+
+def _plain_means(by_user: dict[UUID, dict[str, float]], out) -> dict[str, dict]:
+    """label_aggregates() with equal votes: the same sums in the same order (so the same floats),
+    without a weight per vote."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for user, labels in by_user.items():
+        if user in out:
+            continue
+        for name, value in labels.items():
+            if name in counts:
+                sums[name] += value
+                counts[name] += 1
+            else:
+                sums[name] = value
+                counts[name] = 1
+    return {name: {"value": sums[name] / counts[name], "count": counts[name]} for name in sorted(counts)}

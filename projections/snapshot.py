@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -216,15 +218,12 @@ def _create(settings: Settings, spec: SnapshotSpec, store: EventStore, record: b
     dataset = Dataset(state, spec.policy, exclusions, deleted_users, settings.tree)
     items = list(dataset.items(spec.selection))
     timings["resolve"] = {"seconds": time.perf_counter() - t0, "rows": len(items)}
-    t0 = time.perf_counter()
-    frames = training_frames(items, spec.sft_max_rank)
-    timings["frames"] = {"seconds": time.perf_counter() - t0, "rows": frames["messages.parquet"].height}
 
     root = snapshots_dir(settings.data_dir)
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
     try:
-        files = _write_files(work, items, frames, timings)
+        frames, files = _write_files(work, items, spec.sft_max_rank, timings)
         manifest = {
             "id": None,
             "position": position,
@@ -263,19 +262,37 @@ def _create(settings: Settings, spec: SnapshotSpec, store: EventStore, record: b
     return {**manifest, "timings": timings}
 
 
-def _write_files(work: Path, items: list[dict], frames: dict[str, pl.DataFrame], timings: dict) -> dict:
+def _write_files(work: Path, items: list[dict], sft_max_rank: int | None, timings: dict) -> tuple[dict, dict]:
+    """The training frames and every file, with their sha256. The trees file is compressed in a
+    thread while the frames are built (zlib lets go of the GIL, so the two overlap)."""
+    with ThreadPoolExecutor(1) as pool:
+        trees = pool.submit(_write_trees, work / "trees.jsonl.gz", items, timings)
+        t0 = time.perf_counter()
+        frames = training_frames(items, sft_max_rank)
+        timings["frames"] = {"seconds": time.perf_counter() - t0, "rows": frames["messages.parquet"].height}
+        for name, frame in frames.items():
+            t0 = time.perf_counter()
+            _write_parquet(work / name, frame)
+            timings[name] = {"seconds": time.perf_counter() - t0, "rows": frame.height}
+        trees.result()
+    for stage in timings.values():
+        stage["rows_per_second"] = round(stage["rows"] / stage["seconds"]) if stage["seconds"] > 0 else None
+    return frames, {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(work.iterdir())}
+
+
+def _write_parquet(path: Path, frame: pl.DataFrame) -> None:
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="zstd", statistics=False)
+    # written by Python, so that a full disk raises OSError with its errno (polars wraps it in its own error)
+    path.write_bytes(buffer.getbuffer())
+
+
+def _write_trees(path: Path, items: list[dict], timings: dict) -> None:
     t0 = time.perf_counter()
-    with open_text(work / "trees.jsonl.gz", "wt") as f:
+    with open_text(path, "wt") as f:
         for item in items:
             f.write(dumps(item) + "\n")
     timings["trees.jsonl.gz"] = {"seconds": time.perf_counter() - t0, "rows": len(items)}
-    for name, frame in frames.items():
-        t0 = time.perf_counter()
-        frame.write_parquet(work / name, compression="zstd", statistics=False)
-        timings[name] = {"seconds": time.perf_counter() - t0, "rows": frame.height}
-    for stage in timings.values():
-        stage["rows_per_second"] = round(stage["rows"] / stage["seconds"]) if stage["seconds"] > 0 else None
-    return {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(work.iterdir())}
 
 
 def _record(store: EventStore, manifest: dict) -> None:
