@@ -33,6 +33,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -447,9 +448,12 @@ class Relay:
         while not stop():
             time.sleep(delay)
             try:
+                _listening(self.cfg.bootstrap)  # at once where nothing listens (a client waits seconds)
                 self.reconcile()
+                self.producer.close()  # a new client connects now; the old one would back off first
+                self.producer = kafka.BatchProducer(self.cfg)
             except _broker_errors() as exc:
-                delay = min(2 * delay, 1.0)
+                delay = min(2 * delay, 0.5)
                 if time.monotonic() - said >= 10:
                     said = time.monotonic()
                     log.warning("broker still unreachable after %.0f s (%s)", said - down, _short(exc))
@@ -473,6 +477,15 @@ def _broker_errors() -> tuple[type[Exception], ...]:
     from kafka.errors import KafkaError
 
     return (kafka.ProduceError, KafkaError, OSError)
+
+
+def _listening(bootstrap: str) -> None:
+    """Raise OSError unless one of the bootstrap servers accepts a TCP connection."""
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        with contextlib.suppress(OSError), socket.create_connection((host.strip("[]"), int(port)), timeout=0.5):
+            return
+    raise OSError(f"nothing listens at {bootstrap}")
 
 
 def _short(error: Exception) -> str:
