@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,6 +285,30 @@ class EventStore:
             "WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
         ).format(Identifier(self.recorder.datastore.schema), Identifier(self.recorder.events_table_name))
         return self._select(sql, [after, limit])
+
+    def pages(
+        self, after: int, upto: int | None = None, topics: Sequence[str] | None = None, page_size: int = 20_000
+    ) -> Iterator[list]:
+        """Every page of raw notifications in (after, upto] (of ``topics`` when given), in log order.
+        On PostgreSQL the next page is read in a thread while the caller folds this one: the
+        server's work and the transfer overlap the fold (bench/projections.py, bench/snapshot.py)."""
+        upto = self.max_position() if upto is None else upto
+
+        def read(after: int) -> list:
+            if topics is None:
+                return [n for n in self.read_stored(after, page_size) if n.id <= upto]
+            return self.read_topics(after, upto, topics, page_size)
+
+        if self.backend == "sqlite":  # a connection per thread there: an in-memory store is one thread's
+            while page := read(after):
+                yield page
+                after = page[-1].id
+            return
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(read, after)
+            while page := ahead.result():
+                ahead = pool.submit(read, page[-1].id)
+                yield page
 
     def read_positions(self, positions: Sequence[int]):
         """Raw notifications at exactly these positions, in log order."""

@@ -85,7 +85,7 @@ def fold_at(store: EventStore, position: int | None = None, page_size: int = 20_
     wanted = sorted(tag for tag in ev.EVENT_TYPES if hasattr(tree, f"on_{tag}") or hasattr(consensus, f"on_{tag}"))
     after = 0
     with gc_paused():
-        while page := store.read_topics(after, end, wanted, page_size):
+        for page in store.pages(after, end, wanted, page_size):
             for n in page:
                 event = ev.decode_summary(n.state)
                 tree.apply(n.id, event)

@@ -206,9 +206,13 @@ class ProjectionRunner:
 
     def _catch_up(self, progress: Callable[[int], None] | None, stop: Callable[[], bool] | None = None) -> int:
         done = since_flush = 0
+        pages = self.store.pages(self.position, page_size=self.page_size)
         while not (stop and stop()):
-            page = self.store.read_stored(self.position, self.page_size)
-            if not page:
+            page = next(pages, None)
+            if page is None:  # the end as it was when the pages began: anything appended since?
+                pages = self.store.pages(self.position, page_size=self.page_size)
+                page = next(pages, None)
+            if page is None:
                 break
             self.fold(page)
             done += len(page)
