@@ -9,8 +9,9 @@ from collections.abc import Callable
 from infra.store import EventStore
 from projections.message_tree import MessageTreeView
 from projections.runner import ProjectionRunner, all_views
+from projections.storage import REBUILD_SUFFIX
 
-SUFFIX = "~rebuild"
+SUFFIX = REBUILD_SUFFIX
 # an interrupted rebuild starts over, so its rows are written once, at the end (a row is rewritten
 # whole at every flush that finds it changed); only the history entries are written on the way,
 # every FLUSH_EVERY events, so that they do not pile up in memory

@@ -22,6 +22,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 from types import UnionType
 from typing import Union, get_args, get_origin
@@ -633,14 +634,29 @@ class RelationalTables:
     def replace(self, c, changes: Changes) -> None:
         """Replace the rows of the tables that follow the message-tree view by ``changes``."""
         self.clear(c, VIEW)
-        self.write(c, changes, fresh=True)
+        with self._indexes_after(c, FOLLOWS[VIEW]):
+            self.write(c, changes, fresh=True)
 
     def reload_board(self, c, stored: Iterator[tuple[str, str, bytes]]) -> None:
         """Replace ``user_hours`` by the stored leaderboard view's counters."""
         self.clear(c, boards.VIEW)
         users = boards.stored_users(stored)
         rows = [row for key, counts in users.items() for row in boards.user_hours(self.pseudonym(key), counts)]
-        self.write(c, Changes({"user_hours": rows}, {}), fresh=True)
+        with self._indexes_after(c, FOLLOWS[boards.VIEW]):
+            self.write(c, Changes({"user_hours": rows}, {}), fresh=True)
+
+    @contextmanager
+    def _indexes_after(self, c, tables: Iterable[str]) -> Iterator[None]:
+        """PostgreSQL: tables emptied and loaded whole are loaded without their secondary indexes,
+        which are built after, in the same transaction: one sort each instead of millions of
+        B-tree inserts in random places (5.2M label votes at OA's size; measured on 9M history
+        rows: a load into an indexed table 24 s, the load and then the index 8 s)."""
+        ours = [(index, table, cols) for index, (table, cols) in INDEXES.items() if table in tables]
+        for index, _, _ in ours if self.pg else ():
+            c.execute(SQL("DROP INDEX IF EXISTS {}.{}").format(Identifier(self.schema), Identifier(PREFIX + index)))
+        yield
+        for index, table, cols in ours if self.pg else ():
+            c.execute(self._sql(f"CREATE INDEX IF NOT EXISTS {PREFIX}{index} ON {{t}} ({cols})", t=table))
 
 
 def _json_text(value) -> str:

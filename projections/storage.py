@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Iterable, Iterator
 from uuid import UUID
 
+import psycopg
 from psycopg.sql import SQL, Identifier
 
 from domain import events as ev
@@ -18,6 +19,9 @@ from infra.store import EventStore
 from projections.relational import FOLLOWS, VOTE_TOPICS, Changes, RelationalTables
 from projections.relational import VIEW as RELATIONAL_VIEW
 from projections.relational_boards import VIEW as BOARD_VIEW
+
+REBUILD_SUFFIX = "~rebuild"  # a view built anew beside the live one (projections/rebuild.py)
+OWN_TABLE = "history_rows_"  # PostgreSQL: a generation of history rows named so is a table of its own
 
 
 class ViewStorage:
@@ -76,10 +80,46 @@ class ViewStorage:
         before generations existed keep their view's name as their generation."""
         exists = "to_regclass(?) IS NOT NULL" if self.pg else "EXISTS (SELECT 1 FROM sqlite_master WHERE name = ?)"
         c.execute(self._sql(f"SELECT {exists} AS found"), (self._table_name("history_generations"),))
-        if c.fetchone()["found"]:
-            return
-        c.execute(self._sql("CREATE TABLE {generations} (view TEXT PRIMARY KEY, generation TEXT)"))
-        c.execute(self._sql("INSERT INTO {generations} SELECT DISTINCT view, view FROM {history}"))
+        if not c.fetchone()["found"]:
+            c.execute(self._sql("CREATE TABLE {generations} (view TEXT PRIMARY KEY, generation TEXT)"))
+            c.execute(self._sql("INSERT INTO {generations} SELECT DISTINCT view, view FROM {history}"))
+        if self.pg:
+            self._own_tables(c)
+
+    def _own_tables(self, c) -> None:
+        """PostgreSQL keeps each generation in a table of its own: a rebuild loads its rows into a
+        table without an index and builds the index once, at the switch (one sort instead of
+        millions of B-tree inserts: 8 s instead of 24 s for OA's 9M rows, measured), and the
+        generation switched out goes with a DROP TABLE instead of a DELETE of every row. Rows a
+        store kept in the shared ``history_index`` (stores from before) move to their own table, once."""
+        c.execute(self._sql("LOCK TABLE {generations} IN EXCLUSIVE MODE"))  # one process moves them
+        c.execute(
+            self._sql("SELECT view, generation FROM {generations} WHERE generation NOT LIKE ?"), (OWN_TABLE + "%",)
+        )
+        for row in c.fetchall():
+            table = self._new_generation_name()
+            c.execute(
+                SQL("CREATE TABLE {} AS SELECT entity, position FROM {} WHERE view = %s").format(
+                    self._own(table), self.history_table
+                ),
+                (row["generation"],),
+            )
+            self._index(c, table)
+            c.execute(self._sql("DELETE FROM {history} WHERE view = ?"), (row["generation"],))
+            c.execute(self._sql("UPDATE {generations} SET generation = ? WHERE view = ?"), (table, row["view"]))
+
+    def _own(self, generation: str):
+        return SQL("{}.{}").format(Identifier(self.datastore.schema), Identifier(generation))
+
+    def _index(self, c, generation: str) -> None:
+        c.execute(
+            SQL("CREATE INDEX IF NOT EXISTS {} ON {} (entity, position)").format(
+                Identifier(generation + "_entity"), self._own(generation)
+            )
+        )
+
+    def _new_generation_name(self) -> str:
+        return f"{OWN_TABLE}{secrets.token_hex(6)}"
 
     def _table_name(self, table: str) -> str:
         return f'"{self.datastore.schema}".{table}' if self.pg else table
@@ -89,10 +129,15 @@ class ViewStorage:
         insert comes first: a SQLite transaction that reads before it writes cannot wait for
         another writer (``database is locked``)."""
         if create:
-            new = f"{view}#{secrets.token_hex(4)}"
+            new = self._new_generation_name() if self.pg else f"{view}#{secrets.token_hex(4)}"
             c.execute(self._sql("INSERT INTO {generations} VALUES (?, ?) ON CONFLICT (view) DO NOTHING"), (view, new))
         c.execute(self._sql("SELECT generation FROM {generations} WHERE view = ?"), (view,))
         row = c.fetchone()
+        if create and self.pg:
+            table = self._own(row["generation"])
+            c.execute(SQL("CREATE TABLE IF NOT EXISTS {} (entity uuid, position bigint)").format(table))
+            if not view.endswith(REBUILD_SUFFIX):  # a rebuilt one is indexed when it is switched live
+                self._index(c, row["generation"])
         return row["generation"] if row else None
 
     def _reload_relational(self, c, view: str) -> None:
@@ -150,9 +195,9 @@ class ViewStorage:
         view, entries = history
         generation = self._generation(c, view, create=True)
         if self.pg:  # COPY: the history index gets several rows per event
-            with c.copy(self._sql("COPY {history} (view, entity, position) FROM STDIN")) as copy:
-                # COPY's text format built in one join (a generation name and uuids need no escaping)
-                copy.write("".join([f"{generation}\t{entity}\t{position}\n" for entity, position in entries]))
+            with c.copy(SQL("COPY {} (entity, position) FROM STDIN").format(self._own(generation))) as copy:
+                # COPY's text format built in one join (uuids need no escaping)
+                copy.write("".join([f"{entity}\t{position}\n" for entity, position in entries]))
         else:
             c.executemany(
                 self._sql("INSERT INTO {history} VALUES (?, ?, ?)"), [(generation, str(e), p) for e, p in entries]
@@ -194,21 +239,47 @@ class ViewStorage:
         return c.fetchone()
 
     def history(self, view: str, entity: str, until: int | None = None, limit: int = 10_000) -> list[int]:
+        until = until if until is not None else 2**62
+        if self.pg:
+            return self._history_pg(view, UUID(entity), until, limit)
         with self.datastore.transaction(commit=False) as c:
             c.execute(
                 self._sql(
                     "SELECT position FROM {history} WHERE entity = ? AND position <= ? "
                     "AND view = (SELECT generation FROM {generations} WHERE view = ?) ORDER BY position LIMIT ?"
                 ),
-                (entity if not self.pg else UUID(entity), until if until is not None else 2**62, view, limit),
+                (entity, until, view, limit),
             )
             return [row["position"] for row in c.fetchall()]
+
+    def _history_pg(self, view: str, entity: UUID, until: int, limit: int, retry: bool = True) -> list[int]:
+        try:
+            with self.datastore.transaction(commit=False) as c:
+                generation = self._generation(c, view)
+                if generation is None:
+                    return []
+                c.execute(
+                    SQL(
+                        "SELECT position FROM {} WHERE entity = %s AND position <= %s ORDER BY position LIMIT %s"
+                    ).format(self._own(generation)),
+                    (entity, until, limit),
+                )
+                return [row["position"] for row in c.fetchall()]
+        except psycopg.errors.UndefinedTable:  # switched out (and dropped) between the two statements
+            if not retry:
+                raise
+            return self._history_pg(view, entity, until, limit, retry=False)
 
     def history_entries(self, view: str) -> list[tuple[str, int]]:
         """Every (entity, position) of a view's history index (for checks: a full scan)."""
         with self.datastore.transaction(commit=False) as c:
             generation = self._generation(c, view)
-            c.execute(self._sql("SELECT entity, position FROM {history} WHERE view = ?"), (generation,))
+            if self.pg:
+                if generation is None:
+                    return []
+                c.execute(SQL("SELECT entity, position FROM {}").format(self._own(generation)))
+            else:
+                c.execute(self._sql("SELECT entity, position FROM {history} WHERE view = ?"), (generation,))
             return [(str(r["entity"]), r["position"]) for r in c.fetchall()]
 
     def drop(self, view: str) -> None:
@@ -221,7 +292,11 @@ class ViewStorage:
                 self.relational.clear(c, view)
 
     def _drop_generation(self, c, generation: str | None) -> None:
-        if generation is not None:
+        if generation is None:
+            return
+        if self.pg:
+            c.execute(SQL("DROP TABLE IF EXISTS {}").format(self._own(generation)))
+        else:
             c.execute(self._sql("DELETE FROM {history} WHERE view = ?"), (generation,))
 
     def rename(self, old: str, new: str, tables: Changes | None = None) -> None:
@@ -233,6 +308,9 @@ class ViewStorage:
             c.execute(self._sql("DELETE FROM {positions} WHERE view = ?"), (new,))
             c.execute(self._sql("UPDATE {rows} SET view = ? WHERE view = ?"), (new, old))
             c.execute(self._sql("UPDATE {positions} SET view = ? WHERE view = ?"), (new, old))
+            built = self._generation(c, old)
+            if self.pg and built is not None:
+                self._index(c, built)
             replaced = self._generation(c, new)  # the history rows of the view switched out
             c.execute(self._sql("DELETE FROM {generations} WHERE view = ?"), (new,))
             c.execute(self._sql("UPDATE {generations} SET view = ? WHERE view = ?"), (new, old))

@@ -9,21 +9,36 @@ from __future__ import annotations
 from collections import Counter
 
 import msgspec
+from psycopg.sql import SQL
 
 from infra.store import EventStore
 from projections import rebuild as rebuild_module
 from projections.runner import ProjectionRunner
 from projections.sql import live_query
-from projections.storage import ViewStorage
+from projections.storage import OWN_TABLE, ViewStorage
 from tests.test_sql_views import history, invoke
 
 LIVE = "history@v1"
 
 
 def all_rows(storage: ViewStorage) -> Counter:
+    """Every stored history row by generation: PostgreSQL's in a table per generation (the
+    tables named ``history_g…``), SQLite's in the shared table."""
     with storage.datastore.transaction(commit=False) as c:
-        c.execute(storage._sql("SELECT view, entity, position FROM {history}"))
-        return Counter((r["view"], str(r["entity"]), r["position"]) for r in c.fetchall())
+        if not storage.pg:
+            c.execute(storage._sql("SELECT view, entity, position FROM {history}"))
+            return Counter((r["view"], str(r["entity"]), r["position"]) for r in c.fetchall())
+        c.execute(storage._sql("SELECT count(*) AS n FROM {history}"))
+        assert c.fetchone()["n"] == 0  # the shared table is SQLite's only
+        c.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename LIKE %s",
+            (storage.datastore.schema, OWN_TABLE + "%"),
+        )
+        rows = Counter()
+        for table in [r["tablename"] for r in c.fetchall()]:
+            c.execute(SQL("SELECT entity, position FROM {}").format(storage._own(table)))
+            rows.update((table, str(r["entity"]), r["position"]) for r in c.fetchall())
+        return rows
 
 
 def caught_up(url: str) -> ViewStorage:
@@ -57,10 +72,20 @@ async def test_history_rows_from_before_generations_keep_answering(store_url, tm
     tree = storage.history(LIVE, h["P"])
     with storage.datastore.transaction(commit=True) as c:  # as a store from before generations
         generation = storage._generation(c, LIVE)
-        c.execute(storage._sql("UPDATE {history} SET view = ? WHERE view = ?"), (LIVE, generation))
+        if storage.pg:  # its rows back in the shared table
+            c.execute(
+                SQL("INSERT INTO {} SELECT %s, entity, position FROM {}").format(
+                    storage.history_table, storage._own(generation)
+                ),
+                (LIVE,),
+            )
+            storage._drop_generation(c, generation)
+        else:
+            c.execute(storage._sql("UPDATE {history} SET view = ? WHERE view = ?"), (LIVE, generation))
         c.execute(storage._sql("DROP TABLE {generations}"))
     reopened = ViewStorage(EventStore(store_url))
     assert reopened.history(LIVE, h["P"]) == tree
+    assert len({generation for generation, _, _ in all_rows(reopened)}) == 1  # moved to a table of its own
     runner = ProjectionRunner(reopened.store)  # and it goes on writing under the same name
     runner.restore()
     runner.catch_up()

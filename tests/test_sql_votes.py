@@ -150,7 +150,7 @@ async def test_daily_activity_adds_up_the_submissions(store_url, made):
 
 async def test_votes_follow_a_rebuild_and_fill_on_an_older_store(store_url, tmp_path, made):
     tables = ("label_votes", "rankings", "label_aggregates", "daily_activity")
-    before = {name: live_query(store_url, f"SELECT * FROM {name} ORDER BY 1, 2") for name in tables}
+    before = {name: live_query(store_url, f"SELECT * FROM {name} ORDER BY 1, 2, 3") for name in tables}
     storage = ViewStorage(EventStore(store_url))
     with storage.datastore.transaction(commit=True) as c:  # the tables drift: a rebuild must set them right
         c.execute(storage.relational._sql("DELETE FROM {v} WHERE kind = 'task'", v="label_votes"))
@@ -158,7 +158,7 @@ async def test_votes_follow_a_rebuild_and_fill_on_an_older_store(store_url, tmp_
     result = views.invoke(store_url, tmp_path, "project", "rebuild", "message_tree")
     assert result.exit_code == 0, result.output
     for name, frame in before.items():
-        assert live_query(store_url, f"SELECT * FROM {name} ORDER BY 1, 2").equals(frame), name
+        assert live_query(store_url, f"SELECT * FROM {name} ORDER BY 1, 2, 3").equals(frame), name
 
     # a store from before these tables (the first step's tables only) gets them filled from the log
     with storage.datastore.transaction(commit=True) as c:
@@ -168,4 +168,4 @@ async def test_votes_follow_a_rebuild_and_fill_on_an_older_store(store_url, tmp_
             c.execute(storage.relational._sql("DROP TABLE {t}", t=name))
     ViewStorage(EventStore(store_url))
     for name, frame in before.items():
-        assert live_query(store_url, f"SELECT * FROM {name} ORDER BY 1, 2").equals(frame), name
+        assert live_query(store_url, f"SELECT * FROM {name} ORDER BY 1, 2, 3").equals(frame), name
