@@ -215,3 +215,17 @@ async def test_snapshots_list_manifest_and_download(app_client):
     r = await c.get(f"/console/snapshots/{manifest['id']}/files/messages.parquet")
     assert r.status_code == 200 and len(r.content) == manifest["files"]["messages.parquet"]["bytes"]
     assert (await c.get(f"/console/snapshots/{manifest['id']}/files/nope")).status_code == 404
+
+
+async def test_a_users_page_shows_the_trust_the_api_gives_with_its_reasons(app_client):
+    app, c = app_client
+    await sign_in(c)
+    r = await c.get("/api/v1/trust", params={"max_count": 1000}, headers={"X-API-Key": API_KEY})
+    assert r.status_code == 200, r.text
+    scores = r.json()
+    scores = scores["items"] if isinstance(scores, dict) else scores
+    assert len(scores) > 5
+    for s in scores:
+        page = (await c.get(f"/console/users/{s['user_id']}")).text
+        assert f'id="trust">{s["score"]}<' in page and s["policy"] in page
+        assert all(reason in page for reason in s["reasons"]) and ('id="reasons"' in page) == bool(s["reasons"])
