@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from domain import events as ev
 from infra import kafka
 from infra.settings import KafkaSettings
-from infra.store import EventStore
+from infra.store import STORE_AWAY_ERRORS, EventStore
 from projections.base import View
 from projections.history import HistoryView
 from projections.kafka_fence import Fenced, Owners
@@ -132,7 +132,10 @@ class KafkaProjector:
         # a full poll means a backlog: fewer, bigger transactions until it is gone
         interval = 2.0 if received >= CATCH_UP else self.flush_interval
         if time.monotonic() - self._last_flush >= interval:
-            self.flush()
+            try:
+                self.flush()
+            except STORE_AWAY_ERRORS as exc:  # the rows were given back: the next flush writes them
+                log.warning("group %s: writing the shards failed (%s); retrying at the next flush", self.group, exc)
         return folded
 
     def _fold(self, shard: Shard, records) -> int:
@@ -168,12 +171,8 @@ class KafkaProjector:
             flush.changes.append((self.offset_key(shard.partition), shard.offset, []))
             flush.entries.extend(shard.history.take_entries())
             flush.histories.append(shard.history)
-        held = {self.offset_key(s.partition): s.epoch for s in dirty}
         try:
-            with self.storage.datastore.transaction(commit=True) as c:
-                self.owners.check(c, held)  # first: nothing is written for a shard that is no longer ours
-                write = _write_pg if self.storage.pg else _write_sqlite
-                write(self.storage, c, flush.changes, (history_key(self.group), flush.entries))
+            self._write(flush, {self.offset_key(s.partition): s.epoch for s in dirty})
         except Exception as exc:
             for table, keys in flush.taken:
                 table.untake(keys)
@@ -187,6 +186,15 @@ class KafkaProjector:
             history.entries_written(True)
         for shard in dirty:
             shard.changed = False
+
+    def _write(self, flush: _Flush, held: dict[str, int]) -> None:
+        with self.storage.datastore.transaction(commit=True) as c:
+            if self.storage.pg:  # the group's flushes one at a time: they all write one history generation,
+                # whose table locks (an index made if missing, then a COPY) deadlock two flushes at once
+                c.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (history_key(self.group),))
+            self.owners.check(c, held)  # first: nothing is written for a shard that is no longer ours
+            write = _write_pg if self.storage.pg else _write_sqlite
+            write(self.storage, c, flush.changes, (history_key(self.group), flush.entries))
 
     def _drop_fenced(self, shards: set[str]) -> None:
         """Another process owns these now: forget what we folded (the others are written next time)."""
