@@ -114,12 +114,14 @@ def project_run(
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     if source == "kafka":
         from infra.settings import Settings
-        from projections.kafka_source import KafkaProjector
+        from projections.kafka_source import connect
 
         settings = Settings.from_env()
         if not settings.kafka.bootstrap:
             raise typer.BadParameter("--source kafka needs OASST_KAFKA_BOOTSTRAP")
-        projector = KafkaProjector(_store(), settings.kafka, group)
+        projector = connect(_store(), settings.kafka, group, lambda: bool(stopping))  # waits for the broker
+        if projector is None:
+            return
         projector.on_assigned = lambda partitions: print(f"partitions {partitions}", flush=True)
         print(f"projecting {settings.kafka.events_topic} in group {group} (Ctrl-C to stop)", flush=True)
         try:

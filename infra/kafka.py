@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,16 @@ def client_options(cfg: KafkaSettings) -> dict:
 
 class ProduceError(RuntimeError):
     pass
+
+
+def listening(bootstrap: str) -> None:
+    """Raise OSError unless one of the bootstrap servers accepts a TCP connection: at once
+    where nothing listens, where a client waits up to 30 s to bootstrap."""
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        with contextlib.suppress(OSError), socket.create_connection((host.strip("[]"), int(port)), timeout=0.5):
+            return
+    raise OSError(f"nothing listens at {bootstrap}")
 
 
 @dataclass

@@ -33,7 +33,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -448,7 +447,7 @@ class Relay:
         while not stop():
             time.sleep(delay)
             try:
-                _listening(self.cfg.bootstrap)  # at once where nothing listens (a client waits seconds)
+                kafka.listening(self.cfg.bootstrap)  # at once where nothing listens (a client waits seconds)
                 self.reconcile()
                 self.producer.close()  # a new client connects now; the old one would back off first
                 self.producer = kafka.BatchProducer(self.cfg)
@@ -479,15 +478,6 @@ def _broker_errors() -> tuple[type[Exception], ...]:
     return (kafka.ProduceError, KafkaError, OSError)
 
 
-def _listening(bootstrap: str) -> None:
-    """Raise OSError unless one of the bootstrap servers accepts a TCP connection."""
-    for address in bootstrap.split(","):
-        host, _, port = address.strip().rpartition(":")
-        with contextlib.suppress(OSError), socket.create_connection((host.strip("[]"), int(port)), timeout=0.5):
-            return
-    raise OSError(f"nothing listens at {bootstrap}")
-
-
 def _short(error: Exception) -> str:
     return f"{type(error).__name__}: {str(error)[:200]}"
 
@@ -497,6 +487,7 @@ def connect(store: EventStore, cfg: KafkaSettings, page_size: int | None, stop: 
     delay, down, said = 0.1, time.monotonic(), 0.0
     while not stop():
         try:
+            kafka.listening(cfg.bootstrap)
             return Relay(store, cfg, page_size=page_size)
         except _broker_errors() as exc:
             if time.monotonic() - said >= 10:

@@ -214,6 +214,24 @@ class KafkaProjector:
         self.consumer.close(autocommit=False)  # revokes (and so flushes) what it owned
 
 
+def connect(store: EventStore, cfg: KafkaSettings, group: str, stop: Callable[[], bool]) -> KafkaProjector | None:
+    """A KafkaProjector once the broker answers (a projector started while it is away waits,
+    trying every second, logged every 10 s); None if ``stop()`` first."""
+    from kafka.errors import KafkaError
+
+    said = 0.0
+    while not stop():
+        try:
+            kafka.listening(cfg.bootstrap)
+            return KafkaProjector(store, cfg, group)
+        except (KafkaError, OSError) as exc:
+            if time.monotonic() - said >= 10:
+                said = time.monotonic()
+                log.warning("group %s: no broker at %s (%s); retrying", group, cfg.bootstrap, exc)
+            time.sleep(1)
+    return None
+
+
 def _position(headers) -> int:
     for name, value in headers:
         if name == "position":

@@ -300,3 +300,53 @@ def test_a_projector_frozen_past_its_session_timeout_loses_its_partitions_and_no
     for a, b in zip(clean.views, load_merged(storage, group, PARTITIONS), strict=True):
         assert normalized_rows(a) == normalized_rows(b), a.name
     store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_relay_and_a_projector_started_while_the_broker_is_away_wait_for_it(pg_url, tmp_path):
+    """A relay and a projector (re)started during an outage wait for the broker instead of
+    dying, then the relay publishes the log and the projector folds it: its views equal a
+    clean fold of the log."""
+    from devkit.simulator import seed_history
+
+    seed_history(pg_url, trees=8, users=8, seed=5)
+    store = EventStore(pg_url)
+    storage = ViewStorage(store)
+    with durable_tansu(log_path=str(tmp_path / "tansu.log")) as broker:
+        cfg = KafkaSettings(bootstrap=broker.bootstrap, events_topic="late", snapshots_topic="late-snapshots")
+        cfg = KafkaSettings(**{**cfg.__dict__, "partitions": PARTITIONS, "session_timeout_ms": 2000})
+        kafka.ensure_topics(cfg)
+        broker.kill()
+        group, env = f"g{uuid.uuid4().hex[:8]}", {**os.environ, **kafka.environment(cfg), "OASST_DATABASE_URL": pg_url}
+        commands = {
+            "relay": [*OASST, "relay"],
+            "projector": [*OASST, "project", "run", "--source", "kafka", "--group", group],
+        }
+        procs = {}
+        for name, cmd in commands.items():
+            with open(tmp_path / f"{name}.log", "wb") as out:
+                procs[name] = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        logs = lambda: {name: (tmp_path / f"{name}.log").read_text() for name in procs}  # noqa: E731
+        try:
+            deadline = time.monotonic() + 60
+            while not all("no broker at" in text for text in logs().values()):
+                assert all(p.poll() is None for p in procs.values()) and time.monotonic() < deadline, logs()
+                time.sleep(0.1)
+            time.sleep(2)
+            assert all(p.poll() is None for p in procs.values()), logs()  # still waiting, not dead
+            broker.start()
+            expected = expected_shard_positions(store)
+            shards = shard_positions_reach(storage, group, expected, timeout=60)
+        finally:
+            for p in procs.values():
+                p.send_signal(signal.SIGTERM)
+            for p in procs.values():
+                p.wait(30)
+    assert [p.returncode for p in procs.values()] == [0, 0] and shards == expected, (shards, expected, logs())
+    assert relayed(store, cfg) == store.max_position()
+    clean = ProjectionRunner(store, all_views())
+    clean.fold(store.read_stored(0, 1_000_000))
+    for a, b in zip(clean.views, load_merged(storage, group, PARTITIONS), strict=True):
+        assert normalized_rows(a) == normalized_rows(b), a.name
+    store.close()
