@@ -516,6 +516,10 @@ class RelationalTables:
     def write(self, c, changes: Changes, fresh: bool = False) -> None:
         """Upsert and delete the rows, then re-count messages of every user they touch
         (``fresh``: the tables were just emptied, so no earlier vote is superseded)."""
+        self._recount(c, changes, self._load(c, changes, fresh))
+
+    def _load(self, c, changes: Changes, fresh: bool) -> set[str]:
+        """Upsert and delete the rows; the authors whose messages were there before."""
         messages = changes.upserts.get("messages", []) + changes.deletes.get("messages", [])
         touched = self._authors(c, [m.id if isinstance(m, Message) else m for m in messages])
         for table, keys in changes.deletes.items():
@@ -531,6 +535,11 @@ class RelationalTables:
                 continue
             for start in range(0, len(rows), _BATCH):
                 self._upsert(c, table, rows[start : start + _BATCH])
+        return touched
+
+    def _recount(self, c, changes: Changes, touched: set[str]) -> None:
+        """Forget deleted users as authors; count the messages of every user touched (by their
+        author index: a load without indexes builds them first)."""
         touched |= {m.author for m in changes.upserts.get("messages", []) if m.author}
         users = changes.upserts.get("users", [])
         self._forget_authors(c, [u.id for u in users if u.deleted])
@@ -635,7 +644,8 @@ class RelationalTables:
         """Replace the rows of the tables that follow the message-tree view by ``changes``."""
         self.clear(c, VIEW)
         with self._indexes_after(c, FOLLOWS[VIEW]):
-            self.write(c, changes, fresh=True)
+            touched = self._load(c, changes, fresh=True)
+        self._recount(c, changes, touched)
 
     def reload_board(self, c, stored: Iterator[tuple[str, str, bytes]]) -> None:
         """Replace ``user_hours`` by the stored leaderboard view's counters."""
