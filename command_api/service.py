@@ -333,6 +333,12 @@ class CommandService:
             self._remember(ikey, stored)
         return stored
 
+    def _forget_responses_naming(self, user_id: bytes) -> None:
+        """Replies kept for retries that name an erased user (a task quoting their messages) go,
+        as the store's copies went with their key: a retry of one runs again."""
+        for ikey in [k for k, r in self.responses.items() if user_id in r.body]:
+            del self.responses[ikey]
+
     def _remember(self, ikey: tuple[UUID, str], response: StoredResponse) -> None:
         self.responses[ikey] = response
         if len(self.responses) > 100_000:
@@ -418,6 +424,7 @@ class CommandService:
         UserErased is appended. Checkpoints taken before it hold their text in plain (the
         model in memory no longer does): a fresh one is taken, the older ones deleted."""
         result = await self.execute(c.EraseUser(client_id=client_id, user_id=user_id, reason=reason), ikey)
+        self._forget_responses_naming(user_id.lower().encode())  # (an id as replies write it: lower-case hex)
         if self.checkpoints and result.position > self._checkpointed[0]:
             if self.settings.checkpoint_every:
                 await self.checkpoint()

@@ -136,8 +136,12 @@ class StoreKeys:
         self.recent: dict[tuple, str] = {}
         if backend == "sqlite":
             self.table, self.mark = "user_keys", "?"
+            self.responses = "command_responses"
+            self.quotes = "instr(body, ?) > 0"
         else:
             self.table, self.mark = SQL("{}.user_keys").format(Identifier(schema)).as_string(), "%s"
+            self.responses = SQL("{}.command_responses").format(Identifier(schema)).as_string()
+            self.quotes = "position(%s::bytea in body) > 0"
         self._execute(
             f"CREATE TABLE IF NOT EXISTS {self.table} "
             f"(key_id {self._bytes} PRIMARY KEY, user_id TEXT NOT NULL, key {self._bytes} NOT NULL)",
@@ -256,6 +260,9 @@ class StoreKeys:
         m = self.mark
         for owner in erase:
             c.execute(f"DELETE FROM {self.table} WHERE user_id = {m}", (str(owner),))
+            # replies kept for retries (command_responses) hold what was sent in plain: a task
+            # quoting their messages names them as its messages' user_id; a retry of one is run again
+            c.execute(f"DELETE FROM {self.responses} WHERE {self.quotes}", (str(owner).encode(),))
         if new:
             rows = [(key_id, str(owner), key) for owner, (key_id, key) in new.items()]
             c.executemany(f"INSERT INTO {self.table} VALUES ({m}, {m}, {m})", rows)

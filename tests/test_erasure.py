@@ -264,3 +264,31 @@ async def test_a_moderators_edit_of_an_erased_authors_message_is_erased_in_snaps
         derived = create_snapshot(settings, spec_from_manifest(manifest, exclusions))
         texts = set(parquet(settings, derived)["text"])
         assert derived["id"] != edited["id"] and "a moderator's wording of it" not in texts
+
+
+async def test_replies_kept_for_retries_that_quote_an_erased_user_go_with_the_key(seeded):
+    settings = seeded[0]
+    app = create_app(settings)
+    async with AsyncTestClient(app) as client:
+        client.headers["X-API-Key"] = API_KEY
+        quoting, other = None, None
+        for i in range(30):  # tasks kept for retries: one that quotes someone's message, one that quotes none
+            headers = {"Idempotency-Key": f"retry-{i}"}
+            body = {"type": "random", "user": user(f"reader{i}"), "lang": "en"}  # (a user's pending tasks are capped)
+            r = await client.post("/api/v1/tasks/", json=body, headers=headers)
+            assert r.status_code == 200, r.text
+            quoted = [m for m in (r.json().get("conversation") or {}).get("messages", []) if m.get("user_id")]
+            if quoted and quoting is None:
+                quoting = (headers, r.json(), body, quoted[-1])
+            elif not quoted and other is None:
+                other = (headers, r.json(), body)
+            if quoting and other:
+                break
+        assert quoting and other
+        victim, text = quoting[3]["user_id"], quoting[3]["text"]
+        assert (await erase(client, victim)).status_code == 204
+        again = await client.post("/api/v1/tasks/", json=quoting[2], headers=quoting[0])
+        assert again.status_code == 200 and again.json()["id"] != quoting[1]["id"]  # run again, not replayed
+        assert text not in again.text
+        kept = await client.post("/api/v1/tasks/", json=other[2], headers=other[0])
+        assert kept.json() == other[1]  # replies that never named them are still replayed
