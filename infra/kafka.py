@@ -186,8 +186,9 @@ def last_positions(cfg: KafkaSettings, topics: dict[str, int], timeout: float = 
         for tp, end in filled.items():
             reader.seek(tp, end - 1)
         found: dict[str, dict[int, int]] = {t: {} for t in topics}
-        deadline, quiet_since = time.monotonic() + timeout, time.monotonic() + 1  # a second to connect
-        while filled and time.monotonic() - quiet_since < 0.3:
+        deadline, quiet_since = time.monotonic() + timeout, time.monotonic()
+        # until every non-empty partition gave a record, then nothing more came for 0.3 s
+        while filled and (sum(map(len, found.values())) < len(filled) or time.monotonic() - quiet_since < 0.3):
             if time.monotonic() > deadline:
                 raise ProduceError(f"could not read the last records of {sorted(topics)}")
             for tp, records in reader.poll(timeout_ms=100).items():

@@ -26,10 +26,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from eventsourcing.persistence import PersistenceError
+
 from domain import events as ev
 from infra import kafka
 from infra.settings import KafkaSettings
-from infra.store import STORE_AWAY_ERRORS, EventStore
+from infra.store import EventStore
 from projections.base import View
 from projections.history import HistoryView
 from projections.kafka_fence import Fenced, Owners
@@ -134,7 +136,7 @@ class KafkaProjector:
         if time.monotonic() - self._last_flush >= interval:
             try:
                 self.flush()
-            except STORE_AWAY_ERRORS as exc:  # the rows were given back: the next flush writes them
+            except PersistenceError as exc:  # the rows were given back: the next flush writes them
                 log.warning("group %s: writing the shards failed (%s); retrying at the next flush", self.group, exc)
         return folded
 
@@ -189,8 +191,12 @@ class KafkaProjector:
 
     def _write(self, flush: _Flush, held: dict[str, int]) -> None:
         with self.storage.datastore.transaction(commit=True) as c:
-            if self.storage.pg:  # the group's flushes one at a time: they all write one history generation,
-                # whose table locks (an index made if missing, then a COPY) deadlock two flushes at once
+            if self.storage.pg:
+                # a process frozen in here would hold its locks (the epochs' rows, the lock below)
+                # and stall the group's new owners: PostgreSQL ends such a transaction after 5 s
+                c.execute("SET LOCAL idle_in_transaction_session_timeout = '5s'")
+                # the group's flushes one at a time: they all write one history generation, whose
+                # table locks (an index made if missing, then a COPY) deadlock two flushes at once
                 c.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (history_key(self.group),))
             self.owners.check(c, held)  # first: nothing is written for a shard that is no longer ours
             write = _write_pg if self.storage.pg else _write_sqlite
