@@ -130,14 +130,17 @@ class ViewStorage:
         another writer (``database is locked``)."""
         if create:
             new = self._new_generation_name() if self.pg else f"{view}#{secrets.token_hex(4)}"
-            c.execute(self._sql("INSERT INTO {generations} VALUES (?, ?) ON CONFLICT (view) DO NOTHING"), (view, new))
+            c.execute(
+                self._sql("INSERT INTO {generations} VALUES (?, ?) ON CONFLICT (view) DO NOTHING RETURNING generation"),
+                (view, new),
+            )
+            if c.fetchone() is not None and self.pg:  # a new generation: its table (once: two writers
+                # creating an index on every write deadlock, the index's lock against the other's COPY)
+                c.execute(SQL("CREATE TABLE {} (entity uuid, position bigint)").format(self._own(new)))
+                if not view.endswith(REBUILD_SUFFIX):  # a rebuilt one is indexed when it is switched live
+                    self._index(c, new)
         c.execute(self._sql("SELECT generation FROM {generations} WHERE view = ?"), (view,))
         row = c.fetchone()
-        if create and self.pg:
-            table = self._own(row["generation"])
-            c.execute(SQL("CREATE TABLE IF NOT EXISTS {} (entity uuid, position bigint)").format(table))
-            if not view.endswith(REBUILD_SUFFIX):  # a rebuilt one is indexed when it is switched live
-                self._index(c, row["generation"])
         return row["generation"] if row else None
 
     def _reload_relational(self, c, view: str) -> None:
