@@ -242,9 +242,10 @@ class EventStore:
         self.url = url
         self.backend, self.recorder = _open_recorder(url)
         self.transcoder = MsgspecTranscoder()
-        self.recorder.create_table()
-        schema = getattr(self.recorder.datastore, "schema", "")
-        self.keys = StoreKeys(self.backend, self.recorder.datastore, schema)
+        with self.schema_lock():
+            self.recorder.create_table()
+            schema = getattr(self.recorder.datastore, "schema", "")
+            self.keys = StoreKeys(self.backend, self.recorder.datastore, schema)
 
     def close(self) -> None:
         RING.sources.discard(self.keys)
@@ -285,6 +286,18 @@ class EventStore:
             "WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
         ).format(Identifier(self.recorder.datastore.schema), Identifier(self.recorder.events_table_name))
         return self._select(sql, [after, limit])
+
+    @contextmanager
+    def schema_lock(self) -> Iterator[None]:
+        """PostgreSQL: one process at a time creates tables (processes starting together raced:
+        "tuple concurrently updated", a duplicate type name). A transaction-level advisory lock,
+        held while the block runs (its statements may use other connections)."""
+        if self.backend == "sqlite":
+            yield
+            return
+        with self.recorder.datastore.transaction(commit=True) as c:
+            c.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            yield
 
     def pages(
         self, after: int, upto: int | None = None, topics: Sequence[str] | None = None, page_size: int = 20_000
@@ -413,6 +426,9 @@ class EventStore:
         if row is None:
             return None
         return StoredResponse(row["status"], bytes(row["body"]), row["position"])
+
+
+SCHEMA_LOCK = 0x6F61737374  # the advisory lock key of table creation ("oasst")
 
 
 class GroupCommitter:

@@ -55,7 +55,7 @@ class ViewStorage:
 
     def _create(self) -> None:
         blob = "bytea" if self.pg else "BLOB"
-        with self.datastore.transaction(commit=True) as c:
+        with self.store.schema_lock(), self.datastore.transaction(commit=True) as c:
             c.execute(
                 self._sql(
                     "CREATE TABLE IF NOT EXISTS {rows} (view TEXT, tbl TEXT, key TEXT, value " + blob + ", "

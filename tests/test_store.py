@@ -92,3 +92,28 @@ async def test_a_failed_batch_fails_every_waiter_and_reports(store):
         await bad
     await committer.drain()
     assert len(failures) == 1
+
+
+def _open_store_and_views(url: str) -> None:
+    from projections.storage import ViewStorage
+
+    store = EventStore(url)
+    ViewStorage(store)
+    store.close()
+
+
+def test_processes_starting_together_create_the_tables_once(pg_url):
+    """Six processes opening a new PostgreSQL store at once: every one starts (without the schema
+    lock most of them failed: "tuple concurrently updated", a duplicate type name)."""
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    starting = [spawn.Process(target=_open_store_and_views, args=(pg_url,)) for _ in range(6)]
+    for p in starting:
+        p.start()
+    for p in starting:
+        p.join(120)
+    assert [p.exitcode for p in starting] == [0] * 6
+    store = EventStore(pg_url)  # and the store works
+    assert store.max_position() == 0
+    store.close()
