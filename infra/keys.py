@@ -27,6 +27,7 @@ from uuid import UUID
 
 import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from eventsourcing.persistence import InterfaceError, OperationalError
 from psycopg.sql import SQL, Identifier
 
 from domain import events as ev
@@ -158,10 +159,17 @@ class StoreKeys:
             for sql in statements:
                 c.execute(sql, params) if params else c.execute(sql)
 
-    def _rows(self, sql: str, params=()) -> list:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(sql, params)
-            return [(bytes(r["key_id"]), UUID(r["user_id"]), bytes(r["key"])) for r in c.fetchall()]
+    def _rows(self, sql: str, params=(), again: bool = True) -> list:
+        try:
+            with self.datastore.transaction(commit=False) as c:
+                c.execute(sql, params)
+                return [(bytes(r["key_id"]), UUID(r["user_id"]), bytes(r["key"])) for r in c.fetchall()]
+        except (OperationalError, InterfaceError):
+            # a pooled connection the server cut: the datastore reconnects on the next try (keys
+            # are looked up inside folds, which have no retry of their own)
+            if not again:
+                raise
+            return self._rows(sql, params, again=False)
 
     def _load(self) -> None:
         """Every key of the table, once (a rebuild then asks the database nothing)."""

@@ -292,3 +292,19 @@ async def test_replies_kept_for_retries_that_quote_an_erased_user_go_with_the_ke
         assert text not in again.text
         kept = await client.post("/api/v1/tasks/", json=other[2], headers=other[0])
         assert kept.json() == other[1]  # replies that never named them are still replayed
+
+
+def test_keys_are_read_again_over_a_connection_the_server_cut(pg_url):
+    import psycopg
+
+    store = EventStore(pg_url)
+    store.max_position()  # the pool holds a connection now
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    store.keys._loaded = False
+    store.keys._load()  # a fold asking for a key it has not seen: no error for the cut connection
+    assert store.keys._loaded
+    store.close()
