@@ -75,10 +75,19 @@ class _Ring:
         if cipher is not None or key_id in self.gone:
             return cipher
         with self.lock:
+            unreachable = []
             for source in list(self.sources):
-                cipher = source.lookup(key_id)
+                try:
+                    cipher = source.lookup(key_id)
+                except (OperationalError, InterfaceError) as exc:
+                    # another store this process opened may be gone (its database dropped): the
+                    # key may well be in one that answers; if none has it, it is not known gone
+                    unreachable.append(exc)
+                    continue
                 if cipher is not None:
                     return cipher
+            if unreachable:
+                raise unreachable[0]
             self.gone.add(key_id)
         return None
 

@@ -14,7 +14,7 @@ from uuid import UUID
 import msgspec
 import polars as pl
 import pytest
-from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
 from litestar.testing import AsyncTestClient
 
 from devkit.simulator import seed_history_async
@@ -308,3 +308,33 @@ def test_keys_are_read_again_over_a_connection_the_server_cut(pg_url):
     store.keys._load()  # a fold asking for a key it has not seen: no error for the cut connection
     assert store.keys._loaded
     store.close()
+
+
+def test_a_key_is_found_while_another_store_of_the_process_is_gone(pg_url, pg_admin_url):
+    """The process-wide ring asks every store it opened for a key it has not cached: a store
+    whose database was dropped (not closed) must not hide a key another store has, nor make an
+    unreachable key read as erased."""
+    import uuid as _uuid
+    from urllib.parse import urlparse, urlunparse
+
+    import psycopg
+
+    name = f"oasst_test_{_uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    other = EventStore(urlunparse(urlparse(pg_admin_url)._replace(path=f"/{name}")))
+    other.keys._load()
+    store = EventStore(pg_url)
+    key_id, _ = store.keys._create(_uuid.uuid4())
+    with store.recorder.datastore.transaction(commit=True) as c:
+        store.keys.write(c, store.keys.take())
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    RING.ciphers.pop(key_id)
+    assert RING.cipher(key_id) is not None  # found in the store that answers
+    RING.ciphers.pop(key_id)
+    store.close()  # now only the dropped one is left to ask: an error, not "erased"
+    with pytest.raises(OperationalError):
+        RING.cipher(key_id)
+    assert key_id not in RING.gone
+    other.close()
