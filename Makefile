@@ -33,7 +33,7 @@ test: install browser lint
 bench: install
 	$(BIN)/python bench/run.py
 
-# The same on small sizes: about 6 minutes on a 2-core machine.
+# The same on small sizes: about 8 minutes on a 2-core machine.
 bench-quick: install
 	$(BIN)/python bench/run.py --quick
 
