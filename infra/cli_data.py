@@ -61,27 +61,19 @@ def snapshot_create(
     exclusions: str = typer.Option("as_of_position", help="Spammers left out: as_of_position, or latest."),
 ) -> None:
     """Write a snapshot of the log up to P under a policy (the same inputs give the same bytes)."""
-    from projections.snapshot import (
-        NoRoom,
-        SnapshotError,
-        SnapshotSpec,
-        create_snapshot,
-        load_manifest,
-        spec_from_manifest,
-    )
+    from projections.snapshot import NoRoom, SnapshotError, create_snapshot, snapshot_spec
 
     settings = _settings()
     try:
-        if from_id:
-            spec = spec_from_manifest(load_manifest(settings.data_dir, from_id), exclusions)
-        else:
-            spec = SnapshotSpec(
-                position=at,
-                policy=policy,
-                exclusions=exclusions,
-                sft_max_rank=sft_max_rank,
-                selection=_selection(state, lang, deleted, spam, synthetic, min_review_count=min_review_count),
-            )
+        spec = snapshot_spec(
+            settings.data_dir,
+            from_id,
+            exclusions,
+            position=at,
+            policy=policy,
+            sft_max_rank=sft_max_rank,
+            selection=_selection(state, lang, deleted, spam, synthetic, min_review_count=min_review_count),
+        )
         manifest = create_snapshot(settings, spec)
     except NoRoom as e:
         typer.echo(f"snapshot not written: {e}", err=True)

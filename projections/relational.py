@@ -451,45 +451,39 @@ class RelationalTables:
         """label_votes and rankings rows of (position, event) submissions, in log order
         (``as_frame``: label_votes as one frame, for a whole reload)."""
         latest = _latest_labels(submissions)
-        if as_frame:
-            return {
-                "label_votes": self._vote_frame(submissions, users, latest),
-                "rankings": self._rankings(submissions, users),
-            }
-        label_votes, rankings = [], []
-        for position, e in submissions:
-            annotator = self._annotator(e.user_id, users)
-            if isinstance(e, ev.RankingSubmitted):
-                rankings.append(
-                    Ranking(
-                        position=position,
-                        parent_id=e.parent_id,
-                        annotator=annotator,
-                        ranked=list(e.ranked_message_ids),
-                        not_rankable=e.not_rankable,
-                        created=e.at,
-                    )
-                )
-                continue
-            is_latest = latest.get((e.message_id, e.user_id)) == position
-            label_votes.extend(
-                LabelVote(
-                    position=position,
-                    label=name,
-                    message_id=e.message_id,
-                    value=value,
-                    annotator=annotator,
-                    kind=e.kind,
-                    created=e.at,
-                    latest=is_latest,
-                )
-                for name, value in sorted(e.labels.items())
-            )
-        return {"label_votes": label_votes, "rankings": rankings}
+        labels = (self._vote_frame if as_frame else self._vote_rows)(submissions, users, latest)
+        return {"label_votes": labels, "rankings": self._rankings(submissions, users)}
 
     def _rankings(self, submissions: list[tuple[int, ev.Event]], users: dict[UUID, UserRow]) -> list:
-        only = [(p, e) for p, e in submissions if isinstance(e, ev.RankingSubmitted)]
-        return self.votes(only, users)["rankings"]
+        return [
+            Ranking(
+                position=position,
+                parent_id=e.parent_id,
+                annotator=self._annotator(e.user_id, users),
+                ranked=list(e.ranked_message_ids),
+                not_rankable=e.not_rankable,
+                created=e.at,
+            )
+            for position, e in submissions
+            if isinstance(e, ev.RankingSubmitted)
+        ]
+
+    def _vote_rows(self, submissions: list, users: dict[UUID, UserRow], latest: dict) -> list:
+        return [
+            LabelVote(
+                position=position,
+                label=name,
+                message_id=e.message_id,
+                value=value,
+                annotator=self._annotator(e.user_id, users),
+                kind=e.kind,
+                created=e.at,
+                latest=latest.get((e.message_id, e.user_id)) == position,
+            )
+            for position, e in submissions
+            if isinstance(e, ev.LabelsSubmitted)
+            for name, value in sorted(e.labels.items())
+        ]
 
     def _vote_frame(self, submissions: list, users: dict[UUID, UserRow], latest: dict) -> pl.DataFrame:
         """label_votes as votes() makes them: the event's columns once per event, repeated by

@@ -171,6 +171,14 @@ def _exclusions(store: EventStore, state, spec: SnapshotSpec) -> tuple[frozenset
     raise SnapshotError(f"exclusions must be 'as_of_position' or 'latest', not {spec.exclusions!r}")
 
 
+def snapshot_spec(data_dir: Path, from_id: str | None, exclusions: str, **fields) -> SnapshotSpec:
+    """A new snapshot's spec, or with ``from_id`` that snapshot's inputs again under other
+    exclusions (what the CLI and the API ask for)."""
+    if from_id:
+        return spec_from_manifest(load_manifest(data_dir, from_id), exclusions)
+    return SnapshotSpec(exclusions=exclusions, **fields)
+
+
 def spec_from_manifest(manifest: dict, exclusions: str) -> SnapshotSpec:
     """Snapshot ``manifest``'s inputs again (same P, policy, selection), with other exclusions."""
     sel = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["filters"].items()}

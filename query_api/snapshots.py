@@ -77,35 +77,27 @@ async def create_snapshot_route(
     data: JSONBody[SnapshotRequest], service: Service, client: Client, ikey: IdempotencyKey = None
 ) -> Response:
     from projections.dataset import Selection
-    from projections.snapshot import (
-        NoRoom,
-        SnapshotError,
-        SnapshotSpec,
-        create_snapshot,
-        load_manifest,
-        spec_from_manifest,
-    )
+    from projections.snapshot import NoRoom, SnapshotError, create_snapshot, snapshot_spec
 
     settings = service.settings
     try:
-        if data.from_id:
-            spec = spec_from_manifest(load_manifest(settings.data_dir, data.from_id), data.exclusions)
-        else:
-            selection = Selection(
-                states=Selection.states if data.states is None else tuple(data.states),
-                langs=tuple(data.langs),
-                deleted=data.deleted,
-                spam=data.spam,
-                synthetic=data.synthetic,
-                min_review_count=data.min_review_count,
-            )
-            spec = SnapshotSpec(
-                position=data.at,
-                policy=data.policy,
-                selection=selection,
-                exclusions=data.exclusions,
-                sft_max_rank=data.sft_max_rank,
-            )
+        selection = Selection(
+            states=Selection.states if data.states is None else tuple(data.states),
+            langs=tuple(data.langs),
+            deleted=data.deleted,
+            spam=data.spam,
+            synthetic=data.synthetic,
+            min_review_count=data.min_review_count,
+        )
+        spec = snapshot_spec(
+            settings.data_dir,
+            data.from_id,
+            data.exclusions,
+            position=data.at,
+            policy=data.policy,
+            selection=selection,
+            sft_max_rank=data.sft_max_rank,
+        )
         # folding the log takes a while: off the event loop, with its own connection
         manifest = await asyncio.to_thread(create_snapshot, settings, spec, record=False)
     except NoRoom as e:  # 507 Insufficient Storage: the service goes on; nothing was kept or recorded

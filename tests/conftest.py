@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
@@ -13,7 +14,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from infra.app import create_app
-from tests.config import API_KEY, make_settings
+from tests.config import API_KEY, SMALL_TREE, make_settings
 
 MACHINE_PG = os.environ.get("OASST_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -69,3 +70,12 @@ def browser():
 
     with headless_chromium() as b:
         yield b
+
+
+@pytest.fixture
+async def three_reviewers(store_url, tmp_path):
+    """A service whose prompts need three reviews (the trust tests' reviewers disagree), in-process."""
+    settings = make_settings(store_url, tmp_path, replace(SMALL_TREE, num_reviews_initial_prompt=3))
+    async with AsyncTestClient(create_app(settings)) as c:
+        c.headers["X-API-Key"] = API_KEY
+        yield c

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
-from litestar.testing import AsyncTestClient
 
 from devkit.simulator import seed_history_async
-from infra.app import create_app
 from infra.store import EventStore
 from projections.consensus import ConsensusView
 from projections.trust import EM_ITERATIONS, kendall_tau, label_accuracies, spam_votes
-from tests.config import API_KEY, SMALL_TREE, make_settings
 from tests.frontend import acked_task, answer_for, do_task, events, user
 
 ALICE, BOB, CAROL, DAVE, MALLORY = (user(n) for n in ("alice", "bob", "carol", "dave", "mallory"))
@@ -81,14 +76,6 @@ async def test_a_spammers_messages_and_their_subtrees_disappear_from_reads_until
     await client.delete(f"/api/v1/admin/users/{mallory}/spammer")
     assert len(await get(client, "/api/v1/messages/")) == 1
     assert (await get(client, f"/api/v1/messages/{prompt}/tree/state"))["state"] == "initial_prompt_review"
-
-
-@pytest.fixture
-async def three_reviewers(store_url, tmp_path):
-    settings = make_settings(store_url, tmp_path, replace(SMALL_TREE, num_reviews_initial_prompt=3))
-    async with AsyncTestClient(create_app(settings)) as c:
-        c.headers["X-API-Key"] = API_KEY
-        yield c
 
 
 async def test_a_contrarian_labeller_loses_trust_and_is_suspected(three_reviewers):

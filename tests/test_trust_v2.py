@@ -149,21 +149,6 @@ def test_no_votes_no_rankings():
 # --- over HTTP, on both stores: trust-v2 is the trust routes' default -----------------------------
 
 
-@pytest.fixture
-async def three_reviewers(store_url, tmp_path):
-    from dataclasses import replace
-
-    from litestar.testing import AsyncTestClient
-
-    from infra.app import create_app
-    from tests.config import API_KEY, SMALL_TREE, make_settings
-
-    settings = make_settings(store_url, tmp_path, replace(SMALL_TREE, num_reviews_initial_prompt=3))
-    async with AsyncTestClient(create_app(settings)) as c:
-        c.headers["X-API-Key"] = API_KEY
-        yield c
-
-
 async def test_a_yes_sayer_is_suspected_and_outvoted_over_http(three_reviewers):
     from tests.frontend import acked_task, answer_for, do_task, events, user
 
