@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from uuid import UUID
 
 import psycopg
+from eventsourcing.persistence import ProgrammingError
 from psycopg.sql import SQL, Identifier
 
 from domain import events as ev
@@ -268,9 +269,10 @@ class ViewStorage:
                     (entity, until, limit),
                 )
                 return [row["position"] for row in c.fetchall()]
-        except psycopg.errors.UndefinedTable:  # switched out (and dropped) between the two statements
-            if not retry:
+        except ProgrammingError as exc:  # (eventsourcing's wrapper of psycopg's errors)
+            if not retry or not isinstance(exc.__cause__, psycopg.errors.UndefinedTable):
                 raise
+            # the generation was switched out (and its table dropped) between the two statements
             return self._history_pg(view, entity, until, limit, retry=False)
 
     def history_entries(self, view: str) -> list[tuple[str, int]]:

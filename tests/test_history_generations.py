@@ -117,3 +117,19 @@ async def test_a_rebuild_writing_history_on_the_way_and_rows_at_the_end_equals_t
 def normalized(view) -> dict:
     enc = msgspec.msgpack.Encoder()
     return {(t.name, str(k)): enc.encode(r) for t in view.tables.values() for k, r in t.rows.items()}
+
+
+async def test_a_history_query_racing_a_switch_asks_again(pg_url, tmp_path):
+    """PostgreSQL: the generation a query looked up was switched out and its table dropped before
+    the query read it; the query asks again and answers from the live generation."""
+    h = await history(pg_url, tmp_path)
+    storage = caught_up(pg_url)
+    tree = storage.history(LIVE, h["P"])
+    real, asked = storage._generation, []
+
+    def switched_out_first(c, view, create=False):
+        asked.append(view)
+        return OWN_TABLE + "dropped" if len(asked) == 1 else real(c, view, create)
+
+    storage._generation = switched_out_first
+    assert storage.history(LIVE, h["P"]) == tree and len(asked) == 2
