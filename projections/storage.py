@@ -73,7 +73,9 @@ class ViewStorage:
             c.execute(self._sql("CREATE INDEX IF NOT EXISTS history_index_entity ON {history} (entity, position)"))
             self._create_generations(c)
             if self.pg:
-                c.execute(SQL("CREATE TABLE IF NOT EXISTS {} (view TEXT PRIMARY KEY, tbl TEXT)").format(self.row_tables))
+                c.execute(
+                    SQL("CREATE TABLE IF NOT EXISTS {} (view TEXT PRIMARY KEY, tbl TEXT)").format(self.row_tables)
+                )
             secret = SQL("{}.view_secret").format(Identifier(self.datastore.schema)) if self.pg else "view_secret"
             # new tables on a store whose views were stored before them
             for view in self.relational.create(c, secret):
