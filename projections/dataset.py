@@ -32,7 +32,7 @@ from projections.runner import gc_paused
 from projections.trust import POLICY as TRUST_POLICY
 from projections.trust import compute_trust
 
-POLICIES = {"oa": "oa-v1", "trust": TRUST_POLICY, "trust-v2": trust_v2.POLICY}
+POLICIES = {"oa": "oa-v1", "trust": TRUST_POLICY, "trust-v2": trust_v2.VERSION}
 Mode = Literal["exclude", "include", "only"]
 SPAM_TOPICS = ("user_marked_spammer", "user_unmarked_spammer")
 

@@ -19,10 +19,14 @@ taken from the models rather than from weighted means against fixed thresholds.
 - trust: the probability that one of the annotator's judgements is right — the balanced
   label accuracy (sensitivity + specificity) / 2 and the pair accuracy, averaged over their
   labels and rankings (the evidence count), so neither part alone decides.
-- suspected, with the reason: labels no better than chance (sensitivity + specificity − 1 <
-  ``SUSPECT_INFORMEDNESS`` over ≥ ``MIN_LABELS`` labels: yes-sayers, flippers and
-  coin-flippers alike), or a pair accuracy < ``SUSPECT_PAIR_ACCURACY`` over ≥
-  ``MIN_RANKINGS`` rankings.
+- colluding groups (projections/collusion.py, version ``trust-v2.1``): pairs whose votes agree
+  on shared messages more than their accuracies predict for independent voters, linked into
+  groups; a group's votes on one message count as one vote (each member's weighs 1/k).
+  Version ``trust-v2`` (what older snapshots record) leaves that out: ``fit(view, "trust-v2")``.
+- suspected, with the reasons: labels no better than chance (P(chance or contrary | votes) >
+  ``SUSPECT_CHANCE``, judged against the other votes of each message: yes-sayers, flippers
+  and coin-flippers alike), a pair accuracy < ``SUSPECT_PAIR_ACCURACY`` over ≥
+  ``MIN_RANKINGS`` rankings, or membership of a colluding group.
 
 Deterministic: sorted users, messages and parents, fixed iterations, no randomness.
 crowd-kit itself is not called here: on arrays the fit is many times faster (README).
@@ -37,10 +41,14 @@ from uuid import UUID
 
 import numpy as np
 
+from projections import collusion
 from projections.consensus import ConsensusView
 from projections.trust import kendall_tau
 
 POLICY = "trust-v2"
+# the version snapshots record; "trust-v2" (no colluding groups weighed as one) stays computable
+VERSION = "trust-v2.1"
+VERSIONS = ("trust-v2", VERSION)
 EM_ITERATIONS = 50
 LABEL_PRIOR = 0.8  # the prior annotator's sensitivity and specificity
 LABEL_PRIOR_WEIGHT = 4.0  # worth this many votes
@@ -48,8 +56,8 @@ RANKING_PRIOR = 0.8  # the prior ranker's pair accuracy (without labels to go by
 RANKING_PRIOR_WEIGHT = 6.0  # worth this many pairs
 RANKING_ITERATIONS = 5
 ACCEPT = 0.5  # P(not spam) - lang_mismatch mean must exceed this
-MIN_LABELS = 8
-SUSPECT_INFORMEDNESS = 0.4
+INFORMED_PRIOR_WEIGHT = 10.0  # an informed annotator's sensitivity and specificity: Beta(8, 2) each
+SUSPECT_CHANCE = 0.9  # suspected when P(votes no better than chance) is above this
 MIN_RANKINGS = 5
 SUSPECT_PAIR_ACCURACY = 0.65
 
@@ -65,6 +73,8 @@ class LabelFit:
     counts: np.ndarray
     prior_spam: float
     p_spam: dict[UUID, float]  # per message with votes: P(spam | votes)
+    p_chance: np.ndarray  # per annotator: P(their votes are no better than chance | votes)
+    groups: dict[UUID, tuple[UUID, int]] = field(default_factory=dict)  # colluder: (group, messages shared)
 
 
 def _votes(view: ConsensusView) -> list[tuple[UUID, list[tuple[UUID, int]]]]:
@@ -112,16 +122,20 @@ def _m_step(who, vote, t, n_users, prior_weight) -> tuple[np.ndarray, np.ndarray
     return np.clip(sens, eps, 1 - eps), np.clip(spec, eps, 1 - eps)
 
 
-def _e_step(who, vote, message, n_messages, sens, spec, prior) -> np.ndarray:
-    """P(spam | votes) per message, from log-likelihoods summed per message."""
+def _e_step(who, vote, message, n_messages, sens, spec, prior, weight=None) -> np.ndarray:
+    """P(spam | votes) per message, from log-likelihoods summed per message (each vote's times
+    its ``weight``, if given)."""
     s, c = sens[who], spec[who]
-    log_spam = np.bincount(message, weights=np.where(vote == 1, np.log(s), np.log(1 - s)), minlength=n_messages)
-    log_ok = np.bincount(message, weights=np.where(vote == 0, np.log(c), np.log(1 - c)), minlength=n_messages)
+    ls, lo = np.where(vote == 1, np.log(s), np.log(1 - s)), np.where(vote == 0, np.log(c), np.log(1 - c))
+    if weight is not None:
+        ls, lo = ls * weight, lo * weight
+    log_spam = np.bincount(message, weights=ls, minlength=n_messages)
+    log_ok = np.bincount(message, weights=lo, minlength=n_messages)
     prior = min(max(prior, 1e-10), 1 - 1e-10)
     return 1.0 / (1.0 + np.exp(math.log(1 - prior) - math.log(prior) + log_ok - log_spam))
 
 
-def fit_labels(view: ConsensusView) -> LabelFit:
+def fit_labels(view: ConsensusView, version: str = VERSION) -> LabelFit:
     """Fitted without the votes of users marked spammers, on messages with two or more votes
     (one vote cannot disagree with anyone); the posterior is then taken for every message with
     a vote, and every annotator (marked spammers too) is scored against it. One row per vote,
@@ -139,12 +153,67 @@ def fit_labels(view: ConsensusView) -> LabelFit:
         sens = spec = np.full(len(users), LABEL_PRIOR)
         prior = 0.5
     p = _e_step(who[keep], vote[keep], msg[keep], len(every), sens, spec, prior)
+    # colluding groups: their votes on one message count as one (each member's weighs 1/k)
+    lo = _leave_one_out(p[msg], who, vote, keep, sens, spec)
+    rows = keep & (kept[msg] >= 2)
+    group = collusion.groups(*collusion.pair_evidence(who[rows], vote[rows], msg[rows], lo[rows], sens, spec))
+    weight = np.ones(len(who))
+    if group and version != "trust-v2":
+        gid = np.array([group[x][0] if x in group else -1 for x in range(len(users))])[who]
+        member = keep & (gid >= 0)
+        _, inverse = np.unique(np.stack([msg[member], gid[member]]), axis=1, return_inverse=True)
+        weight[member] = 1.0 / np.bincount(inverse.ravel())[inverse.ravel()]
+        p = _e_step(who[keep], vote[keep], msg[keep], len(every), sens, spec, prior, weight[keep])
+        lo = _leave_one_out(p[msg], who, vote, keep * weight, sens, spec)
     decided = np.flatnonzero(kept >= 1)
     p_spam = dict(zip([every[i][0] for i in decided.tolist()], p[decided].tolist(), strict=True))
+    # chance or not: judged against the posterior of the *other* votes of each message (their
+    # own vote would confirm itself: a yes-sayer's "fine" talks a junk message into looking fine)
+    others = kept[msg] - keep >= 1
+    t = 1.0 / (1.0 + np.exp(-lo))
+    p_chance = _p_chance(who[others], vote[others], t[others], len(users))
     # everybody's accuracy against those posteriors: one more M step, over every vote
     rows = (kept >= 1)[msg]
     sens, spec = _m_step(who[rows], vote[rows], p[msg[rows]], len(users), LABEL_PRIOR_WEIGHT)
-    return LabelFit(users, sens, spec, np.bincount(who, minlength=len(users)), prior, p_spam)
+    groups = {users[x]: (users[g], n) for x, (g, n) in group.items()}
+    return LabelFit(users, sens, spec, np.bincount(who, minlength=len(users)), prior, p_spam, p_chance, groups)
+
+
+def _leave_one_out(p, who, vote, weight, sens, spec) -> np.ndarray:
+    """The log-odds of P(spam) of each vote's message without that vote: its log-likelihood ratio
+    (times its ``weight`` in the posterior, 0 for votes left out) taken off the posterior's."""
+    s, c = sens[who], spec[who]
+    own = np.where(vote == 1, np.log(s) - np.log(1 - c), np.log(1 - s) - np.log(c)) * weight
+    p = np.clip(p, 1e-300, 1 - 1e-16)
+    return np.log(p) - np.log1p(-p) - own
+
+
+def _two_coins(said_spam, missed, said_ok, false_alarm, a, b) -> np.ndarray:
+    """log P(votes | sensitivity and specificity each Beta(a, b))."""
+    right = _lbeta(said_spam + a, missed + b) + _lbeta(said_ok + a, false_alarm + b)
+    return (right - 2 * _lbeta(a, b)).astype(float)
+
+
+_lbeta = np.frompyfunc(lambda a, b: math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b), 2, 1)
+
+
+def _p_chance(who, vote, t, n_users) -> np.ndarray:
+    """P(an annotator's votes are no better than chance | their votes): an informed two-coin
+    annotator (sensitivity and specificity each Beta around ``LABEL_PRIOR``) against chance
+    (MACE's spammer: "spam" at a rate of its own, uniform prior, whatever the message) or
+    contrary (informed, the wrong way round), by Beta marginal likelihoods of the expected
+    counts, even prior odds. A yes-sayer (all "fine"), a coin-flipper (half and half) and a
+    flipper are explained better by chance or contrary; an honest annotator with a few slips is not."""
+    said_spam = np.bincount(who, weights=vote * t, minlength=n_users)
+    missed = np.bincount(who, weights=(1 - vote) * t, minlength=n_users)
+    said_ok = np.bincount(who, weights=(1 - vote) * (1 - t), minlength=n_users)
+    false_alarm = np.bincount(who, weights=vote * (1 - t), minlength=n_users)
+    a, b = INFORMED_PRIOR_WEIGHT * LABEL_PRIOR, INFORMED_PRIOR_WEIGHT * (1 - LABEL_PRIOR)
+    informed = _two_coins(said_spam, missed, said_ok, false_alarm, a, b)
+    contrary = _two_coins(said_spam, missed, said_ok, false_alarm, b, a)  # the wrong way round
+    chance = _lbeta(said_spam + false_alarm + 1, said_ok + missed + 1).astype(float)
+    bad = np.logaddexp(chance, contrary)
+    return 1.0 / (1.0 + np.exp(np.clip(informed - bad, -700, 700)))
 
 
 def _arrays(items: list[list[tuple[UUID, int]]], index: dict[int, int]) -> tuple[np.ndarray, ...]:
@@ -290,10 +359,10 @@ class Model:
         return self.view.ranking_consensus(parent_id, trust=self.rankings.weights)
 
 
-def _reasons(label_acc: float | None, n_labels: int, rank_acc: float | None, n_rankings: int) -> list[str]:
+def _reasons(p_chance: float | None, n_labels: int, rank_acc: float | None, n_rankings: int) -> list[str]:
     out = []
-    if label_acc is not None and n_labels >= MIN_LABELS and 2 * label_acc - 1 < SUSPECT_INFORMEDNESS:
-        out.append(f"spam labels no better than chance: balanced accuracy {label_acc:.2f} over {n_labels} labels")
+    if p_chance is not None and p_chance > SUSPECT_CHANCE:
+        out.append(f"spam labels no better than chance: P = {p_chance:.2f} over {n_labels} labels")
     if rank_acc is not None and n_rankings >= MIN_RANKINGS and rank_acc < SUSPECT_PAIR_ACCURACY:
         out.append(
             f"rankings no better than chance: {rank_acc:.0%} of their ranked pairs agree with the other "
@@ -302,40 +371,52 @@ def _reasons(label_acc: float | None, n_labels: int, rank_acc: float | None, n_r
     return out
 
 
-def _trust(user: UUID, lab: tuple | None, rank: tuple | None) -> Trust:
+def _trust(user: UUID, lab: tuple | None, rank: tuple | None, p_chance: float | None, together: tuple | None) -> Trust:
     acc, n_l = lab if lab else (None, 0)
     rank_acc, n_r = rank if rank else (None, 0)
     parts = [part for part in (lab, rank) if part]
     total = sum(n for _, n in parts)
     score = sum(p * n for p, n in parts) / total if total else 0.5
-    reasons = _reasons(acc, n_l, rank_acc, n_r)
+    reasons = _reasons(p_chance, n_l, rank_acc, n_r)
+    if together:
+        reasons.append(f"votes together with {together[0]} others on {together[1]} shared messages")
     return Trust(user, score, acc, n_l, rank_acc, n_r, bool(reasons), reasons)
 
 
-def fit(view: ConsensusView) -> Model:
-    """Both fits. The cyclic garbage collector is paused meanwhile: the fit makes a million
-    short-lived tuples at OA's size, and rescanning the views' long-lived rows for them doubled
-    its time."""
+def fit(view: ConsensusView, version: str = VERSION) -> Model:
+    """Both fits, as ``version`` of the policy made them. The cyclic garbage collector is paused
+    meanwhile: the fit makes a million short-lived tuples at OA's size, and rescanning the views'
+    long-lived rows for them doubled its time."""
+    if version not in VERSIONS:
+        raise ValueError(f"unknown trust-v2 version {version!r} (one of {VERSIONS})")
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _fit(view)
+        return _fit(view, version)
     finally:
         if enabled:
             gc.enable()
 
 
-def _fit(view: ConsensusView) -> Model:
+def _fit(view: ConsensusView, version: str) -> Model:
     """Labels first: a ranker's balanced label accuracy is their prior pair accuracy, so one who
     votes blindly needs less ranking evidence to lose their say there too."""
-    labels = fit_labels(view)
+    labels = fit_labels(view, version)
     lab = {
         u: (float(labels.sensitivity[i] + labels.specificity[i]) / 2, int(labels.counts[i]))
         for i, u in enumerate(labels.users)
     }
     rankings = fit_rankings(view, prior_accuracy={u: min(max(acc, 0.5), 0.95) for u, (acc, _) in lab.items()})
     rank = {u: (float(rankings.accuracy[i]), int(rankings.counts[i])) for i, u in enumerate(rankings.users)}
-    trust = {u: _trust(u, lab.get(u), rank.get(u)) for u in sorted(set(lab) | set(rank), key=str)}
+    chance = dict(zip(labels.users, labels.p_chance.tolist(), strict=True))
+    size: dict[UUID, int] = {}
+    for g, _ in labels.groups.values():
+        size[g] = size.get(g, 0) + 1
+    together = {u: (size[g] - 1, n) for u, (g, n) in labels.groups.items()}
+    trust = {
+        u: _trust(u, lab.get(u), rank.get(u), chance.get(u), together.get(u))
+        for u in sorted(set(lab) | set(rank), key=str)
+    }
     model = Model(view, labels, rankings, trust)
     for u, tau in _taus(model).items():
         trust[u].ranking_tau = tau
