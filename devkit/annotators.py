@@ -10,8 +10,9 @@ tasks and the service's own task assignment decides which message each one sees.
 - ``yes_sayer``: lazy: never says spam, ranks the replies in the order shown;
 - ``flipper``: votes the opposite of what it sees, ranks upside down;
 - ``random_ranker``: honest labels, rankings shuffled;
-- ``colluder``: a group that votes together: one shared coin per message (ignoring it),
-  one shared shuffle per ranked parent, so two colluders on a message always agree.
+- ``colluder``: a group that works at the same time and votes together: one shared coin per
+  message (ignoring it), one shared shuffle per ranked parent, so two colluders on a message
+  always agree.
 
 Each tick every active user's request, then ack, then answer are decided in a fixed order
 (coroutines created in order, each deciding before its first await), so a seed gives the
@@ -127,6 +128,10 @@ class Crowd:
         """Annotators come a few at a time (a crowd's steady state: trees in every stage, so
         late-stage ranking tasks are there for them as well as reviews)."""
         waiting = [u for u in self.users if u.kind != "writer"]
+        group = [u for u in waiting if u.kind == "colluder"]
+        if group:  # a colluding group works together: all join when the first of them does
+            first, rest = waiting.index(group[0]), [u for u in waiting if u.kind != "colluder"]
+            waiting = rest[:first] + group + rest[first:]
         writers = [u for u in self.users if u.kind == "writer"]
         pool = max(12, len(waiting) // 4)
         active: list[User] = []
