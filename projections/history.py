@@ -23,14 +23,17 @@ class HistoryView(View):
     def __init__(self) -> None:
         super().__init__()
         self.tree_of = self.table("tree_of", TreeOf)  # message -> tree
-        self.entries: list[tuple[UUID, int]] = []  # (entity, position) not yet stored
-        self.in_flight: list[tuple[UUID, int]] = []  # taken by a flush that has not committed yet
+        # (entity as its 128-bit int, position) not yet stored: an int hashes in C and formats as
+        # hex in C (a UUID's hash and str are Python code, ~20M calls in an OA rebuild)
+        self.entries: list[tuple[int, int]] = []
+        self.in_flight: list[tuple[int, int]] = []  # taken by a flush that has not committed yet
 
     def unflushed(self, entity: str, until: int | None = None) -> list[int]:
         """Positions for ``entity`` folded but not yet written (the last second or so)."""
-        return [p for e, p in (*self.in_flight, *self.entries) if str(e) == entity and (until is None or p <= until)]
+        wanted = UUID(entity).int
+        return [p for e, p in (*self.in_flight, *self.entries) if e == wanted and (until is None or p <= until)]
 
-    def take_entries(self) -> list[tuple[UUID, int]]:
+    def take_entries(self) -> list[tuple[int, int]]:
         self.in_flight, self.entries = self.in_flight + self.entries, []
         return self.in_flight
 
@@ -40,25 +43,35 @@ class HistoryView(View):
         self.in_flight = []
 
     def apply(self, position: int, event: ev.Event) -> None:
-        entities = {getattr(event, f) for f in _ENTITY_FIELDS[type(event)]}
-        entities.discard(None)
-        messages = [getattr(event, f) for f in _MESSAGE_FIELDS[type(event)]]
-        if isinstance(event, (ev.TaskAssigned, ev.TaskAssignedSummary)) and event.target_message_id:
+        kind = type(event)
+        entities = {}  # int -> None: an ordered set
+        for name in _ENTITY_FIELDS[kind]:
+            value = getattr(event, name)
+            if value is not None:
+                entities[value.int] = None
+        messages = [getattr(event, name) for name in _MESSAGE_FIELDS[kind]]
+        if kind in _TASKS and event.target_message_id:
             messages.append(event.target_message_id)
-        if isinstance(event, (ev.RankingSubmitted, ev.RanksComputed)):
+        elif kind in _RANKINGS:
             messages.extend(event.ranked_message_ids)
-        if isinstance(event, ev.InitialPromptSubmitted):
+        if kind is ev.InitialPromptSubmitted:
             self.tree_of.put(event.message_id, TreeOf(event.message_id))
-        elif isinstance(event, ev.ReplySubmitted):
+        elif kind is ev.ReplySubmitted:
             self.tree_of.put(event.message_id, TreeOf(event.tree_id))
         rows = self.tree_of.rows
         for mid in messages:
-            entities.add(mid)
+            if mid is None:
+                continue
+            entities[mid.int] = None
             owner = rows.get(mid)
             if owner is not None:
-                entities.add(owner.tree_id)
-        self.entries.extend((e, position) for e in entities)
+                entities[owner.tree_id.int] = None
+        self.entries.extend([(e, position) for e in entities])
         self.position = position
+
+
+_TASKS = (ev.TaskAssigned, ev.TaskAssignedSummary)
+_RANKINGS = (ev.RankingSubmitted, ev.RanksComputed)
 
 
 def _fields(names: tuple[str, ...]) -> dict[type, tuple[str, ...]]:

@@ -173,29 +173,35 @@ class LeaderboardView(View):
 
     def _add(self, user: UUID | None, hour: int, stat: str, delta: float = 1) -> None:
         """Bump one hourly counter: a leaderboard stat (int) or a trollboard fact (float)."""
+        self._add_all(user, hour, ((stat, delta),))
+
+    def _add_all(self, user: UUID | None, hour: int, deltas) -> None:
+        """Bump several of a user's counters of one hour: (stat, delta) in order."""
         if user is None:
             return
         counts = self._counts(user)
-        if stat in INDEX:
-            rows, names, i, value = counts.hours, STATS, INDEX[stat], int(delta)
-        else:
-            rows, names, i, value = counts.troll, TROLL, TROLL_INDEX[stat], float(delta)
-        row = rows.get(hour)
-        if row is None:
-            row = rows[hour] = [type(value)()] * len(names)
-        row[i] += value
+        for stat, delta in deltas:
+            if stat in INDEX:
+                rows, names, i, value = counts.hours, STATS, INDEX[stat], int(delta)
+            else:
+                rows, names, i, value = counts.troll, TROLL, TROLL_INDEX[stat], float(delta)
+            row = rows.get(hour)
+            if row is None:
+                row = rows[hour] = [type(value)()] * len(names)
+            row[i] += value
 
-    def _give(self, giver: UUID | None, author: UUID | None, hour: int, stat: str, delta: float) -> None:
-        """A contribution by ``giver`` to ``author``'s counters (a ranking placing their
-        reply, a label or reaction on their message): recorded per giver, so that marking
-        the giver a spammer takes it back and unmarking gives it again."""
-        if giver is None or author is None:
+    def _give(self, giver: UUID | None, author: UUID | None, hour: int, gifts: list[tuple[str, float]]) -> None:
+        """Contributions by ``giver`` to ``author``'s counters, (stat, delta) each (a ranking
+        placing their reply, the labels or a reaction on their message): recorded per giver,
+        so that marking the giver a spammer takes them back and unmarking gives them again.
+        One event's gifts at once: a label event gives up to ~15 (5M gifts at OA's size)."""
+        if giver is None or author is None or not gifts:
             return
         given = self.given.get(giver) or self.given.put(giver, Given())
-        given.items.append((author, hour, stat, float(delta)))
+        given.items.extend([(author, hour, stat, float(delta)) for stat, delta in gifts])
         self.given.touch(giver)
         if giver not in self.spammers:
-            self._add(author, hour, stat, delta)
+            self._add_all(author, hour, gifts)
 
     def on_user_marked_spammer(self, e: ev.UserMarkedSpammer) -> None:
         if e.subject_id not in self.spammers:
@@ -274,11 +280,10 @@ class LeaderboardView(View):
             self._add(e.user_id, hour_of(e.at), "labels_full" if e.mode == "full" else "labels_simple")
         m = self.messages.get(e.message_id)
         if m is not None:
-            for name, value in e.labels.items():
-                if name in TROLL_INDEX:
-                    self._give(e.user_id, m.author, m.hour, name, value)
+            gifts = [(name, value) for name, value in e.labels.items() if name in TROLL_INDEX]
             if e.kind == "report":
-                self._give(e.user_id, m.author, m.hour, "red_flags", 1)
+                gifts.append(("red_flags", 1))
+            self._give(e.user_id, m.author, m.hour, gifts)
         self._active(e)
 
     def on_ranking_submitted(self, e: ev.RankingSubmitted) -> None:
@@ -291,7 +296,7 @@ class LeaderboardView(View):
         for place, mid in enumerate(e.ranked_message_ids[:3], start=1):
             m = self.messages.get(mid)
             if m is not None:
-                self._give(e.user_id, m.author, hour, f"reply_ranked_{place}", 1)
+                self._give(e.user_id, m.author, hour, [(f"reply_ranked_{place}", 1)])
         self._active(e)
 
     def on_ranks_computed(self, e: ev.RanksComputed) -> None:
@@ -317,7 +322,7 @@ class LeaderboardView(View):
         stat = {"+1": "upvotes", "-1": "downvotes", "red_flag": "red_flags"}.get(e.emoji)
         m = self.messages.get(e.message_id)
         if stat and m is not None:
-            self._give(e.user_id, m.author, m.hour, stat, delta)
+            self._give(e.user_id, m.author, m.hour, [(stat, delta)])
 
     def on_tree_state_changed(self, e: ev.TreeStateChanged) -> None:
         m = self.messages.get(e.tree_id)

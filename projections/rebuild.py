@@ -28,6 +28,8 @@ def rebuild(store: EventStore, names: list[str], progress: Callable[[int], None]
     views = [v for v in all_views() if v.name in names]
     for view in views:
         view.suffix = SUFFIX
+        for table in view.tables.values():
+            table.every_row = True  # its rows are written whole, once, at the end
     runner = ProjectionRunner(store, views, flush_every=FLUSH_EVERY)
     runner.rows_at_end = True
     tree = runner.by_name.get(MessageTreeView.name)

@@ -74,11 +74,11 @@ class ShardLeaderboardView(_Positioned, LeaderboardView):
         super().__init__()
         self.activity = self.table("activity", Activity)
 
-    def _give(self, giver: UUID | None, author: UUID | None, hour: int, stat: str, delta: float) -> None:
-        if giver is None or author is None:
+    def _give(self, giver: UUID | None, author: UUID | None, hour: int, gifts: list[tuple[str, float]]) -> None:
+        if giver is None or author is None or not gifts:
             return
         given = self.given.get(giver) or self.given.put(giver, Given())
-        given.items.append((author, hour, stat, float(delta)))
+        given.items.extend([(author, hour, stat, float(delta)) for stat, delta in gifts])
         self.given.touch(giver)
 
     def _set_spammer(self, user: UUID, spammer: bool) -> None:

@@ -240,18 +240,19 @@ class ViewStorage:
                 (self._write_rows_pg if self.pg else self._write_rows_sqlite)(c, view, position, upserts, deletes)
 
     def write_history(self, c, history: tuple[str, list[tuple[str, int]]] | None) -> None:
-        """New history entries (view, [(entity, position)]), in the caller's transaction."""
+        """New history entries (view, [(entity as an int, position)]), in the caller's transaction."""
         if not history or not history[1]:
             return
         view, entries = history
         generation = self._generation(c, view, create=True)
         if self.pg:  # COPY: the history index gets several rows per event
             with c.copy(SQL("COPY {} (entity, position) FROM STDIN").format(self._own(generation))) as copy:
-                # COPY's text format built in one join (uuids need no escaping)
-                copy.write("".join([f"{entity}\t{position}\n" for entity, position in entries]))
+                # COPY's text format built in one join: a uuid as 32 hex digits (PostgreSQL reads them)
+                copy.write("".join([f"{entity:032x}\t{position}\n" for entity, position in entries]))
         else:
             c.executemany(
-                self._sql("INSERT INTO {history} VALUES (?, ?, ?)"), [(generation, str(e), p) for e, p in entries]
+                self._sql("INSERT INTO {history} VALUES (?, ?, ?)"),
+                [(generation, str(UUID(int=e)), p) for e, p in entries],
             )
 
     def _write_rows_pg(self, c, view: str, position: int, upserts: list, deletes: list) -> None:

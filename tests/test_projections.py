@@ -505,7 +505,7 @@ def test_history_indexes_users_trees_messages_and_tasks():
     )
     index: dict[UUID, list[int]] = {}
     for entity, position in view.take_entries():
-        index.setdefault(entity, []).append(position)
+        index.setdefault(UUID(int=entity), []).append(position)
     assert sorted(index[P]) == [5, 6, 7, 8, 9, 10, 12]  # the tree (= its prompt) and the prompt message
     assert sorted(index[R3]) == [8, 9]
     assert sorted(index[R1]) == [6, 8]  # submitted, parent of R3 (a candidate of a task is not indexed)
@@ -587,7 +587,7 @@ def stored_history(runner: ProjectionRunner) -> Counter:
 def clean_rebuild(store: EventStore) -> tuple[dict, Counter]:
     fresh = ProjectionRunner(store)
     fresh.fold(store.read_stored(0, 1_000_000))
-    history = Counter((str(e), p) for e, p in fresh.by_name["history"].entries)
+    history = Counter((str(UUID(int=e)), p) for e, p in fresh.by_name["history"].entries)
     return snapshot(fresh), history
 
 
