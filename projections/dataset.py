@@ -34,6 +34,13 @@ from projections.trust import compute_trust
 
 POLICIES = {"oa": "oa-v1", "trust": TRUST_POLICY, "trust-v2": trust_v2.VERSION}
 Mode = Literal["exclude", "include", "only"]
+
+
+def policy_versions(policy: str) -> tuple[str, ...]:
+    """The versions of a policy that can still be computed (snapshots record one)."""
+    return trust_v2.VERSIONS if policy == "trust-v2" else (POLICIES[policy],)
+
+
 SPAM_TOPICS = ("user_marked_spammer", "user_unmarked_spammer")
 
 
@@ -129,16 +136,20 @@ class Dataset:
     anonymiser_seed: str | None = None
     with_labels: bool = True
     with_events: bool = False
+    policy_version: str | None = None  # None: the policy's current version (an older one re-derives old snapshots)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r} (one of {sorted(POLICIES)})")
+        self.policy_version = self.policy_version or POLICIES[self.policy]
+        if self.policy_version not in policy_versions(self.policy):
+            raise ValueError(f"unknown version {self.policy_version!r} of policy {self.policy!r}")
         view, consensus = self.state.tree, self.state.consensus
         # the exclusion set replaces the spammers as of the position, in both views
         view.spammers = set(self.exclusions)
         consensus.spammer_rows.rows = {u: SpammerRow() for u in self.exclusions}
         self.extra = self.exclusions - self.state.spammers  # excluded only since the position
-        self.model = trust_v2.fit(consensus) if self.policy == "trust-v2" else None
+        self.model = trust_v2.fit(consensus, self.policy_version) if self.policy == "trust-v2" else None
         self.weights = {u: t.score for u, t in compute_trust(consensus).items()} if self.policy == "trust" else None
         if self.model is not None:
             self.weights = self.model.weights

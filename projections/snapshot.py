@@ -33,7 +33,7 @@ from infra.oasst_format import dumps, open_text
 from infra.settings import Settings
 from infra.store import EventStore, Pending
 from infra.version import package_version
-from projections.dataset import POLICIES, Dataset, Selection, fold_at, latest_marks
+from projections.dataset import POLICIES, Dataset, Selection, fold_at, latest_marks, policy_versions
 from projections.training_sets import training_frames
 
 FORMAT_VERSION = 1  # bump when the files' layout changes (the id changes with it)
@@ -60,6 +60,7 @@ class SnapshotSpec:
     position: int | None = None  # None: the log's last position now
     policy: str = "oa"
     selection: Selection = field(default_factory=Selection)
+    policy_version: str | None = None  # None: the policy's current version; a re-derive keeps the recorded one
     exclusions: str = "as_of_position"  # or "latest": today's spammers (re-derive)
     sft_max_rank: int | None = None  # keep SFT conversations whose last reply ranked < k
     parent: str | None = None
@@ -185,6 +186,7 @@ def spec_from_manifest(manifest: dict, exclusions: str) -> SnapshotSpec:
     return SnapshotSpec(
         position=manifest["position"],
         policy=manifest["policy"]["name"],
+        policy_version=manifest["policy"]["version"],
         selection=Selection(**sel),
         exclusions=exclusions,
         sft_max_rank=manifest.get("sft_max_rank"),
@@ -199,6 +201,8 @@ def create_snapshot(
     and rows/s of each stage, not part of the manifest on disk)."""
     if spec.policy not in POLICIES:
         raise SnapshotError(f"unknown policy {spec.policy!r} (one of {sorted(POLICIES)})")
+    if spec.policy_version not in (None, *policy_versions(spec.policy)):
+        raise SnapshotError(f"unknown version {spec.policy_version!r} of policy {spec.policy!r}")
     own_store = store is None
     store = store or EventStore(settings.database_url)
     try:
@@ -223,7 +227,7 @@ def _create(settings: Settings, spec: SnapshotSpec, store: EventStore, record: b
     timings["fold"] = {"seconds": time.perf_counter() - t0, "rows": position}
 
     t0 = time.perf_counter()
-    dataset = Dataset(state, spec.policy, exclusions, deleted_users, settings.tree)
+    dataset = Dataset(state, spec.policy, exclusions, deleted_users, settings.tree, policy_version=spec.policy_version)
     items = list(dataset.items(spec.selection))
     timings["resolve"] = {"seconds": time.perf_counter() - t0, "rows": len(items)}
 
@@ -235,7 +239,7 @@ def _create(settings: Settings, spec: SnapshotSpec, store: EventStore, record: b
         manifest = {
             "id": None,
             "position": position,
-            "policy": {"name": spec.policy, "version": POLICIES[spec.policy]},
+            "policy": {"name": spec.policy, "version": dataset.policy_version},
             "filters": spec.selection.as_dict(),
             "sft_max_rank": spec.sft_max_rank,
             "exclusions": {

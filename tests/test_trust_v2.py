@@ -202,7 +202,7 @@ async def test_a_trust_v2_snapshot_names_its_policy_and_rederives_to_the_same_by
     import polars as pl
 
     from devkit.simulator import seed_history_async
-    from projections.snapshot import SnapshotSpec, create_snapshot
+    from projections.snapshot import SnapshotError, SnapshotSpec, create_snapshot, spec_from_manifest
     from tests.config import make_settings
 
     await seed_history_async(store_url, trees=20, users=15, seed=4)
@@ -219,6 +219,14 @@ async def test_a_trust_v2_snapshot_names_its_policy_and_rederives_to_the_same_by
     assert again["id"] == v2["id"] and hashes(again) == hashes(v2)
     dpo = pl.read_parquet(settings.data_dir / "snapshots" / v2["id"] / "dpo.parquet")
     assert len(dpo) and (dpo["chosen_rank"] < dpo["rejected_rank"]).all()
+    # a snapshot of the older version re-derives under the version its manifest records
+    older = create_snapshot(settings, SnapshotSpec(policy="trust-v2", policy_version="trust-v2"))
+    rederived = create_snapshot(settings, spec_from_manifest(older, "as_of_position"))
+    assert older["policy"] == rederived["policy"] == {"name": "trust-v2", "version": "trust-v2"}
+    data = lambda m: {name: h for name, h in hashes(m).items() if name != "manifest.json"}  # noqa: E731
+    assert rederived["parent"] == older["id"] and data(rederived) == data(older)
+    with pytest.raises(SnapshotError, match="unknown version"):
+        create_snapshot(settings, SnapshotSpec(policy="trust-v2", policy_version="trust-v9"))
 
 
 # --- suspicion from the evidence, and colluding groups (trust-v2.1) -------------------------------
