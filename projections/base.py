@@ -20,7 +20,8 @@ class Table(Generic[Row]):
         self.rows: dict = {}
         self.dirty: set = set()
         self.every_row = False  # a rebuild writes every row once, at its end: nothing to remember
-        self._encoder = msgspec.msgpack.Encoder()
+        # ids as 16 bytes, not 36 characters: ~1 GB of rows at OA's size, mostly ids (the decoder reads both)
+        self._encoder = msgspec.msgpack.Encoder(uuid_format="bytes")
         self._decoder = msgspec.msgpack.Decoder(row_type)
         self.key_type = None
 

@@ -119,7 +119,7 @@ async def test_a_rebuild_writing_history_on_the_way_and_rows_at_the_end_equals_t
 
 
 def normalized(view) -> dict:
-    enc = msgspec.msgpack.Encoder()
+    enc = msgspec.msgpack.Encoder(uuid_format="bytes")  # as views store rows
     return {(t.name, str(k)): enc.encode(r) for t in view.tables.values() for k, r in t.rows.items()}
 
 

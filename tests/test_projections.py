@@ -105,7 +105,7 @@ def basic_tree() -> list:
 
 
 def encoded_rows(view) -> dict:
-    enc = msgspec.msgpack.Encoder()
+    enc = msgspec.msgpack.Encoder(uuid_format="bytes")  # as views store rows
     return {(t.name, k): enc.encode(row) for t in view.tables.values() for k, row in t.rows.items()}
 
 
@@ -567,7 +567,7 @@ def test_every_changed_row_is_marked_dirty(sqlite_history):
 
 
 def snapshot(runner: ProjectionRunner) -> dict:
-    enc = msgspec.msgpack.Encoder()
+    enc = msgspec.msgpack.Encoder(uuid_format="bytes")  # as views store rows
     return {
         (v.key, t.name, str(k)): enc.encode(row)
         for v in runner.views

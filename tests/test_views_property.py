@@ -27,7 +27,7 @@ action = st.one_of(
 
 
 def snapshot(runner: ProjectionRunner) -> dict:
-    enc = msgspec.msgpack.Encoder()
+    enc = msgspec.msgpack.Encoder(uuid_format="bytes")  # as views store rows
     return {
         (v.key, t.name, str(k)): enc.encode(row)
         for v in runner.views
