@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 
 import msgspec
+import pytest
 from litestar.testing import AsyncTestClient
 from psycopg.sql import SQL
 
@@ -182,3 +183,25 @@ async def test_rebuilt_view_rows_switch_live_and_keep_taking_writes(store_url, t
     fresh.fold([n for page in storage.store.pages(0) for n in page])
     assert {v.name: normalized(v) for v in restored.views} == {v.name: normalized(v) for v in fresh.views}
     assert storage.history(LIVE, h["P"])
+
+
+async def test_a_history_write_failing_in_the_writer_thread_fails_the_rebuild(pg_url, tmp_path, monkeypatch):
+    """PostgreSQL writes a rebuild's history entries in a thread while the fold goes on: a write
+    that fails there fails the rebuild, and the live views stay as they were."""
+    await history(pg_url, tmp_path)
+    storage = caught_up(pg_url)
+    entries = Counter(storage.history_entries(LIVE))
+    real, calls = ViewStorage.write_history, []
+
+    def fails_the_second_time(self, c, history):
+        calls.append(len(history[1]) if history else 0)
+        if len(calls) == 2:
+            raise RuntimeError("disk gone")
+        return real(self, c, history)
+
+    monkeypatch.setattr(ViewStorage, "write_history", fails_the_second_time)
+    monkeypatch.setattr(rebuild_module, "FLUSH_EVERY", 7)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        rebuild_module.rebuild(storage.store, rebuild_module.view_names())
+    monkeypatch.undo()
+    assert len(calls) >= 2 and Counter(storage.history_entries(LIVE)) == entries
